@@ -1,0 +1,183 @@
+"""Config checks, workdir identity, and the run's results table.
+
+Every check here runs before any compute and raises a one-line ValueError.
+"""
+
+import json
+
+import ml_collections
+import numpy as np
+
+from jal import data as data_lib
+from jal import models
+from jal import strategies as strategies_lib
+from jal import train
+
+# Fields that may differ between a workdir's config.json and a resumed run:
+# they change where data is read from, not what is computed.
+_NON_IDENTITY = ('data_dir',)
+
+
+def strategy_names(config) -> list[str]:
+  """`config.strategies` as a list; entries may hold comma-separated names."""
+  names = [n.strip() for entry in config.strategies for n in str(entry).split(',') if n.strip()]
+  return names
+
+
+def seed_list(config) -> list[int]:
+  return [int(s) for s in config.seeds]
+
+
+def _positive(name, value, allow_zero=False):
+  ok = value >= 0 if allow_zero else value > 0
+  if not ok:
+    raise ValueError(f'config.{name} must be {"non-negative" if allow_zero else "positive"}, '
+                     f'got {value}')
+
+
+def validate(config) -> None:
+  """Checks names and ranges that need no data."""
+  names = strategy_names(config)
+  if not names:
+    raise ValueError('config.strategies is empty; valid: '
+                     + ', '.join(sorted(strategies_lib.STRATEGIES)))
+  for n in names:
+    strategies_lib.get_strategy(n)
+  if len(set(names)) != len(names):
+    raise ValueError(f'config.strategies repeats a name: {names}')
+  seeds = seed_list(config)
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f'config.seeds must be a non-empty list of distinct ints, got {seeds}')
+  if config.data.name not in data_lib.DATASETS:
+    raise ValueError(f"unknown dataset '{config.data.name}'; valid: "
+                     f"{', '.join(sorted(data_lib.DATASETS))}")
+  if config.model.name not in models.MODELS:
+    raise ValueError(f"unknown model '{config.model.name}'; valid: "
+                     f"{', '.join(sorted(models.MODELS))}")
+  for field in ('query_size', 'warmup_size', 'num_rounds', 'eval_batch_size'):
+    _positive(field, config[field])
+  tc = config.train
+  for field in ('members', 'batch_size', 'epochs', 'learning_rate'):
+    _positive(f'train.{field}', tc[field])
+  _positive('train.min_steps', tc.min_steps, allow_zero=True)
+  _positive('train.weight_decay', tc.weight_decay, allow_zero=True)
+  for field, valid in (('optimizer', train.OPTIMIZERS), ('schedule', train.SCHEDULES),
+                       ('augment', train.AUGMENTATIONS)):
+    if tc[field] not in valid:
+      raise ValueError(f"unknown train.{field} '{tc[field]}'; valid: {', '.join(valid)}")
+  for n in names:
+    need = strategies_lib.get_strategy(n).min_members
+    if tc.members < need:
+      raise ValueError(f"strategy '{n}' needs train.members >= {need}, got {tc.members}")
+
+
+def validate_against_data(config, dataset: data_lib.Dataset) -> None:
+  """Checks that the pool can hold the warmup set and every query."""
+  n = int(dataset.x_train.shape[0])
+  if config.warmup_size > n:
+    raise ValueError(f'config.warmup_size={config.warmup_size} is larger than the pool ({n})')
+  total = config.warmup_size + config.num_rounds * config.query_size
+  if total > n:
+    raise ValueError(f'warmup_size + num_rounds * query_size = {total} is larger than the pool '
+                     f'({n}); lower config.num_rounds or config.query_size')
+
+
+def identity(config) -> dict:
+  """The config as a plain dict, minus the fields that do not change results."""
+  d = json.loads(config.to_json_best_effort(sort_keys=True))
+  for k in _NON_IDENTITY:
+    d.pop(k, None)
+  # Normalise the spellings of the same strategy/seed lists.
+  d['strategies'] = strategy_names(config)
+  d['seeds'] = seed_list(config)
+  return d
+
+
+def diff(a: dict, b: dict, prefix='') -> str:
+  """The first few fields that differ between two identity dicts."""
+  out = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k), b.get(k)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      sub = diff(va, vb, f'{prefix}{k}.')
+      if sub:
+        out.append(sub)
+    elif va != vb:
+      out.append(f'{prefix}{k}: {va!r} there vs {vb!r} now')
+  return '; '.join(out[:3])
+
+
+def headline_metric(row: dict) -> str:
+  """'average_precision' for binary imbalanced tasks, else 'accuracy'."""
+  return 'average_precision' if 'average_precision' in row else 'accuracy'
+
+
+def results_table(rows: list[dict], config) -> str:
+  """The run's table in the shape of the study's Table 3.1.
+
+  Rows are strategies, columns the warmup and each selection (with the number
+  of labels); cells are the mean over seeds ± the sample standard deviation.
+  Accuracy is in percent. Confidence intervals are `python -m jal.report`'s.
+  """
+  if not rows:
+    return 'No finished rounds yet.\n'
+  metric = headline_metric(rows[0])
+  scale, fmt = (100.0, '{:.1f}') if metric == 'accuracy' else (1.0, '{:.4f}')
+  rounds = sorted({r['round'] for r in rows})
+  header = ['Strategy'] + [
+      ('Warmup' if r == 0 else f'Selection {r}')
+      + f' (n={config.warmup_size + r * config.query_size})' for r in rounds]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for s in strategy_names(config):
+    cells = [s]
+    for r in rounds:
+      v = np.array([x[metric] for x in rows if x['strategy'] == s and x['round'] == r]) * scale
+      if len(v) == 0:
+        cells.append('')
+      elif len(v) == 1:
+        cells.append(fmt.format(v[0]))
+      else:
+        cells.append(f'{fmt.format(v.mean())} ± {fmt.format(v.std(ddof=1))}')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  seeds = sorted({x['seed'] for x in rows})
+  unit = 'test accuracy (%)' if metric == 'accuracy' else 'minority-class test average precision'
+  title = (f'{config.name}: {unit}, mean ± std over {len(seeds)} seed(s) {seeds}; '
+           f'query size {config.query_size}, warmup {config.warmup_size}, '
+           f'{config.train.members}-member ensemble\n\n')
+  return title + '\n'.join(lines) + '\n'
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a jal experiment has, with defaults; configs/ override them."""
+  placeholder = ml_collections.config_dict.placeholder
+  c = ml_collections.ConfigDict()
+  c.name = 'experiment'
+  c.seed = 0                     # root of every random stream
+  c.seeds = (0, 1, 2)            # one run per seed and strategy
+  c.strategies = ('random', 'coreset', 'ensembles')
+  c.strategy_options = ml_collections.ConfigDict()
+  c.data_dir = placeholder(str)  # else $JAL_DATA_DIR
+  c.data = ml_collections.ConfigDict({'name': 'gaussian_blobs'})
+  c.model = ml_collections.ConfigDict({'name': 'mlp', 'compute_dtype': 'float32'})
+  c.warmup_size = 5
+  c.query_size = 5
+  c.num_rounds = 3
+  c.eval_batch_size = 1000
+  c.train = ml_collections.ConfigDict(dict(
+      members=5,            # ensemble size, trained together by vmap
+      batch_size=32,
+      epochs=50,
+      min_steps=0,          # more epochs while the labeled set is small
+      optimizer='adam',
+      learning_rate=1e-3,
+      weight_decay=0.0,
+      momentum=0.9,
+      schedule='constant',
+      augment='none',
+  ))
+  return c
+
+
+def parse_arg(arg) -> set[str]:
+  """`configs/x.py:low,smoke` -> {'low', 'smoke'}."""
+  return {a.strip() for a in (arg or '').split(',') if a.strip()}

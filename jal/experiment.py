@@ -1,0 +1,350 @@
+"""The pool-based active learning loop of the study (Section 3.2).
+
+For each (strategy, seed): a random warmup set is labeled (the same for every
+strategy at a given seed); then each round trains a fresh ensemble from
+scratch on the labeled set, evaluates it on the test set, and, unless it is
+the last round, lets the strategy pick `query_size` new points to label.
+
+Everything a run produces lives in its workdir:
+
+    config.json          the config, to refuse a workdir of another experiment
+    metrics.jsonl        one object per (strategy, seed, round)
+    selections.jsonl     the indices labeled at each (strategy, seed, round)
+    timings.jsonl        wall times of each round's parts
+    results.md           the final table
+    checkpoints/<strategy>_seed<seed>/<round>   orbax loop state
+
+The loop state of each (strategy, seed), saved after every round, holds the
+label round of every pool point (-1: unlabeled), the run's RNG key and the
+history. All randomness is `fold_in` of one root key, so a run resumed after
+a crash draws exactly what an uninterrupted run draws, and the JSON files are
+rewritten atomically from the checkpoints.
+"""
+
+import json
+import os
+import time
+import zlib
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jal import config_lib
+from jal import data as data_lib
+from jal import metrics as metrics_lib
+from jal import models
+from jal import strategies as strategies_lib
+from jal import train
+
+# Purposes folded into a seed's key: one independent stream each.
+_WARMUP, _TRAIN, _SELECT = 1, 2, 3
+
+
+def _name_id(name: str) -> int:
+  """A stable 31-bit id of a strategy name, for fold_in."""
+  return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def seed_key(root_seed: int, seed: int):
+  return jax.random.fold_in(jax.random.PRNGKey(root_seed), seed)
+
+
+def warmup_indices(key, n: int, size: int) -> np.ndarray:
+  """The warmup set: `size` distinct pool indices, sorted. Strategy-free."""
+  return np.sort(np.asarray(jax.random.choice(
+      jax.random.fold_in(key, _WARMUP), n, (size,), replace=False)))
+
+
+def member_keys(key, round_: int, members: int):
+  """Init/shuffle keys of the ensemble trained at `round_`: [members, 2].
+
+  They depend on the seed and round only, not on the strategy, so strategies
+  are compared with common random numbers.
+  """
+  k = jax.random.fold_in(jax.random.fold_in(key, _TRAIN), round_)
+  return jax.vmap(lambda i: jax.random.fold_in(k, i))(jnp.arange(members))
+
+
+def select_key(key, strategy: str, round_: int):
+  k = jax.random.fold_in(jax.random.fold_in(key, _SELECT), _name_id(strategy))
+  return jax.random.fold_in(k, round_)
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _jsonl(rows) -> str:
+  return ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows)
+
+
+class Experiment:
+  """Holds what all (strategy, seed) runs of one config share.
+
+  The data are uploaded to the device once; the model, optimizer and jitted
+  programs are built once, so every round reuses their compilations.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
+    self.config = config
+    self.dataset = dataset
+    self.x_train = jax.device_put(dataset.x_train)
+    self.y_train = jax.device_put(dataset.y_train.astype(np.int32))
+    self.x_test = jax.device_put(dataset.x_test)
+    self.y_test = np.asarray(dataset.y_test)
+    self.n = int(dataset.x_train.shape[0])
+    self.model = models.get_model(config.model, dataset.num_classes)
+    self.tx = train.make_optimizer(config.train)
+    self.spec = train.InputSpec(dataset.mean, dataset.std, config.train.augment)
+    self.eval_spec = train.InputSpec(dataset.mean, dataset.std, 'none')
+
+  def fit(self, key, labeled_idx: np.ndarray, round_: int):
+    """Trains the round's ensemble on `labeled_idx`; returns stacked states."""
+    tc = self.config.train
+    num = len(labeled_idx)
+    capacity = train.capacity_for(num, tc.batch_size)
+    idx = np.zeros((capacity,), np.int32)
+    idx[:num] = labeled_idx
+    epochs = train.epochs_for(num, tc.batch_size, tc.epochs, tc.min_steps)
+    return train.fit_ensemble(
+        self.model, self.tx, self.spec, tc.batch_size, tc.schedule, tc.learning_rate,
+        member_keys(key, round_, tc.members), self.x_train, self.y_train,
+        jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs))
+
+  def predict(self, states, x, with_embeddings: bool):
+    return train.predict(self.model, self.eval_spec, self.config.eval_batch_size,
+                         with_embeddings, states, x)
+
+  def evaluate(self, states) -> dict[str, float]:
+    """Test metrics of the ensemble (mean softmax) and of its members."""
+    logits = self.predict(states, self.x_test, False).logits
+    return metrics_lib.classification_metrics(
+        np.asarray(logits), self.y_test, self.dataset.positive_class)
+
+  def select(self, strategy, states, labeled: np.ndarray, key) -> np.ndarray:
+    """Runs `strategy` on the pool; returns the picked indices, validated."""
+    needs = strategy.needs
+    inputs = strategies_lib.Inputs(labeled=jnp.asarray(labeled))
+    if needs:
+      preds = self.predict(states, self.x_train, 'embeddings' in needs)
+      inputs = inputs._replace(
+          logits=preds.logits if 'logits' in needs else None,
+          embeddings=preds.embeddings)
+    picks = np.asarray(strategy.select(inputs, self.config.query_size, key,
+                                       self.config.strategy_options))
+    if len(np.unique(picks)) != len(picks) or labeled[picks].any():
+      raise RuntimeError(f'strategy {strategy.name} picked labeled or repeated points: {picks}')
+    return picks
+
+
+def _initial_state(exp: Experiment, key) -> dict[str, Any]:
+  label_round = np.full((exp.n,), -1, np.int32)
+  label_round[warmup_indices(key, exp.n, exp.config.warmup_size)] = 0
+  return {'label_round': label_round, 'round': -1, 'history': [], 'selections': [],
+          'timings': []}
+
+
+class RunCheckpoints:
+  """Orbax checkpoints of one (strategy, seed) loop state, one per round."""
+
+  def __init__(self, directory: str):
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False),
+        item_names=('arrays', 'history'))
+
+  def latest(self):
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        arrays=ocp.args.StandardRestore(), history=ocp.args.JsonRestore()))
+    hist = restored.history
+    return {'label_round': np.asarray(restored.arrays['label_round']),
+            'key': np.asarray(restored.arrays['key']),
+            'round': step, 'history': hist['metrics'], 'selections': hist['selections'],
+            'timings': hist['timings']}
+
+  def save(self, state, key) -> None:
+    arrays = {'label_round': state['label_round'], 'key': np.asarray(key)}
+    history = {'metrics': state['history'], 'selections': state['selections'],
+               'timings': state['timings']}
+    self.manager.save(state['round'], args=ocp.args.Composite(
+        arrays=ocp.args.StandardSave(arrays), history=ocp.args.JsonSave(history)))
+    self.manager.wait_until_finished()
+
+
+def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints,
+            progress, on_round=None, stop_after_round=None) -> dict[str, Any]:
+  """Runs (or resumes) one strategy at one seed to the last round.
+
+  Args:
+    exp: the shared Experiment.
+    strategy_name: registry name.
+    seed: the seed folded into the root key.
+    ckpt: this run's checkpoints.
+    progress: Progress, told about each finished round.
+    on_round: optional callback `(state) -> None` after each saved round.
+    stop_after_round: for tests, return after saving this round.
+
+  Returns:
+    The final loop state (history of metrics, selections, timings).
+  """
+  config = exp.config
+  strategy = strategies_lib.get_strategy(strategy_name)
+  key = seed_key(config.seed, seed)
+  state = ckpt.latest()
+  if state is None:
+    state = _initial_state(exp, key)
+  elif not np.array_equal(state['key'], np.asarray(key)):
+    raise ValueError(f'checkpoint of {strategy_name} seed {seed} was made with another key')
+  while state['round'] < config.num_rounds:
+    r = state['round'] + 1
+    labeled = state['label_round'] >= 0
+    t0 = time.perf_counter()
+    states = exp.fit(key, np.flatnonzero(labeled).astype(np.int32), r)
+    jax.block_until_ready(states)
+    t1 = time.perf_counter()
+    row = {'strategy': strategy_name, 'seed': seed, 'round': r,
+           'n_labeled': int(labeled.sum()), **exp.evaluate(states)}
+    prev = [s for s in state['selections'] if s['round'] == r]
+    if exp.dataset.positive_class is not None and r > 0:
+      picked = np.asarray(prev[0]['indices'])
+      row['minority_fraction_queried'] = float(
+          np.mean(exp.dataset.y_train[picked] == exp.dataset.positive_class))
+    t2 = time.perf_counter()
+    label_round = state['label_round'].copy()
+    selections = list(state['selections'])
+    if r == 0:
+      selections.append({'strategy': strategy_name, 'seed': seed, 'round': 0,
+                         'indices': np.flatnonzero(labeled).tolist()})
+    if r < config.num_rounds:
+      picks = exp.select(strategy, states, labeled, select_key(key, strategy_name, r))
+      label_round[picks] = r + 1
+      selections.append({'strategy': strategy_name, 'seed': seed, 'round': r + 1,
+                         'indices': picks.tolist()})
+    t3 = time.perf_counter()
+    timing = {'strategy': strategy_name, 'seed': seed, 'round': r,
+              'train_seconds': t1 - t0, 'eval_seconds': t2 - t1, 'select_seconds': t3 - t2}
+    state = {'label_round': label_round, 'round': r, 'history': state['history'] + [row],
+             'selections': selections, 'timings': state['timings'] + [timing]}
+    if jax.process_index() == 0:
+      ckpt.save(state, key)
+    progress.update(f'{strategy_name} seed {seed} round {r}: n_labeled={row["n_labeled"]} '
+                    f'{config_lib.headline_metric(row)}={row[config_lib.headline_metric(row)]:.4f}')
+    if on_round is not None:
+      on_round(state)
+    if stop_after_round is not None and r >= stop_after_round:
+      break
+  return state
+
+
+class Progress:
+  """Logs a progress line with an ETA after every finished round."""
+
+  def __init__(self, total: int, done: int):
+    self.total, self.done, self.start_done = total, done, done
+    self.t0 = time.perf_counter()
+
+  def update(self, message: str) -> None:
+    self.done += 1
+    elapsed = time.perf_counter() - self.t0
+    rate = elapsed / max(self.done - self.start_done, 1)
+    eta = rate * (self.total - self.done)
+    logging.info('[%d/%d rounds | %s elapsed | ETA %s] %s', self.done, self.total,
+                 _fmt_seconds(elapsed), _fmt_seconds(eta), message)
+
+
+def _fmt_seconds(s: float) -> str:
+  s = int(round(s))
+  return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Creates the workdir, or checks that it holds this same experiment.
+
+  Raises:
+    ValueError: the workdir's config.json differs in a field that changes
+      results (everything but `data_dir`).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'config.json')
+  current = config_lib.identity(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = config_lib.identity(ml_collections.ConfigDict(json.load(f)))
+    if stored != current:
+      diff = config_lib.diff(stored, current)
+      raise ValueError(f'workdir {workdir} holds a different experiment ({diff}); '
+                       'use another --workdir')
+  elif jax.process_index() == 0:
+    _atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+
+
+def write_outputs(workdir: str, config, states: dict) -> str:
+  """Rewrites metrics/selections/timings/results.md from the run states."""
+  order = [(s, seed) for s in config_lib.strategy_names(config)
+           for seed in config_lib.seed_list(config)]
+  done = [states[k] for k in order if k in states]
+  rows = [r for st in done for r in st['history']]
+  table = config_lib.results_table(rows, config)
+  if jax.process_index() == 0:
+    _atomic_write(os.path.join(workdir, 'metrics.jsonl'), _jsonl(rows))
+    _atomic_write(os.path.join(workdir, 'selections.jsonl'),
+                  _jsonl(s for st in done for s in st['selections']))
+    _atomic_write(os.path.join(workdir, 'timings.jsonl'),
+                  _jsonl(t for st in done for t in st['timings']))
+    _atomic_write(os.path.join(workdir, 'results.md'), table)
+  return table
+
+
+def load_and_check(config):
+  """Validates the config, loads the data, and validates sizes against it."""
+  config_lib.validate(config)
+  dataset = data_lib.load_dataset(config.data, data_dir=data_lib.resolve_data_dir(config.data_dir),
+                                  seed=config.seed)
+  config_lib.validate_against_data(config, dataset)
+  return dataset
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_after_round=None) -> str:
+  """Runs every (strategy, seed) of `config` in `workdir`, resuming if possible.
+
+  Args:
+    config: the experiment config (see configs/).
+    workdir: output directory.
+    stop_after_round: for tests: stop each run after this round (as a crash
+      would), leaving a resumable workdir.
+
+  Returns:
+    The final results table as Markdown.
+  """
+  dataset = load_and_check(config)
+  prepare_workdir(workdir, config)
+  exp = Experiment(config, dataset)
+  runs = [(s, seed) for s in config_lib.strategy_names(config)
+          for seed in config_lib.seed_list(config)]
+  ckpts = {r: RunCheckpoints(os.path.join(workdir, 'checkpoints', f'{r[0]}_seed{r[1]}'))
+           for r in runs}
+  states = {r: st for r, st in ((r, c.latest()) for r, c in ckpts.items()) if st is not None}
+  done = sum(st['round'] + 1 for st in states.values())
+  progress = Progress(len(runs) * (config.num_rounds + 1), done)
+  if done:
+    logging.info('Resuming: %d of %d rounds already done in %s', done, progress.total, workdir)
+  for run in runs:
+    def on_round(state, run=run):
+      states[run] = state
+      write_outputs(workdir, config, states)
+    states[run] = run_one(exp, run[0], run[1], ckpts[run], progress, on_round, stop_after_round)
+  return write_outputs(workdir, config, states)

@@ -1,0 +1,32 @@
+"""Acquisition strategies, chosen by name from `STRATEGIES`.
+
+Every strategy has the same signature:
+
+    select(inputs: Inputs, k: int, key: PRNGKey, options: ConfigDict) -> i32[k]
+
+returning k distinct indices of unlabeled pool points, in pick order. A
+strategy declares which inputs it needs (`needs`); the loop computes only
+those, once per round, over the whole pool.
+
+Adding a strategy: one file in this package defining its select function and
+a `Strategy`, plus one line in `STRATEGIES` below.
+"""
+
+from jal.strategies.base import Inputs, Strategy, needs_of
+from jal.strategies import coreset, ensembles, random_sampling
+
+STRATEGIES: dict[str, Strategy] = {
+    'random': random_sampling.STRATEGY,
+    'coreset': coreset.STRATEGY,
+    'ensembles': ensembles.STRATEGY,
+}
+
+
+def get_strategy(name: str) -> Strategy:
+  """The strategy registered as `name`; a one-line error lists valid names."""
+  if name not in STRATEGIES:
+    raise ValueError(f"unknown strategy '{name}'; valid: {', '.join(sorted(STRATEGIES))}")
+  return STRATEGIES[name]
+
+
+__all__ = ['Inputs', 'Strategy', 'STRATEGIES', 'get_strategy', 'needs_of']

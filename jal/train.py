@@ -1,0 +1,365 @@
+"""Pure, jitted training and inference for ensembles of classifiers.
+
+The protocol follows the study (Section 3.2): each round, fresh models are
+trained from scratch on the current labeled set. Members of an ensemble are
+trained together in one compiled program by `jax.vmap` over their keys.
+
+Static shapes: the labeled set is passed as an index vector padded to a
+*capacity* (a multiple of the batch size, rounded up to a power of two number
+of batches, see `capacity_for`), plus the number of valid entries. One program
+is compiled per capacity bucket, so a run that grows its labeled set from L0
+to L1 compiles the trainer about log2(L1 / L0) + 1 times. The data itself is
+uploaded once; batches are gathered on device from the index vector.
+
+Inside the program, epochs run in a `lax.fori_loop` (its trip count is a
+traced value, so changing the number of epochs does not recompile) and the
+batches of an epoch in a `lax.scan` over the bucket's batch slots. Slots past
+the last valid batch are skipped by a `lax.cond` whose predicate does not
+depend on the member, so under `vmap` it stays a real branch.
+
+    from jal import train
+    tx = train.make_optimizer(config.train)
+    fit = train.make_fit_fn(model, tx, train.InputSpec(), batch_size=64)
+    states = fit(keys, x, y, idx, num_valid, num_epochs)   # keys: [m, 2]
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(NamedTuple):
+  """One member's training state (a pytree; stacked on axis 0 for ensembles).
+
+  Attributes:
+    params: the model's `params` collection.
+    model_state: the other mutable collections, e.g. `{'batch_stats': ...}`;
+      `{}` for models without any.
+    opt_state: optax state of `inject_hyperparams(...)`, so the learning rate
+      can follow a schedule whose length is only known at run time.
+  """
+  params: Any
+  model_state: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+  """How raw stored inputs become model inputs, on device, inside the jit.
+
+  Attributes:
+    mean: per-channel mean on the 0-1 scale, or None for non-image data
+      (used as is).
+    std: per-channel std on the 0-1 scale.
+    augment: 'none' or 'crop_flip' (random 4-pixel-padded crop + horizontal
+      flip, applied to training batches only).
+  """
+  mean: tuple[float, ...] | None = None
+  std: tuple[float, ...] | None = None
+  augment: str = 'none'
+
+
+AUGMENTATIONS = ('none', 'crop_flip')
+
+
+def _to_unit(x, spec):
+  if spec.mean is None:
+    return x.astype(jnp.float32)
+  return x.astype(jnp.float32) / 255.0
+
+
+def _normalize(x, spec):
+  if spec.mean is None:
+    return x
+  mean = jnp.asarray(spec.mean, jnp.float32)
+  std = jnp.asarray(spec.std, jnp.float32)
+  return (x - mean) / std
+
+
+def crop_flip(key, x, pad=4):
+  """Random crop after zero padding, then random horizontal flip.
+
+  Args:
+    key: PRNG key.
+    x: f32[b, h, w, c] images on the 0-1 scale.
+    pad: pixels of zero padding on each side.
+
+  Returns:
+    f32[b, h, w, c].
+  """
+  b, h, w, c = x.shape
+  k_off, k_flip = jax.random.split(key)
+  offsets = jax.random.randint(k_off, (b, 2), 0, 2 * pad + 1)
+  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  crop = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))
+  x = crop(padded, offsets)
+  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+  return jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+
+
+def prepare_inputs(x, spec, key=None):
+  """Raw stored inputs -> normalised model inputs (augmented if key given)."""
+  x = _to_unit(x, spec)
+  if key is not None and spec.augment == 'crop_flip':
+    x = crop_flip(key, x)
+  return _normalize(x, spec)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  """Builds the optimizer named by `train_config.optimizer`.
+
+  The learning rate is an injected hyperparameter, set every step by
+  `train_step` from `train_config.schedule`.
+
+  Args:
+    train_config: ConfigDict with `optimizer` ('adam', 'adamw', 'sgd'),
+      `learning_rate`, optional `weight_decay` and `momentum`.
+  """
+  name = train_config.optimizer
+  wd = train_config.get('weight_decay', 0.0) or 0.0
+  lr = train_config.learning_rate
+  if name == 'adam':
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+  if name == 'adamw':
+    return optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=wd)
+  if name == 'sgd':
+    momentum = train_config.get('momentum', 0.9)
+
+    def sgd(learning_rate):
+      return optax.chain(optax.add_decayed_weights(wd),
+                         optax.sgd(learning_rate, momentum=momentum, nesterov=True))
+
+    return optax.inject_hyperparams(sgd)(learning_rate=lr)
+  raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
+
+
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
+SCHEDULES = ('constant', 'cosine')
+
+
+def lr_factor(schedule: str, step, total_steps):
+  """Multiplier of the base learning rate at `step` of `total_steps`."""
+  if schedule == 'constant':
+    return jnp.float32(1.0)
+  if schedule == 'cosine':
+    frac = jnp.clip(step / jnp.maximum(total_steps, 1), 0.0, 1.0)
+    return 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+  raise ValueError(f"unknown schedule '{schedule}'; valid: {', '.join(SCHEDULES)}")
+
+
+def init_state(model, tx, key, sample_x) -> TrainState:
+  """Initialises one member.
+
+  Args:
+    model: flax module returning `(logits, embedding)`.
+    tx: optimizer from `make_optimizer`.
+    key: PRNG key.
+    sample_x: f32[b, ...] model inputs fixing the shapes.
+  """
+  variables = model.init(key, sample_x, train=False)
+  params = variables['params']
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  return TrainState(params, model_state, tx.init(params))
+
+
+def masked_cross_entropy(logits, labels, mask):
+  """Mean softmax cross-entropy over the valid rows.
+
+  Args:
+    logits: f32[b, c].
+    labels: i32[b].
+    mask: bool[b].
+
+  Returns:
+    f32[], 0 if no row is valid.
+  """
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  w = mask.astype(jnp.float32)
+  return jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def train_step(model, tx, state: TrainState, x, y, mask, learning_rate):
+  """One optimizer step on one (padded) batch. Pure.
+
+  Args:
+    model: flax module.
+    tx: optimizer.
+    state: TrainState of one member.
+    x: f32[b, ...] model inputs.
+    y: i32[b] labels.
+    mask: bool[b], valid rows.
+    learning_rate: f32[], this step's learning rate.
+
+  Returns:
+    (new state, loss f32[]).
+  """
+  mutable = list(state.model_state)
+
+  def loss_fn(params):
+    variables = {'params': params, **state.model_state}
+    if mutable:
+      (logits, _), new_model_state = model.apply(variables, x, train=True, mutable=mutable)
+    else:
+      logits, _ = model.apply(variables, x, train=True)
+      new_model_state = state.model_state
+    return masked_cross_entropy(logits, y, mask), new_model_state
+
+  (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  hyperparams = {**state.opt_state.hyperparams,
+                 'learning_rate': jnp.asarray(learning_rate, jnp.float32)}
+  opt_state = state.opt_state._replace(hyperparams=hyperparams)
+  updates, opt_state = tx.update(grads, opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(params, new_model_state, opt_state), loss
+
+
+def capacity_for(num_labeled: int, batch_size: int) -> int:
+  """The padded size of the labeled index vector: B * 2^ceil(log2(L / B)).
+
+  Args:
+    num_labeled: L, the number of labeled samples.
+    batch_size: B.
+
+  Returns:
+    A multiple of B, at least L; one trainer compilation per distinct value.
+  """
+  batches = max(1, math.ceil(num_labeled / batch_size))
+  return batch_size * (1 << (batches - 1).bit_length())
+
+
+def epochs_for(num_labeled: int, batch_size: int, epochs: int, min_steps: int) -> int:
+  """Epochs to run: `epochs`, or more if that would be under `min_steps` steps."""
+  steps_per_epoch = max(1, math.ceil(num_labeled / batch_size))
+  return max(epochs, math.ceil(min_steps / steps_per_epoch))
+
+
+def fit(model, tx, spec: InputSpec, batch_size: int, schedule: str, learning_rate: float,
+        key, x, y, idx, num_valid, num_epochs) -> TrainState:
+  """Trains one fresh member from `key` on `x[idx[:num_valid]]`. Pure.
+
+  Args:
+    model, tx, spec, batch_size, schedule, learning_rate: static settings.
+    key: PRNG key of this member (init, shuffling and augmentation).
+    x: stored inputs, [n, ...] (uint8 images or float features).
+    y: i32[n] labels.
+    idx: i32[capacity] labeled indices, valid entries first; capacity is a
+      multiple of batch_size.
+    num_valid: i32[], the number of valid entries of idx.
+    num_epochs: i32[], passes over the labeled set.
+
+  Returns:
+    The trained TrainState.
+  """
+  capacity = idx.shape[0]
+  num_slots = capacity // batch_size
+  init_key, shuffle_key, aug_key = jax.random.split(key, 3)
+  state = init_state(model, tx, init_key, prepare_inputs(x[:1], spec))
+  steps_per_epoch = (num_valid + batch_size - 1) // batch_size
+  total_steps = steps_per_epoch * num_epochs
+  positions = jnp.arange(capacity)
+
+  def epoch(e, state):
+    # Valid entries in a fresh random order, then the padding.
+    priority = jnp.where(positions < num_valid,
+                         jax.random.uniform(jax.random.fold_in(shuffle_key, e), (capacity,)), 2.0)
+    order = jnp.argsort(priority)
+    batches = idx[order].reshape(num_slots, batch_size)
+    masks = (order < num_valid).reshape(num_slots, batch_size)
+
+    def slot(state, inputs):
+      s, batch_idx, mask = inputs
+      step = e * steps_per_epoch + s
+
+      def run(state):
+        xb = prepare_inputs(x[batch_idx], spec, jax.random.fold_in(aug_key, step))
+        lr = learning_rate * lr_factor(schedule, step, total_steps)
+        new_state, _ = train_step(model, tx, state, xb, y[batch_idx], mask, lr)
+        return new_state
+
+      return jax.lax.cond(s < steps_per_epoch, run, lambda st: st, state), None
+
+    state, _ = jax.lax.scan(slot, state, (jnp.arange(num_slots), batches, masks))
+    return state
+
+  return jax.lax.fori_loop(0, num_epochs, epoch, state)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def fit_ensemble(model, tx, spec, batch_size, schedule, learning_rate,
+                 keys, x, y, idx, num_valid, num_epochs) -> TrainState:
+  """Trains one member per key, all in one program, by `jax.vmap` over keys.
+
+  Member i equals `fit(..., keys[i], ...)` run alone. Static arguments are
+  compared by value/identity, so reuse the same model and tx objects across
+  calls to hit the compilation cache.
+
+  Args:
+    model, tx, spec, batch_size, schedule, learning_rate: as in `fit`.
+    keys: [m, 2] uint32 PRNG keys (or a batch of typed keys), one per member.
+    x, y, idx, num_valid, num_epochs: as in `fit`, shared by all members.
+
+  Returns:
+    TrainState whose leaves have a leading member axis m.
+  """
+  one = functools.partial(fit, model, tx, spec, batch_size, schedule, learning_rate)
+  return jax.vmap(one, in_axes=(0, None, None, None, None, None))(
+      keys, x, y, idx, num_valid, num_epochs)
+
+
+class Predictions(NamedTuple):
+  """Outputs of `predict` over a set of points.
+
+  Attributes:
+    logits: f32[m, n, c], every member's logits.
+    embeddings: f32[n, d] of member 0, or None if not requested.
+  """
+  logits: Any
+  embeddings: Any
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x) -> Predictions:
+  """Evaluation-mode outputs of an ensemble on all of `x`, in chunks.
+
+  Chunks are gathered from `x` by index on device (no padded copy of x).
+
+  Args:
+    model: flax module.
+    spec: InputSpec.
+    chunk_size: points per forward pass (static).
+    with_embeddings: also return member 0's embeddings (static).
+    states: TrainState with a leading member axis m.
+    x: stored inputs [n, ...].
+
+  Returns:
+    Predictions.
+  """
+  n = x.shape[0]
+  num_chunks = -(-n // chunk_size)
+  idx = jnp.minimum(jnp.arange(num_chunks * chunk_size), n - 1).reshape(num_chunks, chunk_size)
+
+  def member_apply(params, model_state, xb):
+    return model.apply({'params': params, **model_state}, xb, train=False)
+
+  def chunk(ci):
+    xb = prepare_inputs(x[ci], spec)
+    logits, emb = jax.vmap(member_apply, in_axes=(0, 0, None))(
+        states.params, states.model_state, xb)
+    return logits, (emb[0] if with_embeddings else None)
+
+  logits, emb = jax.lax.map(chunk, idx)
+  c = logits.shape[-1]
+  logits = jnp.moveaxis(logits, 1, 0).reshape(-1, num_chunks * chunk_size, c)[:, :n]
+  if with_embeddings:
+    emb = emb.reshape(num_chunks * chunk_size, -1)[:n]
+  return Predictions(logits, emb)
+
+
+def ensemble_probs(member_logits):
+  """Mean softmax over members: f32[m, n, c] -> f32[n, c]."""
+  return jnp.mean(jax.nn.softmax(member_logits, axis=-1), axis=0)
