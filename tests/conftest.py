@@ -1,0 +1,33 @@
+"""Shared test helpers."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir():
+  """The real data for tests: $JAL_DATA_DIR, else ../shared/data; None if absent."""
+  for d in (os.environ.get('JAL_DATA_DIR'), REPO.parent / 'shared' / 'data'):
+    if d and (pathlib.Path(d) / 'mnist').is_dir():
+      return str(d)
+  return None
+
+
+@pytest.fixture
+def data_dir():
+  d = shared_data_dir()
+  if d is None:
+    pytest.skip('real MNIST not found (set JAL_DATA_DIR)')
+  return d
+
+
+def load_config(name, arg=None):
+  """`get_config(arg)` of configs/<name>.py, as the --config flag loads it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(f'config_{name}', REPO / 'configs' / f'{name}.py')
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)

@@ -1,0 +1,202 @@
+"""The active learning loop end to end: outputs, resume, validation."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jal import config_lib, experiment
+from tests.conftest import REPO, load_config
+
+
+def smoke(**overrides):
+  c = load_config('gaussian', 'smoke')
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def read(workdir, name):
+  return (pathlib.Path(workdir) / name).read_text()
+
+
+def rows(workdir, name='metrics.jsonl'):
+  return [json.loads(l) for l in read(workdir, name).splitlines()]
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('full')
+  table = experiment.train_and_evaluate(smoke(), str(workdir))
+  return workdir, table
+
+
+def test_smoke_run_writes_every_output(full_run):
+  workdir, table = full_run
+  c = smoke()
+  metrics = rows(workdir)
+  # 3 strategies x 2 seeds x (warmup + 2 selections)
+  assert len(metrics) == 3 * 2 * 3
+  for m in metrics:
+    assert m['n_labeled'] == c.warmup_size + m['round'] * c.query_size
+    assert 0.0 <= m['accuracy'] <= 1.0
+  # The same warmup set, and so the same round-0 model, for every strategy.
+  for seed in (0, 1):
+    r0 = {m['strategy']: m['accuracy'] for m in metrics if m['seed'] == seed and m['round'] == 0}
+    assert len(set(r0.values())) == 1
+  sel = rows(workdir, 'selections.jsonl')
+  for strategy in ('random', 'coreset', 'ensembles'):
+    for seed in (0, 1):
+      picked = [s for s in sel if s['strategy'] == strategy and s['seed'] == seed]
+      assert [s['round'] for s in picked] == [0, 1, 2]
+      assert [len(s['indices']) for s in picked] == [5, 5, 5]
+      flat = [i for s in picked for i in s['indices']]
+      assert len(set(flat)) == len(flat)
+  warm = {tuple(s['indices']) for s in sel if s['round'] == 0 and s['seed'] == 0}
+  assert len(warm) == 1
+  assert json.loads(read(workdir, 'config.json'))['name'] == 'gaussian'
+  assert read(workdir, 'results.md') == table
+  assert '| random |' in table and 'Selection 2 (n=15)' in table
+
+
+def test_coreset_and_ensembles_selections_follow_their_rules(full_run):
+  workdir, _ = full_run
+  sel = rows(workdir, 'selections.jsonl')
+  c = smoke()
+  from jal import data  # pylint: disable=g-import-not-at-top
+  ds = data.load_dataset(c.data, data_dir=None, seed=c.seed)
+  # Coreset picks spread out: its queries lie farther from the labeled set
+  # than random queries do, on average over seeds and rounds.
+  def mean_dist(strategy):
+    out = []
+    for s in sel:
+      if s['strategy'] != strategy or s['round'] == 0:
+        continue
+      before = [i for t in sel if t['strategy'] == strategy and t['seed'] == s['seed']
+                and t['round'] < s['round'] for i in t['indices']]
+      d = np.linalg.norm(ds.x_train[s['indices']][:, None] - ds.x_train[before][None], axis=-1)
+      out.append(d.min(axis=1).mean())
+    return np.mean(out)
+  assert mean_dist('coreset') > mean_dist('random')
+  # Ensembles picks near the boundary x=0 compared with random.
+  def mean_abs_x(strategy):
+    return np.mean([np.abs(ds.x_train[s['indices'], 0]).mean() for s in sel
+                    if s['strategy'] == strategy and s['round'] > 0])
+  assert mean_abs_x('ensembles') < mean_abs_x('random')
+
+
+def test_resume_in_process_equals_uninterrupted(full_run, tmp_path):
+  workdir, table = full_run
+  experiment.train_and_evaluate(smoke(), str(tmp_path), stop_after_round=1)
+  partial = rows(tmp_path)
+  assert max(m['round'] for m in partial) == 1
+  resumed = experiment.train_and_evaluate(smoke(), str(tmp_path))
+  assert read(tmp_path, 'metrics.jsonl') == read(workdir, 'metrics.jsonl')
+  assert read(tmp_path, 'selections.jsonl') == read(workdir, 'selections.jsonl')
+  assert resumed == table
+
+
+def test_rerun_of_finished_run_does_no_work(full_run):
+  workdir, table = full_run
+  stamp = os.path.getmtime(pathlib.Path(workdir) / 'checkpoints' / 'random_seed0')
+  before = read(workdir, 'metrics.jsonl')
+  t0 = time.perf_counter()
+  again = experiment.train_and_evaluate(smoke(), str(workdir))
+  assert again == table and read(workdir, 'metrics.jsonl') == before
+  assert os.path.getmtime(pathlib.Path(workdir) / 'checkpoints' / 'random_seed0') == stamp
+  assert time.perf_counter() - t0 < 30
+
+
+def test_kill_9_mid_run_then_resume_equals_uninterrupted(full_run, tmp_path):
+  workdir, _ = full_run
+  cmd = [sys.executable, '-m', 'jal.main', f'--config={REPO}/configs/gaussian.py:smoke',
+         f'--workdir={tmp_path}']
+  env = {**os.environ, 'PYTHONPATH': str(REPO)}
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  # Kill it as soon as the first coreset round is checkpointed: in the middle
+  # of the run, after some runs finished and before others started.
+  target = pathlib.Path(tmp_path) / 'checkpoints' / 'coreset_seed0' / '0'
+  deadline = time.time() + 120
+  while not target.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert target.exists(), 'the run ended before it could be killed mid-way'
+  done = rows(tmp_path)
+  assert 0 < len(done) < 18
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert read(tmp_path, 'metrics.jsonl') == read(workdir, 'metrics.jsonl')
+  assert read(tmp_path, 'selections.jsonl') == read(workdir, 'selections.jsonl')
+  assert '| ensembles |' in out.stdout
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'strategies': ('random', 'bogus')}, "unknown strategy 'bogus'; valid: coreset, ensembles, random"),
+    ({'data.name': 'imagenet'}, "unknown dataset 'imagenet'; valid: "),
+    ({'model.name': 'vgg'}, "unknown model 'vgg'; valid: lenet, mlp, resnet18"),
+    ({'query_size': 0}, 'config.query_size must be positive, got 0'),
+    ({'num_rounds': -1}, 'config.num_rounds must be positive'),
+    ({'train.members': 0}, 'config.train.members must be positive'),
+    ({'train.learning_rate': -0.1}, 'config.train.learning_rate must be positive'),
+    ({'train.members': 1}, "strategy 'ensembles' needs train.members >= 2"),
+    ({'train.optimizer': 'lion'}, "unknown train.optimizer 'lion'; valid: adam, adamw, sgd"),
+    ({'seeds': (1, 1)}, 'config.seeds must be a non-empty list of distinct ints'),
+    ({'warmup_size': 501}, 'config.warmup_size=501 is larger than the pool (500)'),
+    ({'query_size': 300}, 'warmup_size + num_rounds * query_size = 605 is larger than the pool (500)'),
+])
+def test_bad_config_fails_before_any_compute(overrides, message, tmp_path):
+  with pytest.raises(ValueError, match=None) as e:
+    experiment.train_and_evaluate(smoke(**overrides), str(tmp_path / 'w'))
+  assert message in str(e.value) and '\n' not in str(e.value)
+  assert not (tmp_path / 'w').exists()  # nothing was written
+
+
+def test_comma_separated_strategies_are_split():
+  assert config_lib.strategy_names(smoke(strategies=('random,coreset',))) == ['random', 'coreset']
+
+
+def test_workdir_of_another_experiment_is_refused(full_run):
+  workdir, _ = full_run
+  with pytest.raises(ValueError, match='holds a different experiment .*query_size: 5 there vs 4 now'):
+    experiment.train_and_evaluate(smoke(query_size=4), str(workdir))
+  # data_dir does not change results, so it may differ.
+  experiment.train_and_evaluate(smoke(data_dir='/elsewhere'), str(workdir))
+
+
+def test_cli_reports_errors_in_one_line(tmp_path):
+  out = subprocess.run(
+      [sys.executable, '-m', 'jal.main', f'--config={REPO}/configs/gaussian.py:smoke',
+       f'--workdir={tmp_path}', '--config.strategies=random,nope'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines()[-1] == (
+      "error: unknown strategy 'nope'; valid: coreset, ensembles, random")
+  typo = subprocess.run(
+      [sys.executable, '-m', 'jal.main', f'--config={REPO}/configs/gaussian.py:smoke',
+       f'--workdir={tmp_path}', '--config.query_sise=3'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert typo.returncode != 0 and 'query_size' in typo.stderr
+
+
+def test_mnist_smoke_on_real_data(data_dir, tmp_path):
+  c = load_config('mnist', 'low,smoke')
+  c.data_dir = data_dir
+  table = experiment.train_and_evaluate(c, str(tmp_path))
+  metrics = rows(tmp_path)
+  assert len(metrics) == 3 * 1 * 3
+  assert [m['n_labeled'] for m in metrics if m['strategy'] == 'random'] == [10, 20, 30]
+  # LeNet on 30 real MNIST labels is far above chance (10%).
+  assert max(m['accuracy'] for m in metrics) > 0.3
+  assert 'mnist_low_smoke' in table
