@@ -92,7 +92,7 @@ def state_dict():
 
 
 def np_conv(x, w, stride, pad):
-  """x: [n, i, h, w], w: [o, i, kh, kw] -> [n, o, h', w'] (cross-correlation)."""
+  """Cross-correlation; x: [n, i, h, w], w: [o, i, kh, kw] -> [n, o, h', w']."""
   n, _, h, wd = x.shape
   _, _, kh, kw = w.shape
   xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
