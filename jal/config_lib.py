@@ -62,7 +62,7 @@ def validate(config) -> None:
   _positive('train.min_steps', tc.min_steps, allow_zero=True)
   _positive('train.weight_decay', tc.weight_decay, allow_zero=True)
   for field, valid in (('optimizer', train.OPTIMIZERS), ('schedule', train.SCHEDULES),
-                       ('augment', train.AUGMENTATIONS)):
+                       ('augment', train.AUGMENTATIONS), ('loop', train.LOOPS)):
     if tc[field] not in valid:
       raise ValueError(f"unknown train.{field} '{tc[field]}'; valid: {', '.join(valid)}")
   for n in names:
@@ -174,6 +174,7 @@ def base_config() -> ml_collections.ConfigDict:
       momentum=0.9,
       schedule='constant',
       augment='none',
+      loop='auto',          # 'scan': one program per fit; 'step': one per step (faster on CPU)
   ))
   return c
 

@@ -116,7 +116,7 @@ class Experiment:
     idx = np.zeros((capacity,), np.int32)
     idx[:num] = labeled_idx
     epochs = train.epochs_for(num, tc.batch_size, tc.epochs, tc.min_steps)
-    return train.fit_ensemble(
+    return train.get_fit_fn(tc.loop)(
         self.model, self.tx, self.spec, tc.batch_size, tc.schedule, tc.learning_rate,
         member_keys(key, round_, tc.members), self.x_train, self.y_train,
         jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs))
@@ -136,6 +136,8 @@ class Experiment:
     needs = strategy.needs
     inputs = strategies_lib.Inputs(labeled=jnp.asarray(labeled))
     if needs:
+      if 'logits' not in needs:  # embeddings are member 0's: run that one only
+        states = jax.tree.map(lambda a: a[:1], states)
       preds = self.predict(states, self.x_train, 'embeddings' in needs)
       inputs = inputs._replace(
           logits=preds.logits if 'logits' in needs else None,

@@ -108,3 +108,22 @@ def test_lr_schedules():
   assert float(train.lr_factor('constant', 5, 10)) == 1.0
   np.testing.assert_allclose(float(train.lr_factor('cosine', 5, 10)), 0.5, atol=1e-6)
   np.testing.assert_allclose(float(train.lr_factor('cosine', 10, 10)), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize('model', [models.MLP(2, hidden=(8,)), models.LeNet(2)])
+def test_stepwise_driver_equals_scan_driver(blobs, model):
+  x = jnp.asarray(blobs.x_train)
+  if isinstance(model, models.LeNet):  # tiny images from the blobs' coordinates
+    x = jnp.tile(x[:, None, None, :1], (1, 12, 12, 1))
+  tx = train.make_optimizer(TRAIN)
+  keys = jax.random.split(jax.random.PRNGKey(5), 2)
+  idx = np.zeros(32, np.int32)
+  idx[:20] = np.arange(20)
+  args = (model, tx, train.InputSpec(), 8, 'cosine', 1e-2, keys, x, jnp.asarray(blobs.y_train),
+          jnp.asarray(idx), jnp.int32(20), jnp.int32(3))
+  a = train.fit_ensemble(*args)
+  b = train.fit_ensemble_stepwise(*args)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5), a.params,
+               b.params)
+  assert int(b.opt_state.inner_state[0].count[0]) == 9  # 3 steps x 3 epochs
+  assert train.get_fit_fn('auto') is train.fit_ensemble_stepwise  # CPU
