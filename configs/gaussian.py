@@ -19,7 +19,9 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.name = 'gaussian'
   c.data = dict(name='gaussian_blobs', num_train=5000, num_test=500, separation=2.0, std=1.0)
-  c.model = dict(name='mlp', hidden=(64, 64), compute_dtype='float32')
+  c.model.name = 'mlp'
+  c.model.hidden = (64, 64)
+  c.model.compute_dtype = 'float32'
   c.warmup_size = 5
   c.query_size = 5
   c.num_rounds = 3

@@ -24,7 +24,7 @@ def get_config(arg=None):
   high = 'high' in args
   c.name = 'mnist_high' if high else 'mnist_low'
   c.data = dict(name='mnist')
-  c.model = dict(name='lenet', compute_dtype='float32')
+  c.model.name = 'lenet'
   c.query_size = 600 if high else 10
   c.warmup_size = c.query_size
   c.num_rounds = 10

@@ -4,6 +4,7 @@ Every check here runs before any compute and raises a one-line ValueError.
 """
 
 import json
+import os
 
 import ml_collections
 import numpy as np
@@ -65,6 +66,14 @@ def validate(config) -> None:
                        ('augment', train.AUGMENTATIONS), ('loop', train.LOOPS)):
     if tc[field] not in valid:
       raise ValueError(f"unknown train.{field} '{tc[field]}'; valid: {', '.join(valid)}")
+  path = config.model.get('pretrained_path')
+  if path:
+    if config.model.name != 'resnet18':
+      raise ValueError(f"config.model.pretrained_path needs model 'resnet18', "
+                       f"got '{config.model.name}'")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'pretrained weights not found: {path} (a torchvision ResNet-18 '
+                              'state dict as .pth, .npz or .safetensors)')
   for n in names:
     need = strategies_lib.get_strategy(n).min_members
     if tc.members < need:
@@ -96,8 +105,9 @@ def identity(config) -> dict:
 def diff(a: dict, b: dict, prefix='') -> str:
   """The first few fields that differ between two identity dicts."""
   out = []
+  absent = '<absent>'
   for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k), b.get(k)
+    va, vb = a.get(k, absent), b.get(k, absent)
     if isinstance(va, dict) and isinstance(vb, dict):
       sub = diff(va, vb, f'{prefix}{k}.')
       if sub:
@@ -158,7 +168,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.strategy_options = ml_collections.ConfigDict()
   c.data_dir = placeholder(str)  # else $JAL_DATA_DIR
   c.data = ml_collections.ConfigDict({'name': 'gaussian_blobs'})
-  c.model = ml_collections.ConfigDict({'name': 'mlp', 'compute_dtype': 'float32'})
+  c.model = ml_collections.ConfigDict(dict(
+      name='mlp',
+      compute_dtype='auto',            # bfloat16 on GPU/TPU, float32 on CPU
+      hidden=placeholder(tuple),       # mlp
+      stem=placeholder(str),           # resnet18: 'cifar' or 'imagenet'
+      width=placeholder(int),          # resnet18: first-stage channels (64)
+      pretrained_path=placeholder(str),  # resnet18: torchvision state dict
+  ))
   c.warmup_size = 5
   c.query_size = 5
   c.num_rounds = 3
@@ -182,3 +199,46 @@ def base_config() -> ml_collections.ConfigDict:
 def parse_arg(arg) -> set[str]:
   """`configs/x.py:low,smoke` -> {'low', 'smoke'}."""
   return {a.strip() for a in (arg or '').split(',') if a.strip()}
+
+
+def resnet_cifar_config(c: ml_collections.ConfigDict, args: set[str]) -> ml_collections.ConfigDict:
+  """The study's chapter-4 recipe shared by the CIFAR configs.
+
+  ResNet-18 with the CIFAR stem, SGD with Nesterov momentum and cosine decay,
+  random crop + flip, a 5-member ensemble. `pretrained` in args switches to
+  the ImageNet stem and expects `--config.model.pretrained_path`. `smoke`
+  shrinks everything to seconds on a CPU: a width-8 ResNet-18 (or width 64
+  when pretrained, since the weights fix it), 2 members, a 300-image pool.
+  """
+  c.model.name = 'resnet18'
+  c.model.stem = 'cifar'
+  c.model.width = 64
+  c.train.members = 5
+  c.train.batch_size = 128
+  c.train.epochs = 50
+  c.train.min_steps = 500
+  c.train.optimizer = 'sgd'
+  c.train.learning_rate = 0.05
+  c.train.momentum = 0.9
+  c.train.weight_decay = 5e-4
+  c.train.schedule = 'cosine'
+  c.train.augment = 'crop_flip'
+  c.eval_batch_size = 1000
+  if 'pretrained' in args:
+    c.name += '_pretrained'
+    c.model.stem = 'imagenet'
+    c.train.learning_rate = 0.01
+  if 'smoke' in args:
+    c.name += '_smoke'
+    c.data.max_train = 300
+    c.data.max_test = 100
+    c.seeds = (0,)
+    c.num_rounds = 2
+    c.train.members = 2
+    c.train.batch_size = 16
+    c.train.epochs = 1
+    c.train.min_steps = 4
+    c.eval_batch_size = 100
+    if 'pretrained' not in args:
+      c.model.width = 8
+  return c

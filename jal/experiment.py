@@ -28,6 +28,7 @@ import zlib
 from typing import Any
 
 from absl import logging
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -107,6 +108,8 @@ class Experiment:
     self.tx = train.make_optimizer(config.train)
     self.spec = train.InputSpec(dataset.mean, dataset.std, config.train.augment)
     self.eval_spec = train.InputSpec(dataset.mean, dataset.std, 'none')
+    self.init_overrides = jax.device_put(pretrained_overrides(
+        self.model, config.model, self.x_train[:1], self.eval_spec))
 
   def fit(self, key, labeled_idx: np.ndarray, round_: int):
     """Trains the round's ensemble on `labeled_idx`; returns stacked states."""
@@ -119,7 +122,7 @@ class Experiment:
     return train.get_fit_fn(tc.loop)(
         self.model, self.tx, self.spec, tc.batch_size, tc.schedule, tc.learning_rate,
         member_keys(key, round_, tc.members), self.x_train, self.y_train,
-        jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs))
+        jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs), self.init_overrides)
 
   def predict(self, states, x, with_embeddings: bool):
     return train.predict(self.model, self.eval_spec, self.config.eval_batch_size,
@@ -147,6 +150,29 @@ class Experiment:
     if len(np.unique(picks)) != len(picks) or labeled[picks].any():
       raise RuntimeError(f'strategy {strategy.name} picked labeled or repeated points: {picks}')
     return picks
+
+
+def pretrained_overrides(model, model_config, sample_x, spec):
+  """The leaves loaded from `model_config.pretrained_path`, or None.
+
+  Returns `{(collection, *path): array}` for every tensor the converter took
+  from the state dict; tensors it kept as initialised (the head when the
+  class count differs, the CIFAR-stem conv1) are left out, so each ensemble
+  member initialises them from its own key.
+  """
+  path = model_config.get('pretrained_path')
+  if not path:
+    return None
+  from jal import pretrained  # pylint: disable=g-import-not-at-top
+  template = model.init(jax.random.PRNGKey(0), train.prepare_inputs(sample_x, spec), train=False)
+  loaded = pretrained.load_pretrained(path, template, stem=model_config.get('stem', 'cifar'))
+  out = {}
+  for col, tree in loaded.items():
+    fresh = flax.traverse_util.flatten_dict(flax.core.unfreeze(template[col]))
+    for p, leaf in flax.traverse_util.flatten_dict(tree).items():
+      if leaf is not fresh[p]:
+        out[(col, *p)] = np.asarray(leaf)
+  return out
 
 
 def _initial_state(exp: Experiment, key) -> dict[str, Any]:

@@ -10,6 +10,7 @@ returns `logits: f32[b, num_classes]` and the penultimate representation
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -47,9 +48,9 @@ class LeNet(nn.Module):
     return logits.astype(jnp.float32), x.astype(jnp.float32)
 
 
-def _resnet18(num_classes, dtype, stem='cifar'):
+def _resnet18(num_classes, dtype, stem='cifar', width=64):
   from jal import resnet  # pylint: disable=g-import-not-at-top
-  return resnet.ResNet18(num_classes=num_classes, stem=stem, dtype=dtype)
+  return resnet.ResNet18(num_classes=num_classes, stem=stem, width=width, dtype=dtype)
 
 
 def _mlp(num_classes, dtype, hidden=(64, 64)):
@@ -62,7 +63,14 @@ def _lenet(num_classes, dtype):
 
 MODELS = {'mlp': _mlp, 'lenet': _lenet, 'resnet18': _resnet18}
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'auto': None}
+
+
+def compute_dtype(name: str):
+  """'float32', 'bfloat16', or 'auto' (bfloat16 on GPU/TPU, float32 on CPU)."""
+  if name == 'auto':
+    return jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16
+  return _DTYPES[name]
 
 
 def get_model(model_config, num_classes: int) -> nn.Module:
@@ -70,8 +78,9 @@ def get_model(model_config, num_classes: int) -> nn.Module:
 
   Args:
     model_config: ConfigDict with `name`, optional `compute_dtype`
-      ('float32' or 'bfloat16'; parameters stay float32) and model-specific
-      fields (`hidden` for mlp, `stem` for resnet18).
+      ('float32', 'bfloat16' or 'auto'; parameters stay float32) and
+      model-specific fields (`hidden` for mlp, `stem` and `width` for
+      resnet18).
     num_classes: size of the logits.
 
   Returns:
@@ -86,6 +95,8 @@ def get_model(model_config, num_classes: int) -> nn.Module:
   kwargs = {}
   if name == 'mlp' and model_config.get('hidden') is not None:
     kwargs['hidden'] = model_config.hidden
-  if name == 'resnet18' and model_config.get('stem') is not None:
-    kwargs['stem'] = model_config.stem
-  return MODELS[name](num_classes, _DTYPES[dtype_name], **kwargs)
+  if name == 'resnet18':
+    for field in ('stem', 'width'):
+      if model_config.get(field) is not None:
+        kwargs[field] = model_config[field]
+  return MODELS[name](num_classes, compute_dtype(dtype_name), **kwargs)

@@ -92,9 +92,12 @@ class ResNet18(nn.Module):
     stem: 'cifar' (3x3/1 conv, no pool) or 'imagenet' (7x7/2 conv + max-pool).
     dtype: compute dtype (e.g. jnp.bfloat16 on GPUs); outputs are float32.
     param_dtype: parameter dtype.
+    width: channels of the first stage (64 is ResNet-18; pretrained weights
+      need 64); stages have width * (1, 2, 4, 8), the embedding width * 8.
   """
   num_classes: int
   stem: str = 'cifar'
+  width: int = 64
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -109,7 +112,7 @@ class ResNet18(nn.Module):
 
     Returns:
       logits: f32[b, num_classes].
-      embedding: f32[b, 512], the globally pooled penultimate features.
+      embedding: f32[b, 8 * width], the globally pooled penultimate features.
     """
     if self.stem not in STEMS:
       raise ValueError(f'ResNet18: unknown stem {self.stem!r}, '
@@ -119,7 +122,8 @@ class ResNet18(nn.Module):
       k, s = 3, 1
     else:
       k, s = 7, 2
-    x = nn.Conv(STAGE_WIDTHS[0], (k, k), (s, s), padding=_pad(k),
+    widths = tuple(self.width * w // STAGE_WIDTHS[0] for w in STAGE_WIDTHS)
+    x = nn.Conv(widths[0], (k, k), (s, s), padding=_pad(k),
                 use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                 param_dtype=self.param_dtype, name='conv1')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
@@ -130,7 +134,7 @@ class ResNet18(nn.Module):
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
     self.sow('intermediates', 'stem', x)
 
-    for i, (n_blocks, width) in enumerate(zip(STAGE_SIZES, STAGE_WIDTHS)):
+    for i, (n_blocks, width) in enumerate(zip(STAGE_SIZES, widths)):
       for j in range(n_blocks):
         first = i > 0 and j == 0
         x = BasicBlock(width, strides=2 if first else 1, downsample=first,

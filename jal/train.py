@@ -28,6 +28,7 @@ import functools
 import math
 from typing import Any, NamedTuple
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -152,7 +153,7 @@ def lr_factor(schedule: str, step, total_steps):
   raise ValueError(f"unknown schedule '{schedule}'; valid: {', '.join(SCHEDULES)}")
 
 
-def init_state(model, tx, key, sample_x) -> TrainState:
+def init_state(model, tx, key, sample_x, init_overrides=None) -> TrainState:
   """Initialises one member.
 
   Args:
@@ -160,8 +161,16 @@ def init_state(model, tx, key, sample_x) -> TrainState:
     tx: optimizer from `make_optimizer`.
     key: PRNG key.
     sample_x: f32[b, ...] model inputs fixing the shapes.
+    init_overrides: optional `{(collection, *path): array}` replacing those
+      leaves of the fresh init (pretrained weights, shared by all members;
+      leaves not named keep their per-member random init, e.g. the head).
   """
   variables = model.init(key, sample_x, train=False)
+  if init_overrides:
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
+    for k, v in init_overrides.items():
+      flat[k] = jnp.asarray(v, flat[k].dtype)
+    variables = flax.traverse_util.unflatten_dict(flat)
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k != 'params'}
   return TrainState(params, model_state, tx.init(params))
@@ -271,7 +280,7 @@ def _steps_per_epoch(num_valid, batch_size):
 
 
 def fit(model, tx, spec: InputSpec, batch_size: int, schedule: str, learning_rate: float,
-        key, x, y, idx, num_valid, num_epochs) -> TrainState:
+        key, x, y, idx, num_valid, num_epochs, init_overrides=None) -> TrainState:
   """Trains one fresh member from `key` on `x[idx[:num_valid]]`. Pure.
 
   Args:
@@ -283,12 +292,13 @@ def fit(model, tx, spec: InputSpec, batch_size: int, schedule: str, learning_rat
       multiple of batch_size.
     num_valid: i32[], the number of valid entries of idx.
     num_epochs: i32[], passes over the labeled set.
+    init_overrides: optional pretrained leaves, see `init_state`.
 
   Returns:
     The trained TrainState.
   """
   init_key, shuffle_key, aug_key = _split_member_key(key)
-  state = init_state(model, tx, init_key, prepare_inputs(x[:1], spec))
+  state = init_state(model, tx, init_key, prepare_inputs(x[:1], spec), init_overrides)
   steps_per_epoch = _steps_per_epoch(num_valid, batch_size)
   total_steps = steps_per_epoch * num_epochs
   update = functools.partial(_slot_update, model, tx, spec, schedule, learning_rate)
@@ -310,7 +320,7 @@ def fit(model, tx, spec: InputSpec, batch_size: int, schedule: str, learning_rat
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def fit_ensemble(model, tx, spec, batch_size, schedule, learning_rate,
-                 keys, x, y, idx, num_valid, num_epochs) -> TrainState:
+                 keys, x, y, idx, num_valid, num_epochs, init_overrides=None) -> TrainState:
   """Trains one member per key, all in one program, by `jax.vmap` over keys.
 
   Member i equals `fit(..., keys[i], ...)` run alone. Static arguments are
@@ -320,19 +330,21 @@ def fit_ensemble(model, tx, spec, batch_size, schedule, learning_rate,
   Args:
     model, tx, spec, batch_size, schedule, learning_rate: as in `fit`.
     keys: [m, 2] uint32 PRNG keys, one per member.
-    x, y, idx, num_valid, num_epochs: as in `fit`, shared by all members.
+    x, y, idx, num_valid, num_epochs, init_overrides: as in `fit`, shared by
+      all members.
 
   Returns:
     TrainState whose leaves have a leading member axis m.
   """
   one = functools.partial(fit, model, tx, spec, batch_size, schedule, learning_rate)
-  return jax.vmap(one, in_axes=(0, None, None, None, None, None))(
-      keys, x, y, idx, num_valid, num_epochs)
+  return jax.vmap(one, in_axes=(0, None, None, None, None, None, None))(
+      keys, x, y, idx, num_valid, num_epochs, init_overrides)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init_ensemble(model, tx, spec, keys, x):
-  init = lambda k: init_state(model, tx, _split_member_key(k)[0], prepare_inputs(x[:1], spec))
+def _init_ensemble(model, tx, spec, keys, x, init_overrides):
+  init = lambda k: init_state(model, tx, _split_member_key(k)[0], prepare_inputs(x[:1], spec),
+                              init_overrides)
   return jax.vmap(init)(keys)
 
 
@@ -352,7 +364,8 @@ def _ensemble_slot(model, tx, spec, schedule, learning_rate, states, keys, x, y,
 
 
 def fit_ensemble_stepwise(model, tx, spec, batch_size, schedule, learning_rate,
-                          keys, x, y, idx, num_valid, num_epochs) -> TrainState:
+                          keys, x, y, idx, num_valid, num_epochs,
+                          init_overrides=None) -> TrainState:
   """`fit_ensemble` with one dispatch per step instead of one per fit.
 
   The same arithmetic as `fit_ensemble` (equal to float tolerance), but the
@@ -363,7 +376,7 @@ def fit_ensemble_stepwise(model, tx, spec, batch_size, schedule, learning_rate,
   `fit_ensemble`, which never returns to Python.
   """
   num_valid, num_epochs = int(num_valid), int(num_epochs)
-  states = _init_ensemble(model, tx, spec, keys, x)
+  states = _init_ensemble(model, tx, spec, keys, x, init_overrides)
   steps_per_epoch = _steps_per_epoch(num_valid, batch_size)
   total = jnp.int32(steps_per_epoch * num_epochs)
   for e in range(num_epochs):

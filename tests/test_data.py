@@ -503,7 +503,7 @@ def test_unknown_dataset():
   with pytest.raises(ValueError) as e:
     data.load_dataset(_cfg(name='foo'), data_dir=None)
   assert str(e.value) == ("unknown dataset 'foo'; valid: cifar10, cifar100, "
-                          'gaussian_blobs, mnist')
+                          'gaussian_blobs, mnist, retinopathy')
 
 
 @pytest.mark.parametrize('name,expected', [

@@ -1,0 +1,28 @@
+r"""Vanilla CIFAR-100 with ResNet-18: the study's Section 4.2, Figure 4.1 and
+the "Vanilla" rows of Table 4.1.
+
+Query (= warmup) 50 (`:low`, 0.1%) or 2,500 (`:high`, 5%), 10 selections.
+`:pretrained` starts every member from ImageNet weights (Section 4.3.1, Figure
+4.2, Table 4.1 "ImageNet pretrained"); see configs/cifar100_pretrained.py.
+
+    python -m jal.main --config=configs/cifar100.py:low --workdir=W
+    python -m jal.main --config=configs/cifar100.py:high --workdir=W
+
+Data: `cifar-100-python/` or `cifar-100-python.tar.gz` in the data dir.
+Runtime: `:smoke` ~20 s on a 2-core CPU (on a tiny made-up CIFAR-100 in the
+tests); the full runs are meant for a GPU.
+"""
+
+from jal import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg)
+  c = config_lib.base_config()
+  high = 'high' in args
+  c.name = 'cifar100_high' if high else 'cifar100_low'
+  c.data = dict(name='cifar100')
+  c.query_size = 2500 if high else 50
+  c.warmup_size = c.query_size
+  c.num_rounds = 10
+  return config_lib.resnet_cifar_config(c, args)

@@ -1,0 +1,35 @@
+r"""Imbalanced CIFAR-10, car vs rest at 1:19: the study's Section 4.4.1,
+Figures 4.4 and 4.5 and the CIFAR-10 rows of Table 4.2.
+
+automobile (1) and truck (9) are the positive (minority) class, the other
+eight classes negative; the positives of the training pool are downsampled,
+deterministically per seed, so they make up 5% of it (40,000 negatives, 2,105
+positives). The test set keeps its natural 1:4 ratio. The metric is the
+average precision of the minority class; `minority_fraction_queried` records
+the share of positives among each round's queries. Query (= warmup) 50, 10
+selections. `:pretrained` starts from ImageNet weights
+(`--config.model.pretrained_path=...`).
+
+    python -m jal.main --config=configs/imbalance.py --workdir=W
+    python -m jal.main --config=configs/imbalance.py:pretrained --workdir=W \
+        --config.model.pretrained_path=/weights/resnet18.safetensors
+
+Build another imbalanced task with --config.data.positive_classes,
+--config.data.minority_fraction and --config.data.imbalanced_split.
+
+Runtime: `:smoke` ~20 s on a 2-core CPU.
+"""
+
+from jal import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg)
+  c = config_lib.base_config()
+  c.name = 'imbalance'
+  c.data = dict(name='cifar10', positive_classes=(1, 9), minority_fraction=0.05,
+                imbalanced_split='train')
+  c.query_size = 50
+  c.warmup_size = 50
+  c.num_rounds = 10
+  return config_lib.resnet_cifar_config(c, args)

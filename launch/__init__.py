@@ -1,0 +1,1 @@
+"""Sweeps of jal runs: grids (`launch.grid`), executors and merging (`launch.sweep`)."""

@@ -1,0 +1,1 @@
+"""Grid files for `python -m launch.sweep --grid=launch/grids/<name>.py[:arg]`."""

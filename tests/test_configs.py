@@ -1,0 +1,152 @@
+"""Every setting's config runs its :smoke variant end to end on the CPU.
+
+CIFAR-10 is the real (JPEG'd) copy in the data dir; CIFAR-100, the
+retinopathy images and ImageNet weights cannot be had here, so the tests
+write small stand-ins in the standard formats.
+"""
+
+import json
+import pathlib
+import pickle
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from jal import data, experiment
+from tests.conftest import load_config, shared_data_dir
+from tests.test_pretrained import random_state_dict
+
+
+def _rows(workdir, name):
+  return [json.loads(l) for l in (pathlib.Path(workdir) / name).read_text().splitlines()]
+
+
+def _write_fake_cifar100(root: pathlib.Path, n_train=300, n_test=100, seed=0):
+  rng = np.random.default_rng(seed)
+  folder = root / 'cifar-100-python'
+  folder.mkdir(parents=True)
+  for name, n in (('train', n_train), ('test', n_test)):
+    y = rng.integers(0, 100, n)
+    # Class-dependent colour so the task is learnable at all.
+    x = rng.integers(0, 64, (n, 3, 32, 32)) + (y[:, None, None, None] * 1.9).astype(np.int64)
+    payload = {b'data': x.clip(0, 255).astype(np.uint8).reshape(n, -1),
+               b'fine_labels': y.tolist(), b'coarse_labels': (y // 5).tolist()}
+    (folder / name).write_bytes(pickle.dumps(payload, protocol=2))
+  names = {b'fine_label_names': [f'c{i}'.encode() for i in range(100)]}
+  (folder / 'meta').write_bytes(pickle.dumps(names, protocol=2))
+  return str(root)
+
+
+def _write_fake_retinopathy(root: pathlib.Path, n=80, seed=0):
+  rng = np.random.default_rng(seed)
+  folder = root / 'diabetic_retinopathy' / 'train'
+  folder.mkdir(parents=True)
+  grades = rng.choice(5, n, p=[0.6, 0.1, 0.15, 0.1, 0.05])
+  lines = ['image,level']
+  for i, g in enumerate(grades):
+    Image.new('RGB', (40 + i % 7, 36), (int(g) * 50, 90, 200 - int(g) * 40)).save(
+        folder / f'{i}_left.jpeg')
+    lines.append(f'{i}_left,{g}')
+  (root / 'diabetic_retinopathy' / 'trainLabels.csv').write_text('\n'.join(lines) + '\n')
+  return str(root)
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+  path = tmp_path_factory.mktemp('weights') / 'resnet18.npz'
+  np.savez(path, **random_state_dict(0))
+  return str(path)
+
+
+def _run(config, workdir):
+  table = experiment.train_and_evaluate(config, str(workdir))
+  return table, _rows(workdir, 'metrics.jsonl'), _rows(workdir, 'selections.jsonl')
+
+
+def _check_shape(config, metrics, selections):
+  n_strat, n_seeds = 3, len(config.seeds)
+  assert len(metrics) == n_strat * n_seeds * (config.num_rounds + 1)
+  for m in metrics:
+    assert m['n_labeled'] == config.warmup_size + m['round'] * config.query_size
+  for s in selections:
+    assert len(s['indices']) == (config.warmup_size if s['round'] == 0 else config.query_size)
+
+
+def _need_cifar10():
+  d = shared_data_dir()
+  if d is None or not (pathlib.Path(d) / 'cifar-10-batches-py').is_dir():
+    pytest.skip('CIFAR-10 not found (set JAL_DATA_DIR)')
+  return d
+
+
+def test_imbalance_smoke_records_ap_and_minority_fraction(tmp_path):
+  c = load_config('imbalance', 'smoke')
+  c.data_dir = _need_cifar10()
+  table, metrics, selections = _run(c, tmp_path)
+  _check_shape(c, metrics, selections)
+  ds = data.load_dataset(c.data, data_dir=c.data_dir, seed=c.seed)
+  assert ds.num_classes == 2 and ds.positive_class == 1
+  for m in metrics:
+    assert 0.0 <= m['average_precision'] <= 1.0
+    sel = [s for s in selections if (s['strategy'], s['seed'], s['round']) ==
+           (m['strategy'], m['seed'], m['round'])][0]
+    if m['round'] == 0:
+      assert 'minority_fraction_queried' not in m
+    else:  # the recorded fraction is the share of positives in that round's queries
+      assert m['minority_fraction_queried'] == pytest.approx(
+          np.mean(ds.y_train[sel['indices']] == 1))
+  assert 'minority-class test average precision' in table
+
+
+def test_cifar10_2class_smoke(tmp_path):
+  c = load_config('cifar10_2class', 'low,smoke')
+  c.data_dir = _need_cifar10()
+  _, metrics, selections = _run(c, tmp_path)
+  _check_shape(c, metrics, selections)
+  assert all(len(m['per_class_accuracy']) == 2 for m in metrics)
+
+
+@pytest.mark.parametrize('name,arg', [('cifar100', 'low,smoke'),
+                                      ('cifar100_high_warmup', 'low,smoke')])
+def test_cifar100_smokes_on_made_up_cifar100(name, arg, tmp_path):
+  c = load_config(name, arg)
+  c.data_dir = _write_fake_cifar100(tmp_path / 'data')
+  _, metrics, selections = _run(c, tmp_path / 'w')
+  _check_shape(c, metrics, selections)
+  assert all(len(m['per_class_accuracy']) == 100 for m in metrics)
+
+
+def test_cifar100_pretrained_smoke_loads_the_weights(weights, tmp_path):
+  c = load_config('cifar100_pretrained', 'low,smoke')
+  c.data_dir = _write_fake_cifar100(tmp_path / 'data')
+  c.model.pretrained_path = weights
+  _, metrics, selections = _run(c, tmp_path / 'w')
+  _check_shape(c, metrics, selections)
+  ds = data.load_dataset(c.data, data_dir=c.data_dir, seed=c.seed)
+  exp = experiment.Experiment(c, ds)
+  sd = random_state_dict(0)
+  over = exp.init_overrides
+  # Every backbone tensor comes from the state dict; the 100-way head does not.
+  np.testing.assert_array_equal(over[('params', 'layer3_1', 'conv2', 'kernel')],
+                                sd['layer3.1.conv2.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(over[('batch_stats', 'bn1', 'var')], sd['bn1.running_var'])
+  assert not any(k[1] == 'fc' for k in over)
+  assert len(over) == 122 - 2 - 20  # all but fc.{weight,bias} and num_batches_tracked
+
+
+def test_retinopathy_smoke_on_made_up_images(weights, tmp_path):
+  c = load_config('retinopathy', 'smoke')
+  c.data_dir = _write_fake_retinopathy(tmp_path / 'data')
+  c.model.pretrained_path = weights
+  _, metrics, selections = _run(c, tmp_path / 'w')
+  _check_shape(c, metrics, selections)
+  assert all('average_precision' in m for m in metrics)
+
+
+def test_missing_pretrained_weights_fail_before_compute(tmp_path):
+  c = load_config('cifar100_pretrained', 'low,smoke')
+  c.model.pretrained_path = str(tmp_path / 'nope.pth')
+  with pytest.raises(FileNotFoundError, match='pretrained weights not found: .*nope.pth'):
+    experiment.train_and_evaluate(c, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
