@@ -15,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from jal import experiment
+from jal import logs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -22,18 +23,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and r
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraries(logging.logging.Filter):
-  """Drops INFO records of orbax and jax internals: progress lines stay readable."""
-
-  def filter(self, record):
-    noisy = '/orbax/' in record.pathname or '/jax/_src/' in record.pathname
-    return record.levelno >= logging.logging.WARNING or not noisy
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logs.quiet_libraries()
   try:
     table = experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as e:

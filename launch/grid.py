@@ -293,20 +293,6 @@ def jal_main_flags(run: Run) -> list[str]:
 # Workdir state.
 
 
-def _diff(a: dict, b: dict, prefix: str = '') -> str:
-  """The first few fields that differ, keys missing on one side included."""
-  out = []
-  for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k, '<missing>'), b.get(k, '<missing>')
-    if isinstance(va, dict) and isinstance(vb, dict):
-      sub = _diff(va, vb, f'{prefix}{k}.')
-      if sub:
-        out.append(sub)
-    elif va != vb:
-      out.append(f'{prefix}{k}: {va!r} there vs {vb!r} now')
-  return '; '.join(out[:3])
-
-
 def workdir_state(run: Run, root: str) -> tuple[str, str]:
   """('finished' | 'partial' | 'new', detail) of a run's workdir.
 
@@ -330,7 +316,7 @@ def workdir_state(run: Run, root: str) -> tuple[str, str]:
   current = config_lib.identity(config)
   if stored != current:
     raise GridError(f'workdir {workdir} holds a different experiment '
-                    f'({_diff(stored, current)}); use another --root')
+                    f'({config_lib.diff(stored, current)}); use another --root')
   done = set()
   metrics = os.path.join(workdir, 'metrics.jsonl')
   if os.path.exists(metrics):
@@ -352,24 +338,14 @@ def workdir_state(run: Run, root: str) -> tuple[str, str]:
 # One run.
 
 
-class _QuietLibraries(logging.logging.Filter):
-  """Drops INFO records of orbax and jax internals (as jal.main does)."""
-
-  def filter(self, record):
-    noisy = '/orbax/' in record.pathname or '/jax/_src/' in record.pathname
-    return record.levelno >= logging.logging.WARNING or not noisy
-
-
 def run_one(job: dict) -> dict:
   """Builds the run's config and trains/evaluates it in its workdir (resuming).
 
   This is the function every executor calls (in-process, or in a submitit
   job). Returns {'name', 'workdir', 'table'}.
   """
-  from jal import experiment  # pylint: disable=g-import-not-at-top
-  for target in (logging.get_absl_handler(), logging.get_absl_logger()):
-    if not any(isinstance(f, _QuietLibraries) for f in target.filters):
-      target.addFilter(_QuietLibraries())
+  from jal import experiment, logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries()
   if logging.get_verbosity() < logging.INFO:
     logging.set_verbosity(logging.INFO)
   config = build_config(job['config_path'], job['arg'], job['overrides'])
