@@ -76,6 +76,11 @@ def select_key(key, strategy: str, round_: int):
   return jax.random.fold_in(k, round_)
 
 
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def _atomic_write(path: str, text: str) -> None:
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:
@@ -119,10 +124,14 @@ class Experiment:
     idx = np.zeros((capacity,), np.int32)
     idx[:num] = labeled_idx
     epochs = train.epochs_for(num, tc.batch_size, tc.epochs, tc.min_steps)
-    return train.get_fit_fn(tc.loop)(
+    states = train.get_fit_fn(tc.loop)(
         self.model, self.tx, self.spec, tc.batch_size, tc.schedule, tc.learning_rate,
         member_keys(key, round_, tc.members), self.x_train, self.y_train,
         jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs), self.init_overrides)
+    if not bool(_all_finite(states.params)):
+      raise FloatingPointError(f'training diverged at round {round_} (non-finite parameters); '
+                               f'lower config.train.learning_rate ({tc.learning_rate})')
+    return states
 
   def predict(self, states, x, with_embeddings: bool):
     return train.predict(self.model, self.eval_spec, self.config.eval_batch_size,
@@ -193,7 +202,8 @@ class RunCheckpoints:
   def __init__(self, directory: str):
     self.manager = ocp.CheckpointManager(
         os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
+                                            cleanup_tmp_directories=True),
         item_names=('arrays', 'history'))
 
   def latest(self):

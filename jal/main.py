@@ -29,7 +29,7 @@ def main(argv):
   logs.quiet_libraries()
   try:
     table = experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
   sys.stdout.write(table)

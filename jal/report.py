@@ -14,6 +14,11 @@ groups workdirs by setting (config `name` + `query_size`) and writes into OUT:
                    n_seeds, n_labeled, and the paired improvement over random.
   improvement.csv  one row per (setting, strategy): the average improvement.
   aulc.csv         one row per (setting, strategy): the normalised AULC.
+  study_comparison.csv   when a setting is one of the study's (`jal.study`):
+                   one row per compared number, the study's published value
+                   beside jal's mean and interval, in the study's units (the
+                   `unit` column: pp, % or AP). report.md then has a section
+                   "Beside the study" per such setting with the same rows.
   <setting>_curves.png     metric and improvement vs labels (Figs 3.2-4.4).
   <setting>_minority.png   minority fraction of each query (Fig 4.5), when the
                            metrics carry `minority_fraction_queried`.
@@ -44,6 +49,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from jal import stats
+from jal import study
 
 _METRICS = ('accuracy', 'average_precision')
 
@@ -485,6 +491,9 @@ def _markdown_setting(res, ci, confidence, ci_kwargs, figures):
       lines.append(f'| {s} | ' + ' | '.join(cells) + ' |')
     lines.append('')
 
+  if res.get('study'):
+    lines += _markdown_study(res, res['study'], ci, confidence)
+
   for note in res['notes']:
     lines.append(f'Note: {note}')
   if res['notes']:
@@ -493,6 +502,213 @@ def _markdown_setting(res, ci, confidence, ci_kwargs, figures):
     lines.append(f'![{os.path.basename(path)}]({os.path.basename(path)})')
     lines.append('')
   return lines
+
+
+# ----------------------------------------------------------------------------
+# Beside the study's published numbers.
+
+
+def _contains(value, lo, hi):
+  """True/False: the interval [lo, hi] holds value; None without interval."""
+  if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+    return None
+  return bool(lo <= value <= hi)
+
+
+def _sign_agrees(mean, value):
+  if mean is None or math.isnan(mean):
+    return None
+  return bool(np.sign(mean) == np.sign(value))
+
+
+def _compare_with_study(res, ci, confidence):
+  """jal's statistics beside `study.lookup(res['name'])`; None if unknown.
+
+  Returns a dict: label, metric, unit, study_seeds, study_query_size, notes,
+  and rows (dicts) under 'improvement' (average improvement over random,
+  study units: pp or AP) and 'per_selection' (accuracy in % at each
+  selection, Table 3.1 only).
+  """
+  numbers = study.lookup(res['name'])
+  if numbers is None:
+    return None
+  out = {'setting': numbers.setting, 'label': numbers.label,
+         'metric': numbers.metric, 'unit': numbers.unit,
+         'study_seeds': numbers.num_seeds,
+         'study_query_size': numbers.query_size,
+         'notes': [], 'improvement': [], 'per_selection': []}
+  if res['query_size'] != numbers.query_size:
+    out['notes'].append(
+        f'the study\'s query size here is {numbers.query_size}; jal\'s is '
+        f'{res["query_size"]}.')
+  if res['metric'] != numbers.metric:
+    out['notes'].append(
+        f'the study reports {numbers.metric} here and this report\'s metric '
+        f'is {res["metric"]}: nothing to compare.')
+    return out
+  scale = _scale(res['metric'])
+  common = {'confidence': confidence, 'ci_method': ci,
+            'study_seeds': numbers.num_seeds}
+  if res['baseline'] != 'random':
+    out['notes'].append(
+        f'the study\'s improvements are over random; this report\'s are over '
+        f'{res["baseline"]}: average improvements not compared.')
+  else:
+    for s in order_strategies(numbers.improvement):
+      value = numbers.improvement[s]
+      e = res['improvement'].get(s)
+      row = {'table': 'average_improvement', 'strategy': s,
+             'selection': None, 'n_labeled': None, 'unit': numbers.unit,
+             'study_value': value, 'study_label': numbers.improvement_label,
+             'jal_mean': math.nan, 'jal_lo': math.nan, 'jal_hi': math.nan,
+             'jal_n_seeds': 0, 'ci_contains_study': None,
+             'sign_agrees': None, 'jal_ci_excludes_zero': None, **common}
+      if e is not None:
+        row.update(jal_mean=e['mean'] * scale, jal_lo=e['lo'] * scale,
+                   jal_hi=e['hi'] * scale, jal_n_seeds=e['n'])
+        row['ci_contains_study'] = _contains(value, row['jal_lo'],
+                                             row['jal_hi'])
+        row['sign_agrees'] = _sign_agrees(row['jal_mean'], value)
+        if e['n'] >= 2:
+          row['jal_ci_excludes_zero'] = bool(e['excludes_zero'])
+      out['improvement'].append(row)
+  if numbers.per_selection and res['metric'] == 'accuracy':
+    col = {r: j for j, r in enumerate(res['rounds'])}
+    for s in order_strategies(numbers.per_selection):
+      curve = res['curves'].get(s)
+      for k, value in enumerate(numbers.per_selection[s], 1):
+        row = {'table': 'per_selection', 'strategy': s, 'selection': k,
+               'n_labeled': None, 'unit': '%', 'study_value': value,
+               'study_label': numbers.per_selection_label,
+               'jal_mean': math.nan, 'jal_lo': math.nan, 'jal_hi': math.nan,
+               'jal_n_seeds': 0, 'ci_contains_study': None,
+               'sign_agrees': None, 'jal_ci_excludes_zero': None, **common}
+        j = col.get(k)
+        if j is not None:
+          row['n_labeled'] = res['n_labeled'][j]
+        if curve is not None and j is not None:
+          row.update(jal_mean=curve['mean'][j] * scale,
+                     jal_lo=curve['lo'][j] * scale,
+                     jal_hi=curve['hi'][j] * scale,
+                     jal_n_seeds=curve['n_seeds'][j])
+          row['ci_contains_study'] = _contains(value, row['jal_lo'],
+                                               row['jal_hi'])
+        out['per_selection'].append(row)
+  return out
+
+
+def _yes_no(flag, n):
+  if flag is None:
+    return 'n/a' if n >= 2 or n == 0 else f'n/a ({n} seed)'
+  return 'yes' if flag else 'no'
+
+
+def _markdown_study(res, comparison, ci, confidence):
+  pct = f'{100 * confidence:g}%'
+  imp_dec = 3 if comparison['metric'] == 'accuracy' else 4
+  imp_unit = comparison['unit']
+  lines = ['### Beside the study', '']
+  lines.append(
+      f'The study\'s published numbers ({comparison["label"]}) beside jal\'s. '
+      f'The study reports means of {comparison["study_seeds"]} seeds and no '
+      f'intervals; the {pct} intervals are jal\'s, over jal\'s seeds. "CI '
+      'contains" asks whether the study\'s mean lies in jal\'s interval; it '
+      'ignores the study\'s own seed noise, which it does not report. "Sign '
+      'agrees" compares the sign of jal\'s mean with the study\'s; "(jal CI '
+      'spans 0)" marks signs that jal\'s seeds do not establish.')
+  lines.append('')
+  if comparison['improvement']:
+    lines.append(f'Average improvement over random over all selections '
+                 f'({"percentage points" if imp_unit == "pp" else "AP"}):')
+    lines.append('')
+    lines.append(f'| Strategy | study ({imp_unit}) | jal mean ({imp_unit}) | '
+                 f'jal {pct} CI | CI contains the study\'s value? | jal sign '
+                 'agrees with the study? |')
+    lines.append('|---|---|---|---|---|---|')
+    for row in comparison['improvement']:
+      n = row['jal_n_seeds']
+      study_cell = (f'{_num(row["study_value"], imp_dec, True)} '
+                    f'({row["study_label"]})')
+      if n == 0:
+        lines.append(f'| {row["strategy"]} | {study_cell} | not run | n/a | '
+                     'n/a | n/a |')
+        continue
+      interval = (f'[{_num(row["jal_lo"], imp_dec, True)}, '
+                  f'{_num(row["jal_hi"], imp_dec, True)}]' if n >= 2 else
+                  f'n/a ({n} seed{"s" if n != 1 else ""})')
+      sign = _yes_no(row['sign_agrees'], n)
+      if row['jal_ci_excludes_zero'] is False:
+        sign += ' (jal CI spans 0)'
+      lines.append(f'| {row["strategy"]} | {study_cell} | '
+                   f'{_num(row["jal_mean"], imp_dec, True)} | {interval} | '
+                   f'{_yes_no(row["ci_contains_study"], n)} | {sign} |')
+    lines.append('')
+  if comparison['per_selection']:
+    label = comparison['per_selection'][0]['study_label']
+    lines.append(f'Test accuracy (%) at each selection ({label}):')
+    lines.append('')
+    lines.append(f'| Strategy | Selection | study (%) | jal mean (%) | '
+                 f'jal {pct} CI | CI contains the study\'s value? |')
+    lines.append('|---|---|---|---|---|---|')
+    for row in comparison['per_selection']:
+      n = row['jal_n_seeds']
+      where = f'{row["selection"]}' + (f' (n={row["n_labeled"]})'
+                                        if row['n_labeled'] is not None else '')
+      if n == 0:
+        lines.append(f'| {row["strategy"]} | {where} | '
+                     f'{_num(row["study_value"], 1)} | not run | n/a | n/a |')
+        continue
+      interval = (f'[{_num(row["jal_lo"], 2)}, {_num(row["jal_hi"], 2)}]'
+                  if n >= 2 else f'n/a ({n} seed{"s" if n != 1 else ""})')
+      lines.append(f'| {row["strategy"]} | {where} | '
+                   f'{_num(row["study_value"], 1)} | '
+                   f'{_num(row["jal_mean"], 2)} | {interval} | '
+                   f'{_yes_no(row["ci_contains_study"], n)} |')
+    lines.append('')
+  for note in comparison['notes']:
+    lines.append(f'Note: {note[0].upper() + note[1:]}')
+  if comparison['notes']:
+    lines.append('')
+  return lines
+
+
+_STUDY_COLUMNS = ('setting', 'name', 'query_size', 'metric', 'table',
+                  'strategy', 'selection', 'n_labeled', 'unit', 'study_value',
+                  'study_label', 'study_seeds', 'jal_mean', 'jal_lo', 'jal_hi',
+                  'jal_n_seeds', 'confidence', 'ci_method',
+                  'ci_contains_study', 'sign_agrees', 'jal_ci_excludes_zero')
+
+
+def _study_rows(results):
+  """Flat rows of every setting's comparison, the columns of the CSV."""
+  rows = []
+  for key, res in results.items():
+    comparison = res.get('study')
+    if not comparison:
+      continue
+    for row in comparison['improvement'] + comparison['per_selection']:
+      rows.append({'setting': key, 'name': res['name'],
+                   'query_size': res['query_size'], 'metric': res['metric'],
+                   **row})
+  return rows
+
+
+def _write_study_csv(rows, out):
+  if not rows:
+    return []
+  path = os.path.join(out, 'study_comparison.csv')
+
+  def fmt(v):
+    if isinstance(v, bool):
+      return 'yes' if v else 'no'
+    return _csv_num(v)
+
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(_STUDY_COLUMNS)
+    for row in rows:
+      w.writerow([fmt(row[c]) for c in _STUDY_COLUMNS])
+  return [path]
 
 
 def _csv_num(v):
@@ -806,7 +1022,11 @@ def write_report(workdirs, out, metric=None, baseline='random', ci='t',
     rounds, n_labeled, strategies, seeds, values, curves (per-round mean, lo,
     hi, n_seeds), improvement (per strategy: mean, lo, hi, half_width, n,
     excludes_zero, per_seed, seeds, per_round), aulc, minority_fraction,
-    figures}, plus 'files' (everything written), 'ci', 'confidence'.
+    figures, study (None, or the setting beside `jal.study`: label, metric,
+    unit, study_seeds, study_query_size, notes and rows under 'improvement'
+    and 'per_selection')}, plus 'files' (everything written), 'ci',
+    'confidence', 'colours' and 'study_comparison' (the rows of
+    study_comparison.csv, values in the study's units).
   """
   if isinstance(workdirs, (str, os.PathLike)):
     workdirs = [workdirs]
@@ -826,6 +1046,8 @@ def write_report(workdirs, out, metric=None, baseline='random', ci='t',
       raise ValueError(f'two settings map to the same name {setting.key}')
     results[setting.key] = _analyse(setting, metric, baseline, ci, confidence,
                                     ci_kwargs)
+    results[setting.key]['study'] = _compare_with_study(results[setting.key],
+                                                        ci, confidence)
   colours = strategy_colours({s for r in results.values()
                               for s in r['strategies']})
 
@@ -860,10 +1082,13 @@ def write_report(workdirs, out, metric=None, baseline='random', ci='t',
   report_path = os.path.join(out, 'report.md')
   with open(report_path, 'w') as f:
     f.write('\n'.join(markdown).rstrip() + '\n')
-  files = [report_path] + _write_csvs(results, out) + files
+  study_rows = _study_rows(results)
+  files = ([report_path] + _write_csvs(results, out) +
+           _write_study_csv(study_rows, out) + files)
   logging.info('report for %d setting(s) written to %s', len(results), out)
   return {'settings': results, 'files': files, 'ci': ci,
-          'confidence': confidence, 'colours': colours}
+          'confidence': confidence, 'colours': colours,
+          'study_comparison': study_rows}
 
 
 def _define_flags():

@@ -163,6 +163,11 @@ def test_bad_config_fails_before_any_compute(overrides, message, tmp_path):
   assert not (tmp_path / 'w').exists()  # nothing was written
 
 
+def test_diverging_training_stops_with_a_clear_error(tmp_path):
+  with pytest.raises(FloatingPointError, match='training diverged at round 0'):
+    experiment.train_and_evaluate(smoke(**{'train.learning_rate': 1e30}), str(tmp_path))
+
+
 def test_comma_separated_strategies_are_split():
   assert config_lib.strategy_names(smoke(strategies=('random,coreset',))) == ['random', 'coreset']
 
