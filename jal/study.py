@@ -97,7 +97,7 @@ _TABLE_3_1 = {
 
 def _derived_from_table_3_1():
   base = _TABLE_3_1['random']
-  return {s: sum(a - b for a, b in zip(v, base)) / len(base)
+  return {s: round(sum(a - b for a, b in zip(v, base)) / len(base), 10)
           for s, v in _TABLE_3_1.items() if s != 'random'}
 
 

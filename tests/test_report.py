@@ -328,3 +328,163 @@ def test_incomplete_seed_and_missing_baseline(tmp_path):
   assert res['improvement'] == {}
   assert res['strategies'] == ['coreset', 'ensembles']
   assert "No 'random' runs" in res['notes'][0]
+
+
+# ----------------------------------------------------------------------------
+# Beside the study (jal.study).
+#
+# Synthetic `gaussian` setting: seeds 0..2, rounds 0..3 (n_labeled 5..20).
+#   random[k, r]    = R[r] + d[k],  R = [.70, .78, .82, .90], d = [-.01, 0, .01]
+#   coreset[k, r]   = random + c[k] for r >= 1,  c = [-.02, -.01, .00]
+#   ensembles[k, r] = random + e[k] for r >= 1,  e = [.04, .05, .06]
+# Average improvement per seed is c (mean -1.000 pp) and e (mean +5.000 pp),
+# both with sd 1 pp: t half-width 4.302653 / sqrt(3) = 2.484 pp. The study
+# (derived from Table 3.1): coreset +0.633 pp, ensembles +2.333 pp.
+
+R_G = (0.70, 0.78, 0.82, 0.90)
+D_G = (-0.01, 0.0, 0.01)
+OFFSETS_G = {'random': (0.0, 0.0, 0.0), 'coreset': (-0.02, -0.01, 0.0),
+             'ensembles': (0.04, 0.05, 0.06)}
+
+
+def _gaussian_rows(name='gaussian'):
+  rows = []
+  for strategy, off in OFFSETS_G.items():
+    for k in range(3):
+      for r in range(4):
+        rows.append({'strategy': strategy, 'seed': k, 'round': r,
+                     'n_labeled': 5 + 5 * r,
+                     'accuracy': R_G[r] + D_G[k] + (off[k] if r else 0.0)})
+  return rows
+
+
+@pytest.fixture(scope='module')
+def gaussian_report(tmp_path_factory):
+  root = tmp_path_factory.mktemp('gaussian')
+  workdir = _write_workdir(root / 'run', _gaussian_rows(), [],
+                           name='gaussian', data_name='toy_table',
+                           query_size=5)
+  out = str(root / 'out')
+  return out, report.write_report(workdir, out, figures=False)
+
+
+def test_study_comparison_statistics(gaussian_report):
+  _, result = gaussian_report
+  comparison = result['settings']['gaussian_q5']['study']
+  assert comparison['label'] == 'Table 3.1, 2D Gaussian'
+  assert comparison['study_seeds'] == 3 and comparison['notes'] == []
+  imp = {r['strategy']: r for r in comparison['improvement']}
+  assert list(imp) == ['coreset', 'ensembles']
+  half = T2 / math.sqrt(3)  # pp
+  core = imp['coreset']
+  assert core['study_value'] == pytest.approx(1.9 / 3)
+  assert core['jal_mean'] == pytest.approx(-1.0)
+  assert core['jal_lo'] == pytest.approx(-1.0 - half)
+  assert core['jal_hi'] == pytest.approx(-1.0 + half)
+  assert core['ci_contains_study'] is True
+  assert core['sign_agrees'] is False
+  assert core['jal_ci_excludes_zero'] is False
+  ens = imp['ensembles']
+  assert ens['jal_mean'] == pytest.approx(5.0)
+  assert ens['ci_contains_study'] is False  # 2.333 < 5 - 2.484.
+  assert ens['sign_agrees'] is True and ens['jal_ci_excludes_zero'] is True
+  assert ens['jal_n_seeds'] == 3 and ens['unit'] == 'pp'
+
+  per = comparison['per_selection']
+  assert [(r['strategy'], r['selection']) for r in per] == [
+      (s, k) for s in ('random', 'coreset', 'ensembles') for k in (1, 2, 3)]
+  first = per[0]  # random, selection 1: 78.00 ± 2.48 vs the study's 77.8.
+  assert first['study_value'] == 77.8 and first['n_labeled'] == 10
+  assert first['jal_mean'] == pytest.approx(78.0)
+  assert first['ci_contains_study'] is True and first['sign_agrees'] is None
+  last = per[-1]  # ensembles, selection 3: 95.00, sd 2 pp, vs 85.6.
+  assert last['jal_mean'] == pytest.approx(95.0)
+  assert last['jal_hi'] == pytest.approx(95.0 + 2 * half)
+  assert last['ci_contains_study'] is False
+  assert result['study_comparison'] == [
+      {'setting': 'gaussian_q5', 'name': 'gaussian', 'query_size': 5,
+       'metric': 'accuracy', **r}
+      for r in comparison['improvement'] + per]
+
+
+def test_study_comparison_markdown(gaussian_report):
+  out, _ = gaussian_report
+  with open(os.path.join(out, 'report.md')) as f:
+    text = f.read()
+  assert '### Beside the study' in text
+  assert 'means of 3 seeds and no intervals' in text
+  assert ("| Strategy | study (pp) | jal mean (pp) | jal 95% CI | CI contains "
+          "the study's value? | jal sign agrees with the study? |") in text
+  derived = ('Table 3.1, 2D Gaussian, derived: mean over selections 1-3 of '
+             'strategy − random')
+  assert (f'| coreset | +0.633 ({derived}) | -1.000 | [-3.484, +1.484] | '
+          'yes | no (jal CI spans 0) |') in text
+  assert (f'| ensembles | +2.333 ({derived}) | +5.000 | [+2.516, +7.484] | '
+          'no | yes |') in text
+  assert '| random | 1 (n=10) | 77.8 | 78.00 | [75.52, 80.48] | yes |' in text
+  assert '| ensembles | 3 (n=20) | 85.6 | 95.00 | [90.03, 99.97] | no |' in text
+  assert 'nan' not in text.lower()
+
+
+def test_study_comparison_csv(gaussian_report):
+  out, result = gaussian_report
+  path = os.path.join(out, 'study_comparison.csv')
+  assert path in result['files']
+  rows = _read_csv(path)
+  assert len(rows) == 2 + 9
+  ens = next(r for r in rows if r['table'] == 'average_improvement'
+             and r['strategy'] == 'ensembles')
+  assert ens['setting'] == 'gaussian_q5' and ens['unit'] == 'pp'
+  assert float(ens['study_value']) == pytest.approx(7 / 3)
+  assert float(ens['jal_mean']) == pytest.approx(5.0)
+  assert ens['study_seeds'] == '3' and ens['jal_n_seeds'] == '3'
+  assert (ens['ci_contains_study'], ens['sign_agrees'],
+          ens['jal_ci_excludes_zero']) == ('no', 'yes', 'yes')
+  assert ens['selection'] == '' and ens['ci_method'] == 't'
+  sel = next(r for r in rows if r['table'] == 'per_selection'
+             and r['strategy'] == 'coreset' and r['selection'] == '3')
+  # Coreset, selection 3: .90 + d + c = .87, .89, .91 -> 89 %, vs 80.3.
+  assert sel['unit'] == '%' and float(sel['study_value']) == 80.3
+  assert float(sel['jal_mean']) == pytest.approx(89.0)
+  assert sel['ci_contains_study'] == 'no' and sel['sign_agrees'] == ''
+
+
+def test_study_comparison_ap_and_query_size_note(tmp_path):
+  workdir = _write_workdir(tmp_path / 'ap', *_toy_rows(ap=True),
+                           name='imbalance', query_size=10)
+  out = str(tmp_path / 'out')
+  result = report.write_report(workdir, out, figures=False)
+  comparison = result['settings']['imbalance_q10']['study']
+  assert comparison['unit'] == 'AP' and comparison['per_selection'] == []
+  ens = comparison['improvement'][1]
+  assert ens['study_value'] == 0.0325 and ens['jal_mean'] == pytest.approx(.03)
+  assert ens['ci_contains_study'] is True and ens['sign_agrees'] is True
+  with open(os.path.join(out, 'report.md')) as f:
+    text = f.read()
+  assert ('| ensembles | +0.0325 (Table 4.2, vanilla CIFAR-10 (1:19 '
+          'imbalance)) | +0.0300 | [+0.0052, +0.0548] | yes | yes |') in text
+  assert "Note: The study's query size here is 50; jal's is 10." in text
+
+  # Accuracy is not what Table 4.2 reports: no rows, a note instead.
+  acc = report.write_report(workdir, str(tmp_path / 'acc'), metric='accuracy',
+                            figures=False)
+  comparison = acc['settings']['imbalance_q10']['study']
+  assert comparison['improvement'] == [] and acc['study_comparison'] == []
+  assert not os.path.exists(tmp_path / 'acc' / 'study_comparison.csv')
+  assert 'nothing to compare' in comparison['notes'][-1]
+
+
+def test_settings_outside_the_study_get_no_comparison(toy, tmp_path):
+  out, result = toy
+  assert result['settings']['toy_q10']['study'] is None
+  assert result['study_comparison'] == []
+  with open(os.path.join(out, 'report.md')) as f:
+    assert 'Beside the study' not in f.read()
+  assert not os.path.exists(os.path.join(out, 'study_comparison.csv'))
+
+  workdir = _write_workdir(tmp_path / 'smoke', _gaussian_rows(), [],
+                           name='gaussian_smoke', query_size=5)
+  smoke = report.write_report(workdir, str(tmp_path / 'out'), figures=False)
+  assert smoke['settings']['gaussian_smoke_q5']['study'] is None
+  with open(tmp_path / 'out' / 'report.md') as f:
+    assert 'Beside the study' not in f.read()
