@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 from absl import logging
 
@@ -155,21 +155,36 @@ def jal_main_command(run: Run, root: str) -> list[str]:
           f'--workdir={os.path.abspath(run.workdir(root))}']
 
 
-def _run_subprocesses(runs, root, max_parallel):
+def _run_subprocesses(runs, root, max_parallel, devices=()):
+  """Runs `python -m jal.main` subprocesses, at most `max_parallel` at a time.
+
+  With `devices` (accelerator ids), each subprocess sees only one free device
+  (CUDA_VISIBLE_DEVICES) and at most one run holds a device at a time.
+  """
   os.makedirs(os.path.join(root, 'logs'), exist_ok=True)
   pending, running, failed = collections.deque(runs), {}, {}
+  free = collections.deque(devices)
+  if devices:
+    max_parallel = len(devices)
   while pending or running:
     while pending and len(running) < max_parallel:
       run = pending.popleft()
+      device = free.popleft() if devices else None
+      env = dict(os.environ)
+      if device is not None:
+        env['CUDA_VISIBLE_DEVICES'] = device
       log = open(_log_path(root, run), 'a')  # pylint: disable=consider-using-with
-      proc = subprocess.Popen(jal_main_command(run, root), stdout=log,
+      proc = subprocess.Popen(jal_main_command(run, root), stdout=log, env=env,
                               stderr=subprocess.STDOUT, cwd=str(grid_lib.REPO))
-      _say(f'started {run.name} (pid {proc.pid}, log {_log_path(root, run)})')
-      running[run.name] = (proc, log, run)
-    for name, (proc, log, run) in list(running.items()):
+      on = f', device {device}' if device is not None else ''
+      _say(f'started {run.name} (pid {proc.pid}{on}, log {_log_path(root, run)})')
+      running[run.name] = (proc, log, run, device)
+    for name, (proc, log, run, device) in list(running.items()):
       if proc.poll() is not None:
         log.close()
         del running[name]
+        if device is not None:
+          free.append(device)
         if proc.returncode:
           failed[name] = f'exit status {proc.returncode}; see {_log_path(root, run)}'
         _say(f'{"FAILED" if proc.returncode else "finished"} {name}')
@@ -251,7 +266,8 @@ def _run_submitit(runs, root, cluster, max_parallel, options, folder):
 
 def run_sweep(grid: str, root: str, executor: str = 'local', max_parallel: int = 0,
               report_out: Optional[str] = None, options: Optional[ClusterOptions] = None,
-              submitit_folder: Optional[str] = None, dry_run: bool = False) -> SweepResult:
+              submitit_folder: Optional[str] = None, dry_run: bool = False,
+              devices: Sequence[str] = ()) -> SweepResult:
   """Runs (or resumes, or skips) every run of a grid, then merges the report.
 
   Args:
@@ -264,6 +280,8 @@ def run_sweep(grid: str, root: str, executor: str = 'local', max_parallel: int =
     options: submitit job resources.
     submitit_folder: submitit's logs and pickles (default `<root>/submitit`).
     dry_run: only print the plan.
+    devices: local accelerator ids to spread `local` runs over, one run per
+      device at a time (each subprocess sees only its CUDA_VISIBLE_DEVICES).
 
   Returns:
     A SweepResult. Runs that fail are in `failed`; the others are still merged.
@@ -293,10 +311,10 @@ def run_sweep(grid: str, root: str, executor: str = 'local', max_parallel: int =
   if todo:
     os.makedirs(root, exist_ok=True)
     with _repo_importable():
-      if executor == 'local' and max_parallel <= 1:
+      if executor == 'local' and max_parallel <= 1 and not devices:
         failed = _run_in_process(todo, root)
       elif executor == 'local':
-        failed = _run_subprocesses(todo, root, max_parallel)
+        failed = _run_subprocesses(todo, root, max_parallel, tuple(devices))
       else:
         failed = _run_submitit(todo, root, 'slurm' if executor == 'slurm' else 'local',
                                max_parallel, options,
@@ -339,6 +357,8 @@ def _define_flags():
   flags.DEFINE_string('report_out', None, 'Merged report directory; default <root>/report.')
   flags.DEFINE_string('submitit_folder', None, 'submitit logs; default <root>/submitit/%j.')
   flags.DEFINE_boolean('dry_run', False, 'Only print what would run.')
+  flags.DEFINE_list('devices', [], 'Local accelerator ids (e.g. 0,1,2,3): the local '
+                    'executor runs one job per device, each seeing only its own.')
   flags.DEFINE_string('slurm_partition', None, 'SLURM partition.')
   flags.DEFINE_string('slurm_account', None, 'SLURM account.')
   flags.DEFINE_integer('slurm_gpus_per_node', None,
@@ -360,7 +380,7 @@ def main(argv):
                            mem_gb=f.slurm_mem_gb, account=f.slurm_account)
   try:
     result = run_sweep(f.grid, f.root, f.executor, f.max_parallel, f.report_out, options,
-                       f.submitit_folder, f.dry_run)
+                       f.submitit_folder, f.dry_run, f.devices)
   except (GridError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   if result.failed:

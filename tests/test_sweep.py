@@ -224,3 +224,35 @@ def test_cli_error_is_one_line(tmp_path):
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines() == [
       "error: unknown executor 'kubernetes'; valid: local, submitit_local, slurm"]
+
+
+def test_local_runs_are_spread_over_devices_one_per_device(tmp_path, monkeypatch):
+  # Record each subprocess's CUDA_VISIBLE_DEVICES and which devices are busy
+  # at once, without running jal: each fake process ends after a few polls.
+  started, busy, peak = [], set(), []
+
+  class FakeProc:
+    def __init__(self, cmd, env, **kwargs):
+      del kwargs
+      self.device, self.polls, self.returncode = env['CUDA_VISIBLE_DEVICES'], 0, None
+      self.pid = len(started)
+      assert self.device not in busy, 'two runs on one device'
+      busy.add(self.device)
+      peak.append(len(busy))
+      started.append((cmd, self.device))
+
+    def poll(self):
+      self.polls += 1
+      if self.polls >= 3 and self.returncode is None:
+        self.returncode = 0
+        busy.discard(self.device)
+      return self.returncode
+
+  monkeypatch.setattr(sweep.subprocess, 'Popen', FakeProc)
+  monkeypatch.setattr(sweep.time, 'sleep', lambda s: None)
+  runs, _, _ = sweep.plan('launch/grids/gaussian.py', str(tmp_path))
+  failed = sweep._run_subprocesses(runs, str(tmp_path), max_parallel=8, devices=('0', '1'))
+  assert not failed
+  assert len(started) == len(runs) == 9
+  assert {d for _, d in started} == {'0', '1'} and max(peak) == 2
+  assert all('jal.main' in ' '.join(cmd) for cmd, _ in started)
