@@ -143,7 +143,7 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(full_run, tmp_path):
 
 
 @pytest.mark.parametrize('overrides,message', [
-    ({'strategies': ('random', 'bogus')}, "unknown strategy 'bogus'; valid: coreset, ensembles, random"),
+    ({'strategies': ('random', 'bogus')}, "unknown strategy 'bogus'; valid: balanced_uncertainty, coreset, coreset_ensembles, ensemble_bald, ensemble_entropy, ensembles, entropy, least_confidence, margin, random"),
     ({'data.name': 'imagenet'}, "unknown dataset 'imagenet'; valid: "),
     ({'model.name': 'vgg'}, "unknown model 'vgg'; valid: lenet, mlp, resnet18"),
     ({'query_size': 0}, 'config.query_size must be positive, got 0'),

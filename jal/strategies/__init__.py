@@ -13,12 +13,20 @@ a `Strategy`, plus one line in `STRATEGIES` below.
 """
 
 from jal.strategies.base import Inputs, Strategy, needs_of
-from jal.strategies import coreset, ensembles, random_sampling
+from jal.strategies import balanced_uncertainty, coreset, coreset_ensembles, ensembles
+from jal.strategies import random_sampling, uncertainty
 
 STRATEGIES: dict[str, Strategy] = {
     'random': random_sampling.STRATEGY,
     'coreset': coreset.STRATEGY,
     'ensembles': ensembles.STRATEGY,
+    'least_confidence': uncertainty.LEAST_CONFIDENCE,
+    'margin': uncertainty.MARGIN,
+    'entropy': uncertainty.ENTROPY,
+    'ensemble_entropy': uncertainty.ENSEMBLE_ENTROPY,
+    'ensemble_bald': uncertainty.ENSEMBLE_BALD,
+    'coreset_ensembles': coreset_ensembles.STRATEGY,
+    'balanced_uncertainty': balanced_uncertainty.STRATEGY,
 }
 
 

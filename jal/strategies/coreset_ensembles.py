@@ -1,0 +1,129 @@
+"""Coreset-Ensembles: k-Center among the most uncertain points (hybrid).
+
+The study's future-work combination of Ensembles with variation ratio
+(Beluch et al., CVPR 2018) and Coreset's greedy k-Center (Sener & Savarese,
+ICLR 2018), in the spirit of two-stage hybrids such as Ash et al. (BADGE,
+ICLR 2020) and Zhdanov (2019, "Diverse mini-batch active learning").
+
+Uncertainty alone picks near the decision boundary, but its top k are often
+near-duplicates (variation ratio takes only m + 1 values, so many points tie
+and a batch can pile up in one region of the boundary). k-Center alone
+spreads picks over the whole pool and favours outliers far from every
+labeled point, whatever the model's confidence there. Here uncertainty first
+keeps the ceil(beta * k) most uncertain unlabeled points, then greedy
+k-Center picks k of them, with the labeled points still acting as centres:
+the picks stay near the boundary but are spread along it.
+
+beta = 1 keeps exactly the k points Ensembles would pick (same key, same
+tie-breaking), so the two strategies label the same set; beta -> infinity
+approaches plain Coreset.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jal import kernels
+from jal.strategies import base
+
+
+@functools.partial(jax.jit, static_argnames=('k',))
+def k_center_greedy_masked(embeddings, labeled, candidates, k):
+  """Greedy k-Center (Sener & Savarese 2018) picking only among `candidates`.
+
+  As `kernels.k_center_greedy`, with every labeled point a centre, but points
+  outside `candidates` start at distance -inf so they are never picked (and
+  never become centres). No copy or gather of the pool is made. Memory
+  O(n * d), time O(n * d * (n_labeled + k)).
+
+  Ties are broken towards the lowest index; with nothing labeled the first
+  pick is the lowest-index candidate.
+
+  Args:
+    embeddings: f32[n, d].
+    labeled: bool[n], the initial centres (never picked).
+    candidates: bool[n], the points that may be picked; at least k of them
+      unlabeled.
+    k: number of picks (static).
+
+  Returns:
+    i32[k], the picked indices in pick order.
+  """
+  # pylint: disable=protected-access
+  embeddings = jnp.asarray(embeddings, jnp.float32)
+  labeled = jnp.asarray(labeled, bool)
+  sq_norms = jnp.sum(embeddings * embeddings, axis=-1)
+  min_d = kernels._initial_min_dists(embeddings, sq_norms, labeled)
+  min_d = jnp.where(jnp.asarray(candidates, bool) & ~labeled, min_d, -jnp.inf)
+
+  def body(i, carry):
+    min_d, picks = carry
+    j = jnp.argmax(min_d).astype(jnp.int32)
+    d_j = kernels._sq_dists_to(embeddings, sq_norms, embeddings[j][None, :])[:, 0]
+    min_d = jnp.minimum(min_d, d_j).at[j].set(-jnp.inf)
+    return min_d, picks.at[i].set(j)
+
+  picks = jnp.zeros((k,), jnp.int32)
+  _, picks = jax.lax.fori_loop(0, k, body, (min_d, picks))
+  return picks
+
+
+@functools.partial(jax.jit, static_argnames=('k', 'num_candidates'))
+def _coreset_ensembles(member_logits, embeddings, labeled, key, k, num_candidates):
+  unlabeled = ~labeled
+  scores = kernels.variation_ratio(member_logits)
+  top = kernels.top_k_with_random_ties(scores, unlabeled, key, k=num_candidates)
+  # If fewer than num_candidates are unlabeled, the tail of `top` is labeled.
+  # Past the first k, a candidate must have some disagreement: points all
+  # members agree on carry no uncertainty, and letting them in would let
+  # k-Center pick outliers among them, the failure this hybrid avoids.
+  rank = jnp.arange(num_candidates)
+  keep = (rank < k) | (scores[top] > 0)
+  candidates = jnp.zeros_like(labeled).at[top].set(keep) & unlabeled
+  return k_center_greedy_masked(embeddings, labeled, candidates, k=k)
+
+
+def beta_of(options) -> float:
+  """`options.beta` (default 10.0), checked to be a finite number >= 1."""
+  beta = 10.0 if options is None else options.get('beta', 10.0)
+  try:
+    value = float(beta)
+  except (TypeError, ValueError):
+    value = math.nan
+  if not (math.isfinite(value) and value >= 1):
+    raise ValueError(f'coreset_ensembles: strategy_options.beta must be a finite number >= 1, '
+                     f'got {beta!r}')
+  return value
+
+
+def select(inputs: base.Inputs, k: int, key, options=None):
+  """Greedy k-Center among the ceil(beta * k) highest-variation-ratio points.
+
+  Candidates beyond the top k must have a positive variation ratio, so a
+  large beta never admits points the ensemble agrees on.
+
+  Candidates are the top ceil(beta * k) unlabeled points by variation ratio
+  (ties broken by a random order from `key`, exactly as `ensembles`), or all
+  unlabeled points if there are fewer. Time O(m * n * c + n log n + n * d *
+  (n_labeled + k)), memory O(m * n * c + n * d).
+
+  Args:
+    inputs: `labeled: bool[n]`, `logits: f32[m, n, c]`, `embeddings: f32[n, d]`.
+    k: number of picks.
+    key: PRNG key for tie-breaking among equally uncertain points.
+    options: `beta` (float >= 1, default 10): candidate pool size over k.
+
+  Returns:
+    i32[k] in k-Center pick order.
+  """
+  beta = beta_of(options)
+  labeled = jnp.asarray(inputs.labeled, bool)
+  num_candidates = min(math.ceil(beta * k), labeled.shape[0])
+  return _coreset_ensembles(inputs.logits, inputs.embeddings, labeled, key, k=k,
+                            num_candidates=num_candidates)
+
+
+STRATEGY = base.Strategy('coreset_ensembles', select,
+                         frozenset({base.LOGITS, base.EMBEDDINGS}), kind='hybrid', min_members=2)

@@ -1,0 +1,231 @@
+"""Acquisition strategies: exact scores, the select contract, and behaviour on blobs."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from jal import data as data_lib
+from jal import kernels
+from jal import strategies
+from jal.strategies import balanced_uncertainty, coreset_ensembles, uncertainty
+
+K = 7
+
+
+def log_probs(p):
+  """Logits whose softmax is `p`."""
+  return np.log(np.asarray(p, np.float32))
+
+
+def random_inputs(seed=0, m=3, n=60, c=4, d=5, num_labeled=10):
+  rng = np.random.default_rng(seed)
+  labeled = np.zeros(n, bool)
+  labeled[rng.choice(n, num_labeled, replace=False)] = True
+  return strategies.Inputs(labeled=labeled,
+                           logits=rng.normal(size=(m, n, c)).astype(np.float32),
+                           embeddings=rng.normal(size=(n, d)).astype(np.float32))
+
+
+# -- exact scores ------------------------------------------------------------
+
+def test_single_model_scores_exact():
+  logits = log_probs([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [1.0 - 2e-7, 1e-7, 1e-7]])
+  np.testing.assert_allclose(uncertainty.least_confidence(logits), [0.3, 2 / 3, 0.0], atol=1e-6)
+  np.testing.assert_allclose(uncertainty.margin(logits), [-0.5, 0.0, -1.0], atol=1e-6)
+  h = -(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1))
+  np.testing.assert_allclose(uncertainty.entropy(logits), [h, np.log(3), 0.0], atol=1e-5)
+  # Huge logits stay finite.
+  assert np.isfinite(uncertainty.entropy(np.array([[1e4, -1e4, 0.0]], np.float32))).all()
+
+
+def test_ensemble_scores_exact():
+  agree = log_probs([[[0.7, 0.3]], [[0.7, 0.3]]])              # [m=2, n=1, c=2]
+  confident_disagree = np.array([[[20.0, -20.0]], [[-20.0, 20.0]]], np.float32)
+  h_agree = -(0.7 * np.log(0.7) + 0.3 * np.log(0.3))
+  np.testing.assert_allclose(uncertainty.ensemble_entropy(agree), [h_agree], atol=1e-6)
+  np.testing.assert_allclose(uncertainty.bald(agree), [0.0], atol=1e-6)
+  np.testing.assert_allclose(uncertainty.ensemble_entropy(confident_disagree), [np.log(2)],
+                             atol=1e-6)
+  np.testing.assert_allclose(uncertainty.bald(confident_disagree), [np.log(2)], atol=1e-6)
+  # Mixed: p1 = [0.9, 0.1], p2 = [0.5, 0.5] -> H[mean] - mean H by hand.
+  mixed = log_probs([[[0.9, 0.1]], [[0.5, 0.5]]])
+  ent = lambda p: -np.sum(np.asarray(p) * np.log(p))
+  expected = ent([0.7, 0.3]) - (ent([0.9, 0.1]) + ent([0.5, 0.5])) / 2
+  np.testing.assert_allclose(uncertainty.bald(mixed), [expected], atol=1e-6)
+
+
+# -- the select contract, for every registered strategy ----------------------
+
+@pytest.mark.parametrize('name', sorted(strategies.STRATEGIES))
+def test_select_contract(name):
+  s = strategies.get_strategy(name)
+  assert s.name == name
+  assert s.kind in ('uncertainty', 'diversity', 'hybrid', 'baseline')
+  inputs = random_inputs()
+  key = jax.random.PRNGKey(3)
+  picks = np.asarray(s.select(inputs, K, key, ml_collections.ConfigDict()))
+  assert picks.shape == (K,) and picks.dtype == np.int32
+  assert len(set(picks.tolist())) == K
+  assert not inputs.labeled[picks].any()
+  again = np.asarray(s.select(inputs, K, key, ml_collections.ConfigDict()))
+  np.testing.assert_array_equal(picks, again)
+
+
+def test_unknown_strategy_lists_sorted_names():
+  with pytest.raises(ValueError) as e:
+    strategies.get_strategy('bogus')
+  assert str(e.value) == ("unknown strategy 'bogus'; valid: "
+                          + ', '.join(sorted(strategies.STRATEGIES)))
+  assert 'balanced_uncertainty, coreset, coreset_ensembles, ensemble_bald' in str(e.value)
+
+
+# -- behaviour on two Gaussian blobs ------------------------------------------
+
+def blob_inputs(m=5, n=600, seed=0):
+  """Blobs split by x0 = 0; member logits from a noisy logistic model of x0."""
+  ds = data_lib.gaussian_blobs(num_train=n, num_test=2, seed=seed)
+  x = ds.x_train
+  rng = np.random.default_rng(seed)
+  z = 3.0 * x[None, :, 0] + rng.normal(scale=1.0, size=(m, n))  # member-wise noise
+  logits = np.stack([-z / 2, z / 2], axis=-1).astype(np.float32)
+  labeled = np.zeros(n, bool)
+  labeled[rng.choice(n, 10, replace=False)] = True
+  return x, strategies.Inputs(labeled=labeled, logits=logits, embeddings=x)
+
+
+def test_uncertainty_strategies_pick_near_the_boundary():
+  x, inputs = blob_inputs()
+  k = 20
+  key = jax.random.PRNGKey(0)
+  rand = np.asarray(strategies.get_strategy('random').select(inputs, k, key, None))
+  baseline = np.abs(x[rand, 0]).mean()
+  assert baseline > 0.6
+  for name, s in strategies.STRATEGIES.items():
+    if s.kind not in ('uncertainty', 'hybrid'):
+      continue
+    # Default options: coreset_ensembles with beta=10 sees 200 candidates
+    # but only ~110 points have any disagreement, and only those qualify.
+    picks = np.asarray(s.select(inputs, k, key, ml_collections.ConfigDict()))
+    assert np.abs(x[picks, 0]).mean() < 0.5 * baseline, name
+
+
+def test_coreset_ensembles_never_admits_agreed_points_past_k():
+  _, inputs = blob_inputs()
+  vr = np.asarray(kernels.variation_ratio(inputs.logits))
+  eligible = (vr > 0) & ~np.asarray(inputs.labeled)
+  assert 20 < eligible.sum() < 1000  # a huge beta would reach agreed points
+  picks = np.asarray(strategies.get_strategy('coreset_ensembles').select(
+      inputs, 20, jax.random.PRNGKey(0), ml_collections.ConfigDict({'beta': 1000.0})))
+  assert (vr[picks] > 0).all()
+
+
+def min_pairwise_distance(x):
+  d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+  return d[np.triu_indices(len(x), 1)].min()
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_coreset_ensembles_beta_one_is_ensembles(seed):
+  ens = strategies.get_strategy('ensembles')
+  ce = strategies.get_strategy('coreset_ensembles')
+  for inputs in (random_inputs(seed), blob_inputs(seed=seed)[1]):
+    key = jax.random.PRNGKey(seed)
+    a = np.asarray(ens.select(inputs, K, key, None))
+    b = np.asarray(ce.select(inputs, K, key, ml_collections.ConfigDict({'beta': 1.0})))
+    assert set(a.tolist()) == set(b.tolist())
+    # A different key breaks the (many) ties differently: still matches its own key.
+    key2 = jax.random.PRNGKey(seed + 100)
+    assert set(ens.select(inputs, K, key2, None).tolist()) == set(
+        ce.select(inputs, K, key2, ml_collections.ConfigDict({'beta': 1})).tolist())
+
+
+def test_coreset_ensembles_large_beta_spreads_picks():
+  x, inputs = blob_inputs()
+  k = 10
+  key = jax.random.PRNGKey(0)
+  ens = np.asarray(strategies.get_strategy('ensembles').select(inputs, k, key, None))
+  ce = np.asarray(strategies.get_strategy('coreset_ensembles').select(
+      inputs, k, key, ml_collections.ConfigDict({'beta': 10.0})))
+  assert min_pairwise_distance(x[ce]) > 2 * min_pairwise_distance(x[ens])
+  # Still near the boundary, unlike plain coreset.
+  core = np.asarray(strategies.get_strategy('coreset').select(inputs, k, key, None))
+  assert np.abs(x[ce, 0]).mean() < np.abs(x[core, 0]).mean()
+
+
+@pytest.mark.parametrize('beta', [0.5, float('nan'), 'ten'])
+def test_coreset_ensembles_rejects_bad_beta(beta):
+  with pytest.raises(ValueError, match='beta must be a finite number >= 1'):
+    coreset_ensembles.select(random_inputs(), K, jax.random.PRNGKey(0),
+                             ml_collections.ConfigDict({'beta': beta}))
+
+
+def test_coreset_ensembles_candidates_beyond_pool():
+  # ceil(beta * k) larger than the pool: candidates are all unlabeled points.
+  inputs = random_inputs(n=20, num_labeled=5)
+  picks = np.asarray(coreset_ensembles.select(inputs, 10, jax.random.PRNGKey(0),
+                                              ml_collections.ConfigDict({'beta': 100})))
+  assert len(set(picks.tolist())) == 10 and not inputs.labeled[picks].any()
+
+
+def test_k_center_greedy_masked_keeps_labeled_centres():
+  pts = np.array([[0, 0], [1, 0], [5, 0], [10, 0], [4, 0], [9, 0]], np.float32)
+  labeled = np.array([False, False, False, True, False, False])
+  candidates = np.array([True, True, False, False, True, True])
+  # Centre 10; candidates 0, 1, 4, 9 at 10, 9, 6, 1: pick 0, then 4 (4 from 0,
+  # 6 from 10) over 1 (1 from 0), then 1, then 9. Point 5 (idx 2) is never picked.
+  picks = coreset_ensembles.k_center_greedy_masked(pts, labeled, candidates, k=4)
+  np.testing.assert_array_equal(picks, [0, 4, 1, 5])
+
+
+# -- class quotas ------------------------------------------------------------
+
+@pytest.mark.parametrize('freq,k,available,expected', [
+    ([0.9, 0.1], 10, [900, 100], [1, 9]),                 # inverse proportion
+    ([0.5, 0.5], 5, [10, 10], [3, 2]),                    # remainder tie: lower index
+    ([0.5, 0.3, 0.2], 7, [50, 30, 20], [1, 2, 4]),        # 1.35, 2.26, 3.39 -> +1 to class 2
+    ([0.9, 0.1], 10, [900, 3], [7, 3]),                   # leftover of a short class
+    ([0.5, 0.3, 0.2], 12, [50, 30, 1], [4, 7, 1]),        # cap class 2; 11 -> 4.125, 6.875
+    ([0.6, 0.3, 0.1], 10, [100, 2, 1], [7, 2, 1]),        # caps cascade: class 2, then 1
+    ([0.5, 0.0, 0.5], 4, [10, 0, 10], [2, 0, 2]),         # empty class gets nothing
+    ([0.9, 0.1], 10, [4, 3], [4, 3]),                     # fewer than k in all: everything
+    ([1.0, 0.0], 3, [1, 5], [1, 2]),                      # zero-frequency class as last resort
+])
+def test_class_quota_exact(freq, k, available, expected):
+  quota = np.asarray(balanced_uncertainty.class_quota(np.asarray(freq, np.float32), k,
+                                                      np.asarray(available, np.int32)))
+  np.testing.assert_array_equal(quota, expected)
+  assert quota.dtype == np.int32
+
+
+def test_balanced_uncertainty_split_matches_quota():
+  rng = np.random.default_rng(0)
+  n, m = 400, 3
+  labeled = np.zeros(n, bool)
+  labeled[:20] = True
+  for n_minority, expected in ((40, [1, 9]), (5, [5, 5])):  # 90/10, then a short minority
+    pred = np.zeros(n, np.int32)
+    minority = rng.choice(np.arange(20, n), n_minority, replace=False)
+    pred[minority] = 1
+    # Members agree on the class; a random third of them flips some points a little.
+    margin = np.where(pred == 1, 1.0, -1.0)[None] * rng.uniform(0.5, 2, size=(m, n))
+    flip = rng.random((m, n)) < 0.2
+    z = np.where(flip & (np.arange(m)[:, None] == 0), -0.1 * margin, margin)
+    logits = np.stack([-z, z], axis=-1).astype(np.float32)
+    inputs = strategies.Inputs(labeled=labeled, logits=logits)
+    got_pred, available = balanced_uncertainty.predicted_classes(logits, labeled)
+    freq = np.asarray(available) / np.sum(available)
+    promised = np.asarray(balanced_uncertainty.class_quota(freq.astype(np.float32), 10, available))
+    np.testing.assert_array_equal(promised, expected)
+    picks = np.asarray(balanced_uncertainty.select(inputs, 10, jax.random.PRNGKey(1)))
+    assert len(set(picks.tolist())) == 10 and not labeled[picks].any()
+    got_pred = np.asarray(got_pred)
+    np.testing.assert_array_equal(got_pred, pred)
+    np.testing.assert_array_equal(np.bincount(got_pred[picks], minlength=2), promised)
+    # Within each class, the picks are among its most uncertain unlabeled points.
+    vr = np.asarray(kernels.variation_ratio(logits))
+    for c in (0, 1):
+      mine = np.zeros(n, bool)
+      mine[picks] = True
+      in_c = (got_pred == c) & ~labeled
+      assert vr[mine & in_c].min() >= vr[~mine & in_c].max(initial=-np.inf)
