@@ -7,7 +7,8 @@ coreset vs ensembles over 3 seeds.
 
     python -m jal.main --config=configs/gaussian.py --workdir=/tmp/gauss
 
-Runtime: about 30 s on a 2-core CPU (mostly compilation).
+Runtime: 13.8 s on the 2-core CPU (measured at commit 901ae04), mostly
+compilation; see results/gaussian.
 `:smoke` shrinks it to a seconds-long run for tests.
 """
 
