@@ -1,0 +1,539 @@
+r"""Throughput benchmarks of jal's hot paths, one JSON object per figure.
+
+    python -m jal.bench                                   # every case, full shapes
+    python -m jal.bench --cases=k_center --size=small     # seconds on a CPU
+    python -m jal.bench --cases=ensemble_train --members=1,5 --steps=64
+
+Cases:
+  ensemble_train  training images/s of `train.fit_ensemble` (members vmapped)
+                  for N in --members, ResNet-18 (CIFAR stem) and LeNet; the
+                  ratio of aggregate images/s of the largest N to the
+                  smallest; and the largest N trained one member after
+                  another in one program (`lax.map` of `train.fit`), the
+                  reference vmap must never be slower than.
+  k_center        `kernels.k_center_greedy` seconds, against the memory
+                  bandwidth bound n*d*4*k / bandwidth, the bandwidth measured
+                  in the same run by a large on-device `jnp.sum`.
+  score_pool      pool images/s of `train.predict` (every member's logits and
+                  member 0's embeddings), ResNet-18.
+  round           one acquisition round of configs/imbalance.py (train /
+                  eval / score / select seconds) for 'ensembles' and
+                  'coreset', on synthetic data of the config's sizes.
+
+Every line of stdout is one JSON object with `case`, the device and JAX
+version, the shapes, the measured values (units in the key names) and the
+timing method; logs go to stderr. Timings are medians of --repeats calls
+after a warm-up call, each ended by `jax.block_until_ready`; compilation is
+timed separately (ahead-of-time `lower().compile()` where the benchmarked
+function is one jitted program, else first call minus the median). The round
+case times round 1 once, after a round 0 that compiled everything.
+"""
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import pathlib
+import statistics
+import time
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jal import data as data_lib
+from jal import experiment
+from jal import kernels
+from jal import models
+from jal import resnet
+from jal import strategies as strategies_lib
+from jal import train
+
+CASES = ('ensemble_train', 'k_center', 'score_pool', 'round')
+SIZES = ('small', 'full')
+TRAIN_MODELS = ('resnet18', 'lenet')
+ROUND_STRATEGIES = ('ensembles', 'coreset')
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+  """Shapes and settings of one benchmark run (see `params_for`)."""
+  size: str
+  members: tuple[int, ...] = (1, 5)
+  steps: int = 64
+  resnet_width: int = 64
+  resnet_batch: int = 128
+  lenet_batch: int = 64
+  train_models: tuple[str, ...] = TRAIN_MODELS
+  kc_n: int = 50_000
+  kc_d: int = 512
+  kc_labeled: int = 1_000
+  kc_k: int = 2_500
+  bandwidth_bytes: int = 4_000_000_000
+  pool: int = 50_000
+  score_chunk: int = 1_000
+  config_arg: str | None = None
+  dtype: str = 'auto'
+  repeats: int = 3
+  warmup: int = 1
+  seed: int = 0
+
+
+# Small: seconds on a CPU. Two members, not five: XLA:CPU runs vmapped
+# (grouped) convolutions slowly, and the point here is that every path runs.
+_SMALL = dict(members=(1, 2), steps=4, resnet_width=8, resnet_batch=8, lenet_batch=16,
+              kc_n=2_000, kc_d=64, kc_labeled=100, kc_k=50, bandwidth_bytes=100_000_000,
+              pool=256, score_chunk=128, config_arg='smoke', repeats=2)
+
+
+def params_for(size: str, **overrides) -> Params:
+  """The shapes of `size` ('small' or 'full'), with non-None overrides applied."""
+  if size not in SIZES:
+    raise ValueError(f"unknown size '{size}'; valid: {', '.join(SIZES)}")
+  base = dict(_SMALL) if size == 'small' else {}
+  base.update({k: v for k, v in overrides.items() if v is not None})
+  for k in ('members', 'train_models'):
+    if k in base:
+      base[k] = tuple(base[k])
+  return Params(size=size, **base)
+
+
+# --------------------------------------------------------------------------
+# Measurement: the one place that times things.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  """Wall times of repeated calls of a function."""
+  seconds: tuple[float, ...]
+  first_call_seconds: float
+  warmup: int
+
+  @property
+  def median(self) -> float:
+    return statistics.median(self.seconds)
+
+  def fields(self, prefix: str = '') -> dict[str, Any]:
+    """The timing method and its figures, for a record."""
+    return {f'{prefix}seconds': self.median, f'{prefix}seconds_min': min(self.seconds),
+            f'{prefix}seconds_max': max(self.seconds), f'{prefix}repeats': len(self.seconds),
+            f'{prefix}timing': (f'median of {len(self.seconds)} calls after {self.warmup} '
+                                'warm-up call(s), each ended by jax.block_until_ready')}
+
+
+def time_once(fn: Callable[[], Any]) -> tuple[Any, float]:
+  """(fn(), wall seconds of the call including `jax.block_until_ready`)."""
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return out, time.perf_counter() - t0
+
+
+def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
+  """Times `repeats` calls of `fn` after `warmup` untimed ones (at least one)."""
+  warmup = max(1, warmup)
+  first = [time_once(fn)[1] for _ in range(warmup)][0]
+  return Timing(tuple(time_once(fn)[1] for _ in range(max(1, repeats))), first, warmup)
+
+
+def aot_compile(jitted, *args, **kwargs):
+  """(compiled program, seconds to trace, lower and compile it).
+
+  The compiled program takes the dynamic arguments only (static ones were
+  fixed by `lower`).
+  """
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args, **kwargs).compile()
+  return compiled, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------
+# Shared pieces.
+# --------------------------------------------------------------------------
+
+
+def environment(p: Params) -> dict[str, Any]:
+  """Fields every record carries."""
+  dev = jax.devices()[0]
+  return {'device': dev.device_kind, 'device_count': jax.device_count(),
+          'backend': jax.default_backend(), 'jax_version': jax.__version__, 'size': p.size,
+          'compute_dtype': jnp.dtype(models.compute_dtype(p.dtype)).name}
+
+
+def random_images(seed: int, n: int, shape) -> np.ndarray:
+  """u8[n, *shape] uniform noise."""
+  return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def random_labels(seed: int, n: int, num_classes: int) -> np.ndarray:
+  return np.random.default_rng(seed + 1).integers(0, num_classes, (n,), dtype=np.int32)
+
+
+def member_keys(seed: int, members: int):
+  return jax.random.split(jax.random.PRNGKey(seed), members)
+
+
+def _sgd():
+  return train.make_optimizer(ml_collections.ConfigDict(dict(
+      optimizer='sgd', learning_rate=0.05, weight_decay=5e-4, momentum=0.9)))
+
+
+def _adam():
+  return train.make_optimizer(ml_collections.ConfigDict(dict(optimizer='adam',
+                                                             learning_rate=1e-3)))
+
+
+# --------------------------------------------------------------------------
+# ensemble_train
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """A model, its recipe and a labeled set of `steps * batch_size` images."""
+  name: str
+  model: Any
+  tx: Any
+  spec: train.InputSpec
+  batch_size: int
+  schedule: str
+  learning_rate: float
+  image_shape: tuple[int, ...]
+  num_classes: int = 10
+
+
+def workload(name: str, p: Params) -> Workload:
+  """The ResNet-18 (CIFAR recipe) or LeNet (MNIST recipe) training workload."""
+  dtype = models.compute_dtype(p.dtype)
+  if name == 'resnet18':
+    return Workload('resnet18', resnet.ResNet18(10, stem='cifar', width=p.resnet_width,
+                                                dtype=dtype),
+                    _sgd(), train.InputSpec(data_lib.CIFAR10_MEAN, data_lib.CIFAR10_STD,
+                                            'crop_flip'),
+                    p.resnet_batch, 'cosine', 0.05, (32, 32, 3))
+  if name == 'lenet':
+    return Workload('lenet', models.LeNet(10, dtype=dtype), _adam(),
+                    train.InputSpec(data_lib.MNIST_MEAN, data_lib.MNIST_STD, 'none'),
+                    p.lenet_batch, 'constant', 1e-3, (28, 28, 1))
+  raise ValueError(f"unknown model '{name}'; valid: {', '.join(TRAIN_MODELS)}")
+
+
+def labeled_set(w: Workload, steps: int, seed: int):
+  """(x, y, idx, num_valid): one epoch over these is exactly `steps` steps."""
+  n = steps * w.batch_size
+  capacity = train.capacity_for(n, w.batch_size)
+  idx = np.zeros((capacity,), np.int32)
+  idx[:n] = np.arange(n)
+  return (jax.device_put(random_images(seed, n, w.image_shape)),
+          jax.device_put(random_labels(seed, n, w.num_classes)),
+          jnp.asarray(idx), jnp.int32(n))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def fit_sequential(model, tx, spec, batch_size, schedule, learning_rate,
+                   keys, x, y, idx, num_valid, num_epochs) -> train.TrainState:
+  """The members of `fit_ensemble`, trained one after another in one program."""
+  one = lambda k: train.fit(model, tx, spec, batch_size, schedule, learning_rate, k, x, y, idx,
+                            num_valid, num_epochs)
+  return jax.lax.map(one, keys)
+
+
+def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
+  """One record: training throughput of `members` members, 'vmap' or 'sequential'."""
+  x, y, idx, num_valid = labeled_set(w, p.steps, p.seed)
+  fn = {'vmap': train.fit_ensemble, 'sequential': fit_sequential}[mode]
+  dynamic = (member_keys(p.seed, members), x, y, idx, num_valid, jnp.int32(1))
+  compiled, compile_s = aot_compile(fn, w.model, w.tx, w.spec, w.batch_size, w.schedule,
+                                    w.learning_rate, *dynamic)
+  t = measure(lambda: compiled(*dynamic), p.repeats, p.warmup)
+  images = members * p.steps * w.batch_size
+  return {'case': 'ensemble_train', 'model': w.name, 'mode': mode, 'members': members,
+          'image_shape': list(w.image_shape), 'batch_size_per_member': w.batch_size,
+          'steps': p.steps, 'index_capacity': int(idx.shape[0]),
+          'function': {'vmap': 'train.fit_ensemble', 'sequential': 'bench.fit_sequential'}[mode],
+          'images_per_second': images / t.median,
+          'images_per_second_per_member': images / members / t.median,
+          'steps_per_second': p.steps / t.median, 'compile_seconds': compile_s,
+          'compile_timing': 'jit lower().compile()',
+          'note': 'aggregate over members; each call inits and trains fresh members',
+          **t.fields()}
+
+
+def scaling_record(w: Workload, by_members: dict[int, dict], sequential: dict | None):
+  """The N=max / N=min aggregate ratio, and vmap over sequential at N=max."""
+  lo, hi = min(by_members), max(by_members)
+  rec = {'case': 'ensemble_train', 'model': w.name, 'mode': 'summary',
+         'members_numerator': hi, 'members_denominator': lo,
+         'aggregate_images_per_second_ratio': (by_members[hi]['images_per_second']
+                                               / by_members[lo]['images_per_second'])}
+  if sequential is not None:
+    rec['vmap_over_sequential_ratio'] = (by_members[hi]['images_per_second']
+                                         / sequential['images_per_second'])
+  return rec
+
+
+def bench_ensemble_train(p: Params) -> list[dict]:
+  out = []
+  for name in p.train_models:
+    w = workload(name, p)
+    by_members = {}
+    for m in sorted(set(p.members)):
+      by_members[m] = time_fit(w, p, m, 'vmap')
+      logging.info('ensemble_train %s N=%d: %.1f images/s', name, m,
+                   by_members[m]['images_per_second'])
+    top = max(by_members)
+    sequential = time_fit(w, p, top, 'sequential') if top > 1 else None
+    out += list(by_members.values()) + ([sequential] if sequential else [])
+    out.append(scaling_record(w, by_members, sequential))
+  return out
+
+
+# --------------------------------------------------------------------------
+# k_center
+# --------------------------------------------------------------------------
+
+
+def measure_bandwidth(nbytes: int, p: Params) -> tuple[float, Timing, int]:
+  """(bytes/s of a jitted `jnp.sum` over a float32 array, its timing, bytes read)."""
+  count = max(1, nbytes // 4)
+  arr = jax.block_until_ready(jnp.ones((count,), jnp.float32))
+  compiled, _ = aot_compile(jax.jit(jnp.sum), arr)
+  t = measure(lambda: compiled(arr), max(p.repeats, 5), p.warmup)
+  arr.delete()
+  return 4 * count / t.median, t, 4 * count
+
+
+def bench_k_center(p: Params) -> list[dict]:
+  bandwidth, bw_timing, bw_bytes = measure_bandwidth(p.bandwidth_bytes, p)
+  emb = jax.random.normal(jax.random.PRNGKey(p.seed), (p.kc_n, p.kc_d), jnp.float32)
+  labeled = np.zeros((p.kc_n,), bool)
+  labeled[np.random.default_rng(p.seed).choice(p.kc_n, p.kc_labeled, replace=False)] = True
+  labeled = jnp.asarray(labeled)
+  compiled, compile_s = aot_compile(kernels.k_center_greedy, emb, labeled, k=p.kc_k)
+  t = measure(lambda: compiled(emb, labeled), p.repeats, p.warmup)
+  bound = p.kc_n * p.kc_d * 4 * p.kc_k / bandwidth
+  logging.info('k_center: %.4f s, bound %.4f s (%.1f GB/s)', t.median, bound, bandwidth / 1e9)
+  return [{'case': 'k_center', 'n': p.kc_n, 'd': p.kc_d, 'labeled': p.kc_labeled, 'k': p.kc_k,
+           'function': 'kernels.k_center_greedy', 'compile_seconds': compile_s,
+           'compile_timing': 'jit lower().compile()', **t.fields(),
+           'bandwidth_bytes_per_second': bandwidth, 'bandwidth_array_bytes': bw_bytes,
+           'bandwidth_seconds': bw_timing.median,
+           'bandwidth_timing': 'jnp.sum over float32 ones: bytes read / ' + bw_timing.fields()[
+               'timing'],
+           'bound_bytes': p.kc_n * p.kc_d * 4 * p.kc_k, 'bound_seconds': bound,
+           'seconds_over_bandwidth_bound': t.median / bound,
+           'note': 'bound = n*d*4*k / bandwidth: one read of the embeddings per pick; '
+                   'the initial distances to the labeled set are not in it'}]
+
+
+# --------------------------------------------------------------------------
+# score_pool
+# --------------------------------------------------------------------------
+
+
+def bench_score_pool(p: Params) -> list[dict]:
+  w = workload('resnet18', p)
+  spec = dataclasses.replace(w.spec, augment='none')
+  x = jax.device_put(random_images(p.seed, p.pool, w.image_shape))
+  out = []
+  for m in sorted(set(p.members)):
+    states = train.init_ensemble(w.model, w.tx, spec, member_keys(p.seed, m), x)
+    fn = lambda states=states: train.predict(w.model, spec, p.score_chunk, True, states, x)
+    t = measure(fn, p.repeats, p.warmup)
+    logging.info('score_pool N=%d: %.1f images/s', m, p.pool / t.median)
+    out.append({'case': 'score_pool', 'model': 'resnet18', 'width': p.resnet_width,
+                'members': m, 'pool': p.pool, 'image_shape': list(w.image_shape),
+                'chunk_size': p.score_chunk, 'function': 'train.predict(with_embeddings=True)',
+                'images_per_second': p.pool / t.median,
+                'member_images_per_second': m * p.pool / t.median,
+                'first_call_seconds': t.first_call_seconds,
+                'compile_seconds': max(t.first_call_seconds - t.median, 0.0),
+                'compile_timing': 'first call minus median', **t.fields()})
+  return out
+
+
+# --------------------------------------------------------------------------
+# round
+# --------------------------------------------------------------------------
+
+CIFAR10_PER_CLASS = {'train': 5_000, 'test': 1_000}
+
+
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of configs/<name>.py in this checkout."""
+  path = pathlib.Path(__file__).resolve().parents[1] / 'configs' / f'{name}.py'
+  spec = importlib.util.spec_from_file_location(f'jal_bench_config_{name}', path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def imbalance_counts(data_config) -> dict[str, tuple[int, int]]:
+  """{split: (negatives, positives)} that `data.load_dataset` gives for CIFAR-10.
+
+  Binarised by `positive_classes`, the minority downsampled per
+  `imbalanced_split`, then truncated to `max_train` / `max_test` (keeping the
+  class shares).
+  """
+  if data_config.name != 'cifar10':
+    raise ValueError(f'round: synthetic data is CIFAR-10 shaped, config has {data_config.name}')
+  n_pos_classes = len(data_config.positive_classes)
+  split_opt = data_config.get('imbalanced_split', 'train')
+  out = {}
+  for split, per_class in CIFAR10_PER_CLASS.items():
+    neg, pos = (10 - n_pos_classes) * per_class, n_pos_classes * per_class
+    if data_config.get('minority_fraction') and split_opt in (split, 'both'):
+      pos = data_lib.downsampled_count(data_config.minority_fraction, neg)
+    limit = data_config.get(f'max_{split}')
+    if limit is not None and limit < neg + pos:
+      pos = round(limit * pos / (neg + pos))
+      neg = limit - pos
+    out[split] = (neg, pos)
+  return out
+
+
+def _shuffled_binary(rng, neg: int, pos: int) -> np.ndarray:
+  return rng.permutation(np.concatenate([np.zeros(neg, np.int32), np.ones(pos, np.int32)]))
+
+
+def synthetic_imbalance_dataset(data_config, seed: int) -> data_lib.Dataset:
+  """Random u8 CIFAR-shaped images with the imbalanced task's sizes and labels."""
+  counts = imbalance_counts(data_config)
+  rng = np.random.default_rng(seed)
+  y = {s: _shuffled_binary(rng, *counts[s]) for s in counts}
+  return data_lib.Dataset(
+      name='synthetic_cifar10_imbalance',
+      x_train=random_images(seed, len(y['train']), (32, 32, 3)), y_train=y['train'],
+      x_test=random_images(seed + 7, len(y['test']), (32, 32, 3)), y_test=y['test'],
+      num_classes=2, class_names=('rest', 'positive'), mean=data_lib.CIFAR10_MEAN,
+      std=data_lib.CIFAR10_STD, positive_class=1)
+
+
+def fit_and_eval(exp, key, labeled: np.ndarray, round_: int):
+  """(states, train seconds, eval seconds) of one round's ensemble."""
+  states, t_train = time_once(lambda: exp.fit(key, np.flatnonzero(labeled).astype(np.int32),
+                                              round_))
+  _, t_eval = time_once(lambda: exp.evaluate(states))
+  return states, t_train, t_eval
+
+
+def score_and_select(exp, name: str, states, key, labeled: np.ndarray, round_: int):
+  """(picks, score seconds, select seconds), as `experiment.run_one` runs them."""
+  strategy = strategies_lib.get_strategy(name)
+  inputs, t_score = time_once(lambda: exp.score(strategy, states, labeled))
+  picks, t_select = time_once(
+      lambda: exp.select(strategy, inputs, experiment.select_key(key, name, round_)))
+  return picks, t_score, t_select
+
+
+def round_config(p: Params) -> ml_collections.ConfigDict:
+  config = load_config('imbalance', p.config_arg)
+  config.model.compute_dtype = p.dtype
+  return config
+
+
+def bench_round(p: Params) -> list[dict]:
+  config = round_config(p)
+  dataset = synthetic_imbalance_dataset(config.data, p.seed)
+  exp = experiment.Experiment(config, dataset)
+  key = experiment.seed_key(config.seed, 0)
+  labeled0 = np.zeros((exp.n,), bool)
+  labeled0[experiment.warmup_indices(key, exp.n, config.warmup_size)] = True
+  states0, train0, eval0 = fit_and_eval(exp, key, labeled0, 0)
+  tc = config.train
+  n1 = config.warmup_size + config.query_size
+  if train.capacity_for(n1, tc.batch_size) != train.capacity_for(config.warmup_size,
+                                                                 tc.batch_size):
+    logging.info('round: compiling the trainer for round 1 capacity')
+    time_once(lambda: exp.fit(key, np.arange(n1, dtype=np.int32), 1))
+  out = []
+  for name in ROUND_STRATEGIES:
+    picks0, score0, select0 = score_and_select(exp, name, states0, key, labeled0, 0)
+    labeled1 = labeled0.copy()
+    labeled1[picks0] = True
+    states1, train1, eval1 = fit_and_eval(exp, key, labeled1, 1)
+    _, score1, select1 = score_and_select(exp, name, states1, key, labeled1, 1)
+    steps = (train.epochs_for(n1, tc.batch_size, tc.epochs, tc.min_steps)
+             * math.ceil(n1 / tc.batch_size))
+    logging.info('round %s: train %.2f s, score %.2f s, select %.2f s', name, train1, score1,
+                 select1)
+    out.append({
+        'case': 'round', 'config': f'imbalance{":" + p.config_arg if p.config_arg else ""}',
+        'strategy': name, 'pool': exp.n, 'test': int(dataset.x_test.shape[0]),
+        'members': tc.members, 'model_width': config.model.width,
+        'batch_size': tc.batch_size, 'train_loop': train.get_fit_fn(tc.loop).__name__,
+        'n_labeled': n1, 'train_steps': steps,
+        'train_seconds': train1, 'eval_seconds': eval1, 'score_seconds': score1,
+        'select_seconds': select1, 'round_seconds': train1 + eval1 + score1 + select1,
+        'round0_train_seconds': train0, 'round0_eval_seconds': eval0,
+        'round0_score_seconds': score0, 'round0_select_seconds': select0,
+        'round0_seconds': train0 + eval0 + score0 + select0,
+        'timing': 'round 1 timed once after round 0 compiled every program; each part ended '
+                  'by jax.block_until_ready; round 0 (compile included) trains once, shared by '
+                  'the strategies',
+        'data': 'synthetic uniform u8 images with the config\'s sizes and class shares'})
+  return out
+
+
+# --------------------------------------------------------------------------
+# Entry points.
+# --------------------------------------------------------------------------
+
+_BENCHES = {'ensemble_train': bench_ensemble_train, 'k_center': bench_k_center,
+            'score_pool': bench_score_pool, 'round': bench_round}
+
+
+def run(cases=CASES, size: str = 'small', **overrides) -> list[dict]:
+  """Runs `cases` at `size` (overrides: any `Params` field); returns the records."""
+  unknown = [c for c in cases if c not in _BENCHES]
+  if unknown:
+    raise ValueError(f"unknown case(s) {unknown}; valid: {', '.join(CASES)}")
+  p = params_for(size, **overrides)
+  env = environment(p)
+  return [{**rec, **env} for case in cases for rec in _BENCHES[case](p)]
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_list('cases', list(CASES), f'Cases to run: {", ".join(CASES)}.')
+  flags.DEFINE_enum('size', 'full', SIZES, 'small: tiny CPU shapes; full: the real shapes.')
+  flags.DEFINE_list('members', None, 'Ensemble sizes (default 1,5).')
+  flags.DEFINE_list('train_models', None, f'ensemble_train models ({",".join(TRAIN_MODELS)}).')
+  flags.DEFINE_integer('steps', None, 'ensemble_train: steps per timed fit.')
+  flags.DEFINE_integer('resnet_width', None, 'ResNet-18 first-stage width.')
+  flags.DEFINE_integer('kc_n', None, 'k_center: pool size.')
+  flags.DEFINE_integer('kc_d', None, 'k_center: embedding width.')
+  flags.DEFINE_integer('kc_labeled', None, 'k_center: labeled points.')
+  flags.DEFINE_integer('kc_k', None, 'k_center: picks.')
+  flags.DEFINE_integer('bandwidth_bytes', None, 'k_center: bytes summed to measure bandwidth.')
+  flags.DEFINE_integer('pool', None, 'score_pool: images scored.')
+  flags.DEFINE_integer('repeats', None, 'Timed repeats (median reported).')
+  flags.DEFINE_enum('dtype', 'auto', ('auto', 'float32', 'bfloat16'), 'Compute dtype.')
+  return flags.FLAGS
+
+
+def _main(argv, flags_):
+  del argv
+  overrides = {k: getattr(flags_, k) for k in (
+      'steps', 'resnet_width', 'kc_n', 'kc_d', 'kc_labeled', 'kc_k', 'bandwidth_bytes', 'pool',
+      'repeats', 'dtype', 'train_models')}
+  if flags_.members is not None:
+    overrides['members'] = [int(m) for m in flags_.members]
+  p = params_for(flags_.size, **overrides)
+  env = environment(p)
+  for case in flags_.cases:
+    if case not in _BENCHES:
+      raise ValueError(f"unknown case '{case}'; valid: {', '.join(CASES)}")
+  for case in flags_.cases:
+    for rec in _BENCHES[case](p):
+      print(json.dumps({**rec, **env}, sort_keys=True), flush=True)
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _FLAGS = _define_flags()
+  app.run(lambda argv: _main(argv, _FLAGS))

@@ -1,0 +1,102 @@
+"""jal.bench at its small size: every case yields sane records (no speed targets)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from jal import bench
+from tests.conftest import REPO
+
+ENV_KEYS = ('case', 'device', 'backend', 'jax_version', 'size', 'compute_dtype')
+
+
+@pytest.fixture(scope='module')
+def records():
+  # ResNet-18 training is left to the full run: its three compilations (N=1,
+  # N=2, sequential) take most of a minute on a CPU. LeNet runs the same code.
+  return bench.run(bench.CASES, size='small', train_models=('lenet',))
+
+
+def of(records, case, **match):
+  return [r for r in records if r['case'] == case
+          and all(r.get(k) == v for k, v in match.items())]
+
+
+def positive(rec, *keys):
+  for k in keys:
+    assert isinstance(rec[k], (int, float)) and math.isfinite(rec[k]) and rec[k] > 0, (k, rec)
+
+
+def test_every_record_is_json_with_environment(records):
+  assert {r['case'] for r in records} == set(bench.CASES)
+  for r in records:
+    json.dumps(r, allow_nan=False)
+    for k in ENV_KEYS:
+      assert r[k], (k, r)
+    assert r['size'] == 'small'
+
+
+def test_ensemble_train(records):
+  vmap = of(records, 'ensemble_train', model='lenet', mode='vmap')
+  assert sorted(r['members'] for r in vmap) == [1, 2]
+  (seq,) = of(records, 'ensemble_train', model='lenet', mode='sequential')
+  assert seq['members'] == 2
+  for r in vmap + [seq]:
+    positive(r, 'images_per_second', 'seconds', 'compile_seconds', 'steps_per_second')
+    assert r['repeats'] >= 1 and 'median' in r['timing']
+  (summary,) = of(records, 'ensemble_train', model='lenet', mode='summary')
+  assert (summary['members_numerator'], summary['members_denominator']) == (2, 1)
+  positive(summary, 'aggregate_images_per_second_ratio', 'vmap_over_sequential_ratio')
+
+
+def test_k_center(records):
+  (r,) = of(records, 'k_center')
+  assert (r['n'], r['d'], r['labeled'], r['k']) == (2_000, 64, 100, 50)
+  positive(r, 'seconds', 'compile_seconds', 'bandwidth_bytes_per_second', 'bound_seconds',
+           'seconds_over_bandwidth_bound')
+  # Beating the bandwidth bound 20x would mean a broken measurement.
+  assert r['seconds_over_bandwidth_bound'] > 0.05
+  assert r['bound_seconds'] == pytest.approx(
+      r['n'] * r['d'] * 4 * r['k'] / r['bandwidth_bytes_per_second'])
+
+
+def test_score_pool(records):
+  recs = of(records, 'score_pool')
+  assert sorted(r['members'] for r in recs) == [1, 2]
+  for r in recs:
+    assert r['pool'] == 256
+    positive(r, 'images_per_second', 'member_images_per_second', 'seconds',
+             'first_call_seconds')
+    assert r['compile_seconds'] >= 0
+
+
+def test_round(records):
+  recs = of(records, 'round')
+  assert [r['strategy'] for r in recs] == list(bench.ROUND_STRATEGIES)
+  for r in recs:
+    assert (r['pool'], r['test'], r['n_labeled']) == (300, 100, 100)
+    positive(r, 'train_seconds', 'eval_seconds', 'score_seconds', 'select_seconds',
+             'round_seconds', 'round0_seconds', 'round0_train_seconds')
+    assert r['round_seconds'] == pytest.approx(
+        r['train_seconds'] + r['eval_seconds'] + r['score_seconds'] + r['select_seconds'])
+
+
+def test_imbalance_counts_match_the_real_task():
+  full = bench.load_config('imbalance')
+  assert bench.imbalance_counts(full.data) == {'train': (40_000, 2_105), 'test': (8_000, 2_000)}
+  smoke = bench.load_config('imbalance', 'smoke')
+  counts = bench.imbalance_counts(smoke.data)
+  assert sum(counts['train']) == 300 and sum(counts['test']) == 100
+
+
+def test_cli_prints_only_json_lines():
+  proc = subprocess.run([sys.executable, '-m', 'jal.bench', '--cases=k_center', '--size=small'],
+                        cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+  lines = proc.stdout.splitlines()
+  assert lines
+  for line in lines:
+    rec = json.loads(line)
+    assert rec['case'] == 'k_center' and rec['seconds'] > 0
