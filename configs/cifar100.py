@@ -9,8 +9,8 @@ Query (= warmup) 50 (`:low`, 0.1%) or 2,500 (`:high`, 5%), 10 selections.
     python -m jal.main --config=configs/cifar100.py:high --workdir=W
 
 Data: `cifar-100-python/` or `cifar-100-python.tar.gz` in the data dir.
-Runtime: `:smoke` ~20 s on a 2-core CPU (on a tiny made-up CIFAR-100 in the
-tests); the full runs are meant for a GPU.
+Runtime: `:smoke` 23-48 s on the 2-core CPU (measured in test runs on a tiny
+made-up CIFAR-100, with other jobs on the machine); the full runs are meant for a GPU.
 """
 
 from jal import config_lib

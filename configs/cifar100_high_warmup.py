@@ -6,7 +6,7 @@ queries of 50 (`:low`) or 500 (`:high`), 10 selections.
 
     python -m jal.main --config=configs/cifar100_high_warmup.py:low --workdir=W
 
-Runtime: `:smoke` ~20 s on a 2-core CPU; the full runs are meant for a GPU.
+Runtime: `:smoke` 14-41 s on the 2-core CPU (measured in test runs); the full runs are meant for a GPU.
 """
 
 from jal import config_lib

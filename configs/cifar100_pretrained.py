@@ -9,8 +9,8 @@ Every ensemble member starts from the same torchvision ResNet-18 weights
 
 The weights are never downloaded: give a torchvision state dict (.pth needs
 torch installed; .npz or .safetensors do not). Query 50 (`:low`) or 2,500
-(`:high`). Runtime: `:smoke` ~30 s on a 2-core CPU with weights the test
-makes; the full runs are meant for a GPU.
+(`:high`). Runtime: `:smoke` 57-69 s on the 2-core CPU with
+weights the test makes (measured in test runs, with other jobs running); the full runs are meant for a GPU.
 """
 
 from jal import config_lib

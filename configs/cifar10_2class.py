@@ -9,7 +9,8 @@ selections, random vs coreset vs ensembles over 3 seeds.
     python -m jal.main --config=configs/cifar10_2class.py:high --workdir=W
 
 Data: `cifar-10-batches-py/` or `cifar-10-python.tar.gz` in --config.data_dir
-or $JAL_DATA_DIR. Runtime: `:smoke` ~20 s on a 2-core CPU; the full runs are
+or $JAL_DATA_DIR. Runtime: `:smoke` 11-38 s on the 2-core CPU (measured in test runs, with
+other jobs on the machine); the full runs are
 meant for a GPU (a CPU trains ResNet-18 at tens of images per second).
 """
 

@@ -17,7 +17,8 @@ selections. `:pretrained` starts from ImageNet weights
 Build another imbalanced task with --config.data.positive_classes,
 --config.data.minority_fraction and --config.data.imbalanced_split.
 
-Runtime: `:smoke` ~30 s on the 2-core CPU. On an NVIDIA H200 (bfloat16), one
+Runtime: `:smoke` 32-55 s on the 2-core CPU (measured in test runs, with
+other jobs on the machine). On an NVIDIA H200 (bfloat16), one
 round's 5-member ensemble (500 steps) trains in 10.4 s; pool scoring and
 selection take well under a second on a 12,641-image pool (a CIFAR-10 subset:
 results/imbalance_h200_subset). The full 42,105-image pool was not timed.

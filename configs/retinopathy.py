@@ -13,8 +13,8 @@ precision. Query (= warmup) 20, 10 selections.
 Data: `<data_dir>/diabetic_retinopathy/trainLabels.csv` and `train/*.jpeg`
 (Kaggle's layout; `retinopathy_solution.csv` and `test/` give the test split,
 else 20% of the labeled images are held out), or a prepared
-tensorflow-datasets `diabetic_retinopathy_detection`. Runtime: `:smoke` ~20 s
-on a 2-core CPU on tiny images the tests make; the full run is meant for a
+tensorflow-datasets `diabetic_retinopathy_detection`. Runtime: `:smoke` 31-38 s
+on the 2-core CPU on tiny images the tests make (measured in test runs); the full run is meant for a
 GPU.
 """
 
