@@ -1,26 +1,31 @@
 """Pure, jitted training and inference for ensembles of classifiers.
 
 The protocol follows the study (Section 3.2): each round, fresh models are
-trained from scratch on the current labeled set. Members of an ensemble are
-trained together in one compiled program by `jax.vmap` over their keys.
+trained from scratch on the current labeled set. Members are initialised by
+`lax.map` over their keys (`init_ensemble`) and trained together in one
+compiled program by `jax.vmap` (`fit_ensemble`); member i equals `fit` run
+alone with key i.
 
 Static shapes: the labeled set is passed as an index vector padded to a
 *capacity* (a multiple of the batch size, rounded up to a power of two number
-of batches, see `capacity_for`), plus the number of valid entries. One program
-is compiled per capacity bucket, so a run that grows its labeled set from L0
-to L1 compiles the trainer about log2(L1 / L0) + 1 times. The data itself is
-uploaded once; batches are gathered on device from the index vector.
+of batches, see `capacity_for`), plus the number of valid entries. The data
+are uploaded once; batches are gathered on device from the index vector.
+`fit_ensemble` compiles once per capacity bucket, so a run that grows its
+labeled set from L0 to L1 compiles it about log2(L1 / L0) + 1 times.
 
-Inside the program, epochs run in a `lax.fori_loop` (its trip count is a
+Inside `fit_ensemble`, epochs run in a `lax.fori_loop` (its trip count is a
 traced value, so changing the number of epochs does not recompile) and the
 batches of an epoch in a `lax.scan` over the bucket's batch slots. Slots past
 the last valid batch are skipped by a `lax.cond` whose predicate does not
 depend on the member, so under `vmap` it stays a real branch.
+`fit_ensemble_stepwise` runs the same arithmetic one dispatched step at a
+time, which XLA:CPU runs faster for convnets (`get_fit_fn('auto')` picks it
+on CPU).
 
     from jal import train
     tx = train.make_optimizer(config.train)
-    fit = train.make_fit_fn(model, tx, train.InputSpec(), batch_size=64)
-    states = fit(keys, x, y, idx, num_valid, num_epochs)   # keys: [m, 2]
+    states = train.fit_ensemble(model, tx, train.InputSpec(), 64, 'constant', 1e-3,
+                                keys, x, y, idx, num_valid, num_epochs)  # keys: [m, 2]
 """
 
 import dataclasses
