@@ -13,7 +13,7 @@ seconds-long run on 2,000 pool images.
 
 Runtime, 3 strategies x 3 seeds x 11 rounds (measured at commit 901ae04):
 `:low` 77 s and `:high` 149 s on an NVIDIA H200 (bfloat16); `:low` on the
-2-core CPU: see results/README.md. `:high` on a CPU takes hours.
+2-core CPU 1 h 27 min, with other jobs sharing the cores (results/mnist_low_cpu). `:high` on a CPU takes hours.
 """
 
 from jal import config_lib
