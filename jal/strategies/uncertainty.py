@@ -111,8 +111,11 @@ def bald(member_logits):
   return jnp.maximum(ensemble_entropy(member_logits) - expected, 0.0)
 
 
-def _make_select(score_fn, single_model: bool, description: str):
-  """A select function picking the top-k unlabeled `score_fn` scores."""
+def make_select(score_fn, single_model: bool, description: str):
+  """A select function picking the top-k unlabeled `score_fn` scores.
+
+  Shared by every score-then-rank strategy (here and `ensembles`).
+  """
 
   def select(inputs: base.Inputs, k: int, key, options=None):
     del options
@@ -141,17 +144,17 @@ def _make_select(score_fn, single_model: bool, description: str):
 _LOGITS = frozenset({base.LOGITS})
 
 LEAST_CONFIDENCE = base.Strategy(
-    'least_confidence', _make_select(least_confidence, True, 'least confidence of member 0'),
+    'least_confidence', make_select(least_confidence, True, 'least confidence of member 0'),
     _LOGITS, kind='uncertainty')
 MARGIN = base.Strategy(
-    'margin', _make_select(margin, True, "negative top-2 margin of member 0"),
+    'margin', make_select(margin, True, "negative top-2 margin of member 0"),
     _LOGITS, kind='uncertainty')
 ENTROPY = base.Strategy(
-    'entropy', _make_select(entropy, True, 'predictive entropy of member 0'),
+    'entropy', make_select(entropy, True, 'predictive entropy of member 0'),
     _LOGITS, kind='uncertainty')
 ENSEMBLE_ENTROPY = base.Strategy(
-    'ensemble_entropy', _make_select(ensemble_entropy, False, 'entropy of the mean prediction'),
+    'ensemble_entropy', make_select(ensemble_entropy, False, 'entropy of the mean prediction'),
     _LOGITS, kind='uncertainty', min_members=2)
 ENSEMBLE_BALD = base.Strategy(
-    'ensemble_bald', _make_select(bald, False, 'BALD mutual information'),
+    'ensemble_bald', make_select(bald, False, 'BALD mutual information'),
     _LOGITS, kind='uncertainty', min_members=2)
