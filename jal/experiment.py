@@ -41,6 +41,7 @@ from jal import metrics as metrics_lib
 from jal import models
 from jal import strategies as strategies_lib
 from jal import train
+from jal.strategies import base
 
 # Purposes folded into a seed's key: one independent stream each.
 _WARMUP, _TRAIN, _SELECT = 1, 2, 3
@@ -147,13 +148,19 @@ class Experiment:
     """Computes, over the whole pool, the inputs `strategy` asks for."""
     needs = strategy.needs
     inputs = strategies_lib.Inputs(labeled=jnp.asarray(labeled))
-    if needs:
-      if 'logits' not in needs:  # embeddings are member 0's: run that one only
-        states = jax.tree.map(lambda a: a[:1], states)
-      preds = self.predict(states, self.x_train, 'embeddings' in needs)
+    if needs & {base.LOGITS, base.EMBEDDINGS}:
+      # Embeddings are member 0's: without logits, run that member only.
+      run = states if base.LOGITS in needs else jax.tree.map(lambda a: a[:1], states)
+      preds = self.predict(run, self.x_train, base.EMBEDDINGS in needs)
       inputs = inputs._replace(
-          logits=preds.logits if 'logits' in needs else None,
+          logits=preds.logits if base.LOGITS in needs else None,
           embeddings=preds.embeddings)
+    if base.CLASSIFIER in needs:
+      member0 = jax.tree.map(lambda a: a[0], states)
+      inputs = inputs._replace(classifier=base.Classifier(
+          model=self.model, spec=self.eval_spec,
+          variables={'params': member0.params, **member0.model_state},
+          x=self.x_train, chunk_size=self.config.eval_batch_size))
     return jax.block_until_ready(inputs)
 
   def select(self, strategy, inputs: strategies_lib.Inputs, key) -> np.ndarray:

@@ -12,7 +12,7 @@ Adding a strategy: one file in this package defining its select function and
 a `Strategy`, plus one line in `STRATEGIES` below.
 """
 
-from jal.strategies.base import Inputs, Strategy, needs_of
+from jal.strategies.base import Classifier, Inputs, Strategy, needs_of
 from jal.strategies import balanced_uncertainty, coreset, coreset_ensembles, ensembles
 from jal.strategies import random_sampling, uncertainty
 
@@ -37,4 +37,4 @@ def get_strategy(name: str) -> Strategy:
   return STRATEGIES[name]
 
 
-__all__ = ['Inputs', 'Strategy', 'STRATEGIES', 'get_strategy', 'needs_of']
+__all__ = ['Classifier', 'Inputs', 'Strategy', 'STRATEGIES', 'get_strategy', 'needs_of']

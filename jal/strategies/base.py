@@ -6,7 +6,33 @@ from typing import Any, Callable, NamedTuple
 # What a strategy may ask the loop to compute over the pool each round.
 LOGITS = 'logits'          # f32[m, n, c], every ensemble member's logits
 EMBEDDINGS = 'embeddings'  # f32[n, d], member 0's penultimate embeddings
-ALL_NEEDS = frozenset({LOGITS, EMBEDDINGS})
+MC_LOGITS = 'mc_logits'    # f32[T, n, c], T stochastic (dropout) passes of member 0
+CLASSIFIER = 'classifier'  # Classifier: member 0's network and the raw pool
+ALL_NEEDS = frozenset({LOGITS, EMBEDDINGS, MC_LOGITS, CLASSIFIER})
+
+
+class Classifier(NamedTuple):
+  """Member 0's trained network and the pool, for strategies that need more
+  than its outputs (input gradients, the images themselves).
+
+  `model` and `spec` are hashable: pass them to `jax.jit` as static
+  arguments, and `variables`/`x` as traced ones, so one compilation serves
+  every round.
+
+  Attributes:
+    model: the flax module; `model.apply(variables, x_norm, train=False)`
+      returns `(logits f32[b, c], embeddings f32[b, d])`.
+    spec: `train.InputSpec`; `train.prepare_inputs(x[idx], spec)` turns stored
+      pool rows into the normalised f32 inputs the model takes.
+    variables: member 0's variables, `{'params': ..., **model_state}`.
+    x: the pool as stored on device, [n, ...] (uint8 images or f32 features).
+    chunk_size: points per forward pass (`config.eval_batch_size`).
+  """
+  model: Any
+  spec: Any
+  variables: Any
+  x: Any
+  chunk_size: int
 
 
 class Inputs(NamedTuple):
@@ -16,10 +42,14 @@ class Inputs(NamedTuple):
     labeled: bool[n], points already labeled (never to be picked).
     logits: f32[m, n, c] or None if not requested.
     embeddings: f32[n, d] or None if not requested.
+    mc_logits: f32[T, n, c] or None if not requested.
+    classifier: Classifier or None if not requested.
   """
   labeled: Any
   logits: Any = None
   embeddings: Any = None
+  mc_logits: Any = None
+  classifier: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +59,7 @@ class Strategy:
   Attributes:
     name: registry name.
     select: `(inputs, k, key, options) -> i32[k]`.
-    needs: subset of {'logits', 'embeddings'}.
+    needs: subset of `ALL_NEEDS`.
     kind: 'baseline', 'uncertainty', 'diversity' or 'hybrid' (for reports).
     min_members: ensemble size the strategy needs to be meaningful.
   """
