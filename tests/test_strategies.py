@@ -7,7 +7,9 @@ import pytest
 
 from jal import data as data_lib
 from jal import kernels
+from jal import models
 from jal import strategies
+from jal import train
 from jal.strategies import balanced_uncertainty, coreset_ensembles, uncertainty
 
 K = 7
@@ -18,13 +20,25 @@ def log_probs(p):
   return np.log(np.asarray(p, np.float32))
 
 
-def random_inputs(seed=0, m=3, n=60, c=4, d=5, num_labeled=10):
+def random_inputs(seed=0, m=3, n=60, c=4, d=5, num_labeled=10, t=6):
+  """Every input a strategy may ask for, over a random pool of n points.
+
+  The classifier is a small untrained MLP over 2-feature pool points; its
+  member-0 logits are not the `logits` field (strategies must cope anyway).
+  """
   rng = np.random.default_rng(seed)
   labeled = np.zeros(n, bool)
   labeled[rng.choice(n, num_labeled, replace=False)] = True
-  return strategies.Inputs(labeled=labeled,
-                           logits=rng.normal(size=(m, n, c)).astype(np.float32),
-                           embeddings=rng.normal(size=(n, d)).astype(np.float32))
+  x = rng.normal(size=(n, 2)).astype(np.float32)
+  model = models.MLP(num_classes=c, hidden=(8,))
+  variables = model.init(jax.random.PRNGKey(seed), x[:1])
+  return strategies.Inputs(
+      labeled=labeled,
+      logits=rng.normal(size=(m, n, c)).astype(np.float32),
+      embeddings=rng.normal(size=(n, d)).astype(np.float32),
+      mc_logits=rng.normal(size=(t, n, c)).astype(np.float32),
+      classifier=strategies.Classifier(model=model, spec=train.InputSpec(), variables=variables,
+                                       x=x, chunk_size=16))
 
 
 # -- exact scores ------------------------------------------------------------
@@ -61,7 +75,7 @@ def test_ensemble_scores_exact():
 def test_select_contract(name):
   s = strategies.get_strategy(name)
   assert s.name == name
-  assert s.kind in ('uncertainty', 'diversity', 'hybrid', 'baseline')
+  assert s.kind in ('uncertainty', 'diversity', 'hybrid', 'low_budget', 'baseline')
   inputs = random_inputs()
   key = jax.random.PRNGKey(3)
   picks = np.asarray(s.select(inputs, K, key, ml_collections.ConfigDict()))

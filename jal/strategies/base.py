@@ -60,7 +60,8 @@ class Strategy:
     name: registry name.
     select: `(inputs, k, key, options) -> i32[k]`.
     needs: subset of `ALL_NEEDS`.
-    kind: 'baseline', 'uncertainty', 'diversity' or 'hybrid' (for reports).
+    kind: 'baseline', 'uncertainty', 'diversity', 'hybrid' or 'low_budget'
+      (for reports).
     min_members: ensemble size the strategy needs to be meaningful.
   """
   name: str
