@@ -31,6 +31,7 @@ def get_config(arg=None):
   c.train.epochs = 200
   c.train.learning_rate = 1e-2
   if 'smoke' in args:
+    config_lib.shrink_strategy_options(c)
     c.data.num_train = 500
     c.data.num_test = 200
     c.seeds = (0, 1)

@@ -36,6 +36,7 @@ def get_config(arg=None):
   c.train.min_steps = 300
   c.train.learning_rate = 1e-3
   if 'smoke' in args:
+    config_lib.shrink_strategy_options(c)
     c.name += '_smoke'
     c.data.max_train = 2000
     c.data.max_test = 500

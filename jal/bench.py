@@ -424,9 +424,9 @@ def fit_and_eval(exp, key, labeled: np.ndarray, round_: int):
 def score_and_select(exp, name: str, states, key, labeled: np.ndarray, round_: int):
   """(picks, score seconds, select seconds), as `experiment.run_one` runs them."""
   strategy = strategies_lib.get_strategy(name)
-  inputs, t_score = time_once(lambda: exp.score(strategy, states, labeled))
-  picks, t_select = time_once(
-      lambda: exp.select(strategy, inputs, experiment.select_key(key, name, round_)))
+  round_key = experiment.select_key(key, name, round_)
+  inputs, t_score = time_once(lambda: exp.score(strategy, states, labeled, round_key))
+  picks, t_select = time_once(lambda: exp.select(strategy, inputs, round_key))
   return picks, t_score, t_select
 
 

@@ -36,8 +36,35 @@ def _positive(name, value, allow_zero=False):
                      f'got {value}')
 
 
+# Where `strategy_options.embeddings` takes strategies' embeddings from; any
+# other value is the path of a .npy file f32[n, d] (one row per pool point).
+EMBEDDING_SOURCES = ('model', 'pretrained')
+
+
+def embedding_source(config) -> str:
+  """`strategy_options.embeddings`: 'model' (default), 'pretrained' or a .npy path."""
+  return config.strategy_options.get('embeddings') or 'model'
+
+
+def _validate_embedding_source(config) -> None:
+  source = embedding_source(config)
+  if source == 'pretrained' and not config.model.get('pretrained_path'):
+    raise ValueError("strategy_options.embeddings='pretrained' needs config.model.pretrained_path")
+  if source == 'pretrained' and config.model.get('stem') != 'imagenet':
+    raise ValueError("strategy_options.embeddings='pretrained' needs config.model.stem='imagenet' "
+                     "(the CIFAR stem's conv1 is not in the weights)")
+  if source in EMBEDDING_SOURCES:
+    return
+  if not str(source).endswith('.npy'):
+    raise ValueError(f"unknown strategy_options.embeddings '{source}'; valid: "
+                     f"{', '.join(EMBEDDING_SOURCES)}, or the path of a .npy file")
+  if not os.path.isfile(source):
+    raise FileNotFoundError(f'strategy_options.embeddings file not found: {source}')
+
+
 def validate(config) -> None:
   """Checks names and ranges that need no data."""
+  _validate_embedding_source(config)
   names = strategy_names(config)
   if not names:
     raise ValueError('config.strategies is empty; valid: '
@@ -78,11 +105,28 @@ def validate(config) -> None:
     need = strategies_lib.get_strategy(n).min_members
     if tc.members < need:
       raise ValueError(f"strategy '{n}' needs train.members >= {need}, got {tc.members}")
+  dropout = config.model.get('dropout', 0.0)
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f'config.model.dropout must be in [0, 1), got {dropout}')
+  so = config.strategy_options
+  for field in ('mc_samples', 'batch_bald_samples', 'batch_bald_candidates'):
+    if field in so:
+      _positive(f'strategy_options.{field}', so[field])
+  for n in names:
+    if strategies_lib.get_strategy(n).needs_dropout and not dropout > 0:
+      raise ValueError(f"strategy '{n}' needs config.model.dropout > 0 (Monte Carlo dropout "
+                       f"passes), got {dropout}")
 
 
 def validate_against_data(config, dataset: data_lib.Dataset) -> None:
   """Checks that the pool can hold the warmup set and every query."""
   n = int(dataset.x_train.shape[0])
+  source = embedding_source(config)
+  if source not in EMBEDDING_SOURCES:
+    shape = np.load(source, mmap_mode='r').shape
+    if len(shape) != 2 or shape[0] != n:
+      raise ValueError(f'strategy_options.embeddings {source} has shape {shape}; it needs one '
+                       f'row per pool point, [{n}, d]')
   if config.warmup_size > n:
     raise ValueError(f'config.warmup_size={config.warmup_size} is larger than the pool ({n})')
   total = config.warmup_size + config.num_rounds * config.query_size
@@ -91,9 +135,24 @@ def validate_against_data(config, dataset: data_lib.Dataset) -> None:
                      f'({n}); lower config.num_rounds or config.query_size')
 
 
+def _with_defaults(d: dict, defaults: dict) -> dict:
+  """`d` overlaid on `defaults`: fields absent from `d` take their default."""
+  out = dict(defaults)
+  for k, v in d.items():
+    out[k] = _with_defaults(v, defaults[k]) if (
+        isinstance(v, dict) and isinstance(defaults.get(k), dict)) else v
+  return out
+
+
 def identity(config) -> dict:
-  """The config as a plain dict, minus the fields that do not change results."""
+  """The config as a plain dict, minus the fields that do not change results.
+
+  Fields absent from `config` count as `base_config()`'s default, so a
+  workdir written before a new field was added (with a default that keeps
+  the old behaviour) is still recognised as the same experiment.
+  """
   d = json.loads(config.to_json_best_effort(sort_keys=True))
+  d = _with_defaults(d, json.loads(base_config().to_json_best_effort(sort_keys=True)))
   for k in _NON_IDENTITY:
     d.pop(k, None)
   # Normalise the spellings of the same strategy/seed lists.
@@ -166,11 +225,42 @@ def base_config() -> ml_collections.ConfigDict:
   c.seeds = (0, 1, 2)            # one run per seed and strategy
   c.strategies = ('random', 'coreset', 'ensembles')
   c.strategy_options = ml_collections.ConfigDict()
+  c.strategy_options.mc_samples = 25              # MC dropout passes (Beluch et al. 2018)
+  c.strategy_options.batch_bald_samples = 10_000  # batch_bald: max joint configurations
+  c.strategy_options.batch_bald_candidates = 1_000  # batch_bald: top points by BALD
+  # Embeddings of the embedding strategies: 'model' (member 0's, each round),
+  # 'pretrained' (model.pretrained_path's network, untrained) or a .npy path.
+  c.strategy_options.embeddings = 'model'
+  c.strategy_options.kmeans_iters = 20          # kmeans, typiclust, probcover: Lloyd steps
+  c.strategy_options.density_beta = 1.0         # information_density: density exponent
+  c.strategy_options.dal_subqueries = 10        # dal: retrained sub-queries per query
+  c.strategy_options.dal_steps = 300            # dal: discriminator Adam steps
+  c.strategy_options.dal_width = 256            # dal: discriminator hidden width
+  c.strategy_options.dal_batch_size = 64        # dal: half labeled, half unlabeled
+  c.strategy_options.dal_learning_rate = 1e-3   # dal: discriminator Adam rate
+  c.strategy_options.typiclust_max_clusters = 500
+  c.strategy_options.probcover_alpha = 0.95     # probcover: purity of the chosen delta
+  c.strategy_options.probcover_delta = placeholder(float)   # probcover: fixed delta
+  c.strategy_options.probcover_clusters = placeholder(int)  # probcover: classes if no logits
+  c.strategy_options.vaal_steps = 1000          # vaal: VAE + discriminator Adam steps
+  c.strategy_options.vaal_width = 16            # vaal: conv channels w, 2w, 4w; MLP 2w
+  c.strategy_options.vaal_latent = 32           # vaal: the rest as in Sinha et al. 2019
+  c.strategy_options.vaal_disc_width = 512
+  c.strategy_options.vaal_batch_size = 64
+  c.strategy_options.vaal_beta = 1.0
+  c.strategy_options.vaal_adversary_weight = 1.0
+  c.strategy_options.vaal_learning_rate = 5e-4
+  c.strategy_options.dfal_candidates = 2000     # dfal: unlabeled points attacked per round
+  c.strategy_options.dfal_max_iter = 50         # dfal: DeepFool steps, overshoot and target
+  c.strategy_options.dfal_overshoot = 0.02      #   classes as in Moosavi-Dezfooli et al.
+  c.strategy_options.dfal_classes = 10
+  c.strategy_options.dfal_batch_size = placeholder(int)  # dfal: else eval_batch_size
   c.data_dir = placeholder(str)  # else $JAL_DATA_DIR
   c.data = ml_collections.ConfigDict({'name': 'gaussian_blobs'})
   c.model = ml_collections.ConfigDict(dict(
       name='mlp',
       compute_dtype='auto',            # bfloat16 on GPU/TPU, float32 on CPU
+      dropout=0.0,                     # rate in [0, 1); > 0 for MC dropout strategies
       hidden=placeholder(tuple),       # mlp
       stem=placeholder(str),           # resnet18: 'cifar' or 'imagenet'
       width=placeholder(int),          # resnet18: first-stage channels (64)
@@ -193,6 +283,22 @@ def base_config() -> ml_collections.ConfigDict:
       augment='none',
       loop='auto',          # 'scan': one program per fit; 'step': one per step (faster on CPU)
   ))
+  return c
+
+
+def shrink_strategy_options(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `:smoke` sizes of the strategies with their own training or search.
+
+  VAAL's VAE, DAL's discriminator, DFAL's attacks, MC passes and BatchBALD's
+  candidates shrink so that every strategy's smoke round takes seconds on a
+  CPU; the algorithms are unchanged.
+  """
+  so = c.strategy_options
+  so.vaal_steps = 50
+  so.dal_steps = 50
+  so.dfal_candidates = 100
+  so.mc_samples = 8
+  so.batch_bald_candidates = 100
   return c
 
 
@@ -229,6 +335,7 @@ def resnet_cifar_config(c: ml_collections.ConfigDict, args: set[str]) -> ml_coll
     c.model.stem = 'imagenet'
     c.train.learning_rate = 0.01
   if 'smoke' in args:
+    shrink_strategy_options(c)
     c.name += '_smoke'
     c.data.max_train = 300
     c.data.max_test = 100

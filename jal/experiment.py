@@ -21,6 +21,7 @@ a crash draws exactly what an uninterrupted run draws, and the JSON files are
 rewritten atomically from the checkpoints.
 """
 
+import functools
 import json
 import os
 import time
@@ -45,6 +46,8 @@ from jal.strategies import base
 
 # Purposes folded into a seed's key: one independent stream each.
 _WARMUP, _TRAIN, _SELECT = 1, 2, 3
+# Folded into a round's select key for its MC dropout passes.
+_MC_PASSES = 0x4D43  # 'MC'
 
 
 def _name_id(name: str) -> int:
@@ -117,6 +120,42 @@ class Experiment:
     self.init_overrides = jax.device_put(pretrained_overrides(
         self.model, config.model, self.x_train[:1], self.eval_spec))
 
+  @functools.cached_property
+  def fixed_embeddings(self):
+    """f32[n, d] pool embeddings that do not change between rounds, computed once.
+
+    Per `strategy_options.embeddings`: 'pretrained' gives the penultimate
+    features of the network loaded from `model.pretrained_path`, before any
+    training (with the ImageNet stem every tensor below the head is loaded,
+    so no initialiser is run); a path gives that `.npy` file, one row per
+    pool point in pool order (e.g. SimCLR features computed elsewhere).
+    """
+    source = config_lib.embedding_source(self.config)
+    if source == 'pretrained':
+      shapes = jax.eval_shape(functools.partial(self.model.init, train=False),
+                              jax.random.PRNGKey(0),
+                              train.prepare_inputs(self.x_train[:1], self.eval_spec))
+      flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes))
+      unloaded = [p for p in flat if p not in self.init_overrides and p[:2] != ('params', 'fc')]
+      if unloaded:
+        raise ValueError(f'strategy_options.embeddings=pretrained: {unloaded[0]} is not in '
+                         f'{self.config.model.pretrained_path}')
+      # The head (fc) is not loaded when the class count differs: zeros, unused here.
+      variables = flax.traverse_util.unflatten_dict(
+          {p: self.init_overrides.get(p, np.zeros(s.shape, s.dtype)) for p, s in flat.items()})
+      states = train.TrainState(
+          params=jax.tree.map(lambda a: a[None], variables['params']),
+          model_state={k: jax.tree.map(lambda a: a[None], v)
+                       for k, v in variables.items() if k != 'params'}, opt_state=None)
+      emb = self.predict(states, self.x_train, True).embeddings
+    else:
+      emb = np.load(source)
+      if emb.ndim != 2 or emb.shape[0] != self.n:
+        raise ValueError(f'strategy_options.embeddings {source} has shape {emb.shape}; '
+                         f'needs [{self.n}, d], one row per pool point')
+    logging.info('fixed embeddings (%s): %s', source, tuple(emb.shape))
+    return jax.device_put(jnp.asarray(emb, jnp.float32))
+
   def fit(self, key, labeled_idx: np.ndarray, round_: int):
     """Trains the round's ensemble on `labeled_idx`; returns stacked states."""
     tc = self.config.train
@@ -144,23 +183,42 @@ class Experiment:
     return metrics_lib.classification_metrics(
         np.asarray(logits), self.y_test, self.dataset.positive_class)
 
-  def score(self, strategy, states, labeled: np.ndarray) -> strategies_lib.Inputs:
-    """Computes, over the whole pool, the inputs `strategy` asks for."""
+  def score(self, strategy, states, labeled: np.ndarray, key) -> strategies_lib.Inputs:
+    """Computes, over the whole pool, the inputs `strategy` asks for.
+
+    Args:
+      strategy: the registered Strategy.
+      states: the round's ensemble, stacked on a member axis.
+      labeled: bool[n].
+      key: the round's select key (`select_key`); MC dropout passes use
+        `fold_in(key, _MC_PASSES)`, so a resumed run redraws them exactly.
+    """
     needs = strategy.needs
     inputs = strategies_lib.Inputs(labeled=jnp.asarray(labeled))
-    if needs & {base.LOGITS, base.EMBEDDINGS}:
+    # Embeddings from `strategy_options.embeddings` other than 'model' are fixed.
+    fixed = base.EMBEDDINGS in needs and config_lib.embedding_source(self.config) != 'model'
+    model_needs = needs - {base.EMBEDDINGS} if fixed else needs
+    if model_needs & {base.LOGITS, base.EMBEDDINGS}:
       # Embeddings are member 0's: without logits, run that member only.
       run = states if base.LOGITS in needs else jax.tree.map(lambda a: a[:1], states)
-      preds = self.predict(run, self.x_train, base.EMBEDDINGS in needs)
+      preds = self.predict(run, self.x_train, base.EMBEDDINGS in model_needs)
       inputs = inputs._replace(
           logits=preds.logits if base.LOGITS in needs else None,
           embeddings=preds.embeddings)
+    if fixed:
+      inputs = inputs._replace(embeddings=self.fixed_embeddings)
     if base.CLASSIFIER in needs:
       member0 = jax.tree.map(lambda a: a[0], states)
       inputs = inputs._replace(classifier=base.Classifier(
           model=self.model, spec=self.eval_spec,
           variables={'params': member0.params, **member0.model_state},
           x=self.x_train, chunk_size=self.config.eval_batch_size))
+    if base.MC_LOGITS in needs:
+      member0 = jax.tree.map(lambda a: a[0], states)
+      inputs = inputs._replace(mc_logits=train.mc_predict(
+          self.model, self.eval_spec, self.config.eval_batch_size,
+          int(self.config.strategy_options.mc_samples), member0, self.x_train,
+          jax.random.fold_in(key, _MC_PASSES)))
     return jax.block_until_ready(inputs)
 
   def select(self, strategy, inputs: strategies_lib.Inputs, key) -> np.ndarray:
@@ -185,7 +243,10 @@ def pretrained_overrides(model, model_config, sample_x, spec):
   if not path:
     return None
   from jal import pretrained  # pylint: disable=g-import-not-at-top
-  template = model.init(jax.random.PRNGKey(0), train.prepare_inputs(sample_x, spec), train=False)
+  # Only shapes matter (kept leaves are left out), so no initialiser is run or compiled.
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                          train.prepare_inputs(sample_x, spec))
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   loaded = pretrained.load_pretrained(path, template, stem=model_config.get('stem', 'cifar'))
   out = {}
   for col, tree in loaded.items():
@@ -279,9 +340,10 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints
       selections.append({'strategy': strategy_name, 'seed': seed, 'round': 0,
                          'indices': np.flatnonzero(labeled).tolist()})
     if r < config.num_rounds:
-      inputs = exp.score(strategy, states, labeled)
+      round_key = select_key(key, strategy_name, r)
+      inputs = exp.score(strategy, states, labeled, round_key)
       t2s = time.perf_counter()
-      picks = exp.select(strategy, inputs, select_key(key, strategy_name, r))
+      picks = exp.select(strategy, inputs, round_key)
       label_round[picks] = r + 1
       selections.append({'strategy': strategy_name, 'seed': seed, 'round': r + 1,
                          'indices': picks.tolist()})

@@ -150,3 +150,134 @@ def top_k_with_random_ties(scores, eligible, key, k):
   neg = jnp.where(eligible, -scores.astype(jnp.float32), jnp.inf)
   order = jnp.lexsort((tiebreak, neg))  # last key is the primary one
   return order[:k].astype(jnp.int32)
+
+
+# Points are processed this many at a time against centres or neighbours:
+# the working set is f32[_POINT_CHUNK, k] rather than f32[n, k].
+_POINT_CHUNK = 1024
+
+
+def map_row_chunks(fn, rows, chunk=_POINT_CHUNK):
+  """`fn` over row blocks of the arrays `rows`, results concatenated back to n rows.
+
+  The last block is padded with zero rows (their results are dropped), so
+  one program of block shape serves every block. Peak memory is one block's
+  working set, plus a padded copy of `rows`.
+
+  Args:
+    fn: `rows block (each leaf [b, ...]) -> pytree of [b, ...]`.
+    rows: pytree of arrays sharing the leading size n.
+    chunk: block size b (capped at n).
+
+  Returns:
+    The pytree of [n, ...] results.
+  """
+  n = jax.tree.leaves(rows)[0].shape[0]
+  chunk = min(chunk, n)
+  num = -(-n // chunk)
+
+  def blocks(a):
+    a = jnp.pad(a, [(0, num * chunk - n)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape(num, chunk, *a.shape[1:])
+
+  out = jax.lax.map(fn, jax.tree.map(blocks, rows))
+  return jax.tree.map(lambda a: a.reshape(num * chunk, *a.shape[2:])[:n], out)
+
+
+@jax.jit
+def nearest_center(x, centers):
+  """Each point's nearest centre (squared Euclidean), in row blocks.
+
+  Time O(n * k * d), memory O(n * d + _POINT_CHUNK * k): the n x k distance
+  matrix is never formed.
+
+  Args:
+    x: f32[n, d].
+    centers: f32[k, d].
+
+  Returns:
+    (i32[n] index of the nearest centre, lowest index on ties;
+     f32[n] squared distance to it).
+  """
+  x = jnp.asarray(x, jnp.float32)
+  centers = jnp.asarray(centers, jnp.float32)
+
+  def block(xb):
+    d = _sq_dists_to(xb, jnp.sum(xb * xb, axis=-1), centers)
+    return jnp.argmin(d, axis=1).astype(jnp.int32), jnp.min(d, axis=1)
+
+  return map_row_chunks(block, x)
+
+
+def d2_seeding(sq_dists_to, eligible, key, k, first):
+  """k-means++ seeding (Arthur & Vassilvitskii, SODA 2007) over any metric.
+
+  After `first`, each seed is drawn among the eligible unchosen points with
+  probability proportional to D^2, the squared distance to the nearest seed
+  so far. If every such D^2 is 0 (duplicates), the draw is uniform over them.
+  Traceable; call it inside `jax.jit`. Time O(k * cost of `sq_dists_to`),
+  memory O(n) beyond it.
+
+  Args:
+    sq_dists_to: `i32[] j -> f32[n]`, squared distances from every point to
+      point j (the metric may be implicit, as in BADGE's gradient space).
+    eligible: bool[n], the points that may be seeds; at least k of them.
+    key: PRNG key; draw i uses `fold_in(key, i)`.
+    k: number of seeds (static).
+    first: i32[], the first seed (eligible).
+
+  Returns:
+    i32[k] distinct seed indices, in draw order.
+  """
+  eligible = jnp.asarray(eligible, bool)
+  first = jnp.asarray(first, jnp.int32)
+
+  def body(i, carry):
+    min_d, open_, seeds = carry
+    w = jnp.where(open_, min_d, 0.0)
+    logits = jnp.where(jnp.sum(w) > 0, jnp.log(w), jnp.where(open_, 0.0, -jnp.inf))
+    j = jax.random.categorical(jax.random.fold_in(key, i), logits).astype(jnp.int32)
+    return (jnp.minimum(min_d, sq_dists_to(j)), open_.at[j].set(False), seeds.at[i].set(j))
+
+  init = (sq_dists_to(first), eligible.at[first].set(False),
+          jnp.zeros((k,), jnp.int32).at[0].set(first))
+  return jax.lax.fori_loop(1, k, body, init)[2]
+
+
+@functools.partial(jax.jit, static_argnames=('k', 'iters'))
+def kmeans(x, k, key, iters, mask=None):
+  """k-means: k-means++ seeding, then `iters` Lloyd iterations.
+
+  Only points in `mask` are seeds or move centres; every point gets an
+  assignment. A centre left with no masked point keeps its position. Time
+  O((k + iters) * n * k * d) in the worst case (seeding is O(n * k * d),
+  each Lloyd step the same), memory O(n * d + k * d + _POINT_CHUNK * k).
+
+  Args:
+    x: f32[n, d].
+    k: number of centres (static); at most the number of masked points.
+    key: PRNG key of the seeding.
+    iters: Lloyd iterations (static).
+    mask: optional bool[n], the points to cluster (default all).
+
+  Returns:
+    (f32[k, d] centres; i32[n] index of each point's nearest final centre).
+  """
+  x = jnp.asarray(x, jnp.float32)
+  n = x.shape[0]
+  mask = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
+  sq = jnp.sum(x * x, axis=-1)
+  first_key, seed_key = jax.random.split(key)
+  first = jax.random.categorical(first_key, jnp.where(mask, 0.0, -jnp.inf)).astype(jnp.int32)
+  seeds = d2_seeding(lambda j: _sq_dists_to(x, sq, x[j][None, :])[:, 0], mask, seed_key,
+                     k, first)
+  w = mask.astype(jnp.float32)
+
+  def lloyd(_, centers):
+    assign, _ = nearest_center(x, centers)
+    sums = jax.ops.segment_sum(x * w[:, None], assign, num_segments=k)
+    counts = jax.ops.segment_sum(w, assign, num_segments=k)
+    return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centers)
+
+  centers = jax.lax.fori_loop(0, iters, lloyd, x[seeds])
+  return centers, nearest_center(x, centers)[0]

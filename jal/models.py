@@ -2,9 +2,24 @@
 
 Every model is a `flax.linen` module used through `init`/`apply`, so its
 variables are a plain pytree and `jax.vmap(model.init)(keys, x)` builds an
-ensemble. `__call__(x, train)` takes normalised inputs `f32[b, ...]` and
+ensemble. `__call__(x, train, mc)` takes normalised inputs `f32[b, ...]` and
 returns `logits: f32[b, num_classes]` and the penultimate representation
 `embedding: f32[b, d]` (what Coreset measures distances on).
+
+Dropout (`dropout` > 0, off by default) has three modes:
+
+  train=False, mc=False   evaluation: no dropout, BatchNorm running averages.
+  train=True              training: a fresh mask per example ('dropout' rng),
+                          BatchNorm batch statistics.
+  mc=True                 Monte Carlo dropout (Gal & Ghahramani, ICML 2016):
+                          BatchNorm running averages, and one mask per call
+                          shared by every example of the batch, so that a
+                          call with a given 'dropout' rng is one sampled
+                          network applied consistently to all points (what
+                          BatchBALD's joint over points assumes).
+
+With `dropout=0` no Dropout layer is built: parameters, outputs and the rngs
+a model asks for are those of a model without the option.
 """
 
 from typing import Any, Sequence
@@ -14,28 +29,51 @@ import jax
 import jax.numpy as jnp
 
 
+def _dropout(x, rate: float, train: bool, mc: bool):
+  """Dropout at `rate` in training or MC mode; identity otherwise or at rate 0.
+
+  In MC mode the mask is broadcast over the batch axis (one sampled network
+  per call). Must be called from a compact method.
+  """
+  if not rate:
+    return x
+  return nn.Dropout(rate, broadcast_dims=(0,) if mc else (),
+                    deterministic=not (train or mc))(x)
+
+
 class MLP(nn.Module):
-  """ReLU multilayer perceptron; the study's toy model (Section 3.3)."""
+  """ReLU multilayer perceptron; the study's toy model (Section 3.3).
+
+  Dropout, if any, follows each hidden activation; the embedding is the last
+  hidden activation before it.
+  """
   num_classes: int
   hidden: Sequence[int] = (64, 64)
   dtype: Any = jnp.float32
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = x.reshape(x.shape[0], -1).astype(self.dtype)
+  def __call__(self, x, train: bool = False, mc: bool = False):
+    x = emb = x.reshape(x.shape[0], -1).astype(self.dtype)
     for width in self.hidden:
-      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+      emb = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+      x = _dropout(emb, self.dropout, train, mc)
     logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
-    return logits.astype(jnp.float32), x.astype(jnp.float32)
+    return logits.astype(jnp.float32), emb.astype(jnp.float32)
 
 
 class LeNet(nn.Module):
-  """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling; Section 3.4."""
+  """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling; Section 3.4.
+
+  Dropout, if any, follows the two hidden Dense layers (so the second one
+  also drops the head's input); the embedding is taken before it.
+  """
   num_classes: int
   dtype: Any = jnp.float32
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, mc: bool = False):
     x = x.astype(self.dtype)
     x = nn.relu(nn.Conv(6, (5, 5), padding='SAME', dtype=self.dtype)(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
@@ -43,27 +81,35 @@ class LeNet(nn.Module):
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(120, dtype=self.dtype)(x))
-    x = nn.relu(nn.Dense(84, dtype=self.dtype)(x))
+    x = _dropout(x, self.dropout, train, mc)
+    emb = nn.relu(nn.Dense(84, dtype=self.dtype)(x))
+    x = _dropout(emb, self.dropout, train, mc)
     logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
-    return logits.astype(jnp.float32), x.astype(jnp.float32)
+    return logits.astype(jnp.float32), emb.astype(jnp.float32)
 
 
-def _resnet18(num_classes, dtype, stem='cifar', width=64):
+def _resnet18(num_classes, dtype, dropout=0.0, stem='cifar', width=64):
   from jal import resnet  # pylint: disable=g-import-not-at-top
-  return resnet.ResNet18(num_classes=num_classes, stem=stem, width=width, dtype=dtype)
+  return resnet.ResNet18(num_classes=num_classes, stem=stem, width=width, dtype=dtype,
+                         dropout=dropout)
 
 
-def _mlp(num_classes, dtype, hidden=(64, 64)):
-  return MLP(num_classes=num_classes, hidden=tuple(hidden), dtype=dtype)
+def _mlp(num_classes, dtype, dropout=0.0, hidden=(64, 64)):
+  return MLP(num_classes=num_classes, hidden=tuple(hidden), dtype=dtype, dropout=dropout)
 
 
-def _lenet(num_classes, dtype):
-  return LeNet(num_classes=num_classes, dtype=dtype)
+def _lenet(num_classes, dtype, dropout=0.0):
+  return LeNet(num_classes=num_classes, dtype=dtype, dropout=dropout)
 
 
 MODELS = {'mlp': _mlp, 'lenet': _lenet, 'resnet18': _resnet18}
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'auto': None}
+
+
+def has_dropout(model) -> bool:
+  """Whether `model` has dropout, i.e. needs a 'dropout' rng in training."""
+  return bool(getattr(model, 'dropout', 0.0))
 
 
 def compute_dtype(name: str):
@@ -78,7 +124,8 @@ def get_model(model_config, num_classes: int) -> nn.Module:
 
   Args:
     model_config: ConfigDict with `name`, optional `compute_dtype`
-      ('float32', 'bfloat16' or 'auto'; parameters stay float32) and
+      ('float32', 'bfloat16' or 'auto'; parameters stay float32), optional
+      `dropout` (rate in [0, 1), default 0: see the module docstring) and
       model-specific fields (`hidden` for mlp, `stem` and `width` for
       resnet18).
     num_classes: size of the logits.
@@ -92,7 +139,7 @@ def get_model(model_config, num_classes: int) -> nn.Module:
   dtype_name = model_config.get('compute_dtype', 'float32')
   if dtype_name not in _DTYPES:
     raise ValueError(f"unknown compute_dtype '{dtype_name}'; valid: {', '.join(sorted(_DTYPES))}")
-  kwargs = {}
+  kwargs = {'dropout': float(model_config.get('dropout', 0.0) or 0.0)}
   if name == 'mlp' and model_config.get('hidden') is not None:
     kwargs['hidden'] = model_config.hidden
   if name == 'resnet18':

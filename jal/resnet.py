@@ -16,8 +16,10 @@ Two stems:
   'imagenet': 7x7 conv stride 2 pad 3, BN, ReLU, 3x3 max-pool stride 2 pad 1.
 
 Every jal model returns `(logits, embedding)`; here the embedding is the
-512-d globally average-pooled output of layer4. The post-stem activation is
-also sown into the 'intermediates' collection under the name 'stem'.
+512-d globally average-pooled output of layer4. Optional dropout (`dropout`
+> 0) acts on it before the head, with the modes of `jal.models`. The
+post-stem activation is also sown into the 'intermediates' collection under
+the name 'stem'.
 """
 
 import functools
@@ -94,21 +96,26 @@ class ResNet18(nn.Module):
     param_dtype: parameter dtype.
     width: channels of the first stage (64 is ResNet-18; pretrained weights
       need 64); stages have width * (1, 2, 4, 8), the embedding width * 8.
+    dropout: dropout rate on the embedding before `fc`; 0 builds no layer.
   """
   num_classes: int
   stem: str = 'cifar'
   width: int = 64
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray,
-               train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               mc: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Forward pass.
 
     Args:
       x: f32[b, h, w, c], already normalised.
-      train: use batch statistics (and update `batch_stats`) if True.
+      train: use batch statistics (and update `batch_stats`) and per-example
+        dropout if True.
+      mc: Monte Carlo dropout: BatchNorm running averages, one dropout mask
+        shared by the batch (see `jal.models`).
 
     Returns:
       logits: f32[b, num_classes].
@@ -142,6 +149,10 @@ class ResNet18(nn.Module):
                        name=f'layer{i + 1}_{j}')(x, train=train)
 
     embedding = jnp.mean(x, axis=(1, 2))
+    head_in = embedding
+    if self.dropout:
+      head_in = nn.Dropout(self.dropout, broadcast_dims=(0,) if mc else (),
+                           deterministic=not (train or mc))(embedding)
     logits = nn.Dense(self.num_classes, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name='fc')(embedding)
+                      param_dtype=self.param_dtype, name='fc')(head_in)
     return logits.astype(jnp.float32), embedding.astype(jnp.float32)

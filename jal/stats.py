@@ -16,6 +16,7 @@ bisection) so that the report needs no scipy.
 """
 
 import math
+import statistics
 
 import numpy as np
 
@@ -146,6 +147,36 @@ def t_interval(x, confidence=0.95):
   half = (t_quantile(0.5 * (1.0 + confidence), n - 1) *
           float(np.std(x, ddof=1)) / math.sqrt(n))
   return mean, mean - half, mean + half
+
+
+def wilson_interval(successes, trials, confidence=0.95):
+  """Wilson score interval for a binomial proportion (e.g. an accuracy).
+
+  Unlike the normal approximation it stays inside [0, 1] and is not empty at
+  0 or `trials` successes, so it suits small held-out sets. E.g. 45 of 50:
+  (0.9, 0.7864, 0.9565).
+
+  Args:
+    successes: k, an int in [0, trials].
+    trials: n >= 0.
+    confidence: two-sided coverage.
+
+  Returns:
+    (k / n, lo, hi) as floats; all nan when n is 0.
+  """
+  if trials < 0 or not 0 <= successes <= trials:
+    raise ValueError(f'wilson_interval: need 0 <= successes <= trials, got '
+                     f'{successes} of {trials}')
+  if trials == 0:
+    return math.nan, math.nan, math.nan
+  z = statistics.NormalDist().inv_cdf(0.5 * (1.0 + confidence))
+  p = successes / trials
+  denom = 1.0 + z * z / trials
+  centre = (p + z * z / (2.0 * trials)) / denom
+  half = z * math.sqrt(p * (1.0 - p) / trials + z * z / (4.0 * trials * trials)) / denom
+  lo = 0.0 if successes == 0 else max(0.0, centre - half)
+  hi = 1.0 if successes == trials else min(1.0, centre + half)
+  return p, lo, hi
 
 
 def bootstrap_interval(x, confidence=0.95, num_resamples=10000, seed=0):

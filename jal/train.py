@@ -38,6 +38,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jal import models
+
+# Folded into a step's augmentation key to give its dropout key, so models
+# with dropout leave every other stream exactly as it is without.
+_DROPOUT_STREAM = 0x64726F70  # 'drop'
+
 
 class TrainState(NamedTuple):
   """One member's training state (a pytree; stacked on axis 0 for ensembles).
@@ -202,7 +208,7 @@ def masked_cross_entropy(logits, labels, mask):
   return jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def train_step(model, tx, state: TrainState, x, y, mask, learning_rate):
+def train_step(model, tx, state: TrainState, x, y, mask, learning_rate, dropout_key=None):
   """One optimizer step on one (padded) batch. Pure.
 
   Args:
@@ -213,18 +219,22 @@ def train_step(model, tx, state: TrainState, x, y, mask, learning_rate):
     y: i32[b] labels.
     mask: bool[b], valid rows.
     learning_rate: f32[], this step's learning rate.
+    dropout_key: PRNG key of this step's dropout masks; required if the
+      model has dropout, else None.
 
   Returns:
     (new state, loss f32[]).
   """
   mutable = list(state.model_state)
+  apply_kwargs = {} if dropout_key is None else {'rngs': {'dropout': dropout_key}}
 
   def loss_fn(params):
     variables = {'params': params, **state.model_state}
     if mutable:
-      (logits, _), new_model_state = model.apply(variables, x, train=True, mutable=mutable)
+      (logits, _), new_model_state = model.apply(variables, x, train=True, mutable=mutable,
+                                                 **apply_kwargs)
     else:
-      logits, _ = model.apply(variables, x, train=True)
+      logits, _ = model.apply(variables, x, train=True, **apply_kwargs)
       new_model_state = state.model_state
     return masked_cross_entropy(logits, y, mask), new_model_state
 
@@ -279,10 +289,17 @@ def _epoch_batches(shuffle_key, e, idx, num_valid, batch_size):
 
 def _slot_update(model, tx, spec, schedule, learning_rate, state, aug_key, x, y,
                  batch_idx, mask, step, total_steps):
-  """One step on the batch `x[batch_idx]` at global step `step`."""
-  xb = prepare_inputs(x[batch_idx], spec, jax.random.fold_in(aug_key, step))
+  """One step on the batch `x[batch_idx]` at global step `step`.
+
+  The step's key `fold_in(aug_key, step)` drives augmentation; dropout, if
+  the model has any, uses `fold_in(step key, _DROPOUT_STREAM)`.
+  """
+  step_key = jax.random.fold_in(aug_key, step)
+  xb = prepare_inputs(x[batch_idx], spec, step_key)
   lr = learning_rate * lr_factor(schedule, step, total_steps)
-  return train_step(model, tx, state, xb, y[batch_idx], mask, lr)[0]
+  dropout_key = (jax.random.fold_in(step_key, _DROPOUT_STREAM)
+                 if models.has_dropout(model) else None)
+  return train_step(model, tx, state, xb, y[batch_idx], mask, lr, dropout_key)[0]
 
 
 def _steps_per_epoch(num_valid, batch_size):
@@ -507,6 +524,55 @@ def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x) -> 
   logits = jnp.concatenate(logits, axis=1)[:, :n]
   emb = jnp.concatenate(embs, axis=0)[:n] if with_embeddings else None
   return Predictions(logits, emb)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _mc_chunk(model, spec, num_samples, state, x, idx, key):
+  """T = num_samples MC dropout passes of one member on `x[idx]`: f32[T, b, c].
+
+  Pass t uses the dropout rng `fold_in(key, t)` whatever the chunk, and the
+  model's MC mode shares its mask over the batch, so pass t is one sampled
+  network over every chunk. Passes run one after another (`lax.map`):
+  memory is that of one pass.
+  """
+  variables = {'params': state.params, **state.model_state}
+  xb = prepare_inputs(x[idx], spec)
+
+  def one_pass(t):
+    logits, _ = model.apply(variables, xb, train=False, mc=True,
+                            rngs={'dropout': jax.random.fold_in(key, t)})
+    return logits
+
+  return jax.lax.map(one_pass, jnp.arange(num_samples))
+
+
+def mc_predict(model, spec, chunk_size, num_samples, state: TrainState, x, key):
+  """Monte Carlo dropout logits of one member on all of `x`, in chunks.
+
+  Each pass draws one dropout mask per layer (shared by all points, see
+  `jal.models`) with BatchNorm in inference mode: the T passes are T networks
+  sampled from the dropout posterior (Gal & Ghahramani, ICML 2016), each
+  applied to the whole pool. Chunks are gathered and padded as in `predict`.
+  Time O(T * n * forward pass), memory O(T * n * c + one chunk's pass).
+
+  Args:
+    model: flax module with dropout > 0 (with none, every pass is equal).
+    spec: InputSpec.
+    chunk_size: points per forward pass.
+    num_samples: T, the number of passes.
+    state: TrainState of one member (no member axis).
+    x: stored inputs [n, ...].
+    key: PRNG key; equal keys give equal outputs.
+
+  Returns:
+    f32[T, n, c].
+  """
+  n = x.shape[0]
+  out = []
+  for start in range(0, n, chunk_size):
+    idx = jnp.minimum(jnp.arange(start, start + chunk_size), n - 1)
+    out.append(_mc_chunk(model, spec, num_samples, state, x, idx, key))
+  return jnp.concatenate(out, axis=1)[:, :n]
 
 
 def ensemble_probs(member_logits):

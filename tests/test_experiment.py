@@ -182,6 +182,19 @@ def test_workdir_of_another_experiment_is_refused(full_run):
   experiment.train_and_evaluate(smoke(data_dir='/elsewhere'), str(workdir))
 
 
+def test_workdir_from_before_a_new_field_is_the_same_experiment(tmp_path):
+  # A config.json written before `model.dropout` and the strategy options
+  # existed: absent fields count as their (behaviour-preserving) defaults.
+  config = smoke()
+  stored = json.loads(config.to_json_best_effort())
+  del stored['model']['dropout']
+  stored['strategy_options'] = {}
+  (tmp_path / 'config.json').write_text(json.dumps(stored))
+  experiment.prepare_workdir(str(tmp_path), config)
+  with pytest.raises(ValueError, match=r'model.dropout: 0.0 there vs 0.5 now'):
+    experiment.prepare_workdir(str(tmp_path), smoke(**{'model.dropout': 0.5}))
+
+
 def test_cli_reports_errors_in_one_line(tmp_path):
   out = subprocess.run(
       [sys.executable, '-m', 'jal.main', f'--config={REPO}/configs/gaussian.py:smoke',

@@ -15,6 +15,9 @@ a `Strategy`, plus one line in `STRATEGIES` below.
 from jal.strategies.base import Classifier, Inputs, Strategy, needs_of
 from jal.strategies import balanced_uncertainty, coreset, coreset_ensembles, ensembles
 from jal.strategies import random_sampling, uncertainty
+from jal.strategies import dfal, egl, vaal
+from jal.strategies import batch_bald, mc_dropout
+from jal.strategies import badge, dal, information_density, kmeans, probcover, typiclust
 
 STRATEGIES: dict[str, Strategy] = {
     'random': random_sampling.STRATEGY,
@@ -27,6 +30,18 @@ STRATEGIES: dict[str, Strategy] = {
     'ensemble_bald': uncertainty.ENSEMBLE_BALD,
     'coreset_ensembles': coreset_ensembles.STRATEGY,
     'balanced_uncertainty': balanced_uncertainty.STRATEGY,
+    'vaal': vaal.STRATEGY,
+    'dfal': dfal.STRATEGY,
+    'egl': egl.STRATEGY,
+    'mc_dropout': mc_dropout.MC_DROPOUT,
+    'mc_dropout_bald': mc_dropout.MC_DROPOUT_BALD,
+    'batch_bald': batch_bald.STRATEGY,
+    'kmeans': kmeans.STRATEGY,
+    'badge': badge.STRATEGY,
+    'dal': dal.STRATEGY,
+    'information_density': information_density.STRATEGY,
+    'typiclust': typiclust.STRATEGY,
+    'probcover': probcover.STRATEGY,
 }
 
 

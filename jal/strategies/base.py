@@ -70,6 +70,11 @@ class Strategy:
   kind: str = 'baseline'
   min_members: int = 1
 
+  @property
+  def needs_dropout(self) -> bool:
+    """Whether the model must have dropout: MC passes of a model without are all equal."""
+    return MC_LOGITS in self.needs
+
 
 def needs_of(strategies) -> frozenset:
   """Union of what the given strategies need."""

@@ -1,0 +1,779 @@
+r"""Label a folder of images with active learning, one batch per call.
+
+    python -m jal.label --images=DIR --labels=labels.csv --workdir=W --query=50
+    # label the files listed in W/next_batch.csv: add `filename,label` rows
+    # to labels.csv, then run the same command again.
+
+Each call reads DIR and labels.csv afresh, estimates the accuracy of the
+configured ensemble (configs/label.py unless --config) on held-out labels,
+trains it on every label, scores the unlabeled images with --strategy and
+writes `W/next_batch.csv`, best first:
+
+    filename,score,rank,predicted,confidence
+
+`score` is what the strategy ranks by (variation ratio for `ensembles`, the
+uncertainty score for the single-model and ensemble uncertainty strategies);
+strategies that pick a set rather than rank by a score (`random`,
+`coreset`, hybrids) get the ensemble's variation ratio, for information.
+`predicted` and `confidence` are the ensemble's guess (mean softmax) as a
+hint for the annotator. With no label at all the first batch is random.
+
+labels.csv has the header `filename,label`; filenames are relative to DIR as
+next_batch.csv writes them; a row with an empty label counts as unlabeled;
+repeated rows must agree. The class list is fixed at the first call that
+sees labels: `--classes` (or `config.classes`) in that order, else the
+labels then present, sorted. A later label outside it is an error; to add a
+class, start a new --workdir with --classes naming every class.
+
+W holds `state.json` (the class list, every image's size, mtime and
+SHA-256, the labels seen at the last call, and one history entry per call:
+labeled counts, validation estimate, timings, the batch written),
+`next_batch.csv`, and a cache of decoded images. Both files are written
+atomically. Each call compares DIR and labels.csv with the state and reports
+labels that changed or vanished, images that vanished or whose bytes
+changed; it then uses only what DIR and labels.csv hold now. Random keys
+come from `config.seed` and a digest of the inputs, so the same inputs give
+the same next_batch.csv, and a call with nothing changed does no work and
+reprints the last summary.
+"""
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+import zlib
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jal import config_lib
+from jal import data as data_lib
+from jal import experiment
+from jal import images as images_lib
+from jal import kernels
+from jal import stats
+from jal import strategies as strategies_lib
+from jal.strategies import uncertainty
+
+STATE_FILE = 'state.json'
+BATCH_FILE = 'next_batch.csv'
+_STATE_VERSION = 1
+_MAX_NAMED = 5
+# Config fields that may change between calls of one project.
+_PER_CALL_FIELDS = ('query_size', 'strategy', 'strategy_options', 'images.num_workers')
+# Purposes folded into a call's key.
+_FIT, _VALIDATION, _SELECT = 1, 2, 3
+
+# Per-point scores of the strategies that rank by one: member logits
+# f32[m, n, c] -> f32[n]. Other strategies are reported with variation ratio.
+_SCORES = {
+    'ensembles': ('variation ratio', kernels.variation_ratio),
+    'least_confidence': ('least confidence of member 0',
+                         lambda l: uncertainty.least_confidence(l[0])),
+    'margin': ('negative margin of member 0', lambda l: uncertainty.margin(l[0])),
+    'entropy': ('entropy of member 0', lambda l: uncertainty.entropy(l[0])),
+    'ensemble_entropy': ('entropy of the mean prediction', uncertainty.ensemble_entropy),
+    'ensemble_bald': ('BALD mutual information', uncertainty.bald),
+}
+
+
+def _named(items) -> str:
+  items = list(items)
+  more = f', ... ({len(items)} in all)' if len(items) > _MAX_NAMED else ''
+  return ', '.join(str(i) for i in items[:_MAX_NAMED]) + more
+
+
+def _natural_key(label: str):
+  """Sorts '2' before '10' when labels are integers, else alphabetically."""
+  return (0, int(label), '') if re.fullmatch(r'-?\d+', label) else (1, 0, label)
+
+
+# ----------------------------------------------------------------------------
+# Reading labels.csv.
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+  """The labels of labels.csv.
+
+  Attributes:
+    labels: filename -> label, one entry per labeled file.
+    lines: filename -> the line of its (first) row, for messages.
+  """
+  labels: dict[str, str]
+  lines: dict[str, int]
+
+
+def _clean_name(name: str) -> str:
+  name = name.strip().replace('\\', '/')
+  while name.startswith('./'):
+    name = name[2:]
+  return name
+
+
+def read_labels(path: str) -> Labels:
+  """Parses a `filename,label` CSV.
+
+  Extra columns are ignored; rows with an empty label are unlabeled files.
+  The same file twice with the same label is one label.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: no header, a row without a filename, or one file with two
+      different labels.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'labels file not found: {path} (create it with the header line '
+                            'filename,label)')
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    text = raw.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{path} is not UTF-8 text: {e}') from e
+  reader = csv.reader(io.StringIO(text))
+  header = [h.strip().lower() for h in next(reader, [])]
+  if 'filename' not in header or 'label' not in header:
+    raise ValueError(f'{path} must start with the header filename,label; got '
+                     f'{",".join(header) or "an empty file"}')
+  fcol, lcol = header.index('filename'), header.index('label')
+  labels, lines = {}, {}
+  for line, row in enumerate(reader, start=2):
+    if not any(cell.strip() for cell in row):
+      continue
+    name = _clean_name(row[fcol]) if fcol < len(row) else ''
+    label = row[lcol].strip() if lcol < len(row) else ''
+    if not name:
+      raise ValueError(f'{path} line {line}: no filename')
+    if not label:
+      continue
+    if name in labels and labels[name] != label:
+      raise ValueError(f'{path}: {name} has conflicting labels {labels[name]!r} (line '
+                       f'{lines[name]}) and {label!r} (line {line}); keep one row per file')
+    if name not in labels:
+      labels[name], lines[name] = label, line
+  return Labels(labels, lines)
+
+
+def resolve_classes(stored, requested, labels: Labels, csv_path: str) -> list[str] | None:
+  """The project's class list.
+
+  Args:
+    stored: the list in the workdir's state, or None before it is fixed.
+    requested: --classes or config.classes, or None.
+    labels: this call's labels.
+    csv_path: for messages.
+
+  Returns:
+    The class names in order, or None while there is neither a label nor a
+    requested list.
+
+  Raises:
+    ValueError: a requested list that differs from the stored one, repeats
+      a name or has fewer than 2 classes; a label outside the list.
+  """
+  requested = [str(c).strip() for c in requested] if requested else None
+  if requested is not None:
+    if len(set(requested)) != len(requested) or len(requested) < 2:
+      raise ValueError(f'--classes must name at least 2 distinct classes, got {requested}')
+    if stored is not None and requested != list(stored):
+      raise ValueError(f'--classes {requested} differs from the class list fixed at the first '
+                       f'call ({list(stored)}); start a new --workdir to change it')
+  classes = list(stored) if stored is not None else requested
+  if classes is None:
+    if not labels.labels:
+      return None
+    classes = sorted(set(labels.labels.values()), key=_natural_key)
+    if len(classes) < 2:
+      raise ValueError(f'{csv_path} has labels of one class only ({classes[0]!r}); label an '
+                       'image of another class or pass --classes naming every class')
+  valid = set(classes)
+  for name, label in labels.labels.items():
+    if label not in valid:
+      raise ValueError(f'{csv_path} line {labels.lines[name]}: unknown label {label!r} for '
+                       f'{name}; valid: {", ".join(classes)} (fixed at the first call)')
+  return classes
+
+
+def check_files(labels: Labels, names: list[str], csv_path: str, folder: str) -> None:
+  """Raises ValueError if labels.csv names files that are not in the folder."""
+  present = set(names)
+  missing = [n for n in labels.labels if n not in present]
+  if missing:
+    missing.sort(key=lambda n: labels.lines[n])
+    raise ValueError(f'{csv_path} names {len(missing)} file(s) not in {folder}: '
+                     f'{_named(f"{n} (line {labels.lines[n]})" for n in missing)}')
+
+
+# ----------------------------------------------------------------------------
+# Images: fingerprints and changes since the last call.
+
+
+def fingerprints(folder: str, names: list[str], previous: dict) -> dict[str, dict]:
+  """`{name: {size, mtime_ns, sha256}}`; a file with the size and mtime it
+  had at the last call keeps its stored hash without being read."""
+  out = {}
+  for name in names:
+    path = os.path.join(folder, name)
+    size, mtime = images_lib.file_stat(path)
+    old = previous.get(name)
+    if old and old['size'] == size and old['mtime_ns'] == mtime:
+      out[name] = old
+    else:
+      out[name] = {'size': size, 'mtime_ns': mtime, 'sha256': images_lib.sha256(path)}
+  return out
+
+
+def changes_since(state: dict | None, prints: dict[str, dict],
+                  labels: dict[str, str]) -> dict[str, Any]:
+  """What differs from the last call: the user is told all of it.
+
+  Returns:
+    dict with lists `images_vanished` ([name, old label or None]),
+    `images_changed` ([name, label or None]: same name, other bytes),
+    `labels_changed` ([name, old, new]), `labels_removed` ([name, old]:
+    the row is gone, the image is still there), and counts `new_images`,
+    `new_labels`, `batch_labeled` (of the last batch, how many now have a
+    label) and `batch_size`.
+  """
+  if state is None:
+    return {'images_vanished': [], 'images_changed': [], 'labels_changed': [],
+            'labels_removed': [], 'new_images': len(prints), 'new_labels': len(labels),
+            'batch_labeled': 0, 'batch_size': 0}
+  old_images, old_labels = state['images'], state['labels']
+  batch = state['calls'][-1]['batch'] if state['calls'] else []
+  return {
+      'images_vanished': [[n, old_labels.get(n)] for n in sorted(old_images)
+                          if n not in prints],
+      'images_changed': [[n, labels.get(n)] for n in sorted(prints)
+                         if n in old_images and old_images[n]['sha256'] != prints[n]['sha256']],
+      'labels_changed': [[n, old_labels[n], labels[n]] for n in sorted(labels)
+                         if n in old_labels and old_labels[n] != labels[n]],
+      'labels_removed': [[n, old_labels[n]] for n in sorted(old_labels)
+                         if n not in labels and n in prints],
+      'new_images': sum(n not in old_images for n in prints),
+      'new_labels': sum(n not in old_labels for n in labels),
+      'batch_labeled': sum(n in labels for n in batch),
+      'batch_size': len(batch),
+  }
+
+
+def change_lines(changes: dict[str, Any]) -> list[str]:
+  """One human-readable line per kind of change that happened."""
+  out = []
+  if changes['images_vanished']:
+    out.append(f'{len(changes["images_vanished"])} image(s) vanished from the folder: '
+               + _named(n if l is None else f'{n} (was labeled {l})'
+                        for n, l in changes['images_vanished']))
+  if changes['images_changed']:
+    out.append(f'{len(changes["images_changed"])} image(s) have new content under the same '
+               'name: ' + _named(n if l is None else f'{n} (labeled {l}: check the label)'
+                                 for n, l in changes['images_changed']))
+  if changes['labels_changed']:
+    out.append(f'{len(changes["labels_changed"])} label(s) changed: '
+               + _named(f'{n} {a} -> {b}' for n, a, b in changes['labels_changed']))
+  if changes['labels_removed']:
+    out.append(f'{len(changes["labels_removed"])} label(s) removed from the labels file: '
+               + _named(f'{n} (was {l})' for n, l in changes['labels_removed']))
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Validation.
+
+
+def validation_splits(y: np.ndarray, vconfig, seed: int) -> tuple[str, list]:
+  """A stratified held-out part, or stratified k folds, of the labeled points.
+
+  Hold-out when there are at least `vconfig.holdout_min_labels` labels and
+  every class present has `vconfig.min_per_class`; each class then holds
+  out round(holdout_fraction * n_c) (at least 1) of its points. Otherwise
+  k = min(folds, L) folds: each class's points, in a seeded random order,
+  are dealt to the folds in turn, continuing where the last class stopped.
+
+  Args:
+    y: i32[L], the labels of the labeled points.
+    vconfig: config.validation.
+    seed: seeds the shuffles.
+
+  Returns:
+    (method: 'holdout', 'cv' or 'none' (fewer than 2 labels), a list of
+    (train: i32[.], held: i32[.]) positions into y).
+  """
+  y = np.asarray(y)
+  n = y.size
+  if n < 2:
+    return 'none', []
+  rng = np.random.default_rng(seed)
+  classes, counts = np.unique(y, return_counts=True)
+  if n >= vconfig.holdout_min_labels and counts.min() >= vconfig.min_per_class:
+    held = []
+    for c, n_c in zip(classes, counts):
+      pos = rng.permutation(np.flatnonzero(y == c))
+      held.append(pos[:max(1, int(np.floor(vconfig.holdout_fraction * n_c + 0.5)))])
+    held = np.sort(np.concatenate(held))
+    return 'holdout', [(np.setdiff1d(np.arange(n), held), held)]
+  k = min(int(vconfig.folds), n)
+  fold = np.empty(n, np.int64)
+  start = 0
+  for c in classes:
+    pos = rng.permutation(np.flatnonzero(y == c))
+    fold[pos] = (start + np.arange(pos.size)) % k
+    start = (start + pos.size) % k
+  return 'cv', [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
+
+
+def validation_estimate(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int,
+                        confidence: float) -> dict[str, Any]:
+  """Accuracy with a Wilson interval, and per-class accuracy.
+
+  Args:
+    y_true: i32[h] held-out labels (over every fold).
+    y_pred: i32[h] the ensemble's predictions.
+    num_classes: c.
+    confidence: of the interval.
+
+  Returns:
+    dict with n, correct, accuracy, lo, hi, balanced_accuracy (mean
+    per-class accuracy over the classes held out), per_class_correct and
+    per_class_total (lists of c ints).
+  """
+  ok = np.asarray(y_true) == np.asarray(y_pred)
+  acc, lo, hi = stats.wilson_interval(int(ok.sum()), int(ok.size), confidence)
+  total = np.bincount(y_true, minlength=num_classes)
+  correct = np.bincount(y_true, weights=ok, minlength=num_classes).astype(np.int64)
+  present = total > 0
+  return {'n': int(ok.size), 'correct': int(ok.sum()), 'accuracy': acc, 'lo': lo, 'hi': hi,
+          'confidence': confidence,
+          'balanced_accuracy': float(np.mean(correct[present] / total[present]))
+                               if present.any() else float('nan'),
+          'per_class_correct': correct.tolist(), 'per_class_total': total.tolist()}
+
+
+# ----------------------------------------------------------------------------
+# The call.
+
+
+def _digest(obj) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _key_int(digest: str) -> int:
+  return zlib.crc32(digest.encode()) & 0x7FFFFFFF
+
+
+def config_identity(config) -> dict:
+  """The config as a dict, minus the fields that may change between calls."""
+  d = json.loads(config.to_json_best_effort(sort_keys=True))
+  for field in _PER_CALL_FIELDS:
+    node = d
+    *path, last = field.split('.')
+    for p in path:
+      node = node.get(p, {})
+    node.pop(last, None)
+  return d
+
+
+def _pool_stats(x: np.ndarray, config) -> tuple[tuple, tuple]:
+  """Per-channel mean and std on the 0-1 scale: the config's, else the pool's.
+
+  The pool's are rounded to 0.01, so that adding or changing a few images
+  keeps the same normalisation (and the same compiled programs).
+  """
+  ic = config.images
+  if ic.get('mean') is not None and ic.get('std') is not None:
+    return tuple(float(v) for v in ic.mean), tuple(float(v) for v in ic.std)
+  flat = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
+  mean = tuple(round(float(v), 2) for v in flat.mean(0))
+  std = tuple(max(round(float(v), 2), 0.01) for v in flat.std(0))
+  return mean, std
+
+
+def load_state(workdir: str) -> dict | None:
+  path = os.path.join(workdir, STATE_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    state = json.load(f)
+  if state.get('version') != _STATE_VERSION:
+    raise ValueError(f'{path} has state version {state.get("version")}, expected '
+                     f'{_STATE_VERSION}; use another --workdir')
+  return state
+
+
+def _write_batch(path: str, rows: list[dict]) -> None:
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator='\n')
+  writer.writerow(['filename', 'score', 'rank', 'predicted', 'confidence'])
+  for r in rows:
+    writer.writerow([r['filename'], r['score'], r['rank'], r['predicted'], r['confidence']])
+  experiment._atomic_write(path, buf.getvalue())  # pylint: disable=protected-access
+
+
+def _validate_config(config, strategy) -> None:
+  if config.images.channels not in (1, 3):
+    raise ValueError(f'config.images.channels must be 1 or 3, got {config.images.channels}')
+  if config.images.size < 1:
+    raise ValueError(f'config.images.size must be positive, got {config.images.size}')
+  if config.train.members < strategy.min_members:
+    raise ValueError(f"strategy '{strategy.name}' needs train.members >= "
+                     f'{strategy.min_members}, got {config.train.members}')
+  if getattr(strategy, 'needs_dropout', False) and not config.model.get('dropout', 0.0) > 0:
+    raise ValueError(f"strategy '{strategy.name}' needs config.model.dropout > 0")
+  path = config.model.get('pretrained_path')
+  if path:
+    if config.model.name != 'resnet18' or config.images.channels != 3:
+      raise ValueError('config.model.pretrained_path needs model resnet18 on RGB images '
+                       '(--config=configs/label.py:pretrained)')
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'pretrained weights not found: {path}')
+
+
+def _read_pool(folder, names, prints, workdir, config, skip_unreadable):
+  """Decodes the pool through the cache; drops or refuses unreadable files."""
+  ic = config.images
+  cache = images_lib.ImageCache(
+      os.path.join(workdir, f'images_{ic.size}px_{ic.channels}ch.npz'), ic.size, ic.channels)
+  x, errors = cache.load([os.path.join(folder, n) for n in names],
+                         [prints[n]['sha256'] for n in names], int(ic.num_workers))
+  bad = [(n, e) for n, e in zip(names, errors) if e is not None]
+  if bad and not skip_unreadable:
+    raise ValueError(f'{len(bad)} unreadable image(s) in {folder}: '
+                     f'{_named(f"{n} ({e})" for n, e in bad)}; pass --skip_unreadable to '
+                     'leave them out')
+  ok = np.array([e is None for e in errors], bool)
+  for n, e in bad:
+    logging.warning('Skipping unreadable image %s (%s).', n, e)
+  return x[ok], [n for n, good in zip(names, ok) if good], [n for n, _ in bad]
+
+
+def _ensemble_predict(exp, states, idx) -> np.ndarray:
+  """The ensemble's mean softmax on pool points `idx`: f32[len(idx), c]."""
+  logits = exp.predict(states, exp.x_train[np.asarray(idx)], False).logits
+  return np.asarray(jnp.mean(jax.nn.softmax(logits, -1), 0))
+
+
+def estimate_accuracy(exp, key, y: np.ndarray, labeled_idx: np.ndarray, vconfig,
+                      split_seed: int) -> dict[str, Any] | None:
+  """Held-out accuracy of the configured ensemble (`validation_splits`).
+
+  Args:
+    exp: the Experiment over the pool.
+    key: PRNG key; fold f trains with `fold_in(key, f)`.
+    y: i32[n] pool labels (valid where labeled).
+    labeled_idx: i32[L] labeled pool indices.
+    vconfig: config.validation.
+    split_seed: seeds the split.
+
+  Returns:
+    `validation_estimate`'s dict plus method and folds, or None with fewer
+    than 2 labels.
+  """
+  method, splits = validation_splits(y[labeled_idx], vconfig, split_seed)
+  if not splits:
+    return None
+  truth, pred = [], []
+  for f, (tr, held) in enumerate(splits):
+    logging.info('Validation fit %d of %d (%s): %d train, %d held out.', f + 1, len(splits),
+                 method, tr.size, held.size)
+    states = exp.fit(jax.random.fold_in(key, f), labeled_idx[tr], 0)
+    pred.append(_ensemble_predict(exp, states, labeled_idx[held]).argmax(-1))
+    truth.append(y[labeled_idx[held]])
+  out = validation_estimate(np.concatenate(truth), np.concatenate(pred),
+                            exp.dataset.num_classes, float(vconfig.confidence))
+  out.update(method=method, folds=len(splits))
+  return out
+
+
+def score_name(strategy: str) -> str:
+  if strategy in _SCORES:
+    return _SCORES[strategy][0]
+  return f'variation ratio (for information; {strategy} picks a set)'
+
+
+def model_batch(config, strat, x: np.ndarray, y: np.ndarray, labeled: np.ndarray,
+                classes: list[str], k: int, key, select_key, split_seed: int
+                ) -> dict[str, Any]:
+  """Validates, trains on every label, and picks `k` unlabeled pool points.
+
+  Args:
+    config: the call's config.
+    strat: the Strategy.
+    x: u8[n, s, s, ch] the pool.
+    y: i32[n] class ids (valid where labeled).
+    labeled: bool[n].
+    classes: the class names.
+    k: points to pick (0: none).
+    key: PRNG key of the model (validation and final fits): the same labels,
+      images and config give the same model whatever the strategy.
+    select_key: PRNG key of the strategy.
+    split_seed: seeds the validation split.
+
+  Returns:
+    dict with validation, picks (i32[k], best first), scores f32[n],
+    probs f32[n, c] (ensemble mean softmax) and seconds.
+  """
+  mean, std = _pool_stats(x, config)
+  ds = data_lib.Dataset(name='folder', x_train=x, y_train=y, x_test=x[:1], y_test=y[:1],
+                        num_classes=len(classes), class_names=tuple(classes), mean=mean,
+                        std=std)
+  exp_config = copy.deepcopy(config)
+  with exp_config.unlocked():
+    exp_config.query_size = max(k, 1)
+  exp = experiment.Experiment(exp_config, ds)
+  labeled_idx = np.flatnonzero(labeled).astype(np.int32)
+  t0 = time.perf_counter()
+  validation = estimate_accuracy(exp, jax.random.fold_in(key, _VALIDATION), y, labeled_idx,
+                                 config.validation, split_seed)
+  t1 = time.perf_counter()
+  logging.info('Training the %d-member ensemble on all %d labels.', config.train.members,
+               labeled_idx.size)
+  states = jax.block_until_ready(exp.fit(jax.random.fold_in(key, _FIT), labeled_idx, 0))
+  t2 = time.perf_counter()
+  inputs = exp.score(strat, states, labeled, select_key) if k else None
+  if inputs is not None and inputs.logits is not None:
+    logits = inputs.logits
+  else:
+    logits = exp.predict(states, exp.x_train, False).logits
+  score_fn = _SCORES.get(strat.name, (None, kernels.variation_ratio))[1]
+  picks = exp.select(strat, inputs, select_key) if k else np.zeros((0,), np.int32)
+  out = {'validation': validation, 'picks': picks, 'scores': np.asarray(score_fn(logits)),
+         'probs': np.asarray(jnp.mean(jax.nn.softmax(logits, -1), 0))}
+  out['seconds'] = {'validation': t1 - t0, 'fit': t2 - t1,
+                    'score_select': time.perf_counter() - t2}
+  return out
+
+
+def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, workdir: str, *,
+        query: int | None = None, strategy: str | None = None, classes=None,
+        skip_unreadable: bool = False) -> dict[str, Any]:
+  """One call of `jal.label`: validate, train, score, write next_batch.csv.
+
+  Args:
+    config: a configs/label.py config.
+    images_dir: the folder of images.
+    labels_path: the `filename,label` CSV.
+    workdir: the project's state folder.
+    query: batch size (default config.query_size).
+    strategy: strategy name (default config.strategy).
+    classes: class names fixing the class list (first call only).
+    skip_unreadable: leave unreadable images out instead of failing.
+
+  Returns:
+    The call's history entry (also appended to W/state.json), with `summary`,
+    the text to show.
+
+  Raises:
+    ValueError, FileNotFoundError: with a one-line message, on bad input.
+  """
+  t0 = time.perf_counter()
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    if query is not None:
+      config.query_size = int(query)
+    if strategy is not None:
+      config.strategy = strategy
+  if config.query_size < 1:
+    raise ValueError(f'--query must be positive, got {config.query_size}')
+  strat = strategies_lib.get_strategy(config.strategy)
+  _validate_config(config, strat)
+
+  # Inputs: all checks run before any decoding or training.
+  names = images_lib.list_images(images_dir)
+  labels = read_labels(labels_path)
+  state = load_state(workdir)
+  identity = config_identity(config)
+  if state is not None and state['config'] != identity:
+    raise ValueError(f'{workdir} was made with another config '
+                     f'({config_lib.diff(state["config"], identity)}); pass the same --config '
+                     'and overrides, or use another --workdir')
+  check_files(labels, names, labels_path, images_dir)
+  klasses = resolve_classes(state and state.get('classes'), classes or config.get('classes'),
+                            labels, labels_path)
+  os.makedirs(workdir, exist_ok=True)
+  prints = fingerprints(images_dir, names, state['images'] if state else {})
+  changes = changes_since(state, prints, labels.labels)
+  for line in change_lines(changes):
+    logging.warning('Since the last call: %s', line)
+  # The model depends on the data and config; the batch also on the strategy.
+  model_digest = _digest({'labels': labels.labels, 'classes': klasses, 'config': identity,
+                          'images': {n: p['sha256'] for n, p in prints.items()},
+                          'skip_unreadable': skip_unreadable})
+  inputs_digest = _digest({'model': model_digest, 'query': config.query_size,
+                           'strategy': config.strategy,
+                           'options': config.strategy_options.to_dict()})
+  batch_path = os.path.join(workdir, BATCH_FILE)
+  if (state and state['calls'] and state['calls'][-1]['inputs_digest'] == inputs_digest
+      and os.path.exists(batch_path)):
+    logging.info('Nothing changed since call %d: %s is current.', len(state['calls']),
+                 batch_path)
+    last = dict(state['calls'][-1])
+    last['summary'] = ('Nothing changed since the last call; next_batch.csv is current.\n\n'
+                       + last['summary'])
+    return last
+
+  t1 = time.perf_counter()
+  x, pool_names, skipped = _read_pool(images_dir, names, prints, workdir, config,
+                                      skip_unreadable)
+  for n in skipped:
+    if n in labels.labels:
+      logging.warning('Label of unreadable image %s is not used.', n)
+  seconds = {'decode': time.perf_counter() - t1, 'validation': 0.0, 'fit': 0.0,
+             'score_select': 0.0}
+  class_id = {c: i for i, c in enumerate(klasses or [])}
+  y = np.array([class_id.get(labels.labels.get(n), 0) for n in pool_names], np.int32)
+  labeled = np.array([n in labels.labels for n in pool_names], bool)
+  root = jax.random.PRNGKey(config.seed)
+  key = jax.random.fold_in(root, _key_int(model_digest))
+  select_key = jax.random.fold_in(jax.random.fold_in(root, _key_int(inputs_digest)), _SELECT)
+  k = min(config.query_size, int((~labeled).sum()))
+
+  rows, predicted_counts, validation, used = [], {}, None, config.strategy
+  if not labeled.any():
+    logging.info('No labels yet: the first batch is a random sample.')
+    picks = np.asarray(strategies_lib.get_strategy('random').select(
+        strategies_lib.Inputs(labeled=labeled), k, select_key))
+    rows = [{'filename': pool_names[i], 'score': '', 'rank': r + 1, 'predicted': '',
+             'confidence': ''} for r, i in enumerate(picks)]
+    used = 'random (no labels yet)'
+  else:
+    out = model_batch(config, strat, x, y, labeled, klasses, k, key, select_key,
+                      _key_int(model_digest + ':split'))
+    validation, probs = out['validation'], out['probs']
+    seconds.update(out['seconds'])
+    pred = probs.argmax(-1)
+    predicted_counts = {c: int(np.sum(pred[~labeled] == i)) for c, i in class_id.items()}
+    rows = [{'filename': pool_names[i], 'score': f'{out["scores"][i]:.6g}', 'rank': r + 1,
+             'predicted': klasses[pred[i]], 'confidence': f'{probs[i].max():.4f}'}
+            for r, i in enumerate(out['picks'])]
+
+  _write_batch(batch_path, rows)
+  seconds['total'] = time.perf_counter() - t0
+  entry = {
+      'call': (len(state['calls']) if state else 0) + 1,
+      'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
+      'n_images': len(pool_names), 'skipped': skipped, 'n_labeled': int(labeled.sum()),
+      'counts': {c: int(np.sum(y[labeled] == i)) for c, i in class_id.items()},
+      'query': config.query_size, 'strategy': used,
+      'score': 'random order' if not labeled.any() else score_name(config.strategy),
+      'batch': [r['filename'] for r in rows], 'predicted_counts': predicted_counts,
+      'validation': validation, 'changes': changes, 'seconds': seconds,
+      'inputs_digest': inputs_digest,
+  }
+  calls = (state['calls'] if state else []) + [entry]
+  entry['summary'] = summary(entry, calls, images_dir, batch_path)
+  new_state = {'version': _STATE_VERSION, 'images_dir': os.path.abspath(images_dir),
+               'labels_path': os.path.abspath(labels_path), 'config': identity,
+               'classes': klasses, 'images': prints,
+               'labels': {n: labels.labels[n] for n in sorted(labels.labels)}, 'calls': calls}
+  experiment._atomic_write(os.path.join(workdir, STATE_FILE),  # pylint: disable=protected-access
+                           json.dumps(new_state, indent=1, sort_keys=True) + '\n')
+  return entry
+
+
+# ----------------------------------------------------------------------------
+# What the person sees.
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+  return ', '.join(f'{c}: {n}' for c, n in counts.items()) or 'none'
+
+
+def validation_text(v: dict | None) -> str:
+  if v is None:
+    return 'none (fewer than 2 labels)'
+  how = ('a stratified held-out part' if v['method'] == 'holdout'
+         else f'{v["folds"]}-fold stratified cross-validation')
+  return (f'accuracy {v["accuracy"]:.3f} [{v["lo"]:.3f}, {v["hi"]:.3f}] '
+          f'({100 * v["confidence"]:.0f}% Wilson interval, {v["correct"]}/{v["n"]} held-out '
+          f'labels, {how}); balanced accuracy {v["balanced_accuracy"]:.3f}')
+
+
+def summary(entry: dict, calls: list[dict], images_dir: str, batch_path: str) -> str:
+  """The text a call prints: counts, changes, validation, batch, time."""
+  ch = entry['changes']
+  lines = [f'jal.label call {entry["call"]}: {entry["n_images"]} images in {images_dir}'
+           + (f' ({len(entry["skipped"])} unreadable, skipped)' if entry['skipped'] else '')]
+  since = (f' (+{ch["new_labels"]} new' + (f'; {ch["batch_labeled"]} of the '
+                                           f'{ch["batch_size"]} files of the last batch'
+                                           if ch['batch_size'] else '') + ')'
+           if entry['call'] > 1 else '')
+  lines.append(f'Labeled: {entry["n_labeled"]}{since}; per class: '
+               f'{_counts_text(entry["counts"])}')
+  if entry['call'] > 1:
+    found = change_lines(ch)
+    lines.append('Changes since the last call: ' + ('none' if not found else found[0]))
+    lines += ['  ' + l for l in found[1:]]
+  lines.append(f'Validation: {validation_text(entry["validation"])}')
+  if entry['batch']:
+    lines.append(f'Next batch: {len(entry["batch"])} files chosen by {entry["strategy"]}, '
+                 f'score = {entry["score"]} -> {batch_path}')
+  else:
+    lines.append(f'Next batch: none, every image is labeled ({batch_path} is empty)')
+  if entry['predicted_counts']:
+    lines.append(f'Predicted classes of the unlabeled images: '
+                 f'{_counts_text(entry["predicted_counts"])}')
+  s = entry['seconds']
+  lines.append(f'Time: {s["total"]:.1f} s (decode {s["decode"]:.1f} s, validation '
+               f'{s["validation"]:.1f} s, final fit {s["fit"]:.1f} s, scoring and selection '
+               f'{s["score_select"]:.1f} s)')
+  if len(calls) > 1:
+    hist = [f'{c["n_labeled"]}:' + (f'{c["validation"]["accuracy"]:.3f}' if c['validation']
+                                     else '-') for c in calls]
+    lines.append('History (labels:accuracy): ' + ' -> '.join(hist))
+  return '\n'.join(lines) + '\n'
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+
+def _default_config_path() -> str:
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                      'label.py')
+
+
+def _define_flags():
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('images', None, 'Folder of PNG/JPEG images (searched recursively).')
+  flags.DEFINE_string('labels', None, 'CSV with the header filename,label.')
+  flags.DEFINE_string('workdir', None, 'Folder for the state and next_batch.csv.')
+  flags.DEFINE_integer('query', None, 'Images to ask for (default config.query_size).')
+  flags.DEFINE_string('strategy', None, 'Strategy name (default config.strategy).')
+  flags.DEFINE_list('classes', None, 'Class names, fixing the class list at the first call.')
+  flags.DEFINE_bool('skip_unreadable', False, 'Leave unreadable images out instead of failing.')
+  config_flags.DEFINE_config_file('config', _default_config_path(), 'Config file.',
+                                  lock_config=True)
+  flags.mark_flags_as_required(['images', 'labels', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from jal import logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries()
+  f = flags.FLAGS
+  try:
+    entry = run(f.config, f.images, f.labels, f.workdir, query=f.query, strategy=f.strategy,
+                classes=f.classes, skip_unreadable=f.skip_unreadable)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
+  sys.stdout.write(entry['summary'])
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

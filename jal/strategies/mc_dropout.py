@@ -1,0 +1,56 @@
+"""Monte Carlo dropout uncertainty (Gal, Islam & Ghahramani, ICML 2017).
+
+One trained network with dropout; the T stochastic passes of `mc_logits`
+(dropout on at test time, one sampled network per pass, see `jal.models`)
+stand in for posterior samples, as ensemble members do in `ensembles` and
+`ensemble_bald`. Two of the paper's acquisition functions:
+
+  mc_dropout       variation ratio of the T passes' votes.
+  mc_dropout_bald  BALD mutual information between the prediction and the
+                   dropout mask.
+
+Both need `config.model.dropout > 0` (checked by `config_lib.validate`).
+Picks are the k highest unlabeled scores, ties broken by a random order drawn
+from the key.
+"""
+
+import jax.numpy as jnp
+
+from jal import kernels
+from jal.strategies import base
+from jal.strategies import uncertainty
+
+
+def _make_select(score_fn, description: str):
+  """A select function picking the top-k unlabeled `score_fn(mc_logits)`."""
+
+  def select(inputs: base.Inputs, k: int, key, options=None):
+    del options
+    scores = score_fn(inputs.mc_logits)
+    return kernels.top_k_with_random_ties(scores, ~jnp.asarray(inputs.labeled), key, k=k)
+
+  select.__doc__ = f"""The k unlabeled points with the highest {description}.
+
+  Ties are broken by a random order drawn from `key`. Time O(T * n * c + n
+  log n), memory O(T * n * c).
+
+  Args:
+    inputs: `labeled: bool[n]` and `mc_logits: f32[T, n, c]`.
+    k: number of picks.
+    key: PRNG key for tie-breaking.
+    options: unused.
+
+  Returns:
+    i32[k], most uncertain first.
+  """
+  return select
+
+
+_NEEDS = frozenset({base.MC_LOGITS})
+
+MC_DROPOUT = base.Strategy(
+    'mc_dropout', _make_select(kernels.variation_ratio, 'variation ratio of the MC passes'),
+    _NEEDS, kind='uncertainty')
+MC_DROPOUT_BALD = base.Strategy(
+    'mc_dropout_bald', _make_select(uncertainty.bald, 'BALD mutual information of the MC passes'),
+    _NEEDS, kind='uncertainty')
