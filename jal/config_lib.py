@@ -63,7 +63,7 @@ def _validate_embedding_source(config) -> None:
 
 
 def validate(config) -> None:
-  """Checks names and ranges that need no data."""
+  """Checks names and ranges that need no data, each chosen strategy's options included."""
   _validate_embedding_source(config)
   names = strategy_names(config)
   if not names:
@@ -108,14 +108,13 @@ def validate(config) -> None:
   dropout = config.model.get('dropout', 0.0)
   if not 0.0 <= dropout < 1.0:
     raise ValueError(f'config.model.dropout must be in [0, 1), got {dropout}')
-  so = config.strategy_options
-  for field in ('mc_samples', 'batch_bald_samples', 'batch_bald_candidates'):
-    if field in so:
-      _positive(f'strategy_options.{field}', so[field])
   for n in names:
-    if strategies_lib.get_strategy(n).needs_dropout and not dropout > 0:
+    strategy = strategies_lib.get_strategy(n)
+    if strategy.needs_dropout and not dropout > 0:
       raise ValueError(f"strategy '{n}' needs config.model.dropout > 0 (Monte Carlo dropout "
                        f"passes), got {dropout}")
+    if strategy.check_options is not None:
+      strategy.check_options(config.strategy_options)
 
 
 def validate_against_data(config, dataset: data_lib.Dataset) -> None:
@@ -231,6 +230,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Embeddings of the embedding strategies: 'model' (member 0's, each round),
   # 'pretrained' (model.pretrained_path's network, untrained) or a .npy path.
   c.strategy_options.embeddings = 'model'
+  c.strategy_options.beta = 10.0                # coreset_ensembles: ceil(beta * k) candidates
   c.strategy_options.kmeans_iters = 20          # kmeans, typiclust, probcover: Lloyd steps
   c.strategy_options.density_beta = 1.0         # information_density: density exponent
   c.strategy_options.dal_subqueries = 10        # dal: retrained sub-queries per query

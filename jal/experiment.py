@@ -43,6 +43,7 @@ from jal import models
 from jal import strategies as strategies_lib
 from jal import train
 from jal.strategies import base
+from jal.strategies import mc_dropout
 
 # Purposes folded into a seed's key: one independent stream each.
 _WARMUP, _TRAIN, _SELECT = 1, 2, 3
@@ -217,8 +218,8 @@ class Experiment:
       member0 = jax.tree.map(lambda a: a[0], states)
       inputs = inputs._replace(mc_logits=train.mc_predict(
           self.model, self.eval_spec, self.config.eval_batch_size,
-          int(self.config.strategy_options.mc_samples), member0, self.x_train,
-          jax.random.fold_in(key, _MC_PASSES)))
+          mc_dropout.mc_samples_of(self.config.strategy_options, strategy.name), member0,
+          self.x_train, jax.random.fold_in(key, _MC_PASSES)))
     return jax.block_until_ready(inputs)
 
   def select(self, strategy, inputs: strategies_lib.Inputs, key) -> np.ndarray:

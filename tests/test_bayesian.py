@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jal import config_lib, data, experiment, kernels, models, resnet, strategies, train
-from jal.strategies import batch_bald, uncertainty
+from jal.strategies import batch_bald, mc_dropout, uncertainty
 from tests.conftest import load_config
 
 TRAIN = ml_collections.ConfigDict(dict(optimizer='adam', learning_rate=1e-2, weight_decay=0.0))
@@ -232,17 +232,30 @@ def test_mc_run_resumes_exactly(tmp_path):
      "strategy 'batch_bald' needs config.model.dropout > 0"),
     ({'model.dropout': 1.0}, 'config.model.dropout must be in [0, 1), got 1.0'),
     ({'model.dropout': -0.1}, 'config.model.dropout must be in [0, 1), got -0.1'),
-    ({'strategy_options.mc_samples': 0}, 'config.strategy_options.mc_samples must be positive'),
-    ({'strategy_options.batch_bald_candidates': 0},
-     'config.strategy_options.batch_bald_candidates must be positive'),
+    # The loop runs mc_samples passes for every MC strategy; each checks it.
+    ({'strategy_options.mc_samples': 0, 'strategies': ('random', 'mc_dropout')},
+     'mc_dropout: strategy_options.mc_samples must be a positive int, got 0'),
+    ({'strategy_options.mc_samples': -2, 'strategies': ('batch_bald',)},
+     'batch_bald: strategy_options.mc_samples must be a positive int, got -2'),
+    ({'strategy_options.batch_bald_candidates': 0, 'strategies': ('batch_bald',)},
+     'batch_bald: strategy_options.batch_bald_candidates must be a positive int, got 0'),
 ])
 def test_validation(overrides, message):
   with pytest.raises(ValueError) as e:
     config_lib.validate(_smoke(**overrides))
   assert message in str(e.value) and '\n' not in str(e.value)
   config_lib.validate(_smoke(strategies=('mc_dropout', 'mc_dropout_bald', 'batch_bald')))
+  # Options of strategies not chosen are not read.
+  config_lib.validate(_smoke(**{'strategy_options.mc_samples': 0}))
   assert {n for n, s in strategies.STRATEGIES.items() if s.needs_dropout} == {
       'mc_dropout', 'mc_dropout_bald', 'batch_bald'}
+
+
+def test_option_defaults_match_base_config():
+  so = config_lib.base_config().strategy_options
+  for opts in (None, so):
+    assert mc_dropout.mc_samples_of(opts) == 25
+    assert batch_bald.settings_of(opts) == (10_000, 1_000)
 
 
 # -- mc_dropout and mc_dropout_bald --------------------------------------------

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from jal import data as data_lib
+from jal import experiment
 from jal import kernels
 from jal import models
 from jal import strategies
 from jal import train
 from jal.strategies import balanced_uncertainty, coreset_ensembles, uncertainty
+from tests.conftest import load_config
 
 K = 7
 
@@ -71,6 +73,17 @@ def test_ensemble_scores_exact():
 
 # -- the select contract, for every registered strategy ----------------------
 
+class ReadRecorder:
+  """Empty strategy options (every field at its default) that record what is read."""
+
+  def __init__(self):
+    self.read = set()
+
+  def get(self, name, default=None):
+    self.read.add(name)
+    return default
+
+
 @pytest.mark.parametrize('name', sorted(strategies.STRATEGIES))
 def test_select_contract(name):
   s = strategies.get_strategy(name)
@@ -78,12 +91,101 @@ def test_select_contract(name):
   assert s.kind in ('uncertainty', 'diversity', 'hybrid', 'low_budget', 'baseline')
   inputs = random_inputs()
   key = jax.random.PRNGKey(3)
-  picks = np.asarray(s.select(inputs, K, key, ml_collections.ConfigDict()))
+  read_by_select = ReadRecorder()
+  picks = np.asarray(s.select(inputs, K, key, read_by_select))
   assert picks.shape == (K,) and picks.dtype == np.int32
   assert len(set(picks.tolist())) == K
   assert not inputs.labeled[picks].any()
   again = np.asarray(s.select(inputs, K, key, ml_collections.ConfigDict()))
   np.testing.assert_array_equal(picks, again)
+  # check_options reads every option select reads (and the loop's mc_samples),
+  # so config_lib.validate rejects a bad one before any compute.
+  read_by_check = ReadRecorder()
+  if s.check_options is not None:
+    s.check_options(read_by_check)
+  assert read_by_select.read <= read_by_check.read
+  assert ('mc_samples' in read_by_check.read) == s.needs_dropout
+  assert (s.check_options is None) == (not read_by_check.read)
+
+
+# One bad value per option, with the exact error; the table covers every
+# strategy that has check_options (see test_every_checked_strategy_is_covered).
+BAD_OPTIONS = [
+    ('coreset_ensembles', 'beta', 0.5,
+     'coreset_ensembles: strategy_options.beta must be a finite number >= 1, got 0.5'),
+    ('information_density', 'density_beta', -1.0,
+     'information_density: strategy_options.density_beta must be a finite number >= 0, '
+     'got -1.0'),
+    ('kmeans', 'kmeans_iters', 0, 'kmeans: strategy_options.kmeans_iters must be a positive int, '
+     'got 0'),
+    ('typiclust', 'typiclust_max_clusters', 0,
+     'typiclust: strategy_options.typiclust_max_clusters must be a positive int, got 0'),
+    ('typiclust', 'kmeans_iters', True,
+     'typiclust: strategy_options.kmeans_iters must be a positive int, got True'),
+    ('probcover', 'probcover_alpha', 1.5,
+     'probcover: strategy_options.probcover_alpha must be a number in (0, 1], got 1.5'),
+    ('probcover', 'probcover_delta', 0.0,
+     'probcover: strategy_options.probcover_delta must be a finite number > 0, got 0.0'),
+    ('probcover', 'probcover_clusters', 0,
+     'probcover: strategy_options.probcover_clusters must be a positive int, got 0'),
+    ('probcover', 'kmeans_iters', -3,
+     'probcover: strategy_options.kmeans_iters must be a positive int, got -3'),
+    ('dal', 'dal_subqueries', 0, 'dal: strategy_options.dal_subqueries must be a positive int, '
+     'got 0'),
+    ('dal', 'dal_batch_size', 63, 'dal: strategy_options.dal_batch_size must be even, got 63'),
+    ('dal', 'dal_learning_rate', float('nan'),
+     'dal: strategy_options.dal_learning_rate must be a finite number > 0, got nan'),
+    ('dfal', 'dfal_candidates', 0, 'dfal: strategy_options.dfal_candidates must be a positive '
+     'int, got 0'),
+    ('dfal', 'dfal_classes', 1, 'dfal: strategy_options.dfal_classes must be an integer >= 2, '
+     'got 1'),
+    ('dfal', 'dfal_overshoot', -0.1,
+     'dfal: strategy_options.dfal_overshoot must be a finite number >= 0, got -0.1'),
+    ('dfal', 'dfal_batch_size', 0, 'dfal: strategy_options.dfal_batch_size must be a positive '
+     'int, got 0'),
+    ('vaal', 'vaal_steps', 0, 'vaal: strategy_options.vaal_steps must be a positive int, got 0'),
+    ('vaal', 'vaal_beta', -1.0, 'vaal: strategy_options.vaal_beta must be a finite number >= 0, '
+     'got -1.0'),
+    ('vaal', 'vaal_learning_rate', 0.0,
+     'vaal: strategy_options.vaal_learning_rate must be a finite number > 0, got 0.0'),
+    ('mc_dropout', 'mc_samples', 0, 'mc_dropout: strategy_options.mc_samples must be a positive '
+     'int, got 0'),
+    ('mc_dropout_bald', 'mc_samples', True,
+     'mc_dropout_bald: strategy_options.mc_samples must be a positive int, got True'),
+    ('batch_bald', 'mc_samples', -1, 'batch_bald: strategy_options.mc_samples must be a positive '
+     'int, got -1'),
+    ('batch_bald', 'batch_bald_samples', 0,
+     'batch_bald: strategy_options.batch_bald_samples must be a positive int, got 0'),
+    ('batch_bald', 'batch_bald_candidates', 0,
+     'batch_bald: strategy_options.batch_bald_candidates must be a positive int, got 0'),
+]
+
+
+@pytest.mark.parametrize('name,field,value,message', BAD_OPTIONS)
+def test_bad_strategy_option_fails_before_any_compute(name, field, value, message, tmp_path):
+  config = load_config('gaussian', 'smoke')
+  config.strategies = ('random', name)
+  config.model.dropout = 0.2  # for the MC strategies
+  config.strategy_options[field] = value
+  with pytest.raises(ValueError) as e:
+    experiment.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert str(e.value) == message
+  assert not (tmp_path / 'w').exists()  # nothing was written: no config.json, no checkpoint
+  if field != 'mc_samples':  # read by the loop's MC passes, not by select
+    with pytest.raises(ValueError) as e:
+      strategies.get_strategy(name).select(random_inputs(), K, jax.random.PRNGKey(0),
+                                           config.strategy_options)
+    assert str(e.value) == message  # select's own error, from the same reader
+
+
+def test_every_checked_strategy_is_covered():
+  checked = {n for n, s in strategies.STRATEGIES.items() if s.check_options is not None}
+  assert {row[0] for row in BAD_OPTIONS} == checked
+  # The smoke config's own options pass every check.
+  config = load_config('gaussian', 'smoke')
+  for n in checked:
+    strategies.get_strategy(n).check_options(config.strategy_options)
+  assert coreset_ensembles.beta_of(config.strategy_options) == coreset_ensembles.beta_of(None) == 10
 
 
 def test_unknown_strategy_lists_sorted_names():

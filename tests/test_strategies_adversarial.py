@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from jal import config_lib
 from jal import strategies
 from jal import train
 from jal.strategies import dfal, egl, vaal
@@ -210,11 +211,21 @@ def test_dfal_attacks_only_the_drawn_candidates():
     ('dfal_max_iter', 2.5, 'dfal: strategy_options.dfal_max_iter must be a positive int'),
     ('dfal_overshoot', -0.1, 'dfal: strategy_options.dfal_overshoot must be a finite number >= 0'),
     ('dfal_classes', 1, 'dfal: strategy_options.dfal_classes must be an integer >= 2'),
+    ('dfal_batch_size', 0, 'dfal: strategy_options.dfal_batch_size must be a positive int'),
 ])
 def test_dfal_rejects_bad_options(field, value, message):
   inputs = classifier_inputs(Circle(), {}, np.ones((10, 2), np.float32), np.zeros(10, bool))
   with pytest.raises(ValueError, match=message):
     dfal.select(inputs, 2, KEY, options(**{field: value}))
+
+
+def test_option_defaults_match_base_config():
+  so = config_lib.base_config().strategy_options
+  for opts in (None, so):
+    assert dfal.settings_of(opts) == (2000, 50, 0.02, 10, None)
+    assert vaal.settings_of(opts) == dict(steps=1000, width=16, latent=32, disc_width=512,
+                                          batch_size=64, beta=1.0, adversary_weight=1.0,
+                                          learning_rate=5e-4)
 
 
 # -- vaal --------------------------------------------------------------------

@@ -18,7 +18,7 @@ from jal import experiment
 from jal import kernels
 from jal import strategies
 from jal import train
-from jal.strategies import badge, dal, information_density, probcover, typiclust
+from jal.strategies import badge, dal, information_density, kmeans, probcover, typiclust
 
 Options = ml_collections.ConfigDict
 
@@ -470,6 +470,7 @@ def test_option_defaults_match_base_config():
     assert dal.settings_of(opts) == dict(subqueries=10, steps=300, width=256, batch_size=64,
                                          learning_rate=1e-3)
     assert information_density.beta_of(opts) == 1.0
-  assert so.kmeans_iters == 20 and so.typiclust_max_clusters == 500
-  assert so.probcover_alpha == 0.95 and so.embeddings == 'model'
-  assert so.probcover_delta is None and so.probcover_clusters is None
+    assert kmeans.iters_of(opts) == 20
+    assert typiclust.settings_of(opts) == (500, 20)
+    assert probcover.settings_of(opts) == dict(delta=None, alpha=0.95, iters=20, clusters=None)
+  assert so.embeddings == 'model'

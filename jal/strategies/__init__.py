@@ -9,7 +9,9 @@ strategy declares which inputs it needs (`needs`); the loop computes only
 those, once per round, over the whole pool.
 
 Adding a strategy: one file in this package defining its select function and
-a `Strategy`, plus one line in `STRATEGIES` below.
+a `Strategy`, plus one line in `STRATEGIES` below. A strategy that reads
+`options` also sets `check_options` (usually the reader its select calls), so
+that `config_lib.validate` rejects a bad value before any compute.
 """
 
 from jal.strategies.base import Classifier, Inputs, Strategy, needs_of

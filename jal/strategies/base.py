@@ -63,12 +63,20 @@ class Strategy:
     kind: 'baseline', 'uncertainty', 'diversity', 'hybrid' or 'low_budget'
       (for reports).
     min_members: ensemble size the strategy needs to be meaningful.
+    check_options: `options -> Any` or None (for strategies that read no
+      options): reads and checks every `config.strategy_options` field the
+      strategy uses (its select's, and `mc_samples` for MC strategies),
+      raising the one-line ValueError its select would, with no compute.
+      `config_lib.validate` calls it, so a bad option fails before round 0
+      trains. Any return value is ignored, so a module's own reader (e.g.
+      `kmeans.iters_of`) serves directly.
   """
   name: str
   select: Callable[..., Any]
   needs: frozenset = frozenset()
   kind: str = 'baseline'
   min_members: int = 1
+  check_options: Callable[[Any], Any] | None = None
 
   @property
   def needs_dropout(self) -> bool:

@@ -51,7 +51,6 @@ memory O(T * n * c + T * M + chunk * M * c), candidates being scored
 
 import functools
 import math
-import numbers
 from typing import NamedTuple
 
 import jax
@@ -59,6 +58,8 @@ import jax.numpy as jnp
 
 from jal import kernels
 from jal.strategies import base
+from jal.strategies import mc_dropout
+from jal.strategies import options as options_lib
 from jal.strategies import uncertainty
 
 NUM_SAMPLES = 10_000
@@ -242,12 +243,16 @@ def batch_bald(mc_logits, labeled, key, k, num_candidates, num_samples=NUM_SAMPL
   return cand[picks].astype(jnp.int32), scores
 
 
-def _option(options, name: str, default: int) -> int:
-  """`options[name]` (default `default`), checked to be an int >= 1."""
-  value = default if options is None else options.get(name, default)
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-    raise ValueError(f'batch_bald: strategy_options.{name} must be a positive int, got {value!r}')
-  return int(value)
+def settings_of(options) -> tuple[int, int]:
+  """(M, C): `batch_bald_samples` (10,000) and `batch_bald_candidates` (1,000), checked."""
+  count = functools.partial(options_lib.positive_int, options, 'batch_bald')
+  return count('batch_bald_samples', NUM_SAMPLES), count('batch_bald_candidates', NUM_CANDIDATES)
+
+
+def check_options(options) -> None:
+  """Checks `settings_of`'s fields and `mc_samples` (the passes the loop runs)."""
+  mc_dropout.mc_samples_of(options, 'batch_bald')
+  settings_of(options)
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -266,12 +271,12 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   Returns:
     i32[k] in greedy pick order.
   """
-  num_samples = _option(options, 'batch_bald_samples', NUM_SAMPLES)
+  num_samples, num_candidates = settings_of(options)
   labeled = jnp.asarray(inputs.labeled, bool)
-  num_candidates = min(max(_option(options, 'batch_bald_candidates', NUM_CANDIDATES), k),
-                       labeled.shape[0])
+  num_candidates = min(max(num_candidates, k), labeled.shape[0])
   return batch_bald(jnp.asarray(inputs.mc_logits), labeled, key, k=k,
                     num_candidates=num_candidates, num_samples=num_samples)[0]
 
 
-STRATEGY = base.Strategy('batch_bald', select, frozenset({base.MC_LOGITS}), kind='uncertainty')
+STRATEGY = base.Strategy('batch_bald', select, frozenset({base.MC_LOGITS}), kind='uncertainty',
+                         check_options=check_options)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from jal import kernels
 from jal.strategies import base
+from jal.strategies import options as options_lib
 
 
 @functools.partial(jax.jit, static_argnames=('k',))
@@ -87,15 +88,8 @@ def _coreset_ensembles(member_logits, embeddings, labeled, key, k, num_candidate
 
 def beta_of(options) -> float:
   """`options.beta` (default 10.0), checked to be a finite number >= 1."""
-  beta = 10.0 if options is None else options.get('beta', 10.0)
-  try:
-    value = float(beta)
-  except (TypeError, ValueError):
-    value = math.nan
-  if not (math.isfinite(value) and value >= 1):
-    raise ValueError(f'coreset_ensembles: strategy_options.beta must be a finite number >= 1, '
-                     f'got {beta!r}')
-  return value
+  return options_lib.number(options, 'coreset_ensembles', 'beta', 10.0,
+                            lambda b: math.isfinite(b) and b >= 1, 'a finite number >= 1')
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -126,4 +120,5 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 
 STRATEGY = base.Strategy('coreset_ensembles', select,
-                         frozenset({base.LOGITS, base.EMBEDDINGS}), kind='hybrid', min_members=2)
+                         frozenset({base.LOGITS, base.EMBEDDINGS}), kind='hybrid', min_members=2,
+                         check_options=beta_of)

@@ -157,4 +157,5 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   return jnp.concatenate(picks)
 
 
-STRATEGY = base.Strategy('dal', select, frozenset({base.EMBEDDINGS}), kind='diversity')
+STRATEGY = base.Strategy('dal', select, frozenset({base.EMBEDDINGS}), kind='diversity',
+                         check_options=settings_of)

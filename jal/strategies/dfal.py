@@ -39,8 +39,8 @@ from jal.strategies import options as options_lib
 _STEP_EPS = 1e-4  # DeepFool's step slack, added to |f_l - f_k0|
 
 
-def _options(options):
-  """(candidates, max_iter, overshoot, classes, batch size or None), checked."""
+def settings_of(options):
+  """DFAL's options, checked: (candidates, max_iter, overshoot, classes, batch size or None)."""
   count = functools.partial(options_lib.positive_int, options, 'dfal')
   classes = options_lib.number(options, 'dfal', 'dfal_classes', 10,
                                lambda v: v.is_integer() and v >= 2, 'an integer >= 2')
@@ -190,11 +190,12 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   clf = inputs.classifier
   labeled = jnp.asarray(inputs.labeled, bool)
   n = labeled.shape[0]
-  candidates, max_iter, overshoot, classes, batch = _options(options)
+  candidates, max_iter, overshoot, classes, batch = settings_of(options)
   num = min(max(candidates, k), n)
   batch = min(batch or int(clf.chunk_size), num)
   return _dfal(clf.model, clf.spec, num, batch, max_iter, overshoot, classes, k, clf.variables,
                jnp.asarray(clf.x), labeled, key)
 
 
-STRATEGY = base.Strategy('dfal', select, frozenset({base.CLASSIFIER}), kind='uncertainty')
+STRATEGY = base.Strategy('dfal', select, frozenset({base.CLASSIFIER}), kind='uncertainty',
+                         check_options=settings_of)

@@ -96,4 +96,5 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 
 STRATEGY = base.Strategy('information_density', select,
-                         frozenset({base.LOGITS, base.EMBEDDINGS}), kind='hybrid')
+                         frozenset({base.LOGITS, base.EMBEDDINGS}), kind='hybrid',
+                         check_options=beta_of)

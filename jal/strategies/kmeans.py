@@ -65,4 +65,5 @@ def select(inputs: base.Inputs, k: int, key, options=None):
                         iters=iters)
 
 
-STRATEGY = base.Strategy('kmeans', select, frozenset({base.EMBEDDINGS}), kind='diversity')
+STRATEGY = base.Strategy('kmeans', select, frozenset({base.EMBEDDINGS}), kind='diversity',
+                         check_options=iters_of)

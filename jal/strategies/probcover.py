@@ -225,24 +225,41 @@ def max_coverage(src, dst, labeled, key, k):
   return jax.lax.fori_loop(0, k, body, (covered, labeled, jnp.zeros((k,), jnp.int32)))[2]
 
 
-def delta_of(inputs: base.Inputs, x, key, options) -> float:
-  """`probcover_delta` if set, else the purity heuristic's delta on `x`."""
-  if options is not None and options.get('probcover_delta') is not None:
-    return options_lib.number(options, 'probcover', 'probcover_delta', None,
-                              lambda v: math.isfinite(v) and v > 0, 'a finite number > 0')
+def settings_of(options) -> dict:
+  """ProbCover's options, checked: delta and clusters (None when unset), alpha, iters.
+
+  Every field is checked, even those a fixed `probcover_delta` leaves unused.
+  """
+  def is_set(name):
+    return options is not None and options.get(name) is not None
+
+  delta = clusters = None
+  if is_set('probcover_delta'):
+    delta = options_lib.number(options, 'probcover', 'probcover_delta', None,
+                               lambda v: math.isfinite(v) and v > 0, 'a finite number > 0')
+  if is_set('probcover_clusters'):
+    clusters = options_lib.positive_int(options, 'probcover', 'probcover_clusters', None)
   alpha = options_lib.number(options, 'probcover', 'probcover_alpha', 0.95,
                              lambda v: 0 < v <= 1, 'a number in (0, 1]')
   iters = options_lib.positive_int(options, 'probcover', 'kmeans_iters', 20)
+  return dict(delta=delta, alpha=alpha, iters=iters, clusters=clusters)
+
+
+def delta_of(inputs: base.Inputs, x, key, options) -> float:
+  """`probcover_delta` if set, else the purity heuristic's delta on `x`."""
+  settings = settings_of(options)
+  if settings['delta'] is not None:
+    return settings['delta']
   if inputs.logits is not None:
     clusters = int(inputs.logits.shape[-1])
-  elif options is not None and options.get('probcover_clusters') is not None:
-    clusters = options_lib.positive_int(options, 'probcover', 'probcover_clusters', None)
+  elif settings['clusters'] is not None:
+    clusters = settings['clusters']
   else:
     raise ValueError('probcover: needs logits (for the number of classes) or '
                      'strategy_options.probcover_clusters')
   n = x.shape[0]
-  num_pure = min(max(math.ceil(alpha * n - 1e-9), 1), n)
-  return float(purity_delta(x, key, num_clusters=min(clusters, n), iters=iters,
+  num_pure = min(max(math.ceil(settings['alpha'] * n - 1e-9), 1), n)
+  return float(purity_delta(x, key, num_clusters=min(clusters, n), iters=settings['iters'],
                             num_pure=num_pure))
 
 
@@ -275,4 +292,4 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 
 STRATEGY = base.Strategy('probcover', select, frozenset({base.LOGITS, base.EMBEDDINGS}),
-                         kind='low_budget')
+                         kind='low_budget', check_options=settings_of)

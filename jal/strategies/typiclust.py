@@ -121,6 +121,12 @@ def typiclust(embeddings, labeled, key, k, num_clusters, iters, k_nn=20):
   return jax.lax.fori_loop(0, k, body, init)[2]
 
 
+def settings_of(options) -> tuple[int, int]:
+  """(max clusters, Lloyd iterations): `typiclust_max_clusters` (500), `kmeans_iters` (20)."""
+  count = functools.partial(options_lib.positive_int, options, 'typiclust')
+  return count('typiclust_max_clusters', 500), count('kmeans_iters', 20)
+
+
 def select(inputs: base.Inputs, k: int, key, options=None):
   """TypiClust on `inputs.embeddings` (the model's, or fixed ones; see config).
 
@@ -138,11 +144,11 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   Returns:
     i32[k] in pick order: one per cluster, uncovered and larger clusters first.
   """
-  max_clusters = options_lib.positive_int(options, 'typiclust', 'typiclust_max_clusters', 500)
-  iters = options_lib.positive_int(options, 'typiclust', 'kmeans_iters', 20)
+  max_clusters, iters = settings_of(options)
   labeled = np.asarray(inputs.labeled, bool)
   num_clusters = min(int(labeled.sum()) + k, max_clusters, labeled.shape[0])
   return typiclust(inputs.embeddings, labeled, key, k=k, num_clusters=num_clusters, iters=iters)
 
 
-STRATEGY = base.Strategy('typiclust', select, frozenset({base.EMBEDDINGS}), kind='low_budget')
+STRATEGY = base.Strategy('typiclust', select, frozenset({base.EMBEDDINGS}), kind='low_budget',
+                         check_options=settings_of)

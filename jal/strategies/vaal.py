@@ -296,7 +296,7 @@ def _rank(vae, disc, spec, chunk_size, k, state, x, labeled, key):
   return kernels.top_k_with_random_ties(-logits, ~labeled, key, k=k)
 
 
-def _options(options) -> dict:
+def settings_of(options) -> dict:
   """The VAAL options with their defaults, each checked (one-line ValueError)."""
   count = functools.partial(options_lib.positive_int, options, 'vaal')
   nonneg = lambda name, default: options_lib.number(
@@ -342,7 +342,7 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   Returns:
     i32[k], least labeled-looking first.
   """
-  o = _options(options)
+  o = settings_of(options)
   clf = inputs.classifier
   labeled = jnp.asarray(inputs.labeled, bool)
   if not bool(jnp.any(labeled)):
@@ -356,4 +356,5 @@ def select(inputs: base.Inputs, k: int, key, options=None):
                jax.random.fold_in(key, 1))
 
 
-STRATEGY = base.Strategy('vaal', select, frozenset({base.CLASSIFIER}), kind='diversity')
+STRATEGY = base.Strategy('vaal', select, frozenset({base.CLASSIFIER}), kind='diversity',
+                         check_options=settings_of)
