@@ -120,6 +120,8 @@ class Experiment:
     self.eval_spec = train.InputSpec(dataset.mean, dataset.std, 'none')
     self.init_overrides = jax.device_put(pretrained_overrides(
         self.model, config.model, self.x_train[:1], self.eval_spec))
+    # Convnets on CPU run their members in turn (see train.members_one_by_one).
+    self.one_by_one = train.members_one_by_one(self.model, self.x_train[:1])
 
   @functools.cached_property
   def fixed_embeddings(self):
@@ -165,7 +167,7 @@ class Experiment:
     idx = np.zeros((capacity,), np.int32)
     idx[:num] = labeled_idx
     epochs = train.epochs_for(num, tc.batch_size, tc.epochs, tc.min_steps)
-    states = train.get_fit_fn(tc.loop)(
+    states = train.get_fit_fn(tc.loop, self.model, self.x_train[:1])(
         self.model, self.tx, self.spec, tc.batch_size, tc.schedule, tc.learning_rate,
         member_keys(key, round_, tc.members), self.x_train, self.y_train,
         jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs), self.init_overrides)
@@ -176,7 +178,7 @@ class Experiment:
 
   def predict(self, states, x, with_embeddings: bool):
     return train.predict(self.model, self.eval_spec, self.config.eval_batch_size,
-                         with_embeddings, states, x)
+                         with_embeddings, states, x, self.one_by_one)
 
   def evaluate(self, states) -> dict[str, float]:
     """Test metrics of the ensemble (mean softmax) and of its members."""

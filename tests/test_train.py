@@ -122,8 +122,25 @@ def test_stepwise_driver_equals_scan_driver(blobs, model):
   args = (model, tx, train.InputSpec(), 8, 'cosine', 1e-2, keys, x, jnp.asarray(blobs.y_train),
           jnp.asarray(idx), jnp.int32(20), jnp.int32(3))
   a = train.fit_ensemble(*args)
-  b = train.fit_ensemble_stepwise(*args)
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5), a.params,
-               b.params)
-  assert int(b.opt_state.inner_state[0].count[0]) == 9  # 3 steps x 3 epochs
-  assert train.get_fit_fn('auto') is train.fit_ensemble_stepwise  # CPU
+  for fit in (train.fit_ensemble_stepwise, train.fit_members_stepwise):
+    b = fit(*args)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5), a.params,
+                 b.params)
+    assert b.opt_state.inner_state[0].count.tolist() == [9, 9]  # 3 steps x 3 epochs each
+  # On CPU, 'auto' runs convnets' members in turn and vmaps the rest.
+  expected = (train.fit_members_stepwise if isinstance(model, models.LeNet)
+              else train.fit_ensemble_stepwise)
+  assert train.get_fit_fn('auto', model, x[:1]) is expected
+  assert train.get_fit_fn('auto') is train.fit_ensemble_stepwise
+
+
+def test_predict_one_by_one_equals_vmapped(blobs):
+  model = models.LeNet(3)
+  x = jnp.tile(jnp.asarray(blobs.x_train)[:50, None, None, :1], (1, 12, 12, 1))
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  states = train.init_ensemble(model, train.make_optimizer(TRAIN), train.InputSpec(), keys, x)
+  a = train.predict(model, train.InputSpec(), 16, True, states, x)
+  b = train.predict(model, train.InputSpec(), 16, True, states, x, one_by_one=True)
+  assert b.logits.shape == (3, 50, 3) and b.embeddings.shape == a.embeddings.shape
+  np.testing.assert_allclose(b.logits, a.logits, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(b.embeddings, a.embeddings, rtol=1e-5, atol=1e-6)
