@@ -86,7 +86,7 @@ def _all_finite(tree):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:
     f.write(text)
@@ -406,7 +406,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'workdir {workdir} holds a different experiment ({diff}); '
                        'use another --workdir')
   elif jax.process_index() == 0:
-    _atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 def write_outputs(workdir: str, config, states: dict) -> str:
@@ -417,12 +417,12 @@ def write_outputs(workdir: str, config, states: dict) -> str:
   rows = [r for st in done for r in st['history']]
   table = config_lib.results_table(rows, config)
   if jax.process_index() == 0:
-    _atomic_write(os.path.join(workdir, 'metrics.jsonl'), _jsonl(rows))
-    _atomic_write(os.path.join(workdir, 'selections.jsonl'),
+    atomic_write(os.path.join(workdir, 'metrics.jsonl'), _jsonl(rows))
+    atomic_write(os.path.join(workdir, 'selections.jsonl'),
                   _jsonl(s for st in done for s in st['selections']))
-    _atomic_write(os.path.join(workdir, 'timings.jsonl'),
+    atomic_write(os.path.join(workdir, 'timings.jsonl'),
                   _jsonl(t for st in done for t in st['timings']))
-    _atomic_write(os.path.join(workdir, 'results.md'), table)
+    atomic_write(os.path.join(workdir, 'results.md'), table)
   return table
 
 

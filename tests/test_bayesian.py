@@ -14,6 +14,7 @@ import pytest
 from jal import config_lib, data, experiment, kernels, models, resnet, strategies, train
 from jal.strategies import batch_bald, mc_dropout, uncertainty
 from tests.conftest import load_config
+from tests.test_experiment import smoke
 
 TRAIN = ml_collections.ConfigDict(dict(optimizer='adam', learning_rate=1e-2, weight_decay=0.0))
 
@@ -178,17 +179,8 @@ def test_mc_predict(blobs, dropout_fit):
 
 
 def _smoke(**overrides):
-  c = load_config('gaussian', 'smoke')
-  c.seeds = (0,)
-  c.model.dropout = 0.2
-  c.strategy_options.mc_samples = 5
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return smoke(**{'seeds': (0,), 'model.dropout': 0.2, 'strategy_options.mc_samples': 5,
+                  **overrides})
 
 
 def test_experiment_score_fills_mc_logits():

@@ -10,7 +10,6 @@ import json
 import pathlib
 
 import numpy as np
-import pytest
 
 from jal import experiment, strategies
 from tests.conftest import load_config

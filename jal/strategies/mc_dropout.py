@@ -18,7 +18,6 @@ from the key.
 
 import functools
 
-import jax.numpy as jnp
 
 from jal import kernels
 from jal.strategies import base
@@ -40,27 +39,7 @@ def mc_samples_of(options, strategy: str = 'mc_dropout') -> int:
 
 def _make_select(score_fn, description: str):
   """A select function picking the top-k unlabeled `score_fn(mc_logits)`."""
-
-  def select(inputs: base.Inputs, k: int, key, options=None):
-    del options
-    scores = score_fn(inputs.mc_logits)
-    return kernels.top_k_with_random_ties(scores, ~jnp.asarray(inputs.labeled), key, k=k)
-
-  select.__doc__ = f"""The k unlabeled points with the highest {description}.
-
-  Ties are broken by a random order drawn from `key`. Time O(T * n * c + n
-  log n), memory O(T * n * c).
-
-  Args:
-    inputs: `labeled: bool[n]` and `mc_logits: f32[T, n, c]`.
-    k: number of picks.
-    key: PRNG key for tie-breaking.
-    options: unused.
-
-  Returns:
-    i32[k], most uncertain first.
-  """
-  return select
+  return uncertainty.make_select(score_fn, False, description, field=base.MC_LOGITS)
 
 
 _NEEDS = frozenset({base.MC_LOGITS})

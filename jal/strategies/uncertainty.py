@@ -111,25 +111,34 @@ def bald(member_logits):
   return jnp.maximum(ensemble_entropy(member_logits) - expected, 0.0)
 
 
-def make_select(score_fn, single_model: bool, description: str):
+def make_select(score_fn, single_model: bool, description: str, field: str = base.LOGITS):
   """A select function picking the top-k unlabeled `score_fn` scores.
 
-  Shared by every score-then-rank strategy (here and `ensembles`).
+  Shared by every score-then-rank strategy (here, `ensembles`, `mc_dropout`).
+
+  Args:
+    score_fn: `f32[s, n, c] -> f32[n]` (or `f32[n, c] -> f32[n]` if
+      single_model), higher for more uncertain points.
+    single_model: score sample 0 only (member 0).
+    description: what the score is, for the docstring.
+    field: the `Inputs` field holding the samples: 'logits' (members) or
+      'mc_logits' (MC dropout passes).
   """
+  samples = {base.LOGITS: ('logits', 'm'), base.MC_LOGITS: ('mc_logits', 'T')}[field]
 
   def select(inputs: base.Inputs, k: int, key, options=None):
     del options
-    logits = inputs.logits[0] if single_model else inputs.logits
-    scores = score_fn(logits)
+    logits = getattr(inputs, field)
+    scores = score_fn(logits[0] if single_model else logits)
     return kernels.top_k_with_random_ties(scores, ~jnp.asarray(inputs.labeled), key, k=k)
 
   select.__doc__ = f"""The k unlabeled points with the highest {description}.
 
-  Ties are broken by a random order drawn from `key`. Time O(m * n * c + n log
-  n), memory O(m * n * c).
+  Ties are broken by a random order drawn from `key`. Time O({samples[1]} * n * c + n log
+  n), memory O({samples[1]} * n * c).
 
   Args:
-    inputs: `labeled: bool[n]` and `logits: f32[m, n, c]`{
+    inputs: `labeled: bool[n]` and `{samples[0]}: f32[{samples[1]}, n, c]`{
         " (member 0's are used)" if single_model else ""}.
     k: number of picks.
     key: PRNG key for tie-breaking.
