@@ -348,8 +348,8 @@ def _evidence_from_metrics(folder, feats, results_dir) -> list[Evidence]:
   out = []
   try:
     # pylint: disable=protected-access
-    for setting in report._load_settings([folder]):
-      res = report._analyse(setting, None, 'random', 't', 0.95, {})
+    for setting in report.load_settings([folder]):
+      res = report.analyse(setting, None, 'random', 't', 0.95, {})
       for strategy, imp in res['improvement'].items():
         out.append(Evidence(
             f'{rel} (via jal.report)', setting.key, feats['dataset'], strategy, res['metric'],

@@ -140,7 +140,7 @@ class _Setting:
     return f'{self.name}, query size {self.query_size}'
 
 
-def _load_settings(workdirs):
+def load_settings(workdirs):
   settings = {}
   for workdir in workdirs:
     config_path = os.path.join(workdir, 'config.json')
@@ -206,7 +206,7 @@ def _summary(per_seed, ci, confidence, ci_kwargs):
   return out
 
 
-def _analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
+def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
   """The statistics of one setting as plain lists and floats."""
   rows = {k: row for k, (row, _) in setting.metrics.items()}
   if not rows:
@@ -1039,12 +1039,12 @@ def write_report(workdirs, out, metric=None, baseline='random', ci='t',
   ci_kwargs = ({'num_resamples': num_resamples, 'seed': bootstrap_seed}
                if ci == 'bootstrap' else {})
   os.makedirs(out, exist_ok=True)
-  settings = _load_settings([os.fspath(w) for w in workdirs])
+  settings = load_settings([os.fspath(w) for w in workdirs])
   results = {}
   for setting in settings:
     if setting.key in results:
       raise ValueError(f'two settings map to the same name {setting.key}')
-    results[setting.key] = _analyse(setting, metric, baseline, ci, confidence,
+    results[setting.key] = analyse(setting, metric, baseline, ci, confidence,
                                     ci_kwargs)
     results[setting.key]['study'] = _compare_with_study(results[setting.key],
                                                         ci, confidence)
