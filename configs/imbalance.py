@@ -22,7 +22,10 @@ other jobs on the machine). On an NVIDIA H200 (bfloat16), one
 round's 5-member ensemble (500 steps) trains in 10.4 s; pool scoring and
 selection take well under a second on a 12,641-image pool (a CIFAR-10 subset:
 results/imbalance_h200_subset). The full 42,105-image pool was not timed.
-A CPU needs hours per round.
+On the 2-core CPU (members trained in turn, see train.fit_members_stepwise)
+one ResNet-18 member step at batch 128 took about 6 s with other jobs
+running (154 steps in 16 min), so one round's 5 x 500 steps need about 4
+hours there; a full CPU round has not been run to the end yet.
 """
 
 from jal import config_lib
