@@ -281,7 +281,7 @@ def base_config() -> ml_collections.ConfigDict:
       momentum=0.9,
       schedule='constant',
       augment='none',
-      loop='auto',          # 'scan' (one program per fit), 'step' (per step), 'member_step' (per step and member); auto: see train.get_fit_fn
+      loop='auto',          # 'scan', 'step' or 'member_step'; see train.get_fit_fn
   ))
   return c
 
