@@ -135,9 +135,7 @@ class Experiment:
     """
     source = config_lib.embedding_source(self.config)
     if source == 'pretrained':
-      shapes = jax.eval_shape(functools.partial(self.model.init, train=False),
-                              jax.random.PRNGKey(0),
-                              train.prepare_inputs(self.x_train[:1], self.eval_spec))
+      shapes = variable_shapes(self.model, self.x_train[:1], self.eval_spec)
       flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes))
       unloaded = [p for p in flat if p not in self.init_overrides and p[:2] != ('params', 'fc')]
       if unloaded:
@@ -210,14 +208,14 @@ class Experiment:
           embeddings=preds.embeddings)
     if fixed:
       inputs = inputs._replace(embeddings=self.fixed_embeddings)
-    if base.CLASSIFIER in needs:
+    if needs & {base.CLASSIFIER, base.MC_LOGITS}:
       member0 = jax.tree.map(lambda a: a[0], states)
+    if base.CLASSIFIER in needs:
       inputs = inputs._replace(classifier=base.Classifier(
           model=self.model, spec=self.eval_spec,
           variables={'params': member0.params, **member0.model_state},
           x=self.x_train, chunk_size=self.config.eval_batch_size))
     if base.MC_LOGITS in needs:
-      member0 = jax.tree.map(lambda a: a[0], states)
       inputs = inputs._replace(mc_logits=train.mc_predict(
           self.model, self.eval_spec, self.config.eval_batch_size,
           mc_dropout.mc_samples_of(self.config.strategy_options, strategy.name), member0,
@@ -234,6 +232,12 @@ class Experiment:
     return picks
 
 
+def variable_shapes(model, sample_x, spec):
+  """The model's variables as ShapeDtypeStructs, without running an initialiser."""
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                        train.prepare_inputs(sample_x, spec))
+
+
 def pretrained_overrides(model, model_config, sample_x, spec):
   """The leaves loaded from `model_config.pretrained_path`, or None.
 
@@ -247,8 +251,7 @@ def pretrained_overrides(model, model_config, sample_x, spec):
     return None
   from jal import pretrained  # pylint: disable=g-import-not-at-top
   # Only shapes matter (kept leaves are left out), so no initialiser is run or compiled.
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                          train.prepare_inputs(sample_x, spec))
+  shapes = variable_shapes(model, sample_x, spec)
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   loaded = pretrained.load_pretrained(path, template, stem=model_config.get('stem', 'cifar'))
   out = {}

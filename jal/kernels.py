@@ -17,7 +17,7 @@ import jax.numpy as jnp
 _CENTER_CHUNK = 256
 
 
-def _sq_dists_to(embeddings, sq_norms, centers):
+def sq_dists_to(embeddings, sq_norms, centers):
   """Squared Euclidean distances from every point to each centre.
 
   Args:
@@ -60,7 +60,7 @@ def _initial_min_dists(embeddings, sq_norms, labeled):
     start = i * chunk
     centre_idx = jax.lax.dynamic_slice(idx, (start,), (chunk,))
     valid = start + jnp.arange(chunk) < num_labeled
-    d = _sq_dists_to(embeddings, sq_norms, embeddings[centre_idx])
+    d = sq_dists_to(embeddings, sq_norms, embeddings[centre_idx])
     d = jnp.where(valid[None, :], d, jnp.inf)
     return jnp.minimum(min_d, jnp.min(d, axis=1))
 
@@ -100,7 +100,7 @@ def k_center_greedy(embeddings, labeled, k):
   def body(i, carry):
     min_d, picks = carry
     j = jnp.argmax(min_d).astype(jnp.int32)
-    d_j = _sq_dists_to(embeddings, sq_norms, embeddings[j][None, :])[:, 0]
+    d_j = sq_dists_to(embeddings, sq_norms, embeddings[j][None, :])[:, 0]
     min_d = jnp.minimum(min_d, d_j).at[j].set(-jnp.inf)
     return min_d, picks.at[i].set(j)
 
@@ -203,7 +203,7 @@ def nearest_center(x, centers):
   centers = jnp.asarray(centers, jnp.float32)
 
   def block(xb):
-    d = _sq_dists_to(xb, jnp.sum(xb * xb, axis=-1), centers)
+    d = sq_dists_to(xb, jnp.sum(xb * xb, axis=-1), centers)
     return jnp.argmin(d, axis=1).astype(jnp.int32), jnp.min(d, axis=1)
 
   return map_row_chunks(block, x)
@@ -269,7 +269,7 @@ def kmeans(x, k, key, iters, mask=None):
   sq = jnp.sum(x * x, axis=-1)
   first_key, seed_key = jax.random.split(key)
   first = jax.random.categorical(first_key, jnp.where(mask, 0.0, -jnp.inf)).astype(jnp.int32)
-  seeds = d2_seeding(lambda j: _sq_dists_to(x, sq, x[j][None, :])[:, 0], mask, seed_key,
+  seeds = d2_seeding(lambda j: sq_dists_to(x, sq, x[j][None, :])[:, 0], mask, seed_key,
                      k, first)
   w = mask.astype(jnp.float32)
 

@@ -62,7 +62,7 @@ def k_center_greedy_masked(embeddings, labeled, candidates, k):
   def body(i, carry):
     min_d, picks = carry
     j = jnp.argmax(min_d).astype(jnp.int32)
-    d_j = kernels._sq_dists_to(embeddings, sq_norms, embeddings[j][None, :])[:, 0]
+    d_j = kernels.sq_dists_to(embeddings, sq_norms, embeddings[j][None, :])[:, 0]
     min_d = jnp.minimum(min_d, d_j).at[j].set(-jnp.inf)
     return min_d, picks.at[i].set(j)
 

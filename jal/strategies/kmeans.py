@@ -28,8 +28,7 @@ def _kmeans_select(embeddings, labeled, key, k, iters):
 
   def body(i, carry):
     available, picks = carry
-    # pylint: disable-next=protected-access
-    d = kernels._sq_dists_to(x, sq, centers[order[i]][None, :])[:, 0]
+    d = kernels.sq_dists_to(x, sq, centers[order[i]][None, :])[:, 0]
     j = jnp.argmin(jnp.where(available, d, jnp.inf)).astype(jnp.int32)
     return available.at[j].set(False), picks.at[i].set(j)
 

@@ -51,8 +51,7 @@ def normalise(embeddings):
 
 def _dists_from(xb, x):
   """Euclidean distances f32[b, n] from the rows xb: f32[b, d] to every row of x."""
-  # pylint: disable-next=protected-access
-  return jnp.sqrt(kernels._sq_dists_to(xb, jnp.sum(xb * xb, axis=-1), x))
+  return jnp.sqrt(kernels.sq_dists_to(xb, jnp.sum(xb * xb, axis=-1), x))
 
 
 @jax.jit

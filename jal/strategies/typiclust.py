@@ -65,8 +65,7 @@ def cluster_typicality(x, members, k_nn):
     def cols(c, best):
       ci = jax.lax.dynamic_slice(idx, (c * tile,), (tile,))
       valid = (c * tile + jnp.arange(tile) < size)[None, :] & (ri[:, None] != ci[None, :])
-      # pylint: disable-next=protected-access
-      d = jnp.where(valid, kernels._sq_dists_to(x[ri], sq[ri], x[ci]), jnp.inf)
+      d = jnp.where(valid, kernels.sq_dists_to(x[ri], sq[ri], x[ci]), jnp.inf)
       return -jax.lax.top_k(-jnp.concatenate([best, d], axis=1), k_nn)[0]
 
     best = jax.lax.fori_loop(0, num_tiles, cols, jnp.full((tile, k_nn), jnp.inf))
