@@ -16,7 +16,7 @@ from jal import train
 
 # Fields that may differ between a workdir's config.json and a resumed run:
 # they change where data is read from, not what is computed.
-_NON_IDENTITY = ('data_dir',)
+_NON_IDENTITY = ('data_dir', 'fit_checkpoint_seconds')
 
 
 def strategy_names(config) -> list[str]:
@@ -88,6 +88,7 @@ def validate(config) -> None:
   for field in ('members', 'batch_size', 'epochs', 'learning_rate'):
     _positive(f'train.{field}', tc[field])
   _positive('train.min_steps', tc.min_steps, allow_zero=True)
+  _positive('fit_checkpoint_seconds', config.get('fit_checkpoint_seconds', 0.0), allow_zero=True)
   _positive('train.weight_decay', tc.weight_decay, allow_zero=True)
   for field, valid in (('optimizer', train.OPTIMIZERS), ('schedule', train.SCHEDULES),
                        ('augment', train.AUGMENTATIONS), ('loop', train.LOOPS)):
@@ -256,6 +257,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.strategy_options.dfal_classes = 10
   c.strategy_options.dfal_batch_size = placeholder(int)  # dfal: else eval_batch_size
   c.data_dir = placeholder(str)  # else $JAL_DATA_DIR
+  # Save a round's training in progress at most this often (0: every step);
+  # CPU (stepwise) fits only. Does not change results.
+  c.fit_checkpoint_seconds = 600.0
   c.data = ml_collections.ConfigDict({'name': 'gaussian_blobs'})
   c.model = ml_collections.ConfigDict(dict(
       name='mlp',

@@ -13,17 +13,22 @@ Everything a run produces lives in its workdir:
     timings.jsonl        wall times of each round's parts
     results.md           the final table
     checkpoints/<strategy>_seed<seed>/<round>   orbax loop state
+    checkpoints/fit/<strategy>_seed<seed>/      the round's training in progress
 
 The loop state of each (strategy, seed), saved after every round, holds the
 label round of every pool point (-1: unlabeled), the run's RNG key and the
 history. All randomness is `fold_in` of one root key, so a run resumed after
 a crash draws exactly what an uninterrupted run draws, and the JSON files are
-rewritten atomically from the checkpoints.
+rewritten atomically from the checkpoints. A long round's training also
+saves its progress every `fit_checkpoint_seconds` (FitCheckpoints), so a
+run killed mid-fit loses at most that much work.
 """
 
 import functools
+import hashlib
 import json
 import os
+import shutil
 import time
 import zlib
 from typing import Any
@@ -157,18 +162,26 @@ class Experiment:
     logging.info('fixed embeddings (%s): %s', source, tuple(emb.shape))
     return jax.device_put(jnp.asarray(emb, jnp.float32))
 
-  def fit(self, key, labeled_idx: np.ndarray, round_: int):
-    """Trains the round's ensemble on `labeled_idx`; returns stacked states."""
+  def fit(self, key, labeled_idx: np.ndarray, round_: int, checkpoint=None):
+    """Trains the round's ensemble on `labeled_idx`; returns stacked states.
+
+    `checkpoint` (a train.FitCheckpointer, e.g. FitCheckpoints) saves and
+    resumes the fit mid-way; only the stepwise drivers (the CPU default) use
+    it, the one-program 'scan' driver runs a fit whole.
+    """
     tc = self.config.train
     num = len(labeled_idx)
     capacity = train.capacity_for(num, tc.batch_size)
     idx = np.zeros((capacity,), np.int32)
     idx[:num] = labeled_idx
     epochs = train.epochs_for(num, tc.batch_size, tc.epochs, tc.min_steps)
-    states = train.get_fit_fn(tc.loop, self.model, self.x_train[:1])(
+    fit_fn = train.get_fit_fn(tc.loop, self.model, self.x_train[:1])
+    extra = {} if checkpoint is None or fit_fn is train.fit_ensemble else {
+        'checkpoint': checkpoint}
+    states = fit_fn(
         self.model, self.tx, self.spec, tc.batch_size, tc.schedule, tc.learning_rate,
         member_keys(key, round_, tc.members), self.x_train, self.y_train,
-        jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs), self.init_overrides)
+        jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs), self.init_overrides, **extra)
     if not bool(_all_finite(states.params)):
       raise FloatingPointError(f'training diverged at round {round_} (non-finite parameters); '
                                f'lower config.train.learning_rate ({tc.learning_rate})')
@@ -270,15 +283,108 @@ def _initial_state(exp: Experiment, key) -> dict[str, Any]:
           'timings': []}
 
 
+class FitCheckpoints:
+  """Orbax checkpoints of one round's ensemble training in progress.
+
+  A `train.FitCheckpointer`: at most every `every_seconds` (0: after every
+  step) it saves the state of the group (member) in training and, once each,
+  those of finished groups, so a run killed during a long fit (a ResNet-18
+  round on a CPU takes hours) loses at most that much work and still ends
+  bitwise equal to an uninterrupted run. `tag` names the fit (round,
+  labeled set, keys); progress saved under another tag is stale and
+  dropped. `clear()` once the round's loop state is saved.
+
+  Layout of `directory`: `progress/<n>/` (orbax: the current group's state
+  and a JSON position), `group_<i>/` (finished group i's state).
+  """
+
+  def __init__(self, directory: str, tag: str, every_seconds: float, clock=time.monotonic):
+    self.directory = os.path.abspath(directory)
+    self.tag, self.every, self.clock = tag, float(every_seconds), clock
+    self.last_save = clock()
+    self.saved_groups = 0
+    self._manager = None
+
+  @property
+  def manager(self):
+    if self._manager is None:
+      self._manager = ocp.CheckpointManager(
+          os.path.join(self.directory, 'progress'),
+          options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
+                                              cleanup_tmp_directories=True),
+          item_names=('state', 'position'))
+    return self._manager
+
+  def _group_path(self, i: int) -> str:
+    return os.path.join(self.directory, f'group_{i}')
+
+  def restore(self, template):
+    if not os.path.isdir(os.path.join(self.directory, 'progress')):
+      return None
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    pos = self.manager.restore(step, args=ocp.args.Composite(
+        position=ocp.args.JsonRestore())).position
+    if pos['tag'] != self.tag:
+      logging.info('dropping the saved progress of another fit (%s)', pos['tag'])
+      self.clear()
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    state = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract))).state
+    with ocp.StandardCheckpointer() as ckptr:
+      finished = [ckptr.restore(self._group_path(i), abstract) for i in range(pos['group'])]
+    self.saved_groups = pos['group']
+    logging.info('resuming the fit (%s) at group %d, step %d', self.tag, pos['group'],
+                 pos['step'])
+    return pos['group'], pos['step'], finished, state
+
+  def after_step(self, group: int, step: int, finished: list, state) -> None:
+    if self.clock() - self.last_save < self.every:
+      return
+    if jax.process_index() == 0:
+      with ocp.StandardCheckpointer() as ckptr:
+        for i in range(self.saved_groups, len(finished)):
+          ckptr.save(self._group_path(i), finished[i], force=True)
+      position = {'tag': self.tag, 'group': group, 'step': step}
+      self.manager.save(group * 10**9 + step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)))
+      self.manager.wait_until_finished()
+    self.saved_groups = len(finished)
+    self.last_save = self.clock()
+
+  def clear(self) -> None:
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
+    if jax.process_index() == 0:
+      shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def fit_tag(round_: int, labeled_idx: np.ndarray, key) -> str:
+  """Names one fit: its round and a digest of its labeled set and root key."""
+  digest = hashlib.sha256(np.asarray(labeled_idx, np.int32).tobytes()
+                          + np.asarray(key).tobytes()).hexdigest()[:16]
+  return f'round {round_} {digest}'
+
+
 class RunCheckpoints:
   """Orbax checkpoints of one (strategy, seed) loop state, one per round."""
 
   def __init__(self, directory: str):
+    self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
                                             cleanup_tmp_directories=True),
         item_names=('arrays', 'history'))
+
+  @property
+  def fit_directory(self) -> str:
+    """Where this run's training in progress is saved (see FitCheckpoints)."""
+    parent, name = os.path.split(self.directory)
+    return os.path.join(parent, 'fit', name)
 
   def latest(self):
     step = self.manager.latest_step()
@@ -329,7 +435,10 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints
     r = state['round'] + 1
     labeled = state['label_round'] >= 0
     t0 = time.perf_counter()
-    states = exp.fit(key, np.flatnonzero(labeled).astype(np.int32), r)
+    labeled_idx = np.flatnonzero(labeled).astype(np.int32)
+    fit_ckpt = FitCheckpoints(ckpt.fit_directory, fit_tag(r, labeled_idx, key),
+                              config.fit_checkpoint_seconds)
+    states = exp.fit(key, labeled_idx, r, fit_ckpt)
     jax.block_until_ready(states)
     t1 = time.perf_counter()
     row = {'strategy': strategy_name, 'seed': seed, 'round': r,
@@ -361,6 +470,7 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints
              'selections': selections, 'timings': state['timings'] + [timing]}
     if jax.process_index() == 0:
       ckpt.save(state, key)
+    fit_ckpt.clear()
     progress.update(f'{strategy_name} seed {seed} round {r}: n_labeled={row["n_labeled"]} '
                     f'{config_lib.headline_metric(row)}={row[config_lib.headline_metric(row)]:.4f}')
     if on_round is not None:

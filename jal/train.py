@@ -31,7 +31,7 @@ on CPU).
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import flax
 import jax
@@ -427,33 +427,6 @@ def _ensemble_slot(model, tx, spec, schedule, learning_rate, states, keys, x, y,
   return jax.vmap(one)(states, keys, batch, mask)
 
 
-def fit_ensemble_stepwise(model, tx, spec, batch_size, schedule, learning_rate,
-                          keys, x, y, idx, num_valid, num_epochs,
-                          init_overrides=None) -> TrainState:
-  """`fit_ensemble` with one dispatch per step instead of one per fit.
-
-  The same arithmetic as `fit_ensemble` (equal to float tolerance), but the
-  epoch and step loops run in Python around a jitted, vmapped step, which is
-  compiled once whatever the labeled-set size. XLA:CPU runs convolution
-  gradients about 4x slower inside a while-loop body than at the top level of
-  a program (measured on LeNet: 30 ms vs 8 ms a step), so on CPUs this is the
-  faster driver for convnets; on accelerators prefer `fit_ensemble`, which
-  never returns to Python.
-  """
-  num_valid, num_epochs = int(num_valid), int(num_epochs)
-  states = init_ensemble(model, tx, spec, keys, x, init_overrides)
-  steps_per_epoch = _steps_per_epoch(num_valid, batch_size)
-  total = jnp.int32(steps_per_epoch * num_epochs)
-  for e in range(num_epochs):
-    batches, masks = _ensemble_epoch_batches(batch_size, keys, jnp.int32(e), idx,
-                                             jnp.int32(num_valid))
-    for s in range(steps_per_epoch):
-      batch, mask = _take_slot(batches, masks, jnp.int32(s))
-      states = _ensemble_slot(model, tx, spec, schedule, learning_rate, states, keys, x, y,
-                              batch, mask, jnp.int32(e * steps_per_epoch + s), total)
-  return states
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _init_one(model, tx, spec, key, x, init_overrides=None) -> TrainState:
   return init_member(model, tx, spec, key, x, init_overrides)
@@ -471,9 +444,102 @@ def _member_slot(model, tx, spec, schedule, learning_rate, state, key, x, y, bat
                       x, y, batches[s], masks[s], step, total_steps)
 
 
+class FitCheckpointer(Protocol):
+  """Where a stepwise fit saves its progress, so a killed fit resumes mid-way.
+
+  A fit trains *groups* one after another (the members in turn for
+  `fit_members_stepwise`, one group of all members for
+  `fit_ensemble_stepwise`), each for `total` steps. Every step is a pure
+  function of the group's state, its key and the step number, so a fit
+  resumed from a saved (group, step, state) ends bitwise equal to one that
+  never stopped. `jal.experiment.FitCheckpoints` keeps them with orbax.
+  """
+
+  def restore(self, template: TrainState) -> tuple[int, int, list, TrainState] | None:
+    """(group, steps done in it, finished groups' states, its state), or None.
+
+    `template` is a fresh state of one group (for shapes and structure).
+    """
+
+  def after_step(self, group: int, step: int, finished: list, state: TrainState) -> None:
+    """Called after each step (`step` steps of `group` done); may save."""
+
+
+def _fit_groups(num_groups, init_fn, epoch_fn, step_fn, steps_per_epoch, num_epochs,
+                checkpoint: FitCheckpointer | None):
+  """Runs the stepwise drivers' loop: groups in turn, epochs, then steps.
+
+  Args:
+    num_groups: how many groups are trained one after another.
+    init_fn: g -> the fresh TrainState of group g.
+    epoch_fn: (g, e) -> group g's epoch-e batches (any pytree).
+    step_fn: (g, state, batches, s, step) -> state after slot s of the
+      epoch, global step `step`.
+    steps_per_epoch, num_epochs: the fit's shape; a group runs
+      steps_per_epoch * num_epochs steps.
+    checkpoint: optional FitCheckpointer.
+
+  Returns:
+    The list of every group's final TrainState.
+  """
+  finished, start_group, start_step, resumed = [], 0, 0, None
+  if checkpoint is not None:
+    fresh = init_fn(0)
+    restored = checkpoint.restore(fresh)
+    if restored is None:
+      resumed = fresh
+    else:
+      start_group, start_step, finished, resumed = restored
+  for g in range(start_group, num_groups):
+    if resumed is not None:
+      state, done, resumed = resumed, start_step, None
+    else:
+      state, done = init_fn(g), 0
+    for e in range(done // steps_per_epoch, num_epochs):
+      batches = epoch_fn(g, e)
+      for s in range(done - e * steps_per_epoch if e == done // steps_per_epoch else 0,
+                     steps_per_epoch):
+        step = e * steps_per_epoch + s
+        state = step_fn(g, state, batches, s, step)
+        if checkpoint is not None:
+          checkpoint.after_step(g, step + 1, finished, state)
+    finished = finished + [state]
+  return finished
+
+
+def fit_ensemble_stepwise(model, tx, spec, batch_size, schedule, learning_rate,
+                          keys, x, y, idx, num_valid, num_epochs,
+                          init_overrides=None, checkpoint=None) -> TrainState:
+  """`fit_ensemble` with one dispatch per step instead of one per fit.
+
+  The same arithmetic as `fit_ensemble` (equal to float tolerance), but the
+  epoch and step loops run in Python around a jitted, vmapped step, which is
+  compiled once whatever the labeled-set size. XLA:CPU runs convolution
+  gradients about 4x slower inside a while-loop body than at the top level of
+  a program (measured on LeNet: 30 ms vs 8 ms a step), so on CPUs this is the
+  faster driver for convnets; on accelerators prefer `fit_ensemble`, which
+  never returns to Python. `checkpoint` (a FitCheckpointer) lets a killed
+  fit resume mid-way with a bitwise equal result.
+  """
+  num_valid, num_epochs = int(num_valid), int(num_epochs)
+  steps_per_epoch = _steps_per_epoch(num_valid, batch_size)
+  total = jnp.int32(steps_per_epoch * num_epochs)
+
+  def step_fn(g, states, epoch, s, step):
+    batch, mask = _take_slot(*epoch, jnp.int32(s))
+    return _ensemble_slot(model, tx, spec, schedule, learning_rate, states, keys, x, y,
+                          batch, mask, jnp.int32(step), total)
+
+  return _fit_groups(
+      1, lambda g: init_ensemble(model, tx, spec, keys, x, init_overrides),
+      lambda g, e: _ensemble_epoch_batches(batch_size, keys, jnp.int32(e), idx,
+                                           jnp.int32(num_valid)),
+      step_fn, steps_per_epoch, num_epochs, checkpoint)[0]
+
+
 def fit_members_stepwise(model, tx, spec, batch_size, schedule, learning_rate,
                          keys, x, y, idx, num_valid, num_epochs,
-                         init_overrides=None) -> TrainState:
+                         init_overrides=None, checkpoint=None) -> TrainState:
   """`fit_ensemble_stepwise` with the members trained one after another.
 
   The same arithmetic as `fit_ensemble` (equal to float tolerance), member by
@@ -482,23 +548,22 @@ def fit_members_stepwise(model, tx, spec, batch_size, schedule, learning_rate,
   convolutions in turn: one 5-member training step of ResNet-18 (CIFAR stem,
   batch 64) took 63 s vmapped against 5 x 1.9 s in turn, and LeNet (batch
   64) 103 ms against 5 x 8.6 ms, on a 2-core CPU. `get_fit_fn('auto')`
-  picks this driver on CPUs for convolutional models.
+  picks this driver on CPUs for convolutional models. `checkpoint` (a
+  FitCheckpointer) lets a killed fit resume mid-member, bitwise equal.
   """
   num_valid, num_epochs = int(num_valid), int(num_epochs)
   steps_per_epoch = _steps_per_epoch(num_valid, batch_size)
   total = jnp.int32(steps_per_epoch * num_epochs)
-  members = []
-  for i in range(keys.shape[0]):
-    key = keys[i]
-    state = _init_one(model, tx, spec, key, x, init_overrides)
-    for e in range(num_epochs):
-      batches, masks = _member_epoch_batches(batch_size, key, jnp.int32(e), idx,
-                                             jnp.int32(num_valid))
-      for s in range(steps_per_epoch):
-        state = _member_slot(model, tx, spec, schedule, learning_rate, state, key, x, y,
-                             batches, masks, jnp.int32(s), jnp.int32(e * steps_per_epoch + s),
-                             total)
-    members.append(state)
+
+  def step_fn(g, state, epoch, s, step):
+    return _member_slot(model, tx, spec, schedule, learning_rate, state, keys[g], x, y,
+                        *epoch, jnp.int32(s), jnp.int32(step), total)
+
+  members = _fit_groups(
+      keys.shape[0], lambda g: _init_one(model, tx, spec, keys[g], x, init_overrides),
+      lambda g, e: _member_epoch_batches(batch_size, keys[g], jnp.int32(e), idx,
+                                         jnp.int32(num_valid)),
+      step_fn, steps_per_epoch, num_epochs, checkpoint)
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
 
 

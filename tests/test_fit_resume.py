@@ -1,0 +1,155 @@
+"""A fit killed mid-way resumes from its FitCheckpoints and ends bitwise equal."""
+
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jal import data, experiment, models, train
+from tests.test_experiment import read, smoke
+
+TRAIN = ml_collections.ConfigDict(dict(optimizer='adam', learning_rate=1e-2, weight_decay=0.0))
+
+
+class Killed(Exception):
+  pass
+
+
+class KillAfter(experiment.FitCheckpoints):
+  """Saves after every step, then dies (as a SIGKILL would) after `steps`."""
+
+  def __init__(self, directory, tag, steps):
+    super().__init__(directory, tag, every_seconds=0)
+    self.left = steps
+
+  def after_step(self, group, step, finished, state):
+    super().after_step(group, step, finished, state)
+    self.left -= 1
+    if self.left == 0:
+      raise Killed
+
+
+@pytest.fixture(scope='module')
+def problem():
+  ds = data.gaussian_blobs(num_train=200, num_test=10, seed=0)
+  x = jnp.tile(jnp.asarray(ds.x_train)[:, None, None, :1], (1, 12, 12, 1))
+  idx = np.zeros(32, np.int32)
+  idx[:20] = np.arange(20)
+  keys = jax.random.split(jax.random.PRNGKey(5), 3)
+  # 3 members x (3 steps x 2 epochs) = 18 steps when members run in turn.
+  return (models.LeNet(2), train.make_optimizer(TRAIN), train.InputSpec(), 8, 'cosine', 1e-2,
+          keys, x, jnp.asarray(ds.y_train), jnp.asarray(idx), jnp.int32(20), jnp.int32(2))
+
+
+def _assert_bitwise_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
+
+
+@pytest.mark.parametrize('fit,kills', [
+    (train.fit_members_stepwise, (2,)),        # inside member 0
+    (train.fit_members_stepwise, (6,)),        # at the end of member 0
+    (train.fit_members_stepwise, (7, 5, 4)),   # killed three times, across members
+    (train.fit_ensemble_stepwise, (4,)),       # one vmapped group, mid-fit
+])
+def test_killed_fit_resumes_bitwise_equal(problem, tmp_path, fit, kills):
+  uninterrupted = fit(*problem)
+  directory = str(tmp_path / 'fit')
+  done = 0
+  for steps in kills:
+    with pytest.raises(Killed):
+      fit(*problem, checkpoint=KillAfter(directory, 'tag', steps))
+    done += steps
+    # Finished members are on disk once a later save happened.
+    groups = sorted(p.name for p in pathlib.Path(directory).glob('group_*'))
+    if fit is train.fit_members_stepwise:
+      assert groups == [f'group_{i}' for i in range((done - 1) // 6)]
+  ckpt = experiment.FitCheckpoints(directory, 'tag', every_seconds=3600)
+  resumed = fit(*problem, checkpoint=ckpt)
+  _assert_bitwise_equal(uninterrupted, resumed)
+  assert resumed.opt_state.inner_state[0].count.tolist() == [6, 6, 6]
+
+
+def test_progress_of_another_fit_is_dropped(problem, tmp_path):
+  directory = str(tmp_path / 'fit')
+  with pytest.raises(Killed):
+    train.fit_members_stepwise(*problem, checkpoint=KillAfter(directory, 'round 1 aaa', 8))
+  assert os.path.isdir(os.path.join(directory, 'group_0'))
+  other = experiment.FitCheckpoints(directory, 'round 2 bbb', every_seconds=3600)
+  fresh = train.fit_members_stepwise(*problem, checkpoint=other)
+  assert not os.path.exists(directory)  # stale progress removed, nothing new saved
+  _assert_bitwise_equal(train.fit_members_stepwise(*problem), fresh)
+
+
+def test_saves_wait_for_the_interval(problem, tmp_path):
+  now = [0.0]
+  ckpt = experiment.FitCheckpoints(str(tmp_path / 'fit'), 'tag', every_seconds=10,
+                                   clock=lambda: now[0])
+  saved = []
+  original = ckpt.manager.save
+
+  def record(step, args):
+    saved.append(step)
+    return original(step, args=args)
+
+  ckpt.manager.save = record
+  state = train.fit_members_stepwise(*problem)
+  member = jax.tree.map(lambda a: a[0], state)
+  for t in (5.0, 9.9, 10.0, 15.0, 20.5):
+    now[0] = t
+    ckpt.after_step(1, 3, [member], member)
+  assert saved == [10**9 + 3, 10**9 + 3]  # at t=10 and t=20.5 only
+  assert os.path.isdir(tmp_path / 'fit' / 'group_0')
+
+
+def test_fit_tag_names_round_labeled_set_and_key():
+  key = jax.random.PRNGKey(0)
+  a = experiment.fit_tag(1, np.arange(5), key)
+  assert a.startswith('round 1 ')
+  assert a == experiment.fit_tag(1, np.arange(5), key)
+  assert a != experiment.fit_tag(2, np.arange(5), key)
+  assert a != experiment.fit_tag(1, np.arange(1, 6), key)
+  assert a != experiment.fit_tag(1, np.arange(5), jax.random.PRNGKey(1))
+
+
+def test_run_killed_mid_fit_resumes_equal_to_uninterrupted(tmp_path, monkeypatch):
+  # The Gaussian smoke config's MLP trains with the stepwise driver on CPU.
+  config = smoke(strategies=('ensembles',), seeds=(1,), fit_checkpoint_seconds=0.0)
+  table = experiment.train_and_evaluate(config, str(tmp_path / 'whole'))
+  calls = {'n': 0}
+  original = experiment.FitCheckpoints.after_step
+
+  def dies_in_round_1(self, group, step, finished, state):
+    original(self, group, step, finished, state)
+    calls['n'] += 1
+    if self.tag.startswith('round 1 ') and step == 7:
+      raise Killed
+
+  monkeypatch.setattr(experiment.FitCheckpoints, 'after_step', dies_in_round_1)
+  workdir = tmp_path / 'killed'
+  with pytest.raises(Killed):
+    experiment.train_and_evaluate(config, str(workdir))
+  progress = workdir / 'checkpoints' / 'fit' / 'ensembles_seed1' / 'progress'
+  saved = [json.loads((p / 'position' / 'metadata').read_text()) for p in progress.iterdir()
+           if p.name.isdigit()]
+  assert [(s['group'], s['step']) for s in saved] == [(0, 7)]
+  monkeypatch.setattr(experiment.FitCheckpoints, 'after_step', original)
+  resumed_from = calls['n']
+  assert experiment.train_and_evaluate(config, str(workdir)) == table
+  assert read(workdir, 'metrics.jsonl') == read(tmp_path / 'whole', 'metrics.jsonl')
+  assert read(workdir, 'selections.jsonl') == read(tmp_path / 'whole', 'selections.jsonl')
+  assert resumed_from > 7
+  # Progress is dropped once each round's loop state is saved.
+  assert not (workdir / 'checkpoints' / 'fit' / 'ensembles_seed1').exists()
+
+
+def test_fit_checkpoint_seconds_is_checked_and_not_part_of_identity(tmp_path):
+  from jal import config_lib  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='config.fit_checkpoint_seconds must be non-negative'):
+    config_lib.validate(smoke(fit_checkpoint_seconds=-1.0))
+  assert config_lib.identity(smoke(fit_checkpoint_seconds=5.0)) == config_lib.identity(smoke())
