@@ -351,6 +351,8 @@ class FitCheckpoints:
       self.manager.save(group * 10**9 + step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)))
       self.manager.wait_until_finished()
+      logging.info('saved the fit in progress (%s): group %d, %d steps done', self.tag, group,
+                   step)
     self.saved_groups = len(finished)
     self.last_save = self.clock()
 
