@@ -11,6 +11,7 @@ import numpy as np
 
 from jal import data as data_lib
 from jal import models
+from jal import sharding
 from jal import strategies as strategies_lib
 from jal import train
 
@@ -90,6 +91,9 @@ def validate(config) -> None:
   _positive('train.min_steps', tc.min_steps, allow_zero=True)
   _positive('fit_checkpoint_seconds', config.get('fit_checkpoint_seconds', 0.0), allow_zero=True)
   _positive('train.weight_decay', tc.weight_decay, allow_zero=True)
+  if config.get('sharding', 'auto') not in sharding.SETTINGS:
+    raise ValueError(f"unknown sharding '{config.sharding}'; valid: "
+                     f"{', '.join(sharding.SETTINGS)}")
   for field, valid in (('optimizer', train.OPTIMIZERS), ('schedule', train.SCHEDULES),
                        ('augment', train.AUGMENTATIONS), ('loop', train.LOOPS)):
     if tc[field] not in valid:
@@ -260,6 +264,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Save a round's training in progress at most this often (0: every step);
   # CPU (stepwise) fits only. Does not change results.
   c.fit_checkpoint_seconds = 600.0
+  # 'auto': with several devices, split ensemble members and pools over them
+  # (jal.sharding); 'none': one device.
+  c.sharding = 'auto'
   c.data = ml_collections.ConfigDict({'name': 'gaussian_blobs'})
   c.model = ml_collections.ConfigDict(dict(
       name='mlp',

@@ -45,6 +45,7 @@ from jal import config_lib
 from jal import data as data_lib
 from jal import metrics as metrics_lib
 from jal import models
+from jal import sharding
 from jal import strategies as strategies_lib
 from jal import train
 from jal.strategies import base
@@ -114,9 +115,17 @@ class Experiment:
   def __init__(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
     self.config = config
     self.dataset = dataset
-    self.x_train = jax.device_put(dataset.x_train)
-    self.y_train = jax.device_put(dataset.y_train.astype(np.int32))
-    self.x_test = jax.device_put(dataset.x_test)
+    # Several devices: members and pools are split over a mesh (jal.sharding),
+    # and the data sit whole on every device.
+    self.mesh = sharding.mesh_for(config.get('sharding', 'auto'))
+    if self.mesh is not None and config.train.loop not in ('auto', 'scan'):
+      raise ValueError(f"train.loop='{config.train.loop}' runs on one device; with "
+                       f"{self.mesh.size} devices use 'scan' (or 'auto'), or sharding='none'")
+    place = (jax.device_put if self.mesh is None else
+             functools.partial(jax.device_put, device=sharding.replicated(self.mesh)))
+    self.x_train = place(dataset.x_train)
+    self.y_train = place(dataset.y_train.astype(np.int32))
+    self.x_test = place(dataset.x_test)
     self.y_test = np.asarray(dataset.y_test)
     self.n = int(dataset.x_train.shape[0])
     self.model = models.get_model(config.model, dataset.num_classes)
@@ -175,9 +184,12 @@ class Experiment:
     idx = np.zeros((capacity,), np.int32)
     idx[:num] = labeled_idx
     epochs = train.epochs_for(num, tc.batch_size, tc.epochs, tc.min_steps)
-    fit_fn = train.get_fit_fn(tc.loop, self.model, self.x_train[:1])
-    extra = {} if checkpoint is None or fit_fn is train.fit_ensemble else {
-        'checkpoint': checkpoint}
+    if self.mesh is not None:
+      fit_fn = functools.partial(train.fit_ensemble_sharded, self.mesh)
+    else:
+      fit_fn = train.get_fit_fn(tc.loop, self.model, self.x_train[:1])
+    stepwise = fit_fn in (train.fit_ensemble_stepwise, train.fit_members_stepwise)
+    extra = {'checkpoint': checkpoint} if checkpoint is not None and stepwise else {}
     states = fit_fn(
         self.model, self.tx, self.spec, tc.batch_size, tc.schedule, tc.learning_rate,
         member_keys(key, round_, tc.members), self.x_train, self.y_train,
@@ -189,7 +201,7 @@ class Experiment:
 
   def predict(self, states, x, with_embeddings: bool):
     return train.predict(self.model, self.eval_spec, self.config.eval_batch_size,
-                         with_embeddings, states, x, self.one_by_one)
+                         with_embeddings, states, x, self.one_by_one, self.mesh)
 
   def evaluate(self, states) -> dict[str, float]:
     """Test metrics of the ensemble (mean softmax) and of its members."""
@@ -208,7 +220,7 @@ class Experiment:
         `fold_in(key, _MC_PASSES)`, so a resumed run redraws them exactly.
     """
     needs = strategy.needs
-    inputs = strategies_lib.Inputs(labeled=jnp.asarray(labeled))
+    inputs = strategies_lib.Inputs(labeled=jnp.asarray(labeled), mesh=self.mesh)
     # Embeddings from `strategy_options.embeddings` other than 'model' are fixed.
     fixed = base.EMBEDDINGS in needs and config_lib.embedding_source(self.config) != 'model'
     model_needs = needs - {base.EMBEDDINGS} if fixed else needs

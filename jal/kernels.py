@@ -34,7 +34,7 @@ def sq_dists_to(embeddings, sq_norms, centers):
   return jnp.maximum(sq_norms[:, None] + c_sq[None, :] - 2.0 * cross, 0.0)
 
 
-def _initial_min_dists(embeddings, sq_norms, labeled):
+def _initial_min_dists(embeddings, sq_norms, labeled, axis=None):
   """Squared distance from every point to its nearest labeled point.
 
   Walks the labeled points in chunks of `_CENTER_CHUNK` inside a while loop
@@ -45,6 +45,10 @@ def _initial_min_dists(embeddings, sq_norms, labeled):
     embeddings: f32[n, d].
     sq_norms: f32[n].
     labeled: bool[n].
+    axis: inside `shard_map`, the mesh axis the points are split over: the
+      arguments are this device's points, and every device's labeled chunks
+      are gathered, so the result is the distance to the nearest labeled
+      point of the whole pool.
 
   Returns:
     f32[n]; +inf everywhere if nothing is labeled.
@@ -55,12 +59,18 @@ def _initial_min_dists(embeddings, sq_norms, labeled):
   # Labeled indices first (in index order), padded with index 0.
   (idx,) = jnp.nonzero(labeled, size=n + chunk, fill_value=0)
   num_chunks = (num_labeled + chunk - 1) // chunk
+  if axis is not None:
+    num_chunks = jax.lax.pmax(num_chunks, axis)
 
   def body(i, min_d):
     start = i * chunk
     centre_idx = jax.lax.dynamic_slice(idx, (start,), (chunk,))
     valid = start + jnp.arange(chunk) < num_labeled
-    d = sq_dists_to(embeddings, sq_norms, embeddings[centre_idx])
+    centres = embeddings[centre_idx]
+    if axis is not None:
+      centres = jax.lax.all_gather(centres, axis, tiled=True)
+      valid = jax.lax.all_gather(valid, axis, tiled=True)
+    d = sq_dists_to(embeddings, sq_norms, centres)
     d = jnp.where(valid[None, :], d, jnp.inf)
     return jnp.minimum(min_d, jnp.min(d, axis=1))
 
@@ -68,8 +78,8 @@ def _initial_min_dists(embeddings, sq_norms, labeled):
   return jax.lax.fori_loop(0, num_chunks, body, init)
 
 
-@functools.partial(jax.jit, static_argnames=('k',))
-def k_center_greedy(embeddings, labeled, k):
+@functools.partial(jax.jit, static_argnames=('k', 'mesh'))
+def k_center_greedy(embeddings, labeled, k, mesh=None):
   """Greedy k-Center (Sener & Savarese 2018, greedy variant).
 
   Repeatedly picks the unlabeled point farthest (Euclidean) from its nearest
@@ -81,31 +91,75 @@ def k_center_greedy(embeddings, labeled, k):
   Ties are broken towards the lowest index. With nothing labeled, the first
   pick is index 0 (every distance is +inf).
 
+  With a `mesh` of several devices the pool's points are split over its
+  axis (see `jal.sharding`): each device keeps its points' running minima and
+  each pick exchanges one candidate (distance, index, row) per device, so
+  memory per device is O(n * d / devices) and the picks equal the unsharded
+  ones.
+
   Args:
     embeddings: f32[n, d] points (e.g. last-layer embeddings).
     labeled: bool[n], the points already labeled (the initial centres).
     k: number of points to pick (static); at most the number unlabeled.
+    mesh: optional 1-D `jax.sharding.Mesh` to split the points over.
 
   Returns:
     i32[k], the picked indices in pick order.
   """
   embeddings = jnp.asarray(embeddings, jnp.float32)
   labeled = jnp.asarray(labeled, bool)
+  if mesh is None or mesh.size == 1:
+    return _k_center_picks(embeddings, labeled, jnp.ones_like(labeled), k, None)
+  axis = mesh.axis_names[0]
+  split = jax.sharding.PartitionSpec(axis)
+  n = embeddings.shape[0]
+  n_pad = -(-n // mesh.size) * mesh.size
+  args = (jnp.pad(embeddings, ((0, n_pad - n), (0, 0))), jnp.pad(labeled, (0, n_pad - n)),
+          jnp.arange(n_pad) < n)
+  local = functools.partial(_k_center_picks, k=k, axis=axis)
+  return jax.shard_map(local, mesh=mesh, in_specs=(split,) * 3,
+                       out_specs=jax.sharding.PartitionSpec(), check_vma=False)(*args)
+
+
+def _k_center_picks(embeddings, labeled, valid, k, axis):
+  """The greedy loop of `k_center_greedy` on one device's points.
+
+  Args:
+    embeddings: f32[n, d], this device's points.
+    labeled: bool[n].
+    valid: bool[n], False for padding rows (never centres, never picked).
+    k: picks.
+    axis: None on one device; inside `shard_map`, the mesh axis the points
+      are split over (device i holds rows [i * n, (i + 1) * n)). Each pick
+      gathers one candidate (distance, row, index) per device; ties go to
+      the lowest device, then the lowest row, i.e. the lowest global index,
+      as on one device.
+
+  Returns:
+    i32[k] global indices, the same on every device.
+  """
+  n = embeddings.shape[0]
+  offset = 0 if axis is None else jax.lax.axis_index(axis) * n
+  rows = offset + jnp.arange(n, dtype=jnp.int32)
   sq_norms = jnp.sum(embeddings * embeddings, axis=-1)
-  min_d = _initial_min_dists(embeddings, sq_norms, labeled)
+  min_d = _initial_min_dists(embeddings, sq_norms, labeled & valid, axis)
   # Chosen points are masked out with -inf so they can never win argmax, even
   # if rounding leaves their distance to themselves slightly above zero.
-  min_d = jnp.where(labeled, -jnp.inf, min_d)
+  min_d = jnp.where(labeled | ~valid, -jnp.inf, min_d)
 
   def body(i, carry):
     min_d, picks = carry
-    j = jnp.argmax(min_d).astype(jnp.int32)
-    d_j = sq_dists_to(embeddings, sq_norms, embeddings[j][None, :])[:, 0]
-    min_d = jnp.minimum(min_d, d_j).at[j].set(-jnp.inf)
-    return min_d, picks.at[i].set(j)
+    j = jnp.argmax(min_d)
+    row, g = embeddings[j], rows[j]
+    if axis is not None:
+      w = jnp.argmax(jax.lax.all_gather(min_d[j], axis))
+      row = jax.lax.all_gather(row, axis)[w]
+      g = jax.lax.all_gather(g, axis)[w]
+    d_j = sq_dists_to(embeddings, sq_norms, row[None, :])[:, 0]
+    min_d = jnp.where(rows == g, -jnp.inf, jnp.minimum(min_d, d_j))
+    return min_d, picks.at[i].set(g)
 
-  picks = jnp.zeros((k,), jnp.int32)
-  _, picks = jax.lax.fori_loop(0, k, body, (min_d, picks))
+  _, picks = jax.lax.fori_loop(0, k, body, (min_d, jnp.zeros((k,), jnp.int32)))
   return picks
 
 

@@ -4,7 +4,10 @@ r"""Runs an active learning experiment.
     python -m jal.main --config=configs/mnist.py:low --workdir=/tmp/mnist \
         --config.seeds=0,1 --config.strategies=random,ensembles
 
-Rerunning the same command resumes from the workdir.
+Rerunning the same command resumes from the workdir. With several devices
+the ensemble's members and the pool are split over them (`config.sharding`);
+on several hosts pass --distributed to each process (the launcher's SLURM
+executor does), and only process 0 writes.
 """
 
 import sys
@@ -16,10 +19,14 @@ from ml_collections import config_flags
 
 from jal import experiment
 from jal import logs
+from jal import sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
+_DISTRIBUTED = flags.DEFINE_boolean(
+    'distributed', False, 'Call jax.distributed.initialize() first (multi-host runs; the '
+    'coordinator and process ids come from the environment, e.g. SLURM).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -27,6 +34,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logs.quiet_libraries()
+  if _DISTRIBUTED.value:
+    sharding.initialize_distributed()
   try:
     table = experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:

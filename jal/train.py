@@ -400,10 +400,54 @@ def fit_ensemble(model, tx, spec, batch_size, schedule, learning_rate,
   Returns:
     TrainState whose leaves have a leading member axis m.
   """
+  return _fit_ensemble(model, tx, spec, batch_size, schedule, learning_rate, keys, x, y, idx,
+                       num_valid, num_epochs, init_overrides)
+
+
+def _fit_ensemble(model, tx, spec, batch_size, schedule, learning_rate, keys, x, y, idx,
+                  num_valid, num_epochs, init_overrides):
+  """The body of `fit_ensemble` (traced, not jitted)."""
   states = init_ensemble(model, tx, spec, keys, x, init_overrides)
   one = functools.partial(train_member, model, tx, spec, batch_size, schedule, learning_rate)
   return jax.vmap(one, in_axes=(0, 0, None, None, None, None, None))(
       states, keys, x, y, idx, num_valid, num_epochs)
+
+
+def fit_ensemble_sharded(mesh, model, tx, spec, batch_size, schedule, learning_rate,
+                         keys, x, y, idx, num_valid, num_epochs,
+                         init_overrides=None) -> TrainState:
+  """`fit_ensemble` with the members split over the devices of `mesh`.
+
+  Each device runs `fit_ensemble`'s program on its share of the members
+  (`jax.shard_map` over the mesh's one axis, see `jal.sharding`); data,
+  labeled indices and pretrained leaves are replicated, and no arrays move
+  between devices while training. m members on D devices take ceil(m / D)
+  members' time: the member axis is padded to a multiple of D with copies of
+  the first keys, whose results are dropped. Member i equals `fit_ensemble`'s
+  member i.
+
+  Args:
+    mesh: 1-D `jax.sharding.Mesh`.
+    others: as in `fit_ensemble`.
+
+  Returns:
+    TrainState with a leading member axis m, split over the mesh.
+  """
+  m = keys.shape[0]
+  pad = -(-m // mesh.size) * mesh.size - m
+  keys = jnp.concatenate([keys, keys[jnp.arange(pad) % m]]) if pad else keys
+  states = _fit_sharded(mesh, model, tx, spec, batch_size, schedule, learning_rate, keys, x, y,
+                        idx, num_valid, num_epochs, init_overrides)
+  return jax.tree.map(lambda a: a[:m], states) if pad else states
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+def _fit_sharded(mesh, model, tx, spec, batch_size, schedule, learning_rate, keys, x, y, idx,
+                 num_valid, num_epochs, init_overrides):
+  split, whole = jax.sharding.PartitionSpec(mesh.axis_names[0]), jax.sharding.PartitionSpec()
+  local = functools.partial(_fit_ensemble, model, tx, spec, batch_size, schedule, learning_rate)
+  return jax.shard_map(local, mesh=mesh, in_specs=(split,) + (whole,) * 6, out_specs=split,
+                       check_vma=False)(keys, x, y, idx, num_valid, num_epochs, init_overrides)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -643,7 +687,7 @@ def _predict_chunk(model, spec, with_embeddings, states, x, idx):
 
 
 def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x,
-            one_by_one: bool = False) -> Predictions:
+            one_by_one: bool = False, mesh=None) -> Predictions:
   """Evaluation-mode outputs of an ensemble on all of `x`, in chunks.
 
   Each chunk is gathered from `x` by index on device (no copy of x) and run
@@ -660,6 +704,9 @@ def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x,
     x: stored inputs [n, ...].
     one_by_one: run the members in turn instead of vmapped (faster for
       convnets on CPU, see `members_one_by_one`); the same outputs.
+    mesh: optional 1-D mesh (`jal.sharding`): every chunk's points are split
+      over its devices, which each hold the whole ensemble and `x`; the
+      chunk size is rounded up to a multiple of the device count.
 
   Returns:
     Predictions.
@@ -667,12 +714,20 @@ def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x,
   m = jax.tree.leaves(states.params)[0].shape[0]
   if one_by_one and m > 1:
     parts = [predict(model, spec, chunk_size, with_embeddings and i == 0,
-                     jax.tree.map(lambda a, i=i: a[i:i + 1], states), x) for i in range(m)]
+                     jax.tree.map(lambda a, i=i: a[i:i + 1], states), x, mesh=mesh)
+             for i in range(m)]
     return Predictions(jnp.concatenate([p.logits for p in parts], axis=0), parts[0].embeddings)
+  place = lambda idx: idx
+  if mesh is not None:
+    chunk_size = -(-chunk_size // mesh.size) * mesh.size
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    states, x = jax.device_put((states, x), whole)
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+    place = lambda idx: jax.device_put(idx, split)
   n = x.shape[0]
   logits, embs = [], []
   for start in range(0, n, chunk_size):
-    idx = jnp.minimum(jnp.arange(start, start + chunk_size), n - 1)
+    idx = place(jnp.minimum(jnp.arange(start, start + chunk_size), n - 1))
     lg, emb = _predict_chunk(model, spec, with_embeddings, states, x, idx)
     logits.append(lg)
     embs.append(emb)

@@ -344,8 +344,10 @@ def run_one(job: dict) -> dict:
   This is the function every executor calls (in-process, or in a submitit
   job). Returns {'name', 'workdir', 'table'}.
   """
-  from jal import experiment, logs  # pylint: disable=g-import-not-at-top
+  from jal import experiment, logs, sharding  # pylint: disable=g-import-not-at-top
   logs.quiet_libraries()
+  if job.get('distributed'):  # one process per host (see sweep's --slurm_nodes)
+    sharding.initialize_distributed()
   if logging.get_verbosity() < logging.INFO:
     logging.set_verbosity(logging.INFO)
   config = build_config(job['config_path'], job['arg'], job['overrides'])

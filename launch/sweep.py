@@ -54,6 +54,7 @@ class ClusterOptions:
   cpus_per_task: Optional[int] = None
   mem_gb: Optional[int] = None
   account: Optional[str] = None
+  nodes: int = 1                        # slurm: >1 runs each job on that many hosts
 
 
 @dataclasses.dataclass
@@ -221,11 +222,16 @@ def _run_submitit(runs, root, cluster, max_parallel, options, folder):
                        ('slurm_account', options.account)):
       if value is not None:
         params[key] = value
+    if options.nodes > 1:
+      # One process per host; each calls jax.distributed.initialize() (its
+      # coordinator from SLURM's environment) and shards over every host's GPUs.
+      params.update(nodes=options.nodes, tasks_per_node=1)
   else:
     params['gpus_per_node'] = options.gpus_per_node or 0
   executor.update_parameters(**params)
   fn = job_lib.RunJob()
-  jobs = [r.job(root) for r in runs]
+  jobs = [{**r.job(root), 'distributed': cluster == 'slurm' and options.nodes > 1}
+          for r in runs]
   failed = {}
 
   def collect(run, job):
@@ -296,6 +302,8 @@ def run_sweep(grid: str, root: str, executor: str = 'local', max_parallel: int =
     raise SweepError('--root is required')
   root = os.path.abspath(os.path.expanduser(root))
   options = options or ClusterOptions()
+  if options.nodes < 1 or (options.nodes > 1 and executor != 'slurm'):
+    raise SweepError(f'--slurm_nodes={options.nodes}: must be 1, or more with --executor=slurm')
   runs, actions, details = plan(grid, root)
   for run in runs:
     detail = f' ({details[run.name]})' if details[run.name] else ''
@@ -367,6 +375,8 @@ def _define_flags():
                        'submitit_local); a job that hits it is requeued and resumes.')
   flags.DEFINE_integer('slurm_cpus_per_task', None, 'CPUs per job.')
   flags.DEFINE_integer('slurm_mem_gb', None, 'Memory per job, GB.')
+  flags.DEFINE_integer('slurm_nodes', 1, 'Hosts per job; above 1 each job runs one process per '
+                       'host with jax.distributed and shards members and pools over all GPUs.')
   flags.mark_flags_as_required(['grid', 'root'])
 
 
@@ -377,7 +387,8 @@ def main(argv):
   f = flags.FLAGS
   options = ClusterOptions(partition=f.slurm_partition, gpus_per_node=f.slurm_gpus_per_node,
                            time_min=f.slurm_time_min, cpus_per_task=f.slurm_cpus_per_task,
-                           mem_gb=f.slurm_mem_gb, account=f.slurm_account)
+                           mem_gb=f.slurm_mem_gb, account=f.slurm_account,
+                           nodes=f.slurm_nodes)
   try:
     result = run_sweep(f.grid, f.root, f.executor, f.max_parallel, f.report_out, options,
                        f.submitit_folder, f.dry_run, f.devices)

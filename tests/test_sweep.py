@@ -256,3 +256,61 @@ def test_local_runs_are_spread_over_devices_one_per_device(tmp_path, monkeypatch
   assert len(started) == len(runs) == 9
   assert {d for _, d in started} == {'0', '1'} and max(peak) == 2
   assert all('jal.main' in ' '.join(cmd) for cmd, _ in started)
+
+
+def test_slurm_nodes_only_with_slurm(tmp_path):
+  one_line_error('--slurm_nodes=2: must be 1, or more with --executor=slurm',
+                 grid='launch/grids/gaussian.py', root=str(tmp_path), executor='local',
+                 options=sweep.ClusterOptions(nodes=2))
+
+
+class _FakeJob:
+  job_id = '7'
+
+  def result(self):
+    return {}
+
+
+class _FakeExecutor:
+  """Records what the sweep asks of submitit, runs nothing."""
+  seen = {}
+
+  def __init__(self, folder, cluster):
+    self.seen['cluster'] = cluster
+
+  def update_parameters(self, **params):
+    self.seen['params'] = params
+
+  def map_array(self, fn, jobs):
+    self.seen['jobs'] = jobs
+    return [_FakeJob() for _ in jobs]
+
+
+@pytest.mark.parametrize('nodes', [1, 2])
+def test_multi_node_slurm_jobs_run_one_process_per_host(nodes, tmp_path, monkeypatch):
+  fake = type('submitit', (), {'AutoExecutor': _FakeExecutor})
+  monkeypatch.setattr(sweep, 'import_submitit', lambda executor: fake)
+  runs = grid.expand(grid.load_grid('launch/grids/gaussian.py:smoke'))[:2]
+  failed = sweep._run_submitit(runs, str(tmp_path), 'slurm', 0,
+                               sweep.ClusterOptions(nodes=nodes), str(tmp_path / 'logs'))
+  assert failed == {}
+  params, jobs = _FakeExecutor.seen['params'], _FakeExecutor.seen['jobs']
+  if nodes == 1:
+    assert 'nodes' not in params and [j['distributed'] for j in jobs] == [False, False]
+  else:
+    assert (params['nodes'], params['tasks_per_node']) == (2, 1)
+    assert [j['distributed'] for j in jobs] == [True, True]
+
+
+def test_distributed_job_initialises_jax_distributed_first(tmp_path, monkeypatch):
+  from jal import experiment, sharding  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(sharding, 'initialize_distributed', lambda: calls.append('init'))
+  monkeypatch.setattr(experiment, 'train_and_evaluate',
+                      lambda config, workdir: calls.append('train') or 'table')
+  run = grid.expand(grid.load_grid('launch/grids/gaussian.py:smoke'))[0]
+  assert grid.run_one({**run.job(str(tmp_path)), 'distributed': True})['table'] == 'table'
+  assert calls == ['init', 'train']
+  calls.clear()
+  grid.run_one(run.job(str(tmp_path)))
+  assert calls == ['train']

@@ -44,12 +44,15 @@ class Inputs(NamedTuple):
     embeddings: f32[n, d] or None if not requested.
     mc_logits: f32[T, n, c] or None if not requested.
     classifier: Classifier or None if not requested.
+    mesh: the `jal.sharding` mesh the loop splits pools over, or None (one
+      device); kernels that take a mesh (k-Center) use it.
   """
   labeled: Any
   logits: Any = None
   embeddings: Any = None
   mc_logits: Any = None
   classifier: Any = None
+  mesh: Any = None
 
 
 @dataclasses.dataclass(frozen=True)

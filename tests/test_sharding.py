@@ -1,0 +1,147 @@
+"""Sharded and unsharded training, scoring, k-Center and loop give the same results.
+
+The multi-device tests need 4 devices. On a one-device machine,
+`test_on_four_host_devices` reruns this file in a subprocess with
+XLA_FLAGS=--xla_force_host_platform_device_count=4 (four CPU devices).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jal import config_lib, data, experiment, kernels, models, sharding, train
+from tests.conftest import REPO
+from tests.test_experiment import smoke
+
+FOUR = '--xla_force_host_platform_device_count=4'
+multi = pytest.mark.skipif(jax.device_count() < 4, reason='needs 4 devices (see module doc)')
+TRAIN = ml_collections.ConfigDict(dict(optimizer='adam', learning_rate=1e-2, weight_decay=0.0))
+
+
+def test_on_four_host_devices():
+  if jax.device_count() >= 4:
+    pytest.skip('this process already has several devices')
+  env = {**os.environ, 'XLA_FLAGS': f"{os.environ.get('XLA_FLAGS', '')} {FOUR}".strip(),
+         'PYTHONPATH': str(REPO)}
+  out = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p', 'no:cacheprovider',
+                        __file__], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=900)
+  assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+  # Every multi-device test ran, this one skipped.
+  assert '1 skipped' in out.stdout and ' 0 passed' not in out.stdout, out.stdout[-1000:]
+
+
+def test_mesh_for_settings():
+  assert sharding.mesh_for('none') is None
+  if jax.device_count() == 1:
+    assert sharding.mesh_for('auto') is None
+  with pytest.raises(ValueError, match="unknown sharding 'gpus'; valid: auto, none"):
+    sharding.mesh_for('gpus')
+  with pytest.raises(ValueError, match="unknown sharding 'gpus'; valid: auto, none"):
+    config_lib.validate(smoke(sharding='gpus'))
+
+
+@multi
+@pytest.mark.parametrize('n,d,num_labeled,k', [(103, 7, 5, 20), (1000, 16, 0, 50),
+                                               (997, 32, 300, 64), (4001, 8, 600, 12)])
+def test_k_center_sharded_picks_equal_unsharded(n, d, num_labeled, k):
+  rng = np.random.default_rng(n)
+  emb = rng.normal(size=(n, d)).astype(np.float32)
+  labeled = np.zeros(n, bool)
+  labeled[rng.choice(n, num_labeled, replace=False)] = True
+  expected = np.asarray(kernels.k_center_greedy(emb, labeled, k=k))
+  if num_labeled == 0:
+    assert expected[0] == 0  # nothing labeled: every distance is +inf, the lowest index wins
+  for devices in (2, 3, 4):
+    mesh = sharding.make_mesh(jax.devices()[:devices])
+    got = np.asarray(kernels.k_center_greedy(emb, labeled, k=k, mesh=mesh))
+    np.testing.assert_array_equal(got, expected)
+
+
+@multi
+def test_k_center_sharded_hand_made_points():
+  # Points on a line, 0 labeled. Farthest first: 10 (index 5), then 5 (4);
+  # then 2, 3, 7 and 8 all lie at squared distance 4 (exactly) and the
+  # lowest index wins, across devices too: 2, then 6 (7 and 8 tie).
+  pts = np.array([[0.], [1.], [2.], [3.], [5.], [10.], [7.], [8.]], np.float32)
+  labeled = np.zeros(8, bool)
+  labeled[0] = True
+  mesh = sharding.make_mesh(jax.devices()[:4])  # two points per device
+  np.testing.assert_array_equal(kernels.k_center_greedy(pts, labeled, k=4, mesh=mesh),
+                                [5, 4, 2, 6])
+  np.testing.assert_array_equal(kernels.k_center_greedy(pts, labeled, k=4), [5, 4, 2, 6])
+
+
+def _problem(model):
+  ds = data.gaussian_blobs(num_train=200, num_test=10, seed=0)
+  x = jnp.asarray(ds.x_train)
+  if isinstance(model, models.LeNet):
+    x = jnp.tile(x[:, None, None, :1], (1, 12, 12, 1))
+  idx = np.zeros(32, np.int32)
+  idx[:20] = np.arange(20)
+  return (model, train.make_optimizer(TRAIN), train.InputSpec(), 8, 'cosine', 1e-2), (
+      x, jnp.asarray(ds.y_train), jnp.asarray(idx), jnp.int32(20), jnp.int32(3))
+
+
+@multi
+@pytest.mark.parametrize('model', [models.MLP(2, hidden=(8,)), models.LeNet(2)])
+@pytest.mark.parametrize('members,devices', [(5, 4), (5, 2), (4, 4)])
+def test_fit_sharded_equals_fit_ensemble(model, members, devices):
+  static, arrays = _problem(model)
+  keys = jax.random.split(jax.random.PRNGKey(5), members)
+  expected = train.fit_ensemble(*static, keys, *arrays)
+  mesh = sharding.make_mesh(jax.devices()[:devices])
+  got = train.fit_ensemble_sharded(mesh, *static, keys, *arrays)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), expected, got)
+  assert got.opt_state.inner_state[0].count.tolist() == [9] * members
+  if members % devices == 0:  # no padding: the result stays split, one share per device
+    leaf = jax.tree.leaves(got.params)[0]
+    assert leaf.sharding.spec == jax.sharding.PartitionSpec(sharding.DEVICES)
+    assert {s.data.shape[0] for s in leaf.addressable_shards} == {members // devices}
+
+
+@multi
+def test_predict_sharded_equals_unsharded():
+  static, arrays = _problem(models.LeNet(3))
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  states = train.fit_ensemble(*static, keys, *arrays)
+  x = arrays[0]
+  expected = train.predict(static[0], train.InputSpec(), 64, True, states, x)
+  mesh = sharding.make_mesh()
+  for one_by_one in (False, True):
+    got = train.predict(static[0], train.InputSpec(), 63, True, states, x, one_by_one, mesh)
+    np.testing.assert_allclose(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.embeddings, expected.embeddings, rtol=1e-5, atol=1e-5)
+    assert got.logits.shape == (3, 200, 3)
+
+
+@multi
+def test_loop_sharded_equals_unsharded(tmp_path):
+  outputs = {}
+  for setting in ('auto', 'none'):
+    config = smoke(sharding=setting, **{'train.loop': 'scan'})
+    workdir = tmp_path / setting
+    experiment.train_and_evaluate(config, str(workdir))
+    outputs[setting] = [[json.loads(l) for l in (workdir / f).read_text().splitlines()]
+                        for f in ('metrics.jsonl', 'selections.jsonl')]
+  assert outputs['auto'][1] == outputs['none'][1]  # the same picks, every round
+  for a, b in zip(*(outputs[s][0] for s in ('auto', 'none'))):
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+      assert value == pytest.approx(b[key], abs=1e-6), key
+
+
+@multi
+def test_stepwise_loop_with_several_devices_is_refused(tmp_path):
+  config = smoke(**{'train.loop': 'step'})
+  with pytest.raises(ValueError, match=r"train.loop='step' runs on one device; with 4 devices"):
+    experiment.train_and_evaluate(config, str(tmp_path))
+  assert not (pathlib.Path(tmp_path) / 'metrics.jsonl').exists()
