@@ -8,9 +8,10 @@ Cases:
   ensemble_train  training images/s of `train.fit_ensemble` (members vmapped)
                   for N in --members, ResNet-18 (CIFAR stem) and LeNet; the
                   ratio of aggregate images/s of the largest N to the
-                  smallest; and the largest N trained one member after
-                  another in one program (`lax.map` of `train.fit`), the
-                  reference vmap must never be slower than.
+                  smallest; the largest N trained one member after
+                  another in one program (`train.fit_members_map`), the
+                  reference jal must never be slower than; and which of the
+                  two jal's loop runs ('auto').
   k_center        `kernels.k_center_greedy` seconds, against the memory
                   bandwidth bound n*d*4*k / bandwidth, the bandwidth measured
                   in the same run by a large on-device `jnp.sum`.
@@ -233,19 +234,10 @@ def labeled_set(w: Workload, steps: int, seed: int):
           jnp.asarray(idx), jnp.int32(n))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def fit_sequential(model, tx, spec, batch_size, schedule, learning_rate,
-                   keys, x, y, idx, num_valid, num_epochs) -> train.TrainState:
-  """The members of `fit_ensemble`, trained one after another in one program."""
-  one = lambda k: train.fit(model, tx, spec, batch_size, schedule, learning_rate, k, x, y, idx,
-                            num_valid, num_epochs)
-  return jax.lax.map(one, keys)
-
-
 def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
   """One record: training throughput of `members` members, 'vmap' or 'sequential'."""
   x, y, idx, num_valid = labeled_set(w, p.steps, p.seed)
-  fn = {'vmap': train.fit_ensemble, 'sequential': fit_sequential}[mode]
+  fn = {'vmap': train.fit_ensemble, 'sequential': train.fit_members_map}[mode]
   dynamic = (member_keys(p.seed, members), x, y, idx, num_valid, jnp.int32(1))
   compiled, compile_s = aot_compile(fn, w.model, w.tx, w.spec, w.batch_size, w.schedule,
                                     w.learning_rate, *dynamic)
@@ -254,7 +246,7 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
   return {'case': 'ensemble_train', 'model': w.name, 'mode': mode, 'members': members,
           'image_shape': list(w.image_shape), 'batch_size_per_member': w.batch_size,
           'steps': p.steps, 'index_capacity': int(idx.shape[0]),
-          'function': {'vmap': 'train.fit_ensemble', 'sequential': 'bench.fit_sequential'}[mode],
+          'function': {'vmap': 'train.fit_ensemble', 'sequential': 'train.fit_members_map'}[mode],
           'images_per_second': images / t.median,
           'images_per_second_per_member': images / members / t.median,
           'steps_per_second': p.steps / t.median, 'compile_seconds': compile_s,
@@ -273,6 +265,14 @@ def scaling_record(w: Workload, by_members: dict[int, dict], sequential: dict | 
   if sequential is not None:
     rec['vmap_over_sequential_ratio'] = (by_members[hi]['images_per_second']
                                          / sequential['images_per_second'])
+    # What jal's loop runs here (train.loop='auto'), and how it compares.
+    fit_fn = train.get_fit_fn('auto', w.model, jnp.zeros((1, *w.image_shape), jnp.float32))
+    rec['auto_function'] = f'train.{fit_fn.__name__}'
+    auto = {train.fit_ensemble: by_members[hi], train.fit_members_map: sequential}.get(fit_fn)
+    if auto is not None:
+      rec['auto_images_per_second'] = auto['images_per_second']
+      rec['auto_over_sequential_ratio'] = (auto['images_per_second']
+                                           / sequential['images_per_second'])
   return rec
 
 

@@ -292,7 +292,7 @@ def base_config() -> ml_collections.ConfigDict:
       momentum=0.9,
       schedule='constant',
       augment='none',
-      loop='auto',          # 'scan', 'step' or 'member_step'; see train.get_fit_fn
+      loop='auto',          # 'scan', 'map', 'step' or 'member_step'; see train.get_fit_fn
   ))
   return c
 

@@ -118,9 +118,10 @@ class Experiment:
     # Several devices: members and pools are split over a mesh (jal.sharding),
     # and the data sit whole on every device.
     self.mesh = sharding.mesh_for(config.get('sharding', 'auto'))
-    if self.mesh is not None and config.train.loop not in ('auto', 'scan'):
+    if self.mesh is not None and config.train.loop not in ('auto', 'scan', 'map'):
       raise ValueError(f"train.loop='{config.train.loop}' runs on one device; with "
-                       f"{self.mesh.size} devices use 'scan' (or 'auto'), or sharding='none'")
+                       f"{self.mesh.size} devices use 'scan', 'map' or 'auto', or "
+                       "sharding='none'")
     place = (jax.device_put if self.mesh is None else
              functools.partial(jax.device_put, device=sharding.replicated(self.mesh)))
     self.x_train = place(dataset.x_train)
@@ -185,7 +186,9 @@ class Experiment:
     idx[:num] = labeled_idx
     epochs = train.epochs_for(num, tc.batch_size, tc.epochs, tc.min_steps)
     if self.mesh is not None:
-      fit_fn = functools.partial(train.fit_ensemble_sharded, self.mesh)
+      in_turn = tc.loop == 'map' or (tc.loop == 'auto' and
+                                     train.members_in_turn_on_accelerators(self.model))
+      fit_fn = functools.partial(train.fit_ensemble_sharded, self.mesh, in_turn=in_turn)
     else:
       fit_fn = train.get_fit_fn(tc.loop, self.model, self.x_train[:1])
     stepwise = fit_fn in (train.fit_ensemble_stepwise, train.fit_members_stepwise)

@@ -93,13 +93,14 @@ def _problem(model):
 
 @multi
 @pytest.mark.parametrize('model', [models.MLP(2, hidden=(8,)), models.LeNet(2)])
-@pytest.mark.parametrize('members,devices', [(5, 4), (5, 2), (4, 4)])
-def test_fit_sharded_equals_fit_ensemble(model, members, devices):
+@pytest.mark.parametrize('members,devices,in_turn', [(5, 4, False), (5, 2, False),
+                                                     (4, 4, False), (5, 2, True)])
+def test_fit_sharded_equals_fit_ensemble(model, members, devices, in_turn):
   static, arrays = _problem(model)
   keys = jax.random.split(jax.random.PRNGKey(5), members)
   expected = train.fit_ensemble(*static, keys, *arrays)
   mesh = sharding.make_mesh(jax.devices()[:devices])
-  got = train.fit_ensemble_sharded(mesh, *static, keys, *arrays)
+  got = train.fit_ensemble_sharded(mesh, *static, keys, *arrays, in_turn=in_turn)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), expected, got)
   assert got.opt_state.inner_state[0].count.tolist() == [9] * members
   if members % devices == 0:  # no padding: the result stays split, one share per device
