@@ -226,7 +226,10 @@ def train_step(model, tx, state: TrainState, x, y, mask, learning_rate, dropout_
     (new state, loss f32[]).
   """
   mutable = list(state.model_state)
-  apply_kwargs = {} if dropout_key is None else {'rngs': {'dropout': dropout_key}}
+  # The mask also keeps padding rows out of BatchNorm's batch statistics.
+  apply_kwargs = {'mask': mask}
+  if dropout_key is not None:
+    apply_kwargs['rngs'] = {'dropout': dropout_key}
 
   def loss_fn(params):
     variables = {'params': params, **state.model_state}
