@@ -177,7 +177,7 @@ class Experiment:
 
     `checkpoint` (a train.FitCheckpointer, e.g. FitCheckpoints) saves and
     resumes the fit mid-way; only the stepwise drivers (the CPU default) use
-    it, the one-program 'scan' driver runs a fit whole.
+    it, the one-program drivers ('scan', 'map', sharded) run a fit whole.
     """
     tc = self.config.train
     num = len(labeled_idx)

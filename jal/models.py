@@ -53,8 +53,7 @@ class MLP(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, train: bool = False, mc: bool = False, mask=None):
-    del mask  # no batch statistics
+  def __call__(self, x, train: bool = False, mc: bool = False):
     x = emb = x.reshape(x.shape[0], -1).astype(self.dtype)
     for width in self.hidden:
       emb = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
@@ -74,8 +73,7 @@ class LeNet(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, train: bool = False, mc: bool = False, mask=None):
-    del mask  # no batch statistics
+  def __call__(self, x, train: bool = False, mc: bool = False):
     x = x.astype(self.dtype)
     x = nn.relu(nn.Conv(6, (5, 5), padding='SAME', dtype=self.dtype)(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))

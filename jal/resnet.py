@@ -63,12 +63,8 @@ class BasicBlock(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False, mask=None) -> jnp.ndarray:
-    """x: [b, h, w, c] -> [b, h / strides, w / strides, features].
-
-    `mask` (bool[b, 1, 1, 1], training only): the rows BatchNorm's batch
-    statistics are taken over; None: every row.
-    """
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """x: [b, h, w, c] -> [b, h / strides, w / strides, features]."""
     conv = functools.partial(
         nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype)
@@ -78,15 +74,15 @@ class BasicBlock(nn.Module):
     s = (self.strides, self.strides)
 
     y = conv(self.features, (3, 3), s, padding=_pad(3), name='conv1')(x)
-    y = nn.relu(norm(name='bn1')(y, mask=mask))
+    y = nn.relu(norm(name='bn1')(y))
     y = conv(self.features, (3, 3), padding=_pad(3), name='conv2')(y)
-    y = norm(name='bn2')(y, mask=mask)
+    y = norm(name='bn2')(y)
 
     shortcut = x
     if self.downsample:
       shortcut = conv(self.features, (1, 1), s, padding=((0, 0), (0, 0)),
                       name='downsample_conv')(x)
-      shortcut = norm(name='downsample_bn')(shortcut, mask=mask)
+      shortcut = norm(name='downsample_bn')(shortcut)
     return nn.relu(y + shortcut)
 
 
@@ -114,8 +110,8 @@ class ResNet18(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False, mc: bool = False,
-               mask=None) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               mc: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Forward pass.
 
     Args:
@@ -124,9 +120,6 @@ class ResNet18(nn.Module):
         dropout if True.
       mc: Monte Carlo dropout: BatchNorm running averages, one dropout mask
         shared by the batch (see `jal.models`).
-      mask: bool[b], training only: the valid rows of a padded batch.
-        BatchNorm takes its batch statistics (and running averages) over
-        these only, so padding rows do not change training; None: all rows.
 
     Returns:
       logits: f32[b, num_classes].
@@ -136,7 +129,6 @@ class ResNet18(nn.Module):
       raise ValueError(f'ResNet18: unknown stem {self.stem!r}, '
                        f'expected one of {STEMS}')
     x = jnp.asarray(x, self.dtype)
-    bn_mask = None if mask is None else jnp.asarray(mask, bool)[:, None, None, None]
     if self.stem == 'cifar':
       k, s = 3, 1
     else:
@@ -147,7 +139,7 @@ class ResNet18(nn.Module):
                 param_dtype=self.param_dtype, name='conv1')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                      epsilon=BN_EPSILON, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='bn1')(x, mask=bn_mask)
+                     param_dtype=self.param_dtype, name='bn1')(x)
     x = nn.relu(x)
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
@@ -158,7 +150,7 @@ class ResNet18(nn.Module):
         first = i > 0 and j == 0
         x = BasicBlock(width, strides=2 if first else 1, downsample=first,
                        dtype=self.dtype, param_dtype=self.param_dtype,
-                       name=f'layer{i + 1}_{j}')(x, train=train, mask=bn_mask)
+                       name=f'layer{i + 1}_{j}')(x, train=train)
 
     embedding = jnp.mean(x, axis=(1, 2))
     head_in = embedding

@@ -20,7 +20,9 @@ the last valid batch are skipped by a `lax.cond` whose predicate does not
 depend on the member, so under `vmap` it stays a real branch.
 `fit_ensemble_stepwise` runs the same arithmetic one dispatched step at a
 time, which XLA:CPU runs faster for convnets (`get_fit_fn('auto')` picks it
-on CPU).
+on CPU); `fit_members_map` and `fit_members_stepwise` train the members in
+turn (faster for ResNet-18 on GPUs, and for convnets on CPUs), and
+`fit_ensemble_sharded` splits the members over the devices of a mesh.
 
     from jal import train
     tx = train.make_optimizer(config.train)
@@ -226,10 +228,7 @@ def train_step(model, tx, state: TrainState, x, y, mask, learning_rate, dropout_
     (new state, loss f32[]).
   """
   mutable = list(state.model_state)
-  # The mask also keeps padding rows out of BatchNorm's batch statistics.
-  apply_kwargs = {'mask': mask}
-  if dropout_key is not None:
-    apply_kwargs['rngs'] = {'dropout': dropout_key}
+  apply_kwargs = {} if dropout_key is None else {'rngs': {'dropout': dropout_key}}
 
   def loss_fn(params):
     variables = {'params': params, **state.model_state}
@@ -276,18 +275,26 @@ def _split_member_key(key):
 
 
 def _epoch_batches(shuffle_key, e, idx, num_valid, batch_size):
-  """Epoch e's batches: valid entries in a fresh random order, then padding.
+  """Epoch e's batches: the valid entries in a fresh random order.
+
+  Slots past the last valid entry (in the epoch's last batch, or the whole
+  batch when fewer than B points are labeled) are filled by cycling through
+  the epoch's order again and masked out of the loss: every row is a real
+  labeled image, so BatchNorm's batch statistics never see a padding image,
+  and a last batch with a single valid row does not collapse its variance.
 
   Returns:
-    (batches i32[slots, B] of data indices, masks bool[slots, B]).
+    (batches i32[slots, B] of data indices, masks bool[slots, B] of the rows
+    that count in the loss).
   """
   capacity = idx.shape[0]
   positions = jnp.arange(capacity)
   priority = jnp.where(positions < num_valid,
                        jax.random.uniform(jax.random.fold_in(shuffle_key, e), (capacity,)), 2.0)
   order = jnp.argsort(priority)
-  return (idx[order].reshape(-1, batch_size),
-          (order < num_valid).reshape(-1, batch_size))
+  filled = order[positions % jnp.maximum(num_valid, 1)]
+  return (idx[filled].reshape(-1, batch_size),
+          (positions < num_valid).reshape(-1, batch_size))
 
 
 def _slot_update(model, tx, spec, schedule, learning_rate, state, aug_key, x, y,
@@ -452,12 +459,11 @@ def fit_ensemble_sharded(mesh, model, tx, spec, batch_size, schedule, learning_r
 
   Each device runs `fit_ensemble`'s program (or `fit_members_map`'s, if
   `in_turn`) on its share of the members (`jax.shard_map` over the mesh's
-  one axis, see `jal.sharding`); data,
-  labeled indices and pretrained leaves are replicated, and no arrays move
-  between devices while training. m members on D devices take ceil(m / D)
-  members' time: the member axis is padded to a multiple of D with copies of
-  the first keys, whose results are dropped. Member i equals `fit_ensemble`'s
-  member i.
+  one axis, see `jal.sharding`); data, labeled indices and pretrained leaves
+  are replicated, and no arrays move between devices while training. m
+  members on D devices take ceil(m / D) members' time: the member axis is
+  padded to a multiple of D with copies of the first keys, whose results are
+  dropped. Member i equals `fit_ensemble`'s member i (to float tolerance).
 
   Args:
     mesh: 1-D `jax.sharding.Mesh`.

@@ -118,32 +118,3 @@ def test_vmapped_ensemble():
         lambda a, b, m=m: np.testing.assert_allclose(a[m], b, rtol=1e-4,
                                                      atol=1e-5),
         upd, u_m)
-
-
-def test_padding_rows_do_not_change_a_training_step():
-  """A batch of 5 valid rows padded to 16 trains exactly as the 5 rows alone.
-
-  The mask keeps padding rows out of the loss and out of BatchNorm's batch
-  statistics and running averages.
-  """
-  import optax  # pylint: disable=g-import-not-at-top
-  from jal import train  # pylint: disable=g-import-not-at-top
-  model = resnet.ResNet18(3, width=4)
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(5, 8, 8, 3)), jnp.float32)
-  y = jnp.asarray([0, 1, 2, 1, 0], jnp.int32)
-  tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-  state = train.init_state(model, tx, jax.random.PRNGKey(0), x[:1])
-  alone, loss_alone = train.train_step(model, tx, state, x, y, jnp.ones(5, bool), 0.1)
-  # Padding: 11 copies of a far-off image, as the loop pads with a repeated index.
-  pad = jnp.full((11, 8, 8, 3), 50.0)
-  xp, yp = jnp.concatenate([x, pad]), jnp.concatenate([y, jnp.zeros(11, jnp.int32)])
-  mask = jnp.arange(16) < 5
-  padded, loss_padded = train.train_step(model, tx, state, xp, yp, mask, 0.1)
-  np.testing.assert_allclose(loss_padded, loss_alone, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=5e-5),
-               (alone.params, alone.model_state), (padded.params, padded.model_state))
-  # Without the mask BatchNorm would see the padding: the running mean moves.
-  unmasked, _ = train.train_step(model, tx, state, xp, yp, jnp.ones(16, bool), 0.1)
-  mean = lambda s: s.model_state['batch_stats']['bn1']['mean']
-  assert float(jnp.max(jnp.abs(mean(unmasked) - mean(alone)))) > 1e-2

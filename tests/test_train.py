@@ -94,6 +94,25 @@ def test_padding_and_capacity_do_not_change_training(blobs):
   assert int(outs[1].opt_state.inner_state[0].count[0]) == 8
 
 
+def test_epoch_batches_fill_padding_with_the_epochs_own_samples():
+  # 11 labeled points (data indices 100..110) in a capacity of 16, batches of 4.
+  idx = jnp.asarray(np.r_[np.arange(100, 111), np.zeros(5)], jnp.int32)
+  batches, masks = train._epoch_batches(jax.random.PRNGKey(0), 3, idx, jnp.int32(11), 4)
+  batches, masks = np.asarray(batches).ravel(), np.asarray(masks).ravel()
+  # The first 11 slots: every labeled point once, shuffled; they alone count.
+  assert sorted(batches[:11]) == list(range(100, 111))
+  assert list(batches[:11]) != list(range(100, 111))
+  np.testing.assert_array_equal(masks, np.arange(16) < 11)
+  # The rest cycle through the same order again: real labeled images, never
+  # the padding index 0 (which BatchNorm would otherwise average in).
+  np.testing.assert_array_equal(batches[11:], batches[:5])
+  # Fewer labeled points than a batch: the one batch holds them, cycled.
+  batches, masks = train._epoch_batches(jax.random.PRNGKey(0), 0, idx, jnp.int32(3), 8)
+  row = np.asarray(batches)[0]
+  assert sorted(row[:3]) == [100, 101, 102] and list(row[3:]) == list(row[:3]) * 1 + list(row[:2])
+  assert np.asarray(masks)[0].tolist() == [True] * 3 + [False] * 5
+
+
 def test_crop_flip_keeps_content():
   x = jnp.arange(2 * 8 * 8 * 1, dtype=jnp.float32).reshape(2, 8, 8, 1)
   out = train.crop_flip(jax.random.PRNGKey(0), x, pad=2)
