@@ -51,6 +51,7 @@ from jal import experiment
 from jal import kernels
 from jal import models
 from jal import resnet
+from jal import sharding
 from jal import strategies as strategies_lib
 from jal import train
 
@@ -82,6 +83,7 @@ class Params:
   repeats: int = 3
   warmup: int = 1
   seed: int = 0
+  devices: int = 1   # >1: also split members (ensemble_train) and the pool (k_center)
 
 
 # Small: seconds on a CPU. Two members, not five: XLA:CPU runs vmapped
@@ -100,6 +102,9 @@ def params_for(size: str, **overrides) -> Params:
   for k in ('members', 'train_models'):
     if k in base:
       base[k] = tuple(base[k])
+  devices = base.get('devices', 1)
+  if not 1 <= devices <= jax.device_count():
+    raise ValueError(f'devices={devices}: between 1 and the {jax.device_count()} visible')
   return Params(size=size, **base)
 
 
@@ -234,23 +239,39 @@ def labeled_set(w: Workload, steps: int, seed: int):
           jnp.asarray(idx), jnp.int32(n))
 
 
+def bench_mesh(p: Params):
+  """The mesh of the first `p.devices` devices, or None for one device."""
+  return None if p.devices <= 1 else sharding.make_mesh(jax.devices()[:p.devices])
+
+
 def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
-  """One record: training throughput of `members` members, 'vmap' or 'sequential'."""
+  """One record: training throughput of `members` members, 'vmap', 'sequential'
+  or 'sharded' (members split over `p.devices` devices, vmapped on each)."""
   x, y, idx, num_valid = labeled_set(w, p.steps, p.seed)
-  fn = {'vmap': train.fit_ensemble, 'sequential': train.fit_members_map}[mode]
   dynamic = (member_keys(p.seed, members), x, y, idx, num_valid, jnp.int32(1))
-  compiled, compile_s = aot_compile(fn, w.model, w.tx, w.spec, w.batch_size, w.schedule,
-                                    w.learning_rate, *dynamic)
-  t = measure(lambda: compiled(*dynamic), p.repeats, p.warmup)
+  if mode == 'sharded':
+    mesh = bench_mesh(p)
+    fn = lambda: train.fit_ensemble_sharded(mesh, w.model, w.tx, w.spec, w.batch_size,
+                                            w.schedule, w.learning_rate, *dynamic)
+    t = measure(fn, p.repeats, p.warmup)
+    compile_s, compile_how = t.first_call_seconds - t.median, 'first call minus median'
+  else:
+    fn = {'vmap': train.fit_ensemble, 'sequential': train.fit_members_map}[mode]
+    compiled, compile_s = aot_compile(fn, w.model, w.tx, w.spec, w.batch_size, w.schedule,
+                                      w.learning_rate, *dynamic)
+    compile_how = 'jit lower().compile()'
+    t = measure(lambda: compiled(*dynamic), p.repeats, p.warmup)
   images = members * p.steps * w.batch_size
   return {'case': 'ensemble_train', 'model': w.name, 'mode': mode, 'members': members,
           'image_shape': list(w.image_shape), 'batch_size_per_member': w.batch_size,
           'steps': p.steps, 'index_capacity': int(idx.shape[0]),
-          'function': {'vmap': 'train.fit_ensemble', 'sequential': 'train.fit_members_map'}[mode],
+          'function': {'vmap': 'train.fit_ensemble', 'sequential': 'train.fit_members_map',
+                       'sharded': 'train.fit_ensemble_sharded'}[mode],
+          'devices': p.devices if mode == 'sharded' else 1,
           'images_per_second': images / t.median,
           'images_per_second_per_member': images / members / t.median,
           'steps_per_second': p.steps / t.median, 'compile_seconds': compile_s,
-          'compile_timing': 'jit lower().compile()',
+          'compile_timing': compile_how,
           'note': 'aggregate over members; each call inits and trains fresh members',
           **t.fields()}
 
@@ -288,6 +309,8 @@ def bench_ensemble_train(p: Params) -> list[dict]:
     top = max(by_members)
     sequential = time_fit(w, p, top, 'sequential') if top > 1 else None
     out += list(by_members.values()) + ([sequential] if sequential else [])
+    if p.devices > 1:
+      out.append(time_fit(w, p, top, 'sharded'))
     out.append(scaling_record(w, by_members, sequential))
   return out
 
@@ -313,12 +336,14 @@ def bench_k_center(p: Params) -> list[dict]:
   labeled = np.zeros((p.kc_n,), bool)
   labeled[np.random.default_rng(p.seed).choice(p.kc_n, p.kc_labeled, replace=False)] = True
   labeled = jnp.asarray(labeled)
-  compiled, compile_s = aot_compile(kernels.k_center_greedy, emb, labeled, k=p.kc_k)
+  mesh = bench_mesh(p)
+  compiled, compile_s = aot_compile(kernels.k_center_greedy, emb, labeled, k=p.kc_k, mesh=mesh)
   t = measure(lambda: compiled(emb, labeled), p.repeats, p.warmup)
   bound = p.kc_n * p.kc_d * 4 * p.kc_k / bandwidth
   logging.info('k_center: %.4f s, bound %.4f s (%.1f GB/s)', t.median, bound, bandwidth / 1e9)
   return [{'case': 'k_center', 'n': p.kc_n, 'd': p.kc_d, 'labeled': p.kc_labeled, 'k': p.kc_k,
-           'function': 'kernels.k_center_greedy', 'compile_seconds': compile_s,
+           'devices': p.devices, 'function': 'kernels.k_center_greedy',
+           'compile_seconds': compile_s,
            'compile_timing': 'jit lower().compile()', **t.fields(),
            'bandwidth_bytes_per_second': bandwidth, 'bandwidth_array_bytes': bw_bytes,
            'bandwidth_seconds': bw_timing.median,
@@ -327,7 +352,9 @@ def bench_k_center(p: Params) -> list[dict]:
            'bound_bytes': p.kc_n * p.kc_d * 4 * p.kc_k, 'bound_seconds': bound,
            'seconds_over_bandwidth_bound': t.median / bound,
            'note': 'bound = n*d*4*k / bandwidth: one read of the embeddings per pick; '
-                   'the initial distances to the labeled set are not in it'}]
+                   'the initial distances to the labeled set are not in it; with several '
+                   'devices the pool is split and the bound uses one device\'s bandwidth '
+                   'for the whole pool'}]
 
 
 # --------------------------------------------------------------------------
@@ -513,6 +540,8 @@ def _define_flags():
   flags.DEFINE_integer('pool', None, 'score_pool: images scored.')
   flags.DEFINE_integer('repeats', None, 'Timed repeats (median reported).')
   flags.DEFINE_enum('dtype', 'auto', ('auto', 'float32', 'bfloat16'), 'Compute dtype.')
+  flags.DEFINE_integer('devices', None, 'Devices to split over (default 1): ensemble_train '
+                       'adds a sharded record, k_center splits the pool.')
   return flags.FLAGS
 
 
@@ -520,7 +549,7 @@ def _main(argv, flags_):
   del argv
   overrides = {k: getattr(flags_, k) for k in (
       'steps', 'resnet_width', 'kc_n', 'kc_d', 'kc_labeled', 'kc_k', 'bandwidth_bytes', 'pool',
-      'repeats', 'dtype', 'train_models')}
+      'repeats', 'dtype', 'train_models', 'devices')}
   if flags_.members is not None:
     overrides['members'] = [int(m) for m in flags_.members]
   p = params_for(flags_.size, **overrides)

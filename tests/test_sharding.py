@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jal import config_lib, data, experiment, kernels, models, sharding, train
+from jal import bench, config_lib, data, experiment, kernels, models, sharding, train
 from tests.conftest import REPO
 from tests.test_experiment import smoke
 
@@ -146,3 +146,17 @@ def test_stepwise_loop_with_several_devices_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"train.loop='step' runs on one device; with 4 devices"):
     experiment.train_and_evaluate(config, str(tmp_path))
   assert not (pathlib.Path(tmp_path) / 'metrics.jsonl').exists()
+
+
+@multi
+def test_bench_splits_over_devices():
+  records = bench.run(('ensemble_train', 'k_center'), size='small', train_models=('lenet',),
+                      devices=4)
+  (kc,) = [r for r in records if r['case'] == 'k_center']
+  assert kc['devices'] == 4 and kc['device_count'] == 4 and kc['seconds'] > 0
+  (sharded,) = [r for r in records if r.get('mode') == 'sharded']
+  assert (sharded['devices'], sharded['members'], sharded['function']) == (
+      4, 2, 'train.fit_ensemble_sharded')
+  assert sharded['images_per_second'] > 0
+  with pytest.raises(ValueError, match='devices=5: between 1 and the 4 visible'):
+    bench.params_for('small', devices=5)
