@@ -10,8 +10,9 @@ Cases:
                   ratio of aggregate images/s of the largest N to the
                   smallest; the largest N trained one member after
                   another in one program (`train.fit_members_map`), the
-                  reference jal must never be slower than; and which of the
-                  two jal's loop runs ('auto').
+                  reference jal must never be slower than; and what jal's
+                  loop runs (train.loop='auto'), timed too when it is a
+                  stepwise CPU driver.
   k_center        `kernels.k_center_greedy` seconds, against the memory
                   bandwidth bound n*d*4*k / bandwidth, the bandwidth measured
                   in the same run by a large on-device `jnp.sum`.
@@ -249,10 +250,13 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
   or 'sharded' (members split over `p.devices` devices, vmapped on each)."""
   x, y, idx, num_valid = labeled_set(w, p.steps, p.seed)
   dynamic = (member_keys(p.seed, members), x, y, idx, num_valid, jnp.int32(1))
-  if mode == 'sharded':
-    mesh = bench_mesh(p)
-    fn = lambda: train.fit_ensemble_sharded(mesh, w.model, w.tx, w.spec, w.batch_size,
-                                            w.schedule, w.learning_rate, *dynamic)
+  if mode in ('sharded', 'auto'):
+    if mode == 'sharded':
+      fit_fn = functools.partial(train.fit_ensemble_sharded, bench_mesh(p))
+    else:
+      fit_fn = auto_fit_fn(w)
+    fn = lambda: fit_fn(w.model, w.tx, w.spec, w.batch_size, w.schedule, w.learning_rate,
+                        *dynamic)
     t = measure(fn, p.repeats, p.warmup)
     compile_s, compile_how = t.first_call_seconds - t.median, 'first call minus median'
   else:
@@ -266,7 +270,8 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
           'image_shape': list(w.image_shape), 'batch_size_per_member': w.batch_size,
           'steps': p.steps, 'index_capacity': int(idx.shape[0]),
           'function': {'vmap': 'train.fit_ensemble', 'sequential': 'train.fit_members_map',
-                       'sharded': 'train.fit_ensemble_sharded'}[mode],
+                       'sharded': 'train.fit_ensemble_sharded',
+                       'auto': f'train.{auto_fit_fn(w).__name__}'}[mode],
           'devices': p.devices if mode == 'sharded' else 1,
           'images_per_second': images / t.median,
           'images_per_second_per_member': images / members / t.median,
@@ -276,7 +281,13 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
           **t.fields()}
 
 
-def scaling_record(w: Workload, by_members: dict[int, dict], sequential: dict | None):
+def auto_fit_fn(w: Workload):
+  """The trainer jal's loop runs for this workload (`train.loop='auto'`)."""
+  return train.get_fit_fn('auto', w.model, jnp.zeros((1, *w.image_shape), jnp.float32))
+
+
+def scaling_record(w: Workload, by_members: dict[int, dict], sequential: dict | None,
+                   auto: dict | None = None):
   """The N=max / N=min aggregate ratio, and vmap over sequential at N=max."""
   lo, hi = min(by_members), max(by_members)
   rec = {'case': 'ensemble_train', 'model': w.name, 'mode': 'summary',
@@ -287,9 +298,10 @@ def scaling_record(w: Workload, by_members: dict[int, dict], sequential: dict | 
     rec['vmap_over_sequential_ratio'] = (by_members[hi]['images_per_second']
                                          / sequential['images_per_second'])
     # What jal's loop runs here (train.loop='auto'), and how it compares.
-    fit_fn = train.get_fit_fn('auto', w.model, jnp.zeros((1, *w.image_shape), jnp.float32))
+    fit_fn = auto_fit_fn(w)
     rec['auto_function'] = f'train.{fit_fn.__name__}'
-    auto = {train.fit_ensemble: by_members[hi], train.fit_members_map: sequential}.get(fit_fn)
+    auto = {train.fit_ensemble: by_members[hi], train.fit_members_map: sequential}.get(
+        fit_fn, auto)
     if auto is not None:
       rec['auto_images_per_second'] = auto['images_per_second']
       rec['auto_over_sequential_ratio'] = (auto['images_per_second']
@@ -311,7 +323,12 @@ def bench_ensemble_train(p: Params) -> list[dict]:
     out += list(by_members.values()) + ([sequential] if sequential else [])
     if p.devices > 1:
       out.append(time_fit(w, p, top, 'sharded'))
-    out.append(scaling_record(w, by_members, sequential))
+    # On CPUs jal's loop runs a stepwise driver: time it too.
+    auto = None
+    if top > 1 and auto_fit_fn(w) not in (train.fit_ensemble, train.fit_members_map):
+      auto = time_fit(w, p, top, 'auto')
+      out.append(auto)
+    out.append(scaling_record(w, by_members, sequential, auto))
   return out
 
 

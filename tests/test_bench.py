@@ -50,6 +50,13 @@ def test_ensemble_train(records):
   (summary,) = of(records, 'ensemble_train', model='lenet', mode='summary')
   assert (summary['members_numerator'], summary['members_denominator']) == (2, 1)
   positive(summary, 'aggregate_images_per_second_ratio', 'vmap_over_sequential_ratio')
+  # On a CPU jal's loop trains LeNet members in turn, step by step: timed too.
+  (auto,) = of(records, 'ensemble_train', model='lenet', mode='auto')
+  assert auto['function'] == summary['auto_function'] == 'train.fit_members_stepwise'
+  assert auto['members'] == 2
+  positive(auto, 'images_per_second')
+  assert summary['auto_over_sequential_ratio'] == pytest.approx(
+      auto['images_per_second'] / seq['images_per_second'])
 
 
 def test_k_center(records):
