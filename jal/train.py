@@ -502,7 +502,8 @@ def _take_slot(batches, masks, s):
   return batches[:, s], masks[:, s]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+# The step's input state is donated: its buffers hold the output state.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(5,))
 def _ensemble_slot(model, tx, spec, schedule, learning_rate, states, keys, x, y, batch, mask,
                    step, total_steps):
   def one(state, key, b, m):
@@ -521,7 +522,7 @@ def _member_epoch_batches(batch_size, key, e, idx, num_valid):
   return _epoch_batches(_split_member_key(key)[1], e, idx, num_valid, batch_size)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(5,))
 def _member_slot(model, tx, spec, schedule, learning_rate, state, key, x, y, batches, masks, s,
                  step, total_steps):
   return _slot_update(model, tx, spec, schedule, learning_rate, state, _split_member_key(key)[2],
