@@ -383,15 +383,19 @@ def bench_score_pool(p: Params) -> list[dict]:
   w = workload('resnet18', p)
   spec = dataclasses.replace(w.spec, augment='none')
   x = jax.device_put(random_images(p.seed, p.pool, w.image_shape))
+  # As the loop scores: members in turn on CPUs (train.members_one_by_one).
+  in_turn = train.members_one_by_one(w.model, x[:1])
   out = []
   for m in sorted(set(p.members)):
     states = train.init_ensemble(w.model, w.tx, spec, member_keys(p.seed, m), x)
-    fn = lambda states=states: train.predict(w.model, spec, p.score_chunk, True, states, x)
+    fn = lambda states=states: train.predict(w.model, spec, p.score_chunk, True, states, x,
+                                             in_turn)
     t = measure(fn, p.repeats, p.warmup)
     logging.info('score_pool N=%d: %.1f images/s', m, p.pool / t.median)
     out.append({'case': 'score_pool', 'model': 'resnet18', 'width': p.resnet_width,
                 'members': m, 'pool': p.pool, 'image_shape': list(w.image_shape),
                 'chunk_size': p.score_chunk, 'function': 'train.predict(with_embeddings=True)',
+                'members_in_turn': in_turn,
                 'images_per_second': p.pool / t.median,
                 'member_images_per_second': m * p.pool / t.median,
                 'first_call_seconds': t.first_call_seconds,
