@@ -6,6 +6,7 @@ Every check here runs before any compute and raises a one-line ValueError.
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -94,6 +95,10 @@ def validate(config) -> None:
   if config.get('sharding', 'auto') not in sharding.SETTINGS:
     raise ValueError(f"unknown sharding '{config.sharding}'; valid: "
                      f"{', '.join(sharding.SETTINGS)}")
+  if (config.get('sharding', 'auto') == 'auto' and jax.device_count() > 1
+      and tc.loop not in ('auto', 'scan', 'map')):
+    raise ValueError(f"train.loop='{tc.loop}' runs on one device; with {jax.device_count()} "
+                     "devices use 'scan', 'map' or 'auto', or sharding='none'")
   for field, valid in (('optimizer', train.OPTIMIZERS), ('schedule', train.SCHEDULES),
                        ('augment', train.AUGMENTATIONS), ('loop', train.LOOPS)):
     if tc[field] not in valid:

@@ -118,10 +118,6 @@ class Experiment:
     # Several devices: members and pools are split over a mesh (jal.sharding),
     # and the data sit whole on every device.
     self.mesh = sharding.mesh_for(config.get('sharding', 'auto'))
-    if self.mesh is not None and config.train.loop not in ('auto', 'scan', 'map'):
-      raise ValueError(f"train.loop='{config.train.loop}' runs on one device; with "
-                       f"{self.mesh.size} devices use 'scan', 'map' or 'auto', or "
-                       "sharding='none'")
     place = (jax.device_put if self.mesh is None else
              functools.partial(jax.device_put, device=sharding.replicated(self.mesh)))
     self.x_train = place(dataset.x_train)
