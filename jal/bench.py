@@ -246,13 +246,15 @@ def bench_mesh(p: Params):
 
 
 def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
-  """One record: training throughput of `members` members, 'vmap', 'sequential'
-  or 'sharded' (members split over `p.devices` devices, vmapped on each)."""
+  """One record: training throughput of `members` members: 'vmap',
+  'sequential', 'sharded' (members split over `p.devices` devices, trained on
+  each as the loop trains them there) or 'auto' (the loop's own driver)."""
   x, y, idx, num_valid = labeled_set(w, p.steps, p.seed)
   dynamic = (member_keys(p.seed, members), x, y, idx, num_valid, jnp.int32(1))
   if mode in ('sharded', 'auto'):
     if mode == 'sharded':
-      fit_fn = functools.partial(train.fit_ensemble_sharded, bench_mesh(p))
+      fit_fn = functools.partial(train.fit_ensemble_sharded, bench_mesh(p),
+                                 in_turn=train.members_in_turn_on_accelerators(w.model))
     else:
       fit_fn = auto_fit_fn(w)
     fn = lambda: fit_fn(w.model, w.tx, w.spec, w.batch_size, w.schedule, w.learning_rate,
