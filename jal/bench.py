@@ -253,8 +253,7 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
   dynamic = (member_keys(p.seed, members), x, y, idx, num_valid, jnp.int32(1))
   if mode in ('sharded', 'auto'):
     if mode == 'sharded':
-      fit_fn = functools.partial(train.fit_ensemble_sharded, bench_mesh(p),
-                                 in_turn=train.members_in_turn_on_accelerators(w.model))
+      fit_fn = auto_fit_fn(w, bench_mesh(p))
     else:
       fit_fn = auto_fit_fn(w)
     fn = lambda: fit_fn(w.model, w.tx, w.spec, w.batch_size, w.schedule, w.learning_rate,
@@ -283,9 +282,9 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
           **t.fields()}
 
 
-def auto_fit_fn(w: Workload):
+def auto_fit_fn(w: Workload, mesh=None):
   """The trainer jal's loop runs for this workload (`train.loop='auto'`)."""
-  return train.get_fit_fn('auto', w.model, jnp.zeros((1, *w.image_shape), jnp.float32))
+  return train.get_fit_fn('auto', w.model, jnp.zeros((1, *w.image_shape), jnp.float32), mesh)
 
 
 def scaling_record(w: Workload, by_members: dict[int, dict], sequential: dict | None,

@@ -181,12 +181,7 @@ class Experiment:
     idx = np.zeros((capacity,), np.int32)
     idx[:num] = labeled_idx
     epochs = train.epochs_for(num, tc.batch_size, tc.epochs, tc.min_steps)
-    if self.mesh is not None:
-      in_turn = tc.loop == 'map' or (tc.loop == 'auto' and
-                                     train.members_in_turn_on_accelerators(self.model))
-      fit_fn = functools.partial(train.fit_ensemble_sharded, self.mesh, in_turn=in_turn)
-    else:
-      fit_fn = train.get_fit_fn(tc.loop, self.model, self.x_train[:1])
+    fit_fn = train.get_fit_fn(tc.loop, self.model, self.x_train[:1], self.mesh)
     stepwise = fit_fn in (train.fit_ensemble_stepwise, train.fit_members_stepwise)
     extra = {'checkpoint': checkpoint} if checkpoint is not None and stepwise else {}
     states = fit_fn(

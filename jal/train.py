@@ -582,8 +582,7 @@ def _fit_groups(num_groups, init_fn, epoch_fn, step_fn, steps_per_epoch, num_epo
       state, done = init_fn(g), 0
     for e in range(done // steps_per_epoch, num_epochs):
       batches = epoch_fn(g, e)
-      for s in range(done - e * steps_per_epoch if e == done // steps_per_epoch else 0,
-                     steps_per_epoch):
+      for s in range(max(done - e * steps_per_epoch, 0), steps_per_epoch):
         step = e * steps_per_epoch + s
         state = step_fn(g, state, batches, s, step)
         if checkpoint is not None:
@@ -684,7 +683,7 @@ def members_in_turn_on_accelerators(model) -> bool:
 LOOPS = ('auto', 'scan', 'map', 'step', 'member_step')
 
 
-def get_fit_fn(loop: str, model=None, x=None):
+def get_fit_fn(loop: str, model=None, x=None, mesh=None):
   """The ensemble trainer for `train.loop`.
 
   'scan' is `fit_ensemble` (one program per fit, members vmapped), 'map'
@@ -695,7 +694,19 @@ def get_fit_fn(loop: str, model=None, x=None):
   `members_in_turn_on_accelerators` and 'scan' otherwise; on CPU
   'member_step' for convolutional models (given `model` and sample inputs
   `x`) and 'step' otherwise.
+
+  With a `mesh` of several devices the trainer is `fit_ensemble_sharded` on
+  it, training each device's members as 'scan' or 'map' does ('auto': 'map'
+  for models that declare `members_in_turn_on_accelerators`); the stepwise
+  loops run on one device only.
   """
+  if mesh is not None and mesh.size > 1:
+    if loop == 'auto':
+      loop = 'map' if members_in_turn_on_accelerators(model) else 'scan'
+    if loop not in ('scan', 'map'):
+      raise ValueError(f"train.loop='{loop}' runs on one device; with {mesh.size} devices use "
+                       "'scan', 'map' or 'auto'")
+    return functools.partial(fit_ensemble_sharded, mesh, in_turn=loop == 'map')
   if loop == 'auto':
     if jax.default_backend() != 'cpu':
       loop = 'map' if members_in_turn_on_accelerators(model) else 'scan'

@@ -160,3 +160,22 @@ def test_bench_splits_over_devices():
   assert sharded['images_per_second'] > 0
   with pytest.raises(ValueError, match='devices=5: between 1 and the 4 visible'):
     bench.params_for('small', devices=5)
+
+
+@multi
+def test_get_fit_fn_with_a_mesh_picks_the_sharded_trainer():
+  from jal import resnet  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh()
+  x = jnp.zeros((1, 32, 32, 3))
+  for loop, model, in_turn in (('auto', models.LeNet(2), False),
+                               ('auto', resnet.ResNet18(2, width=8), True),
+                               ('scan', resnet.ResNet18(2, width=8), False),
+                               ('map', models.LeNet(2), True)):
+    fn = train.get_fit_fn(loop, model, x, mesh)
+    assert (fn.func, fn.args, fn.keywords) == (train.fit_ensemble_sharded, (mesh,),
+                                               {'in_turn': in_turn})
+  with pytest.raises(ValueError, match="train.loop='member_step' runs on one device; with 4"):
+    train.get_fit_fn('member_step', models.LeNet(2), x, mesh)
+  # One device: the mesh changes nothing.
+  one = sharding.make_mesh(jax.devices()[:1])
+  assert train.get_fit_fn('scan', models.LeNet(2), x, one) is train.fit_ensemble
