@@ -29,6 +29,11 @@ after a warm-up call, each ended by `jax.block_until_ready`; compilation is
 timed separately (ahead-of-time `lower().compile()` where the benchmarked
 function is one jitted program, else first call minus the median). The round
 case times round 1 once, after a round 0 that compiled everything.
+
+With --profile_dir=DIR, every timed program of ensemble_train, k_center and
+score_pool is also traced once (`jal.profiling.profile`): a record with
+`mode: profile` gives its op time by category (grouped convolutions apart),
+the top ops with their HLO facts, and the trace's path under DIR.
 """
 
 import dataclasses
@@ -51,6 +56,7 @@ from jal import data as data_lib
 from jal import experiment
 from jal import kernels
 from jal import models
+from jal import profiling
 from jal import resnet
 from jal import sharding
 from jal import strategies as strategies_lib
@@ -85,6 +91,7 @@ class Params:
   warmup: int = 1
   seed: int = 0
   devices: int = 1   # >1: also split members (ensemble_train) and the pool (k_center)
+  profile_dir: str | None = None   # set: also trace one call of each timed program
 
 
 # Small: seconds on a CPU. Two members, not five: XLA:CPU runs vmapped
@@ -156,6 +163,25 @@ def aot_compile(jitted, *args, **kwargs):
   t0 = time.perf_counter()
   compiled = jitted.lower(*args, **kwargs).compile()
   return compiled, time.perf_counter() - t0
+
+
+def profile_records(p: 'Params', label: str, fn: Callable[[], Any], compiled=None,
+                    **fields) -> list[dict]:
+  """[] without `p.profile_dir`; else one 'profile' record of a traced call of
+  `fn` (already warm), its ops classified by `compiled`'s optimised HLO.
+
+  The trace is kept under `<profile_dir>/<label>` for TensorBoard/Perfetto.
+  """
+  if not p.profile_dir:
+    return []
+  texts = [compiled.as_text()] if compiled is not None else []
+  rec = profiling.profile(fn, str(pathlib.Path(p.profile_dir) / label), texts)
+  logging.info('profile %s: %s', label, {k: round(v, 3) for k, v in
+                                         rec['by_category_fraction'].items()})
+  return [{**fields, 'mode': 'profile', 'label': label, **rec,
+           'note': 'one call traced by jax.profiler after the timed calls; op seconds '
+                   'summed per HLO op (on a CPU over threads); categories from the '
+                   'optimised HLO' + ('' if texts else ' not available here: from op names')}]
 
 
 # --------------------------------------------------------------------------
@@ -245,12 +271,16 @@ def bench_mesh(p: Params):
   return None if p.devices <= 1 else sharding.make_mesh(jax.devices()[:p.devices])
 
 
-def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
-  """One record: training throughput of `members` members: 'vmap',
-  'sequential', 'sharded' (members split over `p.devices` devices, trained on
-  each as the loop trains them there) or 'auto' (the loop's own driver)."""
+def time_fit(w: Workload, p: Params, members: int, mode: str) -> list[dict[str, Any]]:
+  """Training throughput of `members` members: 'vmap', 'sequential',
+  'sharded' (members split over `p.devices` devices, trained on each as the
+  loop trains them there) or 'auto' (the loop's own driver).
+
+  Returns [the timing record] + [its profile record, with `p.profile_dir`].
+  """
   x, y, idx, num_valid = labeled_set(w, p.steps, p.seed)
   dynamic = (member_keys(p.seed, members), x, y, idx, num_valid, jnp.int32(1))
+  compiled = None
   if mode in ('sharded', 'auto'):
     if mode == 'sharded':
       fit_fn = auto_fit_fn(w, bench_mesh(p))
@@ -265,9 +295,13 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
     compiled, compile_s = aot_compile(fn, w.model, w.tx, w.spec, w.batch_size, w.schedule,
                                       w.learning_rate, *dynamic)
     compile_how = 'jit lower().compile()'
-    t = measure(lambda: compiled(*dynamic), p.repeats, p.warmup)
+    fn = lambda: compiled(*dynamic)
+    t = measure(fn, p.repeats, p.warmup)
   images = members * p.steps * w.batch_size
-  return {'case': 'ensemble_train', 'model': w.name, 'mode': mode, 'members': members,
+  profiles = profile_records(p, f'ensemble_train_{w.name}_{mode}_{members}', fn, compiled,
+                             case='ensemble_train', model=w.name, profiled_mode=mode,
+                             members=members)
+  return [{'case': 'ensemble_train', 'model': w.name, 'mode': mode, 'members': members,
           'image_shape': list(w.image_shape), 'batch_size_per_member': w.batch_size,
           'steps': p.steps, 'index_capacity': int(idx.shape[0]),
           'function': {'vmap': 'train.fit_ensemble', 'sequential': 'train.fit_members_map',
@@ -279,7 +313,7 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> dict[str, Any]:
           'steps_per_second': p.steps / t.median, 'compile_seconds': compile_s,
           'compile_timing': compile_how,
           'note': 'aggregate over members; each call inits and trains fresh members',
-          **t.fields()}
+          **t.fields()}] + profiles
 
 
 def auto_fit_fn(w: Workload, mesh=None):
@@ -316,19 +350,24 @@ def bench_ensemble_train(p: Params) -> list[dict]:
     w = workload(name, p)
     by_members = {}
     for m in sorted(set(p.members)):
-      by_members[m] = time_fit(w, p, m, 'vmap')
+      recs = time_fit(w, p, m, 'vmap')
+      by_members[m] = recs[0]
+      out += recs
       logging.info('ensemble_train %s N=%d: %.1f images/s', name, m,
                    by_members[m]['images_per_second'])
     top = max(by_members)
-    sequential = time_fit(w, p, top, 'sequential') if top > 1 else None
-    out += list(by_members.values()) + ([sequential] if sequential else [])
+    sequential = auto = None
+    if top > 1:
+      recs = time_fit(w, p, top, 'sequential')
+      sequential = recs[0]
+      out += recs
     if p.devices > 1:
-      out.append(time_fit(w, p, top, 'sharded'))
+      out += time_fit(w, p, top, 'sharded')
     # On CPUs jal's loop runs a stepwise driver: time it too.
-    auto = None
     if top > 1 and auto_fit_fn(w) not in (train.fit_ensemble, train.fit_members_map):
-      auto = time_fit(w, p, top, 'auto')
-      out.append(auto)
+      recs = time_fit(w, p, top, 'auto')
+      auto = recs[0]
+      out += recs
     out.append(scaling_record(w, by_members, sequential, auto))
   return out
 
@@ -356,7 +395,8 @@ def bench_k_center(p: Params) -> list[dict]:
   labeled = jnp.asarray(labeled)
   mesh = bench_mesh(p)
   compiled, compile_s = aot_compile(kernels.k_center_greedy, emb, labeled, k=p.kc_k, mesh=mesh)
-  t = measure(lambda: compiled(emb, labeled), p.repeats, p.warmup)
+  fn = lambda: compiled(emb, labeled)
+  t = measure(fn, p.repeats, p.warmup)
   bound = p.kc_n * p.kc_d * 4 * p.kc_k / bandwidth
   logging.info('k_center: %.4f s, bound %.4f s (%.1f GB/s)', t.median, bound, bandwidth / 1e9)
   return [{'case': 'k_center', 'n': p.kc_n, 'd': p.kc_d, 'labeled': p.kc_labeled, 'k': p.kc_k,
@@ -372,7 +412,9 @@ def bench_k_center(p: Params) -> list[dict]:
            'note': 'bound = n*d*4*k / bandwidth: one read of the embeddings per pick; '
                    'the initial distances to the labeled set are not in it; with several '
                    'devices the pool is split and the bound uses one device\'s bandwidth '
-                   'for the whole pool'}]
+                   'for the whole pool'}] + profile_records(
+                       p, f'k_center_{p.kc_n}x{p.kc_d}', fn, compiled, case='k_center',
+                       n=p.kc_n, d=p.kc_d, k=p.kc_k)
 
 
 # --------------------------------------------------------------------------
@@ -392,6 +434,7 @@ def bench_score_pool(p: Params) -> list[dict]:
     fn = lambda states=states: train.predict(w.model, spec, p.score_chunk, True, states, x,
                                              in_turn)
     t = measure(fn, p.repeats, p.warmup)
+    profiles = profile_records(p, f'score_pool_{m}', fn, case='score_pool', members=m)
     logging.info('score_pool N=%d: %.1f images/s', m, p.pool / t.median)
     out.append({'case': 'score_pool', 'model': 'resnet18', 'width': p.resnet_width,
                 'members': m, 'pool': p.pool, 'image_shape': list(w.image_shape),
@@ -402,6 +445,7 @@ def bench_score_pool(p: Params) -> list[dict]:
                 'first_call_seconds': t.first_call_seconds,
                 'compile_seconds': max(t.first_call_seconds - t.median, 0.0),
                 'compile_timing': 'first call minus median', **t.fields()})
+    out += profiles
   return out
 
 
@@ -564,6 +608,9 @@ def _define_flags():
   flags.DEFINE_enum('dtype', 'auto', ('auto', 'float32', 'bfloat16'), 'Compute dtype.')
   flags.DEFINE_integer('devices', None, 'Devices to split over (default 1): ensemble_train '
                        'adds a sharded record, k_center splits the pool.')
+  flags.DEFINE_string('profile_dir', None, 'If set, trace one call of every timed program '
+                      'with jax.profiler into this folder and print a "profile" record '
+                      '(device time by op category, the top ops, grouped convolutions).')
   return flags.FLAGS
 
 
@@ -571,7 +618,7 @@ def _main(argv, flags_):
   del argv
   overrides = {k: getattr(flags_, k) for k in (
       'steps', 'resnet_width', 'kc_n', 'kc_d', 'kc_labeled', 'kc_k', 'bandwidth_bytes', 'pool',
-      'repeats', 'dtype', 'train_models', 'devices')}
+      'repeats', 'dtype', 'train_models', 'devices', 'profile_dir')}
   if flags_.members is not None:
     overrides['members'] = [int(m) for m in flags_.members]
   p = params_for(flags_.size, **overrides)
