@@ -10,7 +10,9 @@ Everything a run produces lives in its workdir:
     config.json          the config, to refuse a workdir of another experiment
     metrics.jsonl        one object per (strategy, seed, round)
     selections.jsonl     the indices labeled at each (strategy, seed, round)
-    timings.jsonl        wall times of each round's parts
+    timings.jsonl        wall times of each round's parts (a fit resumed from
+                         its saved progress: `train_resumed`, seconds summed
+                         over the processes that trained it)
     results.md           the final table
     checkpoints/<strategy>_seed<seed>/<round>   orbax loop state
     checkpoints/fit/<strategy>_seed<seed>/      the round's training in progress
@@ -302,12 +304,19 @@ class FitCheckpoints:
 
   Layout of `directory`: `progress/<n>/` (orbax: the current group's state
   and a JSON position), `group_<i>/` (finished group i's state).
+
+  Each save also records the seconds the fit has trained so far, summed over
+  the processes that worked on it; after `restore`, `resumed_seconds` holds
+  that sum, so a resumed round's `train_seconds` counts every process's
+  training (steps redone after a kill count again: they were run again).
   """
 
   def __init__(self, directory: str, tag: str, every_seconds: float, clock=time.monotonic):
     self.directory = os.path.abspath(directory)
     self.tag, self.every, self.clock = tag, float(every_seconds), clock
-    self.last_save = clock()
+    self.started = self.last_save = clock()
+    self.resumed = False
+    self.resumed_seconds = 0.0
     self.saved_groups = 0
     self._manager = None
 
@@ -342,8 +351,11 @@ class FitCheckpoints:
     with ocp.StandardCheckpointer() as ckptr:
       finished = [ckptr.restore(self._group_path(i), abstract) for i in range(pos['group'])]
     self.saved_groups = pos['group']
-    logging.info('resuming the fit (%s) at group %d, step %d', self.tag, pos['group'],
-                 pos['step'])
+    self.resumed = True
+    # Saves made before this field existed lack it: their time is not known.
+    self.resumed_seconds = float(pos.get('elapsed_seconds', 0.0))
+    logging.info('resuming the fit (%s) at group %d, step %d, after %.0f s of training',
+                 self.tag, pos['group'], pos['step'], self.resumed_seconds)
     return pos['group'], pos['step'], finished, state
 
   def after_step(self, group: int, step: int, finished: list, state) -> None:
@@ -353,7 +365,8 @@ class FitCheckpoints:
       with ocp.StandardCheckpointer() as ckptr:
         for i in range(self.saved_groups, len(finished)):
           ckptr.save(self._group_path(i), finished[i], force=True)
-      position = {'tag': self.tag, 'group': group, 'step': step}
+      position = {'tag': self.tag, 'group': group, 'step': step,
+                  'elapsed_seconds': self.resumed_seconds + self.clock() - self.started}
       self.manager.save(group * 10**9 + step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)))
       self.manager.wait_until_finished()
@@ -472,8 +485,10 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints
                          'indices': picks.tolist()})
     t3 = time.perf_counter()
     timing = {'strategy': strategy_name, 'seed': seed, 'round': r,
-              'train_seconds': t1 - t0, 'eval_seconds': t2 - t1, 'score_seconds': t2s - t2,
-              'select_seconds': t3 - t2s}
+              'train_seconds': t1 - t0 + fit_ckpt.resumed_seconds, 'eval_seconds': t2 - t1,
+              'score_seconds': t2s - t2, 'select_seconds': t3 - t2s}
+    if fit_ckpt.resumed:
+      timing['train_resumed'] = True   # trained by several processes; seconds summed
     state = {'label_round': label_round, 'round': r, 'history': state['history'] + [row],
              'selections': selections, 'timings': state['timings'] + [timing]}
     if jax.process_index() == 0:

@@ -107,6 +107,27 @@ def test_saves_wait_for_the_interval(problem, tmp_path):
   assert os.path.isdir(tmp_path / 'fit' / 'group_0')
 
 
+def test_training_seconds_add_up_across_processes(problem, tmp_path):
+  now = [100.0]
+  clock = lambda: now[0]
+  member = jax.tree.map(lambda a: a[0], train.fit_members_stepwise(*problem))
+  first = experiment.FitCheckpoints(str(tmp_path / 'fit'), 'tag', every_seconds=10, clock=clock)
+  now[0] = 112.5
+  first.after_step(0, 4, [], member)              # saved after 12.5 s of training
+  assert (first.resumed, first.resumed_seconds) == (False, 0.0)
+  now[0] = 500.0                                   # killed; a new process starts later
+  second = experiment.FitCheckpoints(str(tmp_path / 'fit'), 'tag', every_seconds=10,
+                                     clock=clock)
+  assert second.restore(member)[:2] == (0, 4)
+  assert (second.resumed, second.resumed_seconds) == (True, 12.5)
+  now[0] = 530.0
+  second.after_step(1, 2, [member], member)       # 12.5 + 30 s
+  third = experiment.FitCheckpoints(str(tmp_path / 'fit'), 'tag', every_seconds=10,
+                                    clock=clock)
+  assert third.restore(member)[:2] == (1, 2)
+  assert third.resumed_seconds == 42.5
+
+
 def test_fit_tag_names_round_labeled_set_and_key():
   key = jax.random.PRNGKey(0)
   a = experiment.fit_tag(1, np.arange(5), key)
@@ -144,6 +165,9 @@ def test_run_killed_mid_fit_resumes_equal_to_uninterrupted(tmp_path, monkeypatch
   assert read(workdir, 'metrics.jsonl') == read(tmp_path / 'whole', 'metrics.jsonl')
   assert read(workdir, 'selections.jsonl') == read(tmp_path / 'whole', 'selections.jsonl')
   assert resumed_from > 7
+  timings = [json.loads(line) for line in read(workdir, 'timings.jsonl').splitlines()]
+  assert [t['round'] for t in timings if t.get('train_resumed')] == [1]
+  assert all(t['train_seconds'] > 0 for t in timings)
   # Progress is dropped once each round's loop state is saved.
   assert not (workdir / 'checkpoints' / 'fit' / 'ensembles_seed1').exists()
 
