@@ -19,6 +19,7 @@ import dataclasses
 import glob
 import os
 import re
+import time
 from typing import Any, Callable, Iterable
 
 import jax
@@ -265,16 +266,24 @@ def profile(fn: Callable[[], Any], directory: str, hlo_texts: Iterable[str] = ()
     top: how many of the longest ops to list.
 
   Returns:
-    {'trace': path, 'trace_source': which events were summed, 'op_seconds',
+    {'trace': path, 'trace_source': which events were summed,
+     'traced_call_seconds' (wall time of the traced call, tracing included),
+     'op_seconds_over_call_seconds', 'op_seconds',
      'ops', 'control_flow_ops_left_out', 'by_category_seconds', 'by_category_fraction', 'top_ops',
      'hlo_convolutions', 'hlo_grouped_convolutions', 'hlo_convolution_layouts'}.
   """
   os.makedirs(directory, exist_ok=True)
   with jax.profiler.trace(directory):
+    t0 = time.perf_counter()
     jax.block_until_ready(fn())
+    wall = time.perf_counter() - t0
   path = latest_trace(directory)
   times, source = op_seconds(path)
   instrs = {}
   for text in hlo_texts:
     instrs.update(parse_hlo(text))
-  return {'trace': path, 'trace_source': source, **summarise(times, instrs, top)}
+  rec = summarise(times, instrs, top)
+  # Well below 1 on an accelerator: the device sat idle (launch overhead,
+  # host work); above 1 on a CPU: ops ran on several threads at once.
+  return {'trace': path, 'trace_source': source, 'traced_call_seconds': wall,
+          'op_seconds_over_call_seconds': rec['op_seconds'] / wall, **rec}

@@ -126,7 +126,9 @@ def test_profile_of_a_real_trace_finds_the_grouped_convolutions(tmp_path, vmappe
   conv_cat = 'convolution (grouped)' if vmapped else 'convolution'
   assert set(rec['by_category_seconds']) >= {conv_cat}
   assert 'unknown' not in rec['by_category_seconds']
-  assert rec['op_seconds'] > 0
+  assert rec['op_seconds'] > 0 and rec['traced_call_seconds'] > 0
+  assert rec['op_seconds_over_call_seconds'] == pytest.approx(
+      rec['op_seconds'] / rec['traced_call_seconds'])
   assert sum(rec['by_category_fraction'].values()) == pytest.approx(1.0)
   convs = [r for r in rec['top_ops'] if r['category'] == conv_cat]
   assert len(convs) == 2 and all(r.get('groups', 1) == (3 if vmapped else 1) for r in convs)
