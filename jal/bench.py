@@ -55,6 +55,7 @@ import numpy as np
 from jal import data as data_lib
 from jal import experiment
 from jal import kernels
+from jal import member_conv
 from jal import models
 from jal import profiling
 from jal import resnet
@@ -92,6 +93,7 @@ class Params:
   seed: int = 0
   devices: int = 1   # >1: also split members (ensemble_train) and the pool (k_center)
   profile_dir: str | None = None   # set: also trace one call of each timed program
+  member_conv: str = 'grouped'     # how vmapped members' convolutions run (jal.member_conv)
 
 
 # Small: seconds on a CPU. Two members, not five: XLA:CPU runs vmapped
@@ -110,6 +112,7 @@ def params_for(size: str, **overrides) -> Params:
   for k in ('members', 'train_models'):
     if k in base:
       base[k] = tuple(base[k])
+  member_conv.check(base.get('member_conv', 'grouped'))
   devices = base.get('devices', 1)
   if not 1 <= devices <= jax.device_count():
     raise ValueError(f'devices={devices}: between 1 and the {jax.device_count()} visible')
@@ -244,12 +247,12 @@ def workload(name: str, p: Params) -> Workload:
   dtype = models.compute_dtype(p.dtype)
   if name == 'resnet18':
     return Workload('resnet18', resnet.ResNet18(10, stem='cifar', width=p.resnet_width,
-                                                dtype=dtype),
+                                                dtype=dtype, member_conv=p.member_conv),
                     _sgd(), train.InputSpec(data_lib.CIFAR10_MEAN, data_lib.CIFAR10_STD,
                                             'crop_flip'),
                     p.resnet_batch, 'cosine', 0.05, (32, 32, 3))
   if name == 'lenet':
-    return Workload('lenet', models.LeNet(10, dtype=dtype), _adam(),
+    return Workload('lenet', models.LeNet(10, dtype=dtype, member_conv=p.member_conv), _adam(),
                     train.InputSpec(data_lib.MNIST_MEAN, data_lib.MNIST_STD, 'none'),
                     p.lenet_batch, 'constant', 1e-3, (28, 28, 1))
   raise ValueError(f"unknown model '{name}'; valid: {', '.join(TRAIN_MODELS)}")
@@ -302,18 +305,19 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> list[dict[str, 
                              case='ensemble_train', model=w.name, profiled_mode=mode,
                              members=members)
   return [{'case': 'ensemble_train', 'model': w.name, 'mode': mode, 'members': members,
-          'image_shape': list(w.image_shape), 'batch_size_per_member': w.batch_size,
-          'steps': p.steps, 'index_capacity': int(idx.shape[0]),
-          'function': {'vmap': 'train.fit_ensemble', 'sequential': 'train.fit_members_map',
-                       'sharded': 'train.fit_ensemble_sharded',
-                       'auto': f'train.{auto_fit_fn(w).__name__}'}[mode],
-          'devices': p.devices if mode == 'sharded' else 1,
-          'images_per_second': images / t.median,
-          'images_per_second_per_member': images / members / t.median,
-          'steps_per_second': p.steps / t.median, 'compile_seconds': compile_s,
-          'compile_timing': compile_how,
-          'note': 'aggregate over members; each call inits and trains fresh members',
-          **t.fields()}] + profiles
+           'member_conv': p.member_conv,
+           'image_shape': list(w.image_shape), 'batch_size_per_member': w.batch_size,
+           'steps': p.steps, 'index_capacity': int(idx.shape[0]),
+           'function': {'vmap': 'train.fit_ensemble', 'sequential': 'train.fit_members_map',
+                        'sharded': 'train.fit_ensemble_sharded',
+                        'auto': f'train.{auto_fit_fn(w).__name__}'}[mode],
+           'devices': p.devices if mode == 'sharded' else 1,
+           'images_per_second': images / t.median,
+           'images_per_second_per_member': images / members / t.median,
+           'steps_per_second': p.steps / t.median, 'compile_seconds': compile_s,
+           'compile_timing': compile_how,
+           'note': 'aggregate over members; each call inits and trains fresh members',
+           **t.fields()}] + profiles
 
 
 def auto_fit_fn(w: Workload, mesh=None):
@@ -526,6 +530,7 @@ def score_and_select(exp, name: str, states, key, labeled: np.ndarray, round_: i
 def round_config(p: Params) -> ml_collections.ConfigDict:
   config = load_config('imbalance', p.config_arg)
   config.model.compute_dtype = p.dtype
+  config.model.member_conv = p.member_conv
   return config
 
 
@@ -608,6 +613,8 @@ def _define_flags():
   flags.DEFINE_enum('dtype', 'auto', ('auto', 'float32', 'bfloat16'), 'Compute dtype.')
   flags.DEFINE_integer('devices', None, 'Devices to split over (default 1): ensemble_train '
                        'adds a sharded record, k_center splits the pool.')
+  flags.DEFINE_enum('member_conv', None, member_conv.MEMBER_CONVS, 'ensemble_train: how '
+                    'vmapped members\' convolutions run (default grouped; jal.member_conv).')
   flags.DEFINE_string('profile_dir', None, 'If set, trace one call of every timed program '
                       'with jax.profiler into this folder and print a "profile" record '
                       '(device time by op category, the top ops, grouped convolutions).')
@@ -618,7 +625,7 @@ def _main(argv, flags_):
   del argv
   overrides = {k: getattr(flags_, k) for k in (
       'steps', 'resnet_width', 'kc_n', 'kc_d', 'kc_labeled', 'kc_k', 'bandwidth_bytes', 'pool',
-      'repeats', 'dtype', 'train_models', 'devices', 'profile_dir')}
+      'repeats', 'dtype', 'train_models', 'devices', 'profile_dir', 'member_conv')}
   if flags_.members is not None:
     overrides['members'] = [int(m) for m in flags_.members]
   p = params_for(flags_.size, **overrides)

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from jal import data as data_lib
+from jal import member_conv
 from jal import models
 from jal import sharding
 from jal import strategies as strategies_lib
@@ -103,6 +104,10 @@ def validate(config) -> None:
                        ('augment', train.AUGMENTATIONS), ('loop', train.LOOPS)):
     if tc[field] not in valid:
       raise ValueError(f"unknown train.{field} '{tc[field]}'; valid: {', '.join(valid)}")
+  kind = member_conv.check(config.model.get('member_conv') or 'grouped')
+  if kind != 'grouped' and config.model.name not in ('resnet18', 'lenet'):
+    raise ValueError(f"config.model.member_conv='{kind}' needs a convnet (resnet18, lenet), "
+                     f"got '{config.model.name}'")
   path = config.model.get('pretrained_path')
   if path:
     if config.model.name != 'resnet18':
@@ -281,6 +286,9 @@ def base_config() -> ml_collections.ConfigDict:
       stem=placeholder(str),           # resnet18: 'cifar' or 'imagenet'
       width=placeholder(int),          # resnet18: first-stage channels (64)
       pretrained_path=placeholder(str),  # resnet18: torchvision state dict
+      # Convnets: how vmapped members' convolutions run, 'grouped' (XLA's
+      # vmap), 'wgrad_in_turn' or 'in_turn' (jal.member_conv).
+      member_conv='grouped',
   ))
   c.warmup_size = 5
   c.query_size = 5

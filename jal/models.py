@@ -22,11 +22,14 @@ With `dropout=0` no Dropout layer is built: parameters, outputs and the rngs
 a model asks for are those of a model without the option.
 """
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jal import member_conv as member_conv_lib
 
 
 def _dropout(x, rate: float, train: bool, mc: bool):
@@ -71,13 +74,17 @@ class LeNet(nn.Module):
   num_classes: int
   dtype: Any = jnp.float32
   dropout: float = 0.0
+  member_conv: str = 'grouped'   # how vmapped members' convs run: jal.member_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False, mc: bool = False):
+    conv = functools.partial(
+        nn.Conv, dtype=self.dtype,
+        conv_general_dilated=member_conv_lib.conv_general_dilated(self.member_conv))
     x = x.astype(self.dtype)
-    x = nn.relu(nn.Conv(6, (5, 5), padding='SAME', dtype=self.dtype)(x))
+    x = nn.relu(conv(6, (5, 5), padding='SAME')(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = nn.relu(nn.Conv(16, (5, 5), padding='VALID', dtype=self.dtype)(x))
+    x = nn.relu(conv(16, (5, 5), padding='VALID')(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(120, dtype=self.dtype)(x))
@@ -88,18 +95,19 @@ class LeNet(nn.Module):
     return logits.astype(jnp.float32), emb.astype(jnp.float32)
 
 
-def _resnet18(num_classes, dtype, dropout=0.0, stem='cifar', width=64):
+def _resnet18(num_classes, dtype, dropout=0.0, stem='cifar', width=64,
+              member_conv='grouped'):
   from jal import resnet  # pylint: disable=g-import-not-at-top
   return resnet.ResNet18(num_classes=num_classes, stem=stem, width=width, dtype=dtype,
-                         dropout=dropout)
+                         dropout=dropout, member_conv=member_conv)
 
 
 def _mlp(num_classes, dtype, dropout=0.0, hidden=(64, 64)):
   return MLP(num_classes=num_classes, hidden=tuple(hidden), dtype=dtype, dropout=dropout)
 
 
-def _lenet(num_classes, dtype, dropout=0.0):
-  return LeNet(num_classes=num_classes, dtype=dtype, dropout=dropout)
+def _lenet(num_classes, dtype, dropout=0.0, member_conv='grouped'):
+  return LeNet(num_classes=num_classes, dtype=dtype, dropout=dropout, member_conv=member_conv)
 
 
 MODELS = {'mlp': _mlp, 'lenet': _lenet, 'resnet18': _resnet18}
@@ -127,7 +135,9 @@ def get_model(model_config, num_classes: int) -> nn.Module:
       ('float32', 'bfloat16' or 'auto'; parameters stay float32), optional
       `dropout` (rate in [0, 1), default 0: see the module docstring) and
       model-specific fields (`hidden` for mlp, `stem` and `width` for
-      resnet18).
+      resnet18), and for convnets optional `member_conv` ('grouped',
+      'wgrad_in_turn', 'in_turn': how vmapped members' convolutions run, see
+      `jal.member_conv`).
     num_classes: size of the logits.
 
   Returns:
@@ -146,4 +156,9 @@ def get_model(model_config, num_classes: int) -> nn.Module:
     for field in ('stem', 'width'):
       if model_config.get(field) is not None:
         kwargs[field] = model_config[field]
+  kind = member_conv_lib.check(model_config.get('member_conv') or 'grouped')
+  if kind != 'grouped':
+    if name not in ('resnet18', 'lenet'):
+      raise ValueError(f"member_conv '{kind}' needs a convnet (resnet18, lenet), not {name}")
+    kwargs['member_conv'] = kind
   return MODELS[name](num_classes, compute_dtype(dtype_name), **kwargs)

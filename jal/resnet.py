@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jal import member_conv as member_conv_lib
+
 STEMS = ('cifar', 'imagenet')
 STAGE_SIZES = (2, 2, 2, 2)
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -55,19 +57,22 @@ class BasicBlock(nn.Module):
     downsample: whether the shortcut is 1x1 conv (stride `strides`) + BN.
     dtype: compute dtype.
     param_dtype: parameter dtype.
+    member_conv: how vmapped members' convolutions run (`jal.member_conv`).
   """
   features: int
   strides: int = 1
   downsample: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  member_conv: str = 'grouped'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """x: [b, h, w, c] -> [b, h / strides, w / strides, features]."""
     conv = functools.partial(
         nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+        param_dtype=self.param_dtype,
+        conv_general_dilated=member_conv_lib.conv_general_dilated(self.member_conv))
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -97,6 +102,8 @@ class ResNet18(nn.Module):
     width: channels of the first stage (64 is ResNet-18; pretrained weights
       need 64); stages have width * (1, 2, 4, 8), the embedding width * 8.
     dropout: dropout rate on the embedding before `fc`; 0 builds no layer.
+    member_conv: how the convolutions of vmapped members run: 'grouped'
+      (XLA's vmap), 'wgrad_in_turn' or 'in_turn' (see `jal.member_conv`).
   """
   # Ensembles train faster one member after another than vmapped on GPUs
   # (see train.fit_members_map).
@@ -108,6 +115,7 @@ class ResNet18(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   dropout: float = 0.0
+  member_conv: str = 'grouped'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False,
@@ -136,7 +144,9 @@ class ResNet18(nn.Module):
     widths = tuple(self.width * w // STAGE_WIDTHS[0] for w in STAGE_WIDTHS)
     x = nn.Conv(widths[0], (k, k), (s, s), padding=_pad(k),
                 use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                param_dtype=self.param_dtype, name='conv1')(x)
+                param_dtype=self.param_dtype, name='conv1',
+                conv_general_dilated=member_conv_lib.conv_general_dilated(
+                    self.member_conv))(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                      epsilon=BN_EPSILON, dtype=self.dtype,
                      param_dtype=self.param_dtype, name='bn1')(x)
@@ -150,6 +160,7 @@ class ResNet18(nn.Module):
         first = i > 0 and j == 0
         x = BasicBlock(width, strides=2 if first else 1, downsample=first,
                        dtype=self.dtype, param_dtype=self.param_dtype,
+                       member_conv=self.member_conv,
                        name=f'layer{i + 1}_{j}')(x, train=train)
 
     embedding = jnp.mean(x, axis=(1, 2))
