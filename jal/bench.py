@@ -168,7 +168,7 @@ def aot_compile(jitted, *args, **kwargs):
   return compiled, time.perf_counter() - t0
 
 
-def profile_records(p: 'Params', label: str, fn: Callable[[], Any], compiled=None,
+def profile_records(p: Params, label: str, fn: Callable[[], Any], compiled=None,
                     **fields) -> list[dict]:
   """[] without `p.profile_dir`; else one 'profile' record of a traced call of
   `fn` (already warm), its ops classified by `compiled`'s optimised HLO.
@@ -303,7 +303,7 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> list[dict[str, 
   images = members * p.steps * w.batch_size
   profiles = profile_records(p, f'ensemble_train_{w.name}_{mode}_{members}', fn, compiled,
                              case='ensemble_train', model=w.name, profiled_mode=mode,
-                             members=members)
+                             members=members, member_conv=p.member_conv)
   return [{'case': 'ensemble_train', 'model': w.name, 'mode': mode, 'members': members,
            'member_conv': p.member_conv,
            'image_shape': list(w.image_shape), 'batch_size_per_member': w.batch_size,

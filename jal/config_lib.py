@@ -11,7 +11,6 @@ import ml_collections
 import numpy as np
 
 from jal import data as data_lib
-from jal import member_conv
 from jal import models
 from jal import sharding
 from jal import strategies as strategies_lib
@@ -104,10 +103,7 @@ def validate(config) -> None:
                        ('augment', train.AUGMENTATIONS), ('loop', train.LOOPS)):
     if tc[field] not in valid:
       raise ValueError(f"unknown train.{field} '{tc[field]}'; valid: {', '.join(valid)}")
-  kind = member_conv.check(config.model.get('member_conv') or 'grouped')
-  if kind != 'grouped' and config.model.name not in ('resnet18', 'lenet'):
-    raise ValueError(f"config.model.member_conv='{kind}' needs a convnet (resnet18, lenet), "
-                     f"got '{config.model.name}'")
+  models.check_member_conv(config.model.name, config.model.get('member_conv'))
   path = config.model.get('pretrained_path')
   if path:
     if config.model.name != 'resnet18':

@@ -111,6 +111,16 @@ def _lenet(num_classes, dtype, dropout=0.0, member_conv='grouped'):
 
 
 MODELS = {'mlp': _mlp, 'lenet': _lenet, 'resnet18': _resnet18}
+CONVNETS = ('lenet', 'resnet18')   # the models that take `member_conv`
+
+
+def check_member_conv(model_name: str, kind: str | None) -> str:
+  """`kind` ('grouped' if None) if known and `model_name` has convolutions."""
+  kind = member_conv_lib.check(kind or 'grouped')
+  if kind != 'grouped' and model_name not in CONVNETS:
+    raise ValueError(f"config.model.member_conv='{kind}' needs a convnet "
+                     f"({', '.join(CONVNETS)}), got '{model_name}'")
+  return kind
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'auto': None}
 
@@ -156,9 +166,7 @@ def get_model(model_config, num_classes: int) -> nn.Module:
     for field in ('stem', 'width'):
       if model_config.get(field) is not None:
         kwargs[field] = model_config[field]
-  kind = member_conv_lib.check(model_config.get('member_conv') or 'grouped')
+  kind = check_member_conv(name, model_config.get('member_conv'))
   if kind != 'grouped':
-    if name not in ('resnet18', 'lenet'):
-      raise ValueError(f"member_conv '{kind}' needs a convnet (resnet18, lenet), not {name}")
     kwargs['member_conv'] = kind
   return MODELS[name](num_classes, compute_dtype(dtype_name), **kwargs)

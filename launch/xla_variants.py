@@ -34,7 +34,7 @@ VARIANTS = {
                         'FUSION,CUBLAS,CUDNN,CUSTOM_CALL,WHILE,CONDITIONAL'),
     'no_autotune': '--xla_gpu_autotune_level=0',
 }
-_KEY_FIELDS = ('case', 'model', 'mode', 'members', 'n', 'd', 'k', 'strategy')
+_KEY_FIELDS = ('case', 'model', 'mode', 'members', 'member_conv', 'n', 'd', 'k', 'strategy')
 _FIGURES = ('images_per_second', 'seconds', 'seconds_over_bandwidth_bound',
             'train_seconds', 'score_seconds')
 
