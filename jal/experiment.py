@@ -298,9 +298,11 @@ class FitCheckpoints:
   step) it saves the state of the group (member) in training and, once each,
   those of finished groups, so a run killed during a long fit (a ResNet-18
   round on a CPU takes hours) loses at most that much work and still ends
-  bitwise equal to an uninterrupted run. `tag` names the fit (round,
-  labeled set, keys); progress saved under another tag is stale and
-  dropped. `clear()` once the round's loop state is saved.
+  bitwise equal to an uninterrupted run; the finished fit is saved too, so
+  a kill during the round's evaluation or scoring does not train again.
+  `tag` names the fit (round, labeled set, keys); progress saved under
+  another tag is stale and dropped. `clear()` once the round's loop state is
+  saved.
 
   Layout of `directory`: `progress/<n>/` (orbax: the current group's state
   and a JSON position), `group_<i>/` (finished group i's state).
@@ -361,6 +363,16 @@ class FitCheckpoints:
   def after_step(self, group: int, step: int, finished: list, state) -> None:
     if self.clock() - self.last_save < self.every:
       return
+    self._save(group, step, finished, state)
+
+  def fit_done(self, finished: list) -> None:
+    """Saves every group's final state, whatever the interval: a run killed
+    after the fit but before the round's loop state is saved (in evaluation
+    or scoring, which take most of an hour for a CIFAR pool on a CPU) then
+    resumes without training again."""
+    self._save(len(finished), 0, finished, finished[-1])
+
+  def _save(self, group: int, step: int, finished: list, state) -> None:
     if jax.process_index() == 0:
       with ocp.StandardCheckpointer() as ckptr:
         for i in range(self.saved_groups, len(finished)):
@@ -370,8 +382,11 @@ class FitCheckpoints:
       self.manager.save(group * 10**9 + step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)))
       self.manager.wait_until_finished()
-      logging.info('saved the fit in progress (%s): group %d, %d steps done', self.tag, group,
-                   step)
+      if group == len(finished):
+        logging.info('saved the finished fit (%s): %d groups', self.tag, group)
+      else:
+        logging.info('saved the fit in progress (%s): group %d, %d steps done', self.tag,
+                     group, step)
     self.saved_groups = len(finished)
     self.last_save = self.clock()
 

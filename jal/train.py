@@ -549,6 +549,11 @@ class FitCheckpointer(Protocol):
   def after_step(self, group: int, step: int, finished: list, state: TrainState) -> None:
     """Called after each step (`step` steps of `group` done); may save."""
 
+  def fit_done(self, finished: list) -> None:
+    """Called once every group is trained (not when a restore found them all
+    done); a later `restore` may then return (len(finished), 0, finished, _),
+    and the fit returns `finished` without training."""
+
 
 def _fit_groups(num_groups, init_fn, epoch_fn, step_fn, steps_per_epoch, num_epochs,
                 checkpoint: FitCheckpointer | None):
@@ -588,6 +593,8 @@ def _fit_groups(num_groups, init_fn, epoch_fn, step_fn, steps_per_epoch, num_epo
         if checkpoint is not None:
           checkpoint.after_step(g, step + 1, finished, state)
     finished = finished + [state]
+  if checkpoint is not None and start_group < num_groups:
+    checkpoint.fit_done(finished)
   return finished
 
 

@@ -82,8 +82,31 @@ def test_progress_of_another_fit_is_dropped(problem, tmp_path):
   assert os.path.isdir(os.path.join(directory, 'group_0'))
   other = experiment.FitCheckpoints(directory, 'round 2 bbb', every_seconds=3600)
   fresh = train.fit_members_stepwise(*problem, checkpoint=other)
-  assert not os.path.exists(directory)  # stale progress removed, nothing new saved
   _assert_bitwise_equal(train.fit_members_stepwise(*problem), fresh)
+  # The stale progress was removed; what is there now is this fit, finished.
+  again = experiment.FitCheckpoints(directory, 'round 2 bbb', every_seconds=3600)
+  assert again.restore(jax.tree.map(lambda a: a[0], fresh))[:2] == (3, 0)
+
+
+class CountSteps(experiment.FitCheckpoints):
+  steps = 0
+
+  def after_step(self, group, step, finished, state):
+    CountSteps.steps += 1
+    super().after_step(group, step, finished, state)
+
+
+@pytest.mark.parametrize('fit', [train.fit_members_stepwise, train.fit_ensemble_stepwise])
+def test_finished_fit_is_restored_without_training(problem, tmp_path, fit):
+  directory = str(tmp_path / 'fit')
+  first = fit(*problem, checkpoint=experiment.FitCheckpoints(directory, 'tag', 3600))
+  groups = 3 if fit is train.fit_members_stepwise else 1
+  assert sorted(p.name for p in pathlib.Path(directory).glob('group_*')) == [
+      f'group_{i}' for i in range(groups)]
+  CountSteps.steps = 0
+  again = fit(*problem, checkpoint=CountSteps(directory, 'tag', 3600))
+  assert CountSteps.steps == 0
+  _assert_bitwise_equal(first, again)
 
 
 def test_saves_wait_for_the_interval(problem, tmp_path):
@@ -170,6 +193,35 @@ def test_run_killed_mid_fit_resumes_equal_to_uninterrupted(tmp_path, monkeypatch
   assert all(t['train_seconds'] > 0 for t in timings)
   # Progress is dropped once each round's loop state is saved.
   assert not (workdir / 'checkpoints' / 'fit' / 'ensembles_seed1').exists()
+
+
+def test_run_killed_while_scoring_does_not_train_again(tmp_path, monkeypatch):
+  config = smoke(strategies=('ensembles',), seeds=(1,))
+  table = experiment.train_and_evaluate(config, str(tmp_path / 'whole'))
+  original = experiment.Experiment.score
+  calls = {'score': 0}
+
+  def dies_in_round_1(self, *args):
+    calls['score'] += 1
+    if calls['score'] == 2:        # round 1's scoring, after its fit
+      raise Killed
+    return original(self, *args)
+
+  monkeypatch.setattr(experiment.Experiment, 'score', dies_in_round_1)
+  workdir = tmp_path / 'killed'
+  with pytest.raises(Killed):
+    experiment.train_and_evaluate(config, str(workdir))
+  monkeypatch.setattr(experiment.Experiment, 'score', original)
+  steps = []
+  after_step = experiment.FitCheckpoints.after_step
+  monkeypatch.setattr(experiment.FitCheckpoints, 'after_step',
+                      lambda self, *a: steps.append(self.tag) or after_step(self, *a))
+  assert experiment.train_and_evaluate(config, str(workdir)) == table
+  assert read(workdir, 'metrics.jsonl') == read(tmp_path / 'whole', 'metrics.jsonl')
+  assert read(workdir, 'selections.jsonl') == read(tmp_path / 'whole', 'selections.jsonl')
+  # Round 1 was not trained again; later rounds were trained.
+  assert not [t for t in steps if t.startswith('round 1 ')]
+  assert [t for t in steps if t.startswith('round 2 ')]
 
 
 def test_fit_checkpoint_seconds_is_checked_and_not_part_of_identity(tmp_path):
