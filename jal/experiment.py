@@ -382,7 +382,7 @@ class FitCheckpoints:
       self.manager.save(group * 10**9 + step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)))
       self.manager.wait_until_finished()
-      if group == len(finished):
+      if step == 0 and group == len(finished):   # from fit_done (a step save has step >= 1)
         logging.info('saved the finished fit (%s): %d groups', self.tag, group)
       else:
         logging.info('saved the fit in progress (%s): group %d, %d steps done', self.tag,
