@@ -12,7 +12,10 @@ Cases:
                   another in one program (`train.fit_members_map`), the
                   reference jal must never be slower than; and what jal's
                   loop runs (train.loop='auto'), timed too when it is a
-                  stepwise CPU driver.
+                  stepwise CPU driver. --train_modes picks the drivers;
+                  `--train_modes=auto` times only the loop's own driver, for
+                  every N (ResNet-18 on a CPU, where the one-program
+                  drivers take tens of minutes).
   k_center        `kernels.k_center_greedy` seconds, against the memory
                   bandwidth bound n*d*4*k / bandwidth, the bandwidth measured
                   in the same run by a large on-device `jnp.sum`.
@@ -66,6 +69,8 @@ from jal import train
 CASES = ('ensemble_train', 'k_center', 'score_pool', 'round')
 SIZES = ('small', 'full')
 TRAIN_MODELS = ('resnet18', 'lenet')
+# How ensemble_train trains the members: see `time_fit`.
+TRAIN_MODES = ('vmap', 'sequential', 'sharded', 'auto')
 ROUND_STRATEGIES = ('ensembles', 'coreset')
 
 
@@ -94,6 +99,7 @@ class Params:
   devices: int = 1   # >1: also split members (ensemble_train) and the pool (k_center)
   profile_dir: str | None = None   # set: also trace one call of each timed program
   member_conv: str = 'grouped'     # how vmapped members' convolutions run (jal.member_conv)
+  train_modes: tuple[str, ...] = TRAIN_MODES   # ensemble_train drivers to time
 
 
 # Small: seconds on a CPU. Two members, not five: XLA:CPU runs vmapped
@@ -109,9 +115,13 @@ def params_for(size: str, **overrides) -> Params:
     raise ValueError(f"unknown size '{size}'; valid: {', '.join(SIZES)}")
   base = dict(_SMALL) if size == 'small' else {}
   base.update({k: v for k, v in overrides.items() if v is not None})
-  for k in ('members', 'train_models'):
+  for k in ('members', 'train_models', 'train_modes'):
     if k in base:
       base[k] = tuple(base[k])
+  for k, valid in (('train_models', TRAIN_MODELS), ('train_modes', TRAIN_MODES)):
+    unknown = [v for v in base.get(k, ()) if v not in valid]
+    if unknown or (k in base and not base[k]):
+      raise ValueError(f"{k}={','.join(base[k])}: unknown {unknown}; valid: {', '.join(valid)}")
   member_conv.check(base.get('member_conv', 'grouped'))
   devices = base.get('devices', 1)
   if not 1 <= devices <= jax.device_count():
@@ -325,54 +335,72 @@ def auto_fit_fn(w: Workload, mesh=None):
   return train.get_fit_fn('auto', w.model, jnp.zeros((1, *w.image_shape), jnp.float32), mesh)
 
 
-def scaling_record(w: Workload, by_members: dict[int, dict], sequential: dict | None,
-                   auto: dict | None = None):
-  """The N=max / N=min aggregate ratio, and vmap over sequential at N=max."""
-  lo, hi = min(by_members), max(by_members)
-  rec = {'case': 'ensemble_train', 'model': w.name, 'mode': 'summary',
-         'members_numerator': hi, 'members_denominator': lo,
-         'aggregate_images_per_second_ratio': (by_members[hi]['images_per_second']
-                                               / by_members[lo]['images_per_second'])}
-  if sequential is not None:
-    rec['vmap_over_sequential_ratio'] = (by_members[hi]['images_per_second']
-                                         / sequential['images_per_second'])
-    # What jal's loop runs here (train.loop='auto'), and how it compares.
-    fit_fn = auto_fit_fn(w)
-    rec['auto_function'] = f'train.{fit_fn.__name__}'
-    auto = {train.fit_ensemble: by_members[hi], train.fit_members_map: sequential}.get(
-        fit_fn, auto)
-    if auto is not None:
-      rec['auto_images_per_second'] = auto['images_per_second']
-      rec['auto_over_sequential_ratio'] = (auto['images_per_second']
-                                           / sequential['images_per_second'])
+def scaling_record(w: Workload, timed: dict[tuple[str, int], dict]) -> dict[str, Any]:
+  """What the timed drivers say together (`timed`: (mode, members) -> record).
+
+  `aggregate_images_per_second_ratio`: the largest N over the smallest, for
+  'vmap' (else 'auto') as `members_mode` says; `vmap_over_sequential_ratio`
+  at the largest N; and what jal's loop runs (train.loop='auto') over
+  sequential.
+  """
+  rec = {'case': 'ensemble_train', 'model': w.name, 'mode': 'summary'}
+  for mode in ('vmap', 'auto'):
+    by_members = {m: r for (md, m), r in timed.items() if md == mode}
+    if len(by_members) > 1:
+      lo, hi = min(by_members), max(by_members)
+      rec.update(members_mode=mode, members_numerator=hi, members_denominator=lo,
+                 aggregate_images_per_second_ratio=(by_members[hi]['images_per_second']
+                                                    / by_members[lo]['images_per_second']))
+      break
+  seq = next((r for (md, _), r in timed.items() if md == 'sequential'), None)
+  fit_fn = auto_fit_fn(w)
+  rec['auto_function'] = f'train.{fit_fn.__name__}'
+  if seq is None:
+    return rec
+  top = seq['members']
+  if ('vmap', top) in timed:
+    rec['vmap_over_sequential_ratio'] = (timed['vmap', top]['images_per_second']
+                                         / seq['images_per_second'])
+  auto_mode = {train.fit_ensemble: 'vmap', train.fit_members_map: 'sequential'}.get(fit_fn,
+                                                                                    'auto')
+  auto = timed.get((auto_mode, top))
+  if auto is not None:
+    rec['auto_images_per_second'] = auto['images_per_second']
+    rec['auto_over_sequential_ratio'] = auto['images_per_second'] / seq['images_per_second']
   return rec
 
 
 def bench_ensemble_train(p: Params) -> list[dict]:
+  """Every model's records for the drivers in `p.train_modes`, then a summary.
+
+  'vmap' is timed for every N in `p.members`; 'sequential' and 'sharded' for
+  the largest N. 'auto' (the loop's own driver) is timed where it is a
+  stepwise driver, i.e. not already one of the two one-program drivers: for
+  the largest N, or for every N when 'vmap' is not asked for (on a CPU, where
+  the one-program drivers are slow, `--train_modes=auto` still gives the
+  N-scaling of what the loop runs).
+  """
   out = []
+  modes = p.train_modes
+  top = max(p.members)
   for name in p.train_models:
     w = workload(name, p)
-    by_members = {}
-    for m in sorted(set(p.members)):
-      recs = time_fit(w, p, m, 'vmap')
-      by_members[m] = recs[0]
-      out += recs
-      logging.info('ensemble_train %s N=%d: %.1f images/s', name, m,
-                   by_members[m]['images_per_second'])
-    top = max(by_members)
-    sequential = auto = None
-    if top > 1:
-      recs = time_fit(w, p, top, 'sequential')
-      sequential = recs[0]
-      out += recs
-    if p.devices > 1:
-      out += time_fit(w, p, top, 'sharded')
-    # On CPUs jal's loop runs a stepwise driver: time it too.
-    if top > 1 and auto_fit_fn(w) not in (train.fit_ensemble, train.fit_members_map):
-      recs = time_fit(w, p, top, 'auto')
-      auto = recs[0]
-      out += recs
-    out.append(scaling_record(w, by_members, sequential, auto))
+    stepwise = auto_fit_fn(w) not in (train.fit_ensemble, train.fit_members_map)
+    timed = {}   # (mode, members) -> record
+    for mode, sizes in (('vmap', p.members), ('sequential', (top,) if top > 1 else ()),
+                        ('sharded', (top,) if p.devices > 1 else ()),
+                        ('auto', (() if not stepwise else
+                                  p.members if 'vmap' not in modes else
+                                  (top,) if top > 1 else ()))):
+      if mode not in modes:
+        continue
+      for m in sorted(set(sizes)):
+        recs = time_fit(w, p, m, mode)
+        timed[mode, m] = recs[0]
+        out += recs
+        logging.info('ensemble_train %s %s N=%d: %.1f images/s', name, mode, m,
+                     recs[0]['images_per_second'])
+    out.append(scaling_record(w, timed))
   return out
 
 
@@ -601,6 +629,9 @@ def _define_flags():
   flags.DEFINE_enum('size', 'full', SIZES, 'small: tiny CPU shapes; full: the real shapes.')
   flags.DEFINE_list('members', None, 'Ensemble sizes (default 1,5).')
   flags.DEFINE_list('train_models', None, f'ensemble_train models ({",".join(TRAIN_MODELS)}).')
+  flags.DEFINE_list('train_modes', None, 'ensemble_train drivers to time (default all: '
+                    f'{",".join(TRAIN_MODES)}); auto alone times the loop\'s own driver '
+                    'for every N, e.g. ResNet-18 on a CPU.')
   flags.DEFINE_integer('steps', None, 'ensemble_train: steps per timed fit.')
   flags.DEFINE_integer('resnet_width', None, 'ResNet-18 first-stage width.')
   flags.DEFINE_integer('kc_n', None, 'k_center: pool size.')
@@ -625,7 +656,7 @@ def _main(argv, flags_):
   del argv
   overrides = {k: getattr(flags_, k) for k in (
       'steps', 'resnet_width', 'kc_n', 'kc_d', 'kc_labeled', 'kc_k', 'bandwidth_bytes', 'pool',
-      'repeats', 'dtype', 'train_models', 'devices', 'profile_dir', 'member_conv')}
+      'repeats', 'dtype', 'train_models', 'train_modes', 'devices', 'profile_dir', 'member_conv')}
   if flags_.members is not None:
     overrides['members'] = [int(m) for m in flags_.members]
   p = params_for(flags_.size, **overrides)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,36 @@ def test_ensemble_train(records):
   positive(auto, 'images_per_second')
   assert summary['auto_over_sequential_ratio'] == pytest.approx(
       auto['images_per_second'] / seq['images_per_second'])
+  assert summary['members_mode'] == 'vmap'
+  assert summary['aggregate_images_per_second_ratio'] == pytest.approx(
+      vmap[1]['images_per_second'] / vmap[0]['images_per_second'])
+
+
+def test_ensemble_train_auto_only():
+  # What a CPU run of ResNet-18 asks for: only the loop's stepwise driver,
+  # for every N, and the N-scaling of that driver.
+  recs = bench.run(('ensemble_train',), size='small', train_models=('lenet',),
+                   train_modes=('auto',), repeats=1)
+  auto = of(recs, 'ensemble_train', mode='auto')
+  assert [(r['members'], r['function']) for r in auto] == [
+      (1, 'train.fit_members_stepwise'), (2, 'train.fit_members_stepwise')]
+  (summary,) = of(recs, 'ensemble_train', mode='summary')
+  assert (summary['members_mode'], summary['members_numerator'],
+          summary['members_denominator']) == ('auto', 2, 1)
+  assert summary['aggregate_images_per_second_ratio'] == pytest.approx(
+      auto[1]['images_per_second'] / auto[0]['images_per_second'])
+  assert 'vmap_over_sequential_ratio' not in summary
+  assert len(recs) == 3
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(train_modes=('auto', 'eager')), "unknown ['eager']; valid: vmap, sequential, sharded, "
+                                           'auto'),
+    (dict(train_models=('vgg',)), "unknown ['vgg']; valid: resnet18, lenet"),
+])
+def test_unknown_driver_or_model_is_refused_before_compute(overrides, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    bench.params_for('small', **overrides)
 
 
 def test_k_center(records):
