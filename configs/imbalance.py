@@ -25,9 +25,12 @@ results/imbalance_h200_subset). The full 42,105-image pool was not timed.
 On the 2-core CPU (members trained in turn, see train.fit_members_stepwise)
 one ResNet-18 member step at batch 128 took 4.2 s with nothing else
 running (146 steps in 10.3 min; 5-9 s with other jobs), so one round's
-5 x 500 steps need about 3 hours there. Such a fit saves its progress every `fit_checkpoint_seconds`
+5 x 500 steps need about 3 hours there; round 0 on the full 42,105-image
+pool was run on that CPU (results/imbalance_cpu): evaluation 7.1 min,
+pool scoring 31 min (about 113 member-images/s), selection 0.45 s, so about
+3.5 h per round. Such a fit saves its progress every `fit_checkpoint_seconds`
 (600 s), so a CPU run can be stopped and resumed at any time and ends with
-the results of an uninterrupted one.
+the results of an uninterrupted one (that run was resumed three times).
 """
 
 from jal import config_lib
