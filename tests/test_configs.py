@@ -7,7 +7,6 @@ be had here, so the tests write small stand-ins in the standard formats.
 
 import json
 import pathlib
-import pickle
 
 import numpy as np
 from PIL import Image
@@ -15,6 +14,7 @@ import pytest
 
 from jal import data, experiment
 from tests.conftest import load_config, shared_data_dir
+from tests.test_data import fake_cifar10_files, fake_cifar100_files, write_folder
 from tests.test_pretrained import random_state_dict
 
 
@@ -22,29 +22,13 @@ def _rows(workdir, name):
   return [json.loads(l) for l in (pathlib.Path(workdir) / name).read_text().splitlines()]
 
 
-def _write_fake_cifar(root: pathlib.Path, num_classes: int, n_train=1000, n_test=300, seed=0):
-  """A made-up CIFAR-10 or CIFAR-100 extracted folder (the python-pickle
-  layout) under `root`, with a class-dependent colour so the task is
-  learnable at all; returns `root` for `config.data_dir`."""
-  rng = np.random.default_rng(seed)
-  if num_classes == 100:
-    folder, train_files, test_file = 'cifar-100-python', ('train',), 'test'
-    meta_file, label_key, names_key = 'meta', b'fine_labels', b'fine_label_names'
+def _write_fake_cifar(root: pathlib.Path, num_classes: int):
+  """A made-up CIFAR-10 (1,000 training, 200 test images) or CIFAR-100 (300
+  and 300) extracted folder under `root`; returns `root` for `data_dir`."""
+  if num_classes == 10:
+    write_folder(root / 'cifar-10-batches-py', fake_cifar10_files(n_per_batch=200)[0])
   else:
-    folder, train_files = 'cifar-10-batches-py', tuple(f'data_batch_{i}' for i in range(1, 6))
-    test_file, meta_file, label_key, names_key = 'test_batch', 'batches.meta', b'labels', \
-        b'label_names'
-  (root / folder).mkdir(parents=True)
-  per_file = [(f, n_train // len(train_files)) for f in train_files] + [(test_file, n_test)]
-  for name, n in per_file:
-    y = rng.integers(0, num_classes, n)
-    x = rng.integers(0, 64, (n, 3, 32, 32)) + (y[:, None, None, None] * 190 // num_classes)
-    payload = {b'data': x.clip(0, 255).astype(np.uint8).reshape(n, -1), label_key: y.tolist()}
-    if num_classes == 100:
-      payload[b'coarse_labels'] = (y // 5).tolist()
-    (root / folder / name).write_bytes(pickle.dumps(payload, protocol=2))
-  names = {names_key: [f'c{i}'.encode() for i in range(num_classes)]}
-  (root / folder / meta_file).write_bytes(pickle.dumps(names, protocol=2))
+    write_folder(root / 'cifar-100-python', fake_cifar100_files(n_per_batch=300)[0])
   return str(root)
 
 

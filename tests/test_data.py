@@ -111,18 +111,20 @@ def _fake_cifar_files(num_classes, label_key, names_key, batch_names,
   return files, arrays
 
 
-def _fake_cifar10_files():
+def fake_cifar10_files(n_per_batch=3):
+  """CIFAR-10's folder files: 5 training batches and a test batch of `n_per_batch`."""
   return _fake_cifar_files(10, 'labels', 'label_names',
                            tuple(f'data_batch_{i}' for i in range(1, 6)),
-                           'test_batch', 'batches.meta')
+                           'test_batch', 'batches.meta', n_per_batch=n_per_batch)
 
 
-def _fake_cifar100_files():
+def fake_cifar100_files(n_per_batch=7):
+  """CIFAR-100's folder files: `train` and `test` of `n_per_batch` each."""
   return _fake_cifar_files(100, 'fine_labels', 'fine_label_names', ('train',),
-                           'test', 'meta', n_per_batch=7)
+                           'test', 'meta', n_per_batch=n_per_batch)
 
 
-def _write_folder(directory, files):
+def write_folder(directory, files):
   directory.mkdir(parents=True)
   for fname, payload in files.items():
     (directory / fname).write_bytes(payload)
@@ -264,9 +266,9 @@ def test_cifar10_first_rows_match_raw_pickle(cifar10):
 
 @pytest.mark.parametrize('layout', ['folder', 'archive'])
 def test_cifar10_fake(tmp_path, layout):
-  files, arrays = _fake_cifar10_files()
+  files, arrays = fake_cifar10_files()
   if layout == 'folder':
-    _write_folder(tmp_path / 'cifar-10-batches-py', files)
+    write_folder(tmp_path / 'cifar-10-batches-py', files)
   else:
     _write_tar_gz(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
                   files)
@@ -284,7 +286,7 @@ def test_cifar10_fake(tmp_path, layout):
 
 
 def test_cifar_archive_missing_member(tmp_path):
-  files, _ = _fake_cifar10_files()
+  files, _ = fake_cifar10_files()
   del files['data_batch_3']
   _write_tar_gz(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
                 files)
@@ -299,9 +301,9 @@ def test_cifar_archive_missing_member(tmp_path):
 
 @pytest.mark.parametrize('layout', ['folder', 'archive'])
 def test_cifar100_fake(tmp_path, layout):
-  files, arrays = _fake_cifar100_files()
+  files, arrays = fake_cifar100_files()
   if layout == 'folder':
-    _write_folder(tmp_path / 'cifar-100-python', files)
+    write_folder(tmp_path / 'cifar-100-python', files)
   else:
     _write_tar_gz(tmp_path / 'cifar-100-python.tar.gz', 'cifar-100-python',
                   files)
