@@ -363,16 +363,18 @@ class FitCheckpoints:
   def after_step(self, group: int, step: int, finished: list, state) -> None:
     if self.clock() - self.last_save < self.every:
       return
-    self._save(group, step, finished, state)
+    self._save(group, step, finished, state,
+               f'the fit in progress ({self.tag}): group {group}, {step} steps done')
 
   def fit_done(self, finished: list) -> None:
     """Saves every group's final state, whatever the interval: a run killed
     after the fit but before the round's loop state is saved (in evaluation
     or scoring, which take most of an hour for a CIFAR pool on a CPU) then
     resumes without training again."""
-    self._save(len(finished), 0, finished, finished[-1])
+    self._save(len(finished), 0, finished, finished[-1],
+               f'the finished fit ({self.tag}): {len(finished)} groups')
 
-  def _save(self, group: int, step: int, finished: list, state) -> None:
+  def _save(self, group: int, step: int, finished: list, state, what: str) -> None:
     if jax.process_index() == 0:
       with ocp.StandardCheckpointer() as ckptr:
         for i in range(self.saved_groups, len(finished)):
@@ -382,11 +384,7 @@ class FitCheckpoints:
       self.manager.save(group * 10**9 + step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)))
       self.manager.wait_until_finished()
-      if step == 0 and group == len(finished):   # from fit_done (a step save has step >= 1)
-        logging.info('saved the finished fit (%s): %d groups', self.tag, group)
-      else:
-        logging.info('saved the fit in progress (%s): group %d, %d steps done', self.tag,
-                     group, step)
+      logging.info('saved %s', what)
     self.saved_groups = len(finished)
     self.last_save = self.clock()
 
