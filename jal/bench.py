@@ -388,13 +388,15 @@ def bench_ensemble_train(p: Params) -> list[dict]:
   top = max(p.members)
   for name in p.train_models:
     w = workload(name, p)
-    stepwise = auto_fit_fn(w) not in (train.fit_ensemble, train.fit_members_map)
+    if auto_fit_fn(w) in (train.fit_ensemble, train.fit_members_map):
+      auto_sizes = ()   # the loop runs one of the programs timed as vmap/sequential
+    elif 'vmap' in modes:
+      auto_sizes = (top,) if top > 1 else ()
+    else:
+      auto_sizes = p.members
     timed = {}   # (mode, members) -> record
     for mode, sizes in (('vmap', p.members), ('sequential', (top,) if top > 1 else ()),
-                        ('sharded', (top,) if p.devices > 1 else ()),
-                        ('auto', (() if not stepwise else
-                                  p.members if 'vmap' not in modes else
-                                  (top,) if top > 1 else ()))):
+                        ('sharded', (top,) if p.devices > 1 else ()), ('auto', auto_sizes)):
       if mode not in modes:
         continue
       for m in sorted(set(sizes)):
