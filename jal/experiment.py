@@ -389,11 +389,19 @@ class FitCheckpoints:
     self.last_save = self.clock()
 
   def clear(self) -> None:
+    """Deletes the saved progress. The folder is renamed aside first (one
+    atomic step) and deleted there, so a kill during the delete never leaves
+    a half-deleted checkpoint where `restore` would read it; what such a kill
+    leaves aside is deleted by the next `clear`."""
     if self._manager is not None:
       self._manager.close()
       self._manager = None
     if jax.process_index() == 0:
-      shutil.rmtree(self.directory, ignore_errors=True)
+      aside = self.directory + '.deleting'
+      shutil.rmtree(aside, ignore_errors=True)
+      if os.path.isdir(self.directory):
+        os.replace(self.directory, aside)
+      shutil.rmtree(aside, ignore_errors=True)
 
 
 def fit_tag(round_: int, labeled_idx: np.ndarray, key) -> str:

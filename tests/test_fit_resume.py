@@ -109,6 +109,35 @@ def test_finished_fit_is_restored_without_training(problem, tmp_path, fit):
   _assert_bitwise_equal(first, again)
 
 
+def test_kill_while_clearing_leaves_no_half_deleted_progress(problem, tmp_path, monkeypatch):
+  # Seen in a CI run: a kill -9 inside clear()'s delete left progress/<n>/
+  # with its 'state' but not its 'position', and the resumed run died in
+  # restore (KeyError). The delete now happens aside, after an atomic rename.
+  directory = str(tmp_path / 'fit')
+  first = train.fit_members_stepwise(*problem, checkpoint=experiment.FitCheckpoints(
+      directory, 'round 1 aaa', every_seconds=3600))
+  rmtree = experiment.shutil.rmtree
+
+  def dies_mid_delete(path, ignore_errors=False):
+    positions = sorted(pathlib.Path(path).glob('progress/*/position'))
+    if not positions:
+      return rmtree(path, ignore_errors=ignore_errors)
+    rmtree(positions[0])   # the first item deleted, the rest not yet
+    raise Killed
+
+  monkeypatch.setattr(experiment.shutil, 'rmtree', dies_mid_delete)
+  with pytest.raises(Killed):
+    experiment.FitCheckpoints(directory, 'round 1 aaa', every_seconds=3600).clear()
+  monkeypatch.setattr(experiment.shutil, 'rmtree', rmtree)
+  assert not os.path.exists(directory)
+  # The next round's fit finds nothing saved, trains, and its clear() also
+  # removes what the kill left aside.
+  after = experiment.FitCheckpoints(directory, 'round 2 bbb', every_seconds=3600)
+  assert after.restore(jax.tree.map(lambda a: a[0], first)) is None
+  after.clear()
+  assert not os.path.exists(directory + '.deleting')
+
+
 def test_saves_wait_for_the_interval(problem, tmp_path):
   now = [0.0]
   ckpt = experiment.FitCheckpoints(str(tmp_path / 'fit'), 'tag', every_seconds=10,
