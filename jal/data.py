@@ -44,6 +44,9 @@ same way: positive_classes=(2, 3, 4), minority_fraction=0.05.
 
 tensorflow-datasets is only a fallback when no files are found, and it never
 downloads unless `data_config.download` is true.
+
+CIFAR pickles are read with an unpickler that admits only plain data and numpy
+arrays, so a data file cannot run code while it loads.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ import csv
 import dataclasses
 import gzip
 import hashlib
+import importlib
 import io
 import os
 import pickle
@@ -433,9 +437,72 @@ def _pickle_get(d: dict[Any, Any], key: str, source: str) -> Any:
   raise ValueError(f'{source} has no key {key!r} (keys: {sorted(map(str, d))})')
 
 
-def _unpickle(f, source: str) -> dict[Any, Any]:
+class _RefusedGlobal(ValueError):
+  """A CIFAR pickle names a global that the format never holds."""
+
+
+def _numpy_core(submodule: str) -> Any:
+  """numpy._core.<submodule> (numpy 2), else numpy.core.<submodule>."""
   try:
-    d = pickle.load(f, encoding='bytes')
+    return importlib.import_module(f'numpy._core.{submodule}')
+  except ImportError:
+    return importlib.import_module(f'numpy.core.{submodule}')
+
+
+def _latin1_encode(text: Any, encoding: Any) -> bytes:
+  """`codecs.encode` as Python 3 pickles bytes at protocol <= 2 (latin-1)."""
+  if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
+    raise pickle.UnpicklingError(f'_codecs.encode of {type(text).__name__} '
+                                 f'with encoding {encoding!r}, not latin1')
+  return text.encode('latin1')
+
+
+def _cifar_global(module: str, name: str) -> Any:
+  """The object a global in a CIFAR pickle names, or None if it's not one.
+
+  The genuine files (Python 2, protocol 2) hold dicts, lists, str/bytes, ints
+  and numpy uint8 arrays, which name only numpy's `_reconstruct`, `ndarray`
+  and `dtype`. Re-pickled copies may also name the numpy 2 module
+  (`numpy._core`), `_frombuffer` (protocol 5) or `_codecs.encode` (bytes
+  written by Python 3 at protocol <= 2).
+  """
+  if module == 'numpy' and name in ('ndarray', 'dtype'):
+    return getattr(np, name)
+  core = module.replace('numpy._core.', 'numpy.core.', 1)
+  if (core, name) in (('numpy.core.multiarray', '_reconstruct'),
+                      ('numpy.core.numeric', '_frombuffer')):
+    return getattr(_numpy_core(core.rsplit('.', 1)[1]), name)
+  if (module, name) == ('_codecs', 'encode'):
+    return _latin1_encode
+  return None
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """Unpickles only what a CIFAR pickle holds (see `_cifar_global`).
+
+  A pickle can call any importable function while it loads (`os.system`
+  included); this one refuses every global that `_cifar_global` does not
+  admit, with a one-line ValueError naming the file and the global.
+  """
+
+  def __init__(self, f, source: str):
+    super().__init__(f, encoding='bytes')
+    self._source = source
+
+  def find_class(self, module: str, name: str) -> Any:
+    obj = _cifar_global(module, name)
+    if obj is None:
+      raise _RefusedGlobal(f'refusing to load {self._source}: it references '
+                           f'{module}.{name}, which a CIFAR pickle never holds')
+    return obj
+
+
+def _unpickle(f, source: str) -> dict[Any, Any]:
+  """One CIFAR pickle -> its dict, loaded with `_CifarUnpickler`."""
+  try:
+    d = _CifarUnpickler(f, source).load()
+  except _RefusedGlobal:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'corrupt CIFAR pickle {source}: {type(e).__name__}: {e}'
                      ) from e

@@ -1,5 +1,6 @@
 """Tests for jal.data: real MNIST / CIFAR-10 files, fake CIFAR-100, derived tasks."""
 
+import codecs
 import gzip
 import io
 import os
@@ -292,6 +293,85 @@ def test_cifar_archive_missing_member(tmp_path):
                 files)
   with pytest.raises(ValueError, match='lacks data_batch_3'):
     data.load_dataset(_cfg(name='cifar10'), data_dir=str(tmp_path))
+
+
+class _RunsCommand:
+  """Unpickles to `os.system(command)`: what a malicious data file can hold."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize('layout', ['folder', 'archive'])
+def test_cifar_pickle_that_runs_a_command_is_refused(tmp_path, layout):
+  marker = tmp_path / 'PWNED'
+  files, _ = fake_cifar10_files()
+  batch = pickle.loads(files['data_batch_1'])
+  batch[b'extra'] = _RunsCommand(f'touch {marker}')
+  files['data_batch_1'] = pickle.dumps(batch, protocol=2)
+  pickle.loads(files['data_batch_1'])  # The payload is real: plain pickle
+  assert marker.exists()               # runs it.
+  marker.unlink()
+  data_dir = tmp_path / 'data'
+  if layout == 'folder':
+    write_folder(data_dir / 'cifar-10-batches-py', files)
+    source = data_dir / 'cifar-10-batches-py' / 'data_batch_1'
+  else:
+    data_dir.mkdir()
+    _write_tar_gz(data_dir / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
+                  files)
+    source = data_dir / 'cifar-10-python.tar.gz' / 'data_batch_1'
+  with pytest.raises(ValueError) as e:
+    data.load_dataset(_cfg(name='cifar10'), data_dir=str(data_dir))
+  assert str(e.value) == (
+      f'refusing to load {source}: it references {os.system.__module__}.system,'
+      ' which a CIFAR pickle never holds')
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize('protocol', range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_repickled_at_any_protocol_loads(tmp_path, protocol):
+  # Each protocol names numpy's array constructors differently (_frombuffer
+  # at 5) and stores bytes differently (_codecs.encode below 3).
+  files, arrays = fake_cifar10_files()
+  files = {f: pickle.dumps(pickle.loads(b), protocol=protocol)
+           for f, b in files.items()}
+  write_folder(tmp_path / 'cifar-10-batches-py', files)
+  _assert_same(data.load_dataset(_cfg(name='cifar10'), data_dir=str(tmp_path)),
+               arrays)
+
+
+class _Calls:
+  """Unpickles to `function(*args)`."""
+
+  def __init__(self, function, *args):
+    self.function, self.args = function, args
+
+  def __reduce__(self):
+    return (self.function, self.args)
+
+
+@pytest.mark.parametrize('value,expected', [
+    (_Calls(codecs.encode, 'abc', 'rot13'), 'corrupt CIFAR pickle .*'
+     r'test_batch: UnpicklingError: _codecs\.encode of str with encoding '
+     "'rot13', not latin1"),
+    (_Calls(np.load, 'x.npy'), r'refusing to load .*test_batch: it references '
+     r'numpy\.load, which'),
+    (_Calls(eval, '1 + 1'), r'refusing .* builtins\.eval, which'),
+])
+def test_cifar_pickle_admits_only_what_the_format_holds(tmp_path, value,
+                                                        expected):
+  files, _ = fake_cifar10_files()
+  batch = pickle.loads(files['test_batch'])
+  batch[b'extra'] = value
+  files['test_batch'] = pickle.dumps(batch, protocol=4)
+  write_folder(tmp_path / 'cifar-10-batches-py', files)
+  with pytest.raises(ValueError, match=expected) as e:
+    data.load_dataset(_cfg(name='cifar10'), data_dir=str(tmp_path))
+  assert '\n' not in str(e.value)
 
 
 # ---------------------------------------------------------------------------
