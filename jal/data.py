@@ -183,6 +183,31 @@ def _not_found_message(what: str, files: str, searched: Sequence[str],
 # --------------------------------------------------------------------------
 
 
+def _not_tfds_variant_warning(record: Any) -> bool:
+  """A logging filter: False for tfds's "Variant folder ..." warnings."""
+  return not ('/tensorflow_datasets/' in record.pathname
+              and str(record.msg).startswith('Variant folder '))
+
+
+def _tfds_is_prepared(builder: Any) -> bool:
+  """`builder.is_prepared()`, quiet when the builder's folder is absent.
+
+  Asked about a variant folder that does not exist, tfds warns "Variant
+  folder ... has no dataset_info.json" ahead of jal's own one-line not-found
+  error, so that warning is dropped; a folder that exists but is incomplete
+  (an interrupted prepare) is still warned about. A remote folder (gs://),
+  which `os.path` can't see, is probed quietly too.
+  """
+  if os.path.isdir(os.fspath(builder.data_dir)):
+    return builder.is_prepared()
+  absl_logger = logging.get_absl_logger()
+  absl_logger.addFilter(_not_tfds_variant_warning)
+  try:
+    return builder.is_prepared()
+  finally:
+    absl_logger.removeFilter(_not_tfds_variant_warning)
+
+
 def _load_tfds(tfds_name: str, *, tfds_data_dir: str | None, download: bool,
                manual_dir: str | None = None, manual_files: Sequence[str] = (),
                image_fn: Callable[[np.ndarray], np.ndarray] | None = None
@@ -213,7 +238,7 @@ def _load_tfds(tfds_name: str, *, tfds_data_dir: str | None, download: bool,
   except ImportError:
     return None
   builder = tfds.builder(tfds_name, data_dir=tfds_data_dir)
-  if not builder.is_prepared():
+  if not _tfds_is_prepared(builder):
     if not download:
       return None
     kwargs = {}

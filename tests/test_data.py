@@ -3,6 +3,7 @@
 import codecs
 import gzip
 import io
+import logging
 import os
 import pathlib
 import pickle
@@ -596,7 +597,7 @@ def test_unknown_dataset():
     ('cifar100', ['CIFAR-100 not found', 'cifar-100-python/',
                   'cifar-100-python.tar.gz', "tfds 'cifar100'"]),
 ])
-def test_missing_files(name, expected, tmp_path, no_network):
+def test_missing_files(name, expected, tmp_path, no_network, caplog):
   empty = tmp_path / 'data'
   empty.mkdir()
   tfds_dir = tmp_path / 'tfds'
@@ -605,10 +606,29 @@ def test_missing_files(name, expected, tmp_path, no_network):
     data.load_dataset(cfg, data_dir=str(empty))
   msg = str(e.value)
   assert '\n' not in msg
+  # The one-line error is all the user sees: no tfds warning ahead of it
+  # ("Variant folder ... has no dataset_info.json").
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.WARNING]
+  assert not warnings
   for s in expected + [str(empty), os.path.join(str(empty), name)]:
     assert s in msg, (s, msg)
   assert not list(tfds_dir.glob('**/*.tfrecord*'))  # Nothing downloaded.
   assert not list(tfds_dir.glob('**/*.array_record*'))
+
+
+def test_tfds_still_warns_about_an_incomplete_folder(tmp_path, no_network,
+                                                    caplog):
+  # An interrupted prepare leaves tfds's variant folder without
+  # dataset_info.json: that warning is worth seeing.
+  tfds = pytest.importorskip('tensorflow_datasets')
+  tfds_dir = tmp_path / 'tfds'
+  pathlib.Path(tfds.builder('mnist', data_dir=str(tfds_dir)).data_dir).mkdir(
+      parents=True)
+  cfg = _cfg(name='mnist', tfds_data_dir=str(tfds_dir))
+  with pytest.raises(FileNotFoundError, match='MNIST not found'):
+    data.load_dataset(cfg, data_dir=str(tmp_path / 'no_data'))
+  assert any('dataset_info.json' in r.getMessage() for r in caplog.records)
 
 
 def test_missing_without_data_dir(monkeypatch, tmp_path, no_network):
