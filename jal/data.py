@@ -44,6 +44,9 @@ same way: positive_classes=(2, 3, 4), minority_fraction=0.05.
 
 tensorflow-datasets is only a fallback when no files are found, and it never
 downloads unless `data_config.download` is true.
+
+CIFAR pickles are read with an unpickler that admits only plain data and numpy
+arrays, so a data file cannot run code while it loads.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ import csv
 import dataclasses
 import gzip
 import hashlib
+import importlib
 import io
 import os
 import pickle
@@ -179,6 +183,31 @@ def _not_found_message(what: str, files: str, searched: Sequence[str],
 # --------------------------------------------------------------------------
 
 
+def _not_tfds_variant_warning(record: Any) -> bool:
+  """A logging filter: False for tfds's "Variant folder ..." warnings."""
+  return not ('/tensorflow_datasets/' in record.pathname
+              and str(record.msg).startswith('Variant folder '))
+
+
+def _tfds_is_prepared(builder: Any) -> bool:
+  """`builder.is_prepared()`, quiet when the builder's folder is absent.
+
+  Asked about a variant folder that does not exist, tfds warns "Variant
+  folder ... has no dataset_info.json" ahead of jal's own one-line not-found
+  error, so that warning is dropped; a folder that exists but is incomplete
+  (an interrupted prepare) is still warned about. A remote folder (gs://),
+  which `os.path` can't see, is probed quietly too.
+  """
+  if os.path.isdir(os.fspath(builder.data_dir)):
+    return builder.is_prepared()
+  absl_logger = logging.get_absl_logger()
+  absl_logger.addFilter(_not_tfds_variant_warning)
+  try:
+    return builder.is_prepared()
+  finally:
+    absl_logger.removeFilter(_not_tfds_variant_warning)
+
+
 def _load_tfds(tfds_name: str, *, tfds_data_dir: str | None, download: bool,
                manual_dir: str | None = None, manual_files: Sequence[str] = (),
                image_fn: Callable[[np.ndarray], np.ndarray] | None = None
@@ -209,7 +238,7 @@ def _load_tfds(tfds_name: str, *, tfds_data_dir: str | None, download: bool,
   except ImportError:
     return None
   builder = tfds.builder(tfds_name, data_dir=tfds_data_dir)
-  if not builder.is_prepared():
+  if not _tfds_is_prepared(builder):
     if not download:
       return None
     kwargs = {}
@@ -433,9 +462,72 @@ def _pickle_get(d: dict[Any, Any], key: str, source: str) -> Any:
   raise ValueError(f'{source} has no key {key!r} (keys: {sorted(map(str, d))})')
 
 
-def _unpickle(f, source: str) -> dict[Any, Any]:
+class _RefusedGlobal(ValueError):
+  """A CIFAR pickle names a global that the format never holds."""
+
+
+def _numpy_core(submodule: str) -> Any:
+  """numpy._core.<submodule> (numpy 2), else numpy.core.<submodule>."""
   try:
-    d = pickle.load(f, encoding='bytes')
+    return importlib.import_module(f'numpy._core.{submodule}')
+  except ImportError:
+    return importlib.import_module(f'numpy.core.{submodule}')
+
+
+def _latin1_encode(text: Any, encoding: Any) -> bytes:
+  """`codecs.encode` as Python 3 pickles bytes at protocol <= 2 (latin-1)."""
+  if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
+    raise pickle.UnpicklingError(f'_codecs.encode of {type(text).__name__} '
+                                 f'with encoding {encoding!r}, not latin1')
+  return text.encode('latin1')
+
+
+def _cifar_global(module: str, name: str) -> Any:
+  """The object a global in a CIFAR pickle names, or None if it's not one.
+
+  The genuine files (Python 2, protocol 2) hold dicts, lists, str/bytes, ints
+  and numpy uint8 arrays, which name only numpy's `_reconstruct`, `ndarray`
+  and `dtype`. Re-pickled copies may also name the numpy 2 module
+  (`numpy._core`), `_frombuffer` (protocol 5) or `_codecs.encode` (bytes
+  written by Python 3 at protocol <= 2).
+  """
+  if module == 'numpy' and name in ('ndarray', 'dtype'):
+    return getattr(np, name)
+  core = module.replace('numpy._core.', 'numpy.core.', 1)
+  if (core, name) in (('numpy.core.multiarray', '_reconstruct'),
+                      ('numpy.core.numeric', '_frombuffer')):
+    return getattr(_numpy_core(core.rsplit('.', 1)[1]), name)
+  if (module, name) == ('_codecs', 'encode'):
+    return _latin1_encode
+  return None
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """Unpickles only what a CIFAR pickle holds (see `_cifar_global`).
+
+  A pickle can call any importable function while it loads (`os.system`
+  included); this one refuses every global that `_cifar_global` does not
+  admit, with a one-line ValueError naming the file and the global.
+  """
+
+  def __init__(self, f, source: str):
+    super().__init__(f, encoding='bytes')
+    self._source = source
+
+  def find_class(self, module: str, name: str) -> Any:
+    obj = _cifar_global(module, name)
+    if obj is None:
+      raise _RefusedGlobal(f'refusing to load {self._source}: it references '
+                           f'{module}.{name}, which a CIFAR pickle never holds')
+    return obj
+
+
+def _unpickle(f, source: str) -> dict[Any, Any]:
+  """One CIFAR pickle -> its dict, loaded with `_CifarUnpickler`."""
+  try:
+    d = _CifarUnpickler(f, source).load()
+  except _RefusedGlobal:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'corrupt CIFAR pickle {source}: {type(e).__name__}: {e}'
                      ) from e

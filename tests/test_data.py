@@ -1,7 +1,9 @@
 """Tests for jal.data: real MNIST / CIFAR-10 files, fake CIFAR-100, derived tasks."""
 
+import codecs
 import gzip
 import io
+import logging
 import os
 import pathlib
 import pickle
@@ -294,6 +296,85 @@ def test_cifar_archive_missing_member(tmp_path):
     data.load_dataset(_cfg(name='cifar10'), data_dir=str(tmp_path))
 
 
+class _RunsCommand:
+  """Unpickles to `os.system(command)`: what a malicious data file can hold."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize('layout', ['folder', 'archive'])
+def test_cifar_pickle_that_runs_a_command_is_refused(tmp_path, layout):
+  marker = tmp_path / 'PWNED'
+  files, _ = fake_cifar10_files()
+  batch = pickle.loads(files['data_batch_1'])
+  batch[b'extra'] = _RunsCommand(f'touch {marker}')
+  files['data_batch_1'] = pickle.dumps(batch, protocol=2)
+  pickle.loads(files['data_batch_1'])  # The payload is real: plain pickle
+  assert marker.exists()               # runs it.
+  marker.unlink()
+  data_dir = tmp_path / 'data'
+  if layout == 'folder':
+    write_folder(data_dir / 'cifar-10-batches-py', files)
+    source = data_dir / 'cifar-10-batches-py' / 'data_batch_1'
+  else:
+    data_dir.mkdir()
+    _write_tar_gz(data_dir / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
+                  files)
+    source = data_dir / 'cifar-10-python.tar.gz' / 'data_batch_1'
+  with pytest.raises(ValueError) as e:
+    data.load_dataset(_cfg(name='cifar10'), data_dir=str(data_dir))
+  assert str(e.value) == (
+      f'refusing to load {source}: it references {os.system.__module__}.system,'
+      ' which a CIFAR pickle never holds')
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize('protocol', range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_repickled_at_any_protocol_loads(tmp_path, protocol):
+  # Each protocol names numpy's array constructors differently (_frombuffer
+  # at 5) and stores bytes differently (_codecs.encode below 3).
+  files, arrays = fake_cifar10_files()
+  files = {f: pickle.dumps(pickle.loads(b), protocol=protocol)
+           for f, b in files.items()}
+  write_folder(tmp_path / 'cifar-10-batches-py', files)
+  _assert_same(data.load_dataset(_cfg(name='cifar10'), data_dir=str(tmp_path)),
+               arrays)
+
+
+class _Calls:
+  """Unpickles to `function(*args)`."""
+
+  def __init__(self, function, *args):
+    self.function, self.args = function, args
+
+  def __reduce__(self):
+    return (self.function, self.args)
+
+
+@pytest.mark.parametrize('value,expected', [
+    (_Calls(codecs.encode, 'abc', 'rot13'), 'corrupt CIFAR pickle .*'
+     r'test_batch: UnpicklingError: _codecs\.encode of str with encoding '
+     "'rot13', not latin1"),
+    (_Calls(np.load, 'x.npy'), r'refusing to load .*test_batch: it references '
+     r'numpy\.load, which'),
+    (_Calls(eval, '1 + 1'), r'refusing .* builtins\.eval, which'),
+])
+def test_cifar_pickle_admits_only_what_the_format_holds(tmp_path, value,
+                                                        expected):
+  files, _ = fake_cifar10_files()
+  batch = pickle.loads(files['test_batch'])
+  batch[b'extra'] = value
+  files['test_batch'] = pickle.dumps(batch, protocol=4)
+  write_folder(tmp_path / 'cifar-10-batches-py', files)
+  with pytest.raises(ValueError, match=expected) as e:
+    data.load_dataset(_cfg(name='cifar10'), data_dir=str(tmp_path))
+  assert '\n' not in str(e.value)
+
+
 # ---------------------------------------------------------------------------
 # CIFAR-100 (fake only; the real one is not available here).
 # ---------------------------------------------------------------------------
@@ -516,7 +597,7 @@ def test_unknown_dataset():
     ('cifar100', ['CIFAR-100 not found', 'cifar-100-python/',
                   'cifar-100-python.tar.gz', "tfds 'cifar100'"]),
 ])
-def test_missing_files(name, expected, tmp_path, no_network):
+def test_missing_files(name, expected, tmp_path, no_network, caplog):
   empty = tmp_path / 'data'
   empty.mkdir()
   tfds_dir = tmp_path / 'tfds'
@@ -525,10 +606,29 @@ def test_missing_files(name, expected, tmp_path, no_network):
     data.load_dataset(cfg, data_dir=str(empty))
   msg = str(e.value)
   assert '\n' not in msg
+  # The one-line error is all the user sees: no tfds warning ahead of it
+  # ("Variant folder ... has no dataset_info.json").
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.WARNING]
+  assert not warnings
   for s in expected + [str(empty), os.path.join(str(empty), name)]:
     assert s in msg, (s, msg)
   assert not list(tfds_dir.glob('**/*.tfrecord*'))  # Nothing downloaded.
   assert not list(tfds_dir.glob('**/*.array_record*'))
+
+
+def test_tfds_still_warns_about_an_incomplete_folder(tmp_path, no_network,
+                                                    caplog):
+  # An interrupted prepare leaves tfds's variant folder without
+  # dataset_info.json: that warning is worth seeing.
+  tfds = pytest.importorskip('tensorflow_datasets')
+  tfds_dir = tmp_path / 'tfds'
+  pathlib.Path(tfds.builder('mnist', data_dir=str(tfds_dir)).data_dir).mkdir(
+      parents=True)
+  cfg = _cfg(name='mnist', tfds_data_dir=str(tfds_dir))
+  with pytest.raises(FileNotFoundError, match='MNIST not found'):
+    data.load_dataset(cfg, data_dir=str(tmp_path / 'no_data'))
+  assert any('dataset_info.json' in r.getMessage() for r in caplog.records)
 
 
 def test_missing_without_data_dir(monkeypatch, tmp_path, no_network):
