@@ -443,6 +443,37 @@ def _validate_config(config, strategy) -> None:
       raise FileNotFoundError(f'pretrained weights not found: {path}')
 
 
+def _refuse_or_skip(folder: str, bad: list[tuple[str, str]], skip_unreadable: bool) -> None:
+  """Raises a one-line ValueError naming the unreadable files, unless skipping."""
+  if bad and not skip_unreadable:
+    raise ValueError(f'{len(bad)} unreadable image(s) in {folder}: '
+                     f'{_named(f"{n} ({e})" for n, e in bad)}; pass --skip_unreadable to '
+                     'leave them out')
+  for n, e in bad:
+    logging.warning('Skipping unreadable image %s (%s).', n, e)
+
+
+def _screen_images(folder, names, config, max_file_mb, max_pixels, skip_unreadable):
+  """Refuses, or leaves out, the files that must not be read (`images.screen`).
+
+  Runs before any file is hashed or decoded.
+
+  Returns:
+    (the names to read, the names left out).
+  """
+  if not max_file_mb > 0:
+    raise ValueError(f'--max_file_mb must be positive, got {max_file_mb}')
+  if max_pixels < 1:
+    raise ValueError(f'--max_pixels must be positive, got {max_pixels}')
+  bad = images_lib.screen(folder, names, int(max_file_mb * 1e6), int(max_pixels),
+                          config.images.size, config.images.channels)
+  _refuse_or_skip(folder, bad, skip_unreadable)
+  left_out = {n for n, _ in bad}
+  if len(left_out) == len(names):
+    raise ValueError(f'no readable images in {folder}: all {len(names)} were left out')
+  return [n for n in names if n not in left_out], [n for n, _ in bad]
+
+
 def _read_pool(folder, names, prints, workdir, config, skip_unreadable):
   """Decodes the pool through the cache; drops or refuses unreadable files."""
   ic = config.images
@@ -451,13 +482,8 @@ def _read_pool(folder, names, prints, workdir, config, skip_unreadable):
   x, errors = cache.load([os.path.join(folder, n) for n in names],
                          [prints[n]['sha256'] for n in names], int(ic.num_workers))
   bad = [(n, e) for n, e in zip(names, errors) if e is not None]
-  if bad and not skip_unreadable:
-    raise ValueError(f'{len(bad)} unreadable image(s) in {folder}: '
-                     f'{_named(f"{n} ({e})" for n, e in bad)}; pass --skip_unreadable to '
-                     'leave them out')
+  _refuse_or_skip(folder, bad, skip_unreadable)
   ok = np.array([e is None for e in errors], bool)
-  for n, e in bad:
-    logging.warning('Skipping unreadable image %s (%s).', n, e)
   return x[ok], [n for n, good in zip(names, ok) if good], [n for n, _ in bad]
 
 
@@ -560,7 +586,8 @@ def model_batch(config, strat, x: np.ndarray, y: np.ndarray, labeled: np.ndarray
 
 def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, workdir: str, *,
         query: int | None = None, strategy: str | None = None, classes=None,
-        skip_unreadable: bool = False) -> dict[str, Any]:
+        skip_unreadable: bool = False, max_file_mb: float = images_lib.DEFAULT_MAX_FILE_MB,
+        max_pixels: int = images_lib.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
   """One call of `jal.label`: validate, train, score, write next_batch.csv.
 
   Args:
@@ -571,7 +598,12 @@ def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, wo
     query: batch size (default config.query_size).
     strategy: strategy name (default config.strategy).
     classes: class names fixing the class list (first call only).
-    skip_unreadable: leave unreadable images out instead of failing.
+    skip_unreadable: leave unreadable images out instead of failing: files
+      that are not regular files inside `images_dir`, over either cap, or
+      that fail to decode.
+    max_file_mb: refuse files larger than this (MB, 10^6 bytes).
+    max_pixels: refuse images that decode to more pixels than this (JPEGs at
+      their draft scale).
 
   Returns:
     The call's history entry (also appended to W/state.json), with `summary`,
@@ -604,6 +636,8 @@ def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, wo
   check_files(labels, names, labels_path, images_dir)
   klasses = resolve_classes(state and state.get('classes'), classes or config.get('classes'),
                             labels, labels_path)
+  names, screened_out = _screen_images(images_dir, names, config, max_file_mb, max_pixels,
+                                       skip_unreadable)
   os.makedirs(workdir, exist_ok=True)
   prints = fingerprints(images_dir, names, state['images'] if state else {})
   changes = changes_since(state, prints, labels.labels)
@@ -629,6 +663,7 @@ def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, wo
   t1 = time.perf_counter()
   x, pool_names, skipped = _read_pool(images_dir, names, prints, workdir, config,
                                       skip_unreadable)
+  skipped = sorted(screened_out + skipped)
   for n in skipped:
     if n in labels.labels:
       logging.warning('Label of unreadable image %s is not used.', n)
@@ -756,6 +791,11 @@ def _define_flags():
   flags.DEFINE_string('strategy', None, 'Strategy name (default config.strategy).')
   flags.DEFINE_list('classes', None, 'Class names, fixing the class list at the first call.')
   flags.DEFINE_bool('skip_unreadable', False, 'Leave unreadable images out instead of failing.')
+  flags.DEFINE_float('max_file_mb', images_lib.DEFAULT_MAX_FILE_MB,
+                     'Refuse image files larger than this many MB (10^6 bytes).')
+  flags.DEFINE_integer('max_pixels', images_lib.DEFAULT_MAX_PIXELS,
+                       'Refuse images that decode to more pixels than this (JPEGs at the '
+                       'reduced scale they are decoded at).')
   config_flags.DEFINE_config_file('config', _default_config_path(), 'Config file.',
                                   lock_config=True)
   flags.mark_flags_as_required(['images', 'labels', 'workdir'])
@@ -769,7 +809,8 @@ def main(argv):
   f = flags.FLAGS
   try:
     entry = run(f.config, f.images, f.labels, f.workdir, query=f.query, strategy=f.strategy,
-                classes=f.classes, skip_unreadable=f.skip_unreadable)
+                classes=f.classes, skip_unreadable=f.skip_unreadable,
+                max_file_mb=f.max_file_mb, max_pixels=f.max_pixels)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')

@@ -6,7 +6,9 @@ labels of next_batch.csv in labels.csv, as a person would.
 
 import csv
 import json
+import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -16,8 +18,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from jal import data, label
+from jal import data, images as images_lib, label
 from tests.conftest import REPO, load_config, shared_data_dir
+from tests.test_images import deadline, write_blank_png
 
 CLASSES = [str(i) for i in range(10)]
 QUERY = 20
@@ -240,6 +243,70 @@ def test_unreadable_image_is_named_or_skipped_with_the_flag(small):
   assert 'broken.png' not in [r['filename'] for r in _batch(workdir)]
 
 
+def _never_hash(path):
+  raise AssertionError(f'{path} was hashed before the checks ran')
+
+
+@pytest.mark.parametrize('kind,reason', [
+    ('devzero', 'a link to /dev/zero, a character device, not a regular file'),
+    ('fifo', 'a FIFO, not a regular file')])
+def test_files_that_would_block_are_refused_or_skipped(small, kind, reason):
+  images, labels_path, workdir = small
+  if kind == 'devzero':
+    os.symlink('/dev/zero', images / 'x.png')
+  else:
+    os.mkfifo(images / 'x.png')
+  with deadline(60):  # on a regression: fail, not hang
+    with pytest.raises(ValueError, match=rf'^1 unreadable image\(s\) in {images}: x\.png '
+                                         rf'\({reason}\); pass --skip_unreadable to leave them '
+                                         'out$'):
+      label.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
+                classes=['x', 'y'])
+    entry = label.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
+                      classes=['x', 'y'], skip_unreadable=True)
+  assert entry['skipped'] == ['x.png'] and entry['n_images'] == 6
+  assert 'x.png' not in _state(workdir)['images']
+
+
+def test_links_out_of_the_folder_are_refused_and_never_hashed(small, tmp_path):
+  images, labels_path, workdir = small
+  (tmp_path / 'elsewhere').mkdir()
+  secret = tmp_path / 'elsewhere' / 'secret.png'
+  Image.fromarray(np.full((10, 12), 7, np.uint8)).save(secret)
+  os.symlink(secret, images / 's.png')
+  os.symlink('a0.png', images / 'same.png')  # inside the folder: read as any file
+  with pytest.raises(ValueError, match=rf': s\.png \(a link to {os.path.realpath(secret)}, '
+                                       r'outside the images folder\); pass --skip_unreadable'):
+    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
+  entry = label.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
+                    classes=['x', 'y'], skip_unreadable=True)
+  assert entry['skipped'] == ['s.png'] and entry['n_images'] == 7
+  state = _state(workdir)
+  assert 's.png' not in state['images'] and 'same.png' in state['images']
+  assert images_lib.sha256(str(secret)) not in (workdir / 'state.json').read_text()
+
+
+def test_caps_on_pixels_and_file_size_fail_before_any_hashing(small, monkeypatch):
+  images, labels_path, workdir = small
+  write_blank_png(images / 'huge.png', 20000, 20000)  # 400 MP in 100 KB
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), np.uint8)).save(
+      images / 'noise.png')
+  sizes = {n: f'{os.path.getsize(images / n):,}' for n in ('huge.png', 'noise.png')}
+  monkeypatch.setattr(images_lib, 'sha256', _never_hash)
+  with pytest.raises(ValueError, match=r'^1 unreadable image\(s\) in .*: huge\.png '
+                                       r'\(400,000,000 pixels, over the --max_pixels cap of '
+                                       r'50,000,000\); pass --skip_unreadable'):
+    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
+  over = 'bytes, over the --max_file_mb cap of 0.001 MB'
+  with pytest.raises(ValueError, match=re.escape(
+      f'huge.png ({sizes["huge.png"]} {over}), noise.png ({sizes["noise.png"]} {over}); pass')):
+    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'],
+              max_file_mb=0.001)
+  with pytest.raises(ValueError, match=r'--max_pixels must be positive'):
+    label.run(smoke(), str(images), str(labels_path), str(workdir), max_pixels=0)
+  assert not workdir.exists()
+
+
 def test_unknown_label_lists_the_valid_ones(small):
   images, labels_path, workdir = small
   label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
@@ -308,6 +375,28 @@ def test_cli_prints_one_line_errors(small):
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
       f'error: {labels_path} names 1 file(s) not in {images}: nope.png (line 2)')
+
+
+def test_cli_refuses_dev_zero_a_fifo_and_files_over_the_caps_in_one_line(small):
+  images, labels_path, workdir = small
+  os.symlink('/dev/zero', images / 'x.png')
+  os.mkfifo(images / 'y.png')
+  Image.new('L', (50, 30), 9).save(images / 'wide.png')  # 1,500 pixels in under 200 bytes
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), np.uint8)).save(
+      images / 'noise.png')
+  size = os.path.getsize(images / 'noise.png')
+  assert os.path.getsize(images / 'wide.png') < 200 < size
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jal.label', f'--images={images}', f'--labels={labels_path}',
+       f'--workdir={workdir}', f'--config={REPO}/configs/label.py:smoke', '--max_pixels=1000',
+       '--max_file_mb=0.0002'],
+      capture_output=True, text=True, cwd=REPO, timeout=120)  # a hang fails here
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f'error: 4 unreadable image(s) in {images}: noise.png ({size:,} bytes, over the '
+      '--max_file_mb cap of 0.0002 MB), wide.png (1,500 pixels, over the --max_pixels cap of '
+      '1,000), x.png (a link to /dev/zero, a character device, not a regular file), y.png (a '
+      'FIFO, not a regular file); pass --skip_unreadable to leave them out')
 
 
 # ----------------------------------------------------------------------------
