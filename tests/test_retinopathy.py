@@ -9,6 +9,7 @@ from PIL import Image
 import pytest
 
 from jal import data
+from jal.data import retinopathy
 
 # One solid colour per grade, so each resized image proves which row it is.
 COLOURS = np.array([(230, 20, 20), (20, 230, 20), (20, 20, 230),
@@ -37,15 +38,15 @@ def no_network(monkeypatch):
 
 @pytest.fixture
 def decodes(monkeypatch):
-  """Counts calls of data._read_image (one per decoded file)."""
+  """Counts calls of retinopathy._read_image (one per decoded file)."""
   calls = []
-  real = data._read_image
+  real = retinopathy._read_image
 
   def counting(path, size):
     calls.append(os.path.basename(path))
     return real(path, size)
 
-  monkeypatch.setattr(data, '_read_image', counting)
+  monkeypatch.setattr(retinopathy, '_read_image', counting)
   return calls
 
 
