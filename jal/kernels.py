@@ -79,7 +79,7 @@ def _initial_min_dists(embeddings, sq_norms, labeled, axis=None):
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'mesh'))
-def k_center_greedy(embeddings, labeled, k, mesh=None):
+def k_center_greedy(embeddings, labeled, k, mesh=None, candidates=None):
   """Greedy k-Center (Sener & Savarese 2018, greedy variant).
 
   Repeatedly picks the unlabeled point farthest (Euclidean) from its nearest
@@ -88,8 +88,15 @@ def k_center_greedy(embeddings, labeled, k, mesh=None):
   norms are computed once. Memory is O(n * d): no n x n matrix is formed.
   Time is O(n * d * (n_labeled + k)).
 
+  With `candidates`, only unlabeled candidates may be picked, while every
+  labeled point stays a centre, candidate or not (Coreset-Ensembles runs
+  k-Center among the most uncertain points this way). Points outside
+  `candidates` are never picked and so never become centres; the pool is
+  not copied or gathered.
+
   Ties are broken towards the lowest index. With nothing labeled, the first
-  pick is index 0 (every distance is +inf).
+  pick is the lowest-index candidate (index 0 without `candidates`): every
+  distance is +inf.
 
   With a `mesh` of several devices the pool's points are split over its
   axis (see `jal.sharding`): each device keeps its points' running minima and
@@ -100,34 +107,41 @@ def k_center_greedy(embeddings, labeled, k, mesh=None):
   Args:
     embeddings: f32[n, d] points (e.g. last-layer embeddings).
     labeled: bool[n], the points already labeled (the initial centres).
-    k: number of points to pick (static); at most the number unlabeled.
+    k: number of points to pick (static); at most the number of unlabeled
+      candidates.
     mesh: optional 1-D `jax.sharding.Mesh` to split the points over.
+    candidates: optional bool[n], the points that may be picked (default
+      all).
 
   Returns:
     i32[k], the picked indices in pick order.
   """
   embeddings = jnp.asarray(embeddings, jnp.float32)
   labeled = jnp.asarray(labeled, bool)
+  candidates = (jnp.ones_like(labeled) if candidates is None
+                else jnp.asarray(candidates, bool))
   if mesh is None or mesh.size == 1:
-    return _k_center_picks(embeddings, labeled, jnp.ones_like(labeled), k, None)
+    return _k_center_picks(embeddings, labeled, candidates, k, None)
   axis = mesh.axis_names[0]
   split = jax.sharding.PartitionSpec(axis)
   n = embeddings.shape[0]
-  n_pad = -(-n // mesh.size) * mesh.size
-  args = (jnp.pad(embeddings, ((0, n_pad - n), (0, 0))), jnp.pad(labeled, (0, n_pad - n)),
-          jnp.arange(n_pad) < n)
+  pad = -(-n // mesh.size) * mesh.size - n
+  # Padding rows are neither labeled (never centres) nor candidates (never picked).
+  args = (jnp.pad(embeddings, ((0, pad), (0, 0))), jnp.pad(labeled, (0, pad)),
+          jnp.pad(candidates, (0, pad)))
   local = functools.partial(_k_center_picks, k=k, axis=axis)
   return jax.shard_map(local, mesh=mesh, in_specs=(split,) * 3,
                        out_specs=jax.sharding.PartitionSpec(), check_vma=False)(*args)
 
 
-def _k_center_picks(embeddings, labeled, valid, k, axis):
+def _k_center_picks(embeddings, labeled, candidates, k, axis):
   """The greedy loop of `k_center_greedy` on one device's points.
 
   Args:
     embeddings: f32[n, d], this device's points.
-    labeled: bool[n].
-    valid: bool[n], False for padding rows (never centres, never picked).
+    labeled: bool[n], the initial centres.
+    candidates: bool[n], the points that may be picked (False for padding
+      rows too).
     k: picks.
     axis: None on one device; inside `shard_map`, the mesh axis the points
       are split over (device i holds rows [i * n, (i + 1) * n)). Each pick
@@ -142,10 +156,11 @@ def _k_center_picks(embeddings, labeled, valid, k, axis):
   offset = 0 if axis is None else jax.lax.axis_index(axis) * n
   rows = offset + jnp.arange(n, dtype=jnp.int32)
   sq_norms = jnp.sum(embeddings * embeddings, axis=-1)
-  min_d = _initial_min_dists(embeddings, sq_norms, labeled & valid, axis)
-  # Chosen points are masked out with -inf so they can never win argmax, even
-  # if rounding leaves their distance to themselves slightly above zero.
-  min_d = jnp.where(labeled | ~valid, -jnp.inf, min_d)
+  min_d = _initial_min_dists(embeddings, sq_norms, labeled, axis)
+  # Chosen points and non-candidates are masked out with -inf so they can
+  # never win argmax, even if rounding leaves a chosen point's distance to
+  # itself slightly above zero.
+  min_d = jnp.where(labeled | ~candidates, -jnp.inf, min_d)
 
   def body(i, carry):
     min_d, picks = carry

@@ -6,19 +6,20 @@
     gain = stats.average_improvement(diff)          # f[s], as in Table 3.2
     stats.summarize(gain)                           # mean, CI, excludes_zero
 
-Everything here is plain numpy on small arrays (seeds x rounds). Shapes use
+Everything here works on small numpy arrays (seeds x rounds). Shapes use
 `s` for seeds and `r` for rounds, with round 0 the warmup (before any query)
 and rounds 1..R the selections. NaN marks a missing value (a seed that has not
 reached a round yet); the interval functions drop NaNs and count what is left.
 
-The Student-t quantile is computed here (regularised incomplete beta plus
-bisection) so that the report needs no scipy.
+The distributions, the Wilson interval, the bootstrap and the trapezoid rule
+are scipy's and numpy's; this module fixes their conventions (NaN seeds, too
+few values, the report's percentile bootstrap).
 """
 
 import math
-import statistics
 
 import numpy as np
+import scipy.stats
 
 _CI_METHODS = ('t', 'bootstrap')
 
@@ -27,90 +28,24 @@ _CI_METHODS = ('t', 'bootstrap')
 # Student t distribution.
 
 
-def _betacf(a, b, x):
-  """Continued fraction for the incomplete beta function (modified Lentz)."""
-  tiny = 1e-300
-  qab, qap, qam = a + b, a + 1.0, a - 1.0
-  c = 1.0
-  d = 1.0 - qab * x / qap
-  d = 1.0 / (d if abs(d) > tiny else tiny)
-  h = d
-  for m in range(1, 500):
-    m2 = 2 * m
-    aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-    d = 1.0 + aa * d
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    c = 1.0 + aa / c
-    c = c if abs(c) > tiny else tiny
-    h *= d * c
-    aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-    d = 1.0 + aa * d
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    c = 1.0 + aa / c
-    c = c if abs(c) > tiny else tiny
-    delta = d * c
-    h *= delta
-    if abs(delta - 1.0) < 1e-15:
-      break
-  return h
-
-
-def _betainc(a, b, x):
-  """Regularised incomplete beta function I_x(a, b) for scalars."""
-  if x <= 0.0:
-    return 0.0
-  if x >= 1.0:
-    return 1.0
-  log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) +
-               a * math.log(x) + b * math.log1p(-x))
-  front = math.exp(log_front)
-  if x < (a + 1.0) / (a + b + 2.0):
-    return front * _betacf(a, b, x) / a
-  return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
 def t_cdf(t, df):
-  """P(T <= t) for Student's t with `df` degrees of freedom (scalars)."""
+  """P(T <= t) for Student's t with `df` degrees of freedom (scalars; scipy's)."""
   if df <= 0:
     raise ValueError(f't_cdf: df must be positive, got {df}')
-  t2 = t * t
-  if t2 < df:  # Near the centre: the mass between -|t| and |t| is accurate.
-    centre = 0.5 * _betainc(0.5, 0.5 * df, t2 / (df + t2))
-    return 0.5 + centre if t >= 0 else 0.5 - centre
-  tail = 0.5 * _betainc(0.5 * df, 0.5, df / (df + t2))
-  return 1.0 - tail if t >= 0 else tail
+  return float(scipy.stats.t.cdf(t, df))
 
 
 def t_quantile(p, df):
   """The p-quantile of Student's t with `df` degrees of freedom (scalar).
 
-  Accurate to ~1e-12 relative (bisection on `t_cdf`); e.g.
-  t_quantile(0.975, 2) = 4.302653, t_quantile(0.975, 4) = 2.776445.
+  `scipy.stats.t.ppf`, with errors for arguments it would answer with NaN.
+  E.g. t_quantile(0.975, 2) = 4.302653, t_quantile(0.975, 4) = 2.776445.
   """
   if not 0.0 < p < 1.0:
     raise ValueError(f't_quantile: p must be in (0, 1), got {p}')
   if df <= 0:
     raise ValueError(f't_quantile: df must be positive, got {df}')
-  if p == 0.5:
-    return 0.0
-  if p < 0.5:
-    return -t_quantile(1.0 - p, df)
-  if df == 1:  # Cauchy: closed form.
-    return math.tan(math.pi * (p - 0.5))
-  if df == 2:  # Closed form.
-    return (2.0 * p - 1.0) / math.sqrt(2.0 * p * (1.0 - p))
-  lo, hi = 0.0, 2.0
-  while t_cdf(hi, df) < p:
-    lo, hi = hi, 2.0 * hi
-  for _ in range(200):
-    mid = 0.5 * (lo + hi)
-    if t_cdf(mid, df) < p:
-      lo = mid
-    else:
-      hi = mid
-    if hi - lo <= 1e-13 * hi:
-      break
-  return 0.5 * (lo + hi)
+  return float(scipy.stats.t.ppf(p, df))
 
 
 # ----------------------------------------------------------------------------
@@ -154,7 +89,9 @@ def wilson_interval(successes, trials, confidence=0.95):
 
   Unlike the normal approximation it stays inside [0, 1] and is not empty at
   0 or `trials` successes, so it suits small held-out sets. E.g. 45 of 50:
-  (0.9, 0.7864, 0.9565).
+  (0.9, 0.7864, 0.9565). Without continuity correction (scipy's
+  `binomtest(...).proportion_ci(method='wilson')`); lo is exactly 0 at 0
+  successes and hi exactly 1 at `trials`.
 
   Args:
     successes: k, an int in [0, trials].
@@ -169,22 +106,20 @@ def wilson_interval(successes, trials, confidence=0.95):
                      f'{successes} of {trials}')
   if trials == 0:
     return math.nan, math.nan, math.nan
-  z = statistics.NormalDist().inv_cdf(0.5 * (1.0 + confidence))
-  p = successes / trials
-  denom = 1.0 + z * z / trials
-  centre = (p + z * z / (2.0 * trials)) / denom
-  half = z * math.sqrt(p * (1.0 - p) / trials + z * z / (4.0 * trials * trials)) / denom
-  lo = 0.0 if successes == 0 else max(0.0, centre - half)
-  hi = 1.0 if successes == trials else min(1.0, centre + half)
-  return p, lo, hi
+  ci = scipy.stats.binomtest(int(successes), int(trials)).proportion_ci(
+      confidence_level=confidence, method='wilson')
+  return successes / trials, max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def bootstrap_interval(x, confidence=0.95, num_resamples=10000, seed=0):
   """Percentile bootstrap interval for the mean over seeds.
 
+  `scipy.stats.bootstrap(method='percentile')`: the 100 * (1 - c) / 2 and
+  100 * (1 + c) / 2 percentiles (linearly interpolated) of the resample means.
   Deterministic for a given `seed`. With few seeds (3) there are only a
   handful of distinct resamples and the interval is too narrow; prefer
-  `t_interval` there.
+  `t_interval` there. (BCa is no cure: it only shifts which percentiles are
+  taken, for bias and skew, and so stays inside the same few resample means.)
 
   Args:
     x: f[s]; NaNs are dropped.
@@ -203,12 +138,10 @@ def bootstrap_interval(x, confidence=0.95, num_resamples=10000, seed=0):
   mean = float(np.mean(x))
   if n == 1:
     return mean, math.nan, math.nan
-  rng = np.random.default_rng(seed)
-  idx = rng.integers(0, n, size=(num_resamples, n))
-  means = x[idx].mean(axis=1)
-  alpha = 1.0 - confidence
-  lo, hi = np.quantile(means, [0.5 * alpha, 1.0 - 0.5 * alpha])
-  return mean, float(lo), float(hi)
+  res = scipy.stats.bootstrap((x,), np.mean, n_resamples=num_resamples,
+                              confidence_level=confidence, method='percentile',
+                              rng=np.random.default_rng(seed))
+  return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def interval(x, confidence=0.95, method='t', **kwargs):
@@ -373,5 +306,5 @@ def area_under_curve(n_labeled, values, normalize=True):
                      f'{n.tolist()}')
   if n.size == 1:
     return v[..., 0] if normalize else np.zeros(v.shape[:-1])
-  area = np.sum(0.5 * (v[..., 1:] + v[..., :-1]) * np.diff(n), axis=-1)
+  area = np.trapezoid(v, n, axis=-1)
   return area / (n[-1] - n[0]) if normalize else area

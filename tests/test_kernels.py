@@ -8,16 +8,17 @@ import pytest
 from jal import k_center_greedy, kernels, variation_ratio
 
 
-def brute_force_k_center(x, labeled, k):
+def brute_force_k_center(x, labeled, k, candidates=None):
   """Reference greedy k-Center with the full distance matrix (float64)."""
   x = np.asarray(x, np.float64)
   d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
   chosen = list(np.flatnonzero(labeled))
   min_d = d[:, chosen].min(axis=1) if chosen else np.full(len(x), np.inf)
+  others = [] if candidates is None else list(np.flatnonzero(~np.asarray(candidates)))
   picks = []
   for _ in range(k):
     masked = min_d.copy()
-    masked[chosen + picks] = -np.inf
+    masked[chosen + picks + others] = -np.inf
     j = int(np.argmax(masked))
     picks.append(j)
     min_d = np.minimum(min_d, d[:, j])
@@ -59,6 +60,56 @@ def test_k_center_without_labeled_points_starts_at_index_zero():
   x = np.array([[0.0], [1.0], [4.0], [2.0]], np.float32)
   # After 0 and 4.0, point 2.0 (distance 2) is farther than 1.0 (distance 1).
   np.testing.assert_array_equal(k_center_greedy(x, np.zeros(4, bool), k=3), [0, 2, 3])
+
+
+# A line with centres 0 (index 0) and 20 (index 6, also flagged a candidate),
+# a far non-candidate at 100 (index 1) and a non-candidate at 3 (index 4).
+CANDIDATE_PTS = np.array([[0.], [100.], [2.], [6.], [3.], [9.], [20.], [14.], [12.]], np.float32)
+CANDIDATE_LABELED = np.array([1, 0, 0, 0, 0, 0, 1, 0, 0], bool)
+CANDIDATES = np.array([0, 0, 1, 1, 0, 1, 1, 1, 1], bool)
+
+
+def test_k_center_candidates_hand_made_points():
+  # Without the mask the outlier at 100 goes first.
+  assert k_center_greedy(CANDIDATE_PTS, CANDIDATE_LABELED, k=1).tolist() == [1]
+  # Candidates 2, 6, 9, 14, 12 lie 2, 6, 9, 6, 8 from the nearest centre (14
+  # is 6 from 20, a labeled centre though not itself pickable): pick 9 (index
+  # 5). Then 2, 3, 5, 3 from {0, 9, 20}: 14 (index 7). Then 2, 3, 2: 6
+  # (index 3). Then 2 and 12 tie at squared distance 4 and the lowest index
+  # wins: 2 (index 2), then 12 (index 8). 100 and 3 are never picked.
+  picks = k_center_greedy(CANDIDATE_PTS, CANDIDATE_LABELED, k=5, candidates=CANDIDATES)
+  np.testing.assert_array_equal(picks, [5, 7, 3, 2, 8])
+  assert picks.dtype == jnp.int32
+  # Nothing labeled: the lowest-index candidate (2) first, then the farthest
+  # candidate from it, 20 (index 6).
+  np.testing.assert_array_equal(
+      k_center_greedy(CANDIDATE_PTS, np.zeros(9, bool), k=2, candidates=CANDIDATES), [2, 6])
+  # Every point a candidate: the same as no mask.
+  np.testing.assert_array_equal(
+      k_center_greedy(CANDIDATE_PTS, CANDIDATE_LABELED, k=4, candidates=np.ones(9, bool)),
+      k_center_greedy(CANDIDATE_PTS, CANDIDATE_LABELED, k=4))
+
+
+def test_k_center_candidates_keep_labeled_centres():
+  pts = np.array([[0, 0], [1, 0], [5, 0], [10, 0], [4, 0], [9, 0]], np.float32)
+  labeled = np.array([False, False, False, True, False, False])
+  candidates = np.array([True, True, False, False, True, True])
+  # Centre 10; candidates 0, 1, 4, 9 at 10, 9, 6, 1: pick 0, then 4 (4 from 0,
+  # 6 from 10) over 1 (1 from 0), then 1, then 9. Point 5 (idx 2) is never picked.
+  picks = k_center_greedy(pts, labeled, k=4, candidates=candidates)
+  np.testing.assert_array_equal(picks, [0, 4, 1, 5])
+
+
+@pytest.mark.parametrize('n,d,num_labeled,k', [(300, 8, 10, 25), (700, 16, 600, 40)])
+def test_k_center_candidates_match_brute_force(n, d, num_labeled, k):
+  rng = np.random.default_rng(n + 1)
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  labeled = np.zeros(n, bool)
+  labeled[rng.choice(n, num_labeled, replace=False)] = True
+  candidates = rng.random(n) < 0.4
+  got = np.asarray(k_center_greedy(x, labeled, k=k, candidates=candidates))
+  assert got.tolist() == brute_force_k_center(x, labeled, k, candidates)
+  assert candidates[got].all() and not labeled[got].any() and len(set(got.tolist())) == k
 
 
 def test_variation_ratio_exact_values():

@@ -17,9 +17,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jal import bench, config_lib, data, experiment, kernels, models, sharding, train
+from jal import bench, config_lib, data, experiment, kernels, models, sharding, strategies, train
 from tests.conftest import REPO
 from tests.test_experiment import smoke
+from tests.test_kernels import CANDIDATE_LABELED, CANDIDATE_PTS, CANDIDATES
 
 FOUR = '--xla_force_host_platform_device_count=4'
 # The four CPU "devices" are threads that meet at every collective. XLA ends
@@ -89,6 +90,53 @@ def test_k_center_sharded_hand_made_points():
   np.testing.assert_array_equal(kernels.k_center_greedy(pts, labeled, k=4, mesh=mesh),
                                 [5, 4, 2, 6])
   np.testing.assert_array_equal(kernels.k_center_greedy(pts, labeled, k=4), [5, 4, 2, 6])
+
+
+@multi
+def test_k_center_sharded_candidates_hand_made_points():
+  # test_kernels' candidate line: 9 points, padded to 12 on 4 devices. The
+  # far non-candidate (index 1) sits on device 0 and the labeled candidate
+  # (index 6) on device 2; neither is ever picked.
+  for devices in (2, 3, 4):
+    mesh = sharding.make_mesh(jax.devices()[:devices])
+    got = kernels.k_center_greedy(CANDIDATE_PTS, CANDIDATE_LABELED, k=5, mesh=mesh,
+                                  candidates=CANDIDATES)
+    np.testing.assert_array_equal(got, [5, 7, 3, 2, 8])
+    np.testing.assert_array_equal(
+        kernels.k_center_greedy(CANDIDATE_PTS, np.zeros(9, bool), k=2, mesh=mesh,
+                                candidates=CANDIDATES), [2, 6])
+
+
+@multi
+def test_k_center_sharded_candidates_equal_unsharded():
+  rng = np.random.default_rng(3)
+  emb = rng.normal(size=(501, 6)).astype(np.float32)
+  labeled = np.zeros(501, bool)
+  labeled[rng.choice(501, 40, replace=False)] = True
+  candidates = rng.random(501) < 0.3
+  expected = np.asarray(kernels.k_center_greedy(emb, labeled, k=30, candidates=candidates))
+  assert candidates[expected].all() and not labeled[expected].any()
+  for devices in (2, 3, 4):
+    mesh = sharding.make_mesh(jax.devices()[:devices])
+    got = kernels.k_center_greedy(emb, labeled, k=30, mesh=mesh, candidates=candidates)
+    np.testing.assert_array_equal(got, expected)
+
+
+@multi
+def test_coreset_ensembles_sharded_picks_equal_unsharded():
+  rng = np.random.default_rng(4)
+  n = 301
+  labeled = np.zeros(n, bool)
+  labeled[rng.choice(n, 20, replace=False)] = True
+  inputs = strategies.Inputs(labeled=labeled,
+                             logits=rng.normal(size=(5, n, 3)).astype(np.float32),
+                             embeddings=rng.normal(size=(n, 8)).astype(np.float32))
+  ce = strategies.get_strategy('coreset_ensembles')
+  options = ml_collections.ConfigDict({'beta': 4.0})
+  expected = np.asarray(ce.select(inputs, 10, jax.random.PRNGKey(0), options))
+  mesh = sharding.make_mesh(jax.devices()[:4])
+  got = ce.select(inputs._replace(mesh=mesh), 10, jax.random.PRNGKey(0), options)
+  np.testing.assert_array_equal(got, expected)
 
 
 def _problem(model):

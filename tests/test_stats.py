@@ -86,6 +86,16 @@ def test_bootstrap_two_values_hand_computed():
   assert stats.bootstrap_interval(np.array([0.0, 1.0])) == (0.5, 0.0, 1.0)
 
 
+def test_bootstrap_is_the_percentile_of_resample_means():
+  # The resamples are rows of indices drawn by Generator.integers from `seed`;
+  # the bounds are the linearly interpolated 5% and 95% quantiles of their means.
+  x = np.array([0.3, -0.1, 0.25, 0.05, 0.4])
+  means = x[np.random.default_rng(7).integers(0, 5, size=(2000, 5))].mean(axis=1)
+  expected = np.quantile(means, [0.05, 0.95])
+  _, lo, hi = stats.bootstrap_interval(x, confidence=0.9, num_resamples=2000, seed=7)
+  np.testing.assert_allclose([lo, hi], expected, rtol=1e-14)
+
+
 def test_summarize_excludes_zero():
   s = stats.summarize(np.array([1.0, 2.0, 3.0]))
   assert s['mean'] == 2.0 and s['n'] == 3

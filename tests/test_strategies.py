@@ -294,16 +294,6 @@ def test_coreset_ensembles_candidates_beyond_pool():
   assert len(set(picks.tolist())) == 10 and not inputs.labeled[picks].any()
 
 
-def test_k_center_greedy_masked_keeps_labeled_centres():
-  pts = np.array([[0, 0], [1, 0], [5, 0], [10, 0], [4, 0], [9, 0]], np.float32)
-  labeled = np.array([False, False, False, True, False, False])
-  candidates = np.array([True, True, False, False, True, True])
-  # Centre 10; candidates 0, 1, 4, 9 at 10, 9, 6, 1: pick 0, then 4 (4 from 0,
-  # 6 from 10) over 1 (1 from 0), then 1, then 9. Point 5 (idx 2) is never picked.
-  picks = coreset_ensembles.k_center_greedy_masked(pts, labeled, candidates, k=4)
-  np.testing.assert_array_equal(picks, [0, 4, 1, 5])
-
-
 # -- class quotas ------------------------------------------------------------
 
 @pytest.mark.parametrize('freq,k,available,expected', [

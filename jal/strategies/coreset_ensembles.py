@@ -30,49 +30,8 @@ from jal.strategies import base
 from jal.strategies import options as options_lib
 
 
-@functools.partial(jax.jit, static_argnames=('k',))
-def k_center_greedy_masked(embeddings, labeled, candidates, k):
-  """Greedy k-Center (Sener & Savarese 2018) picking only among `candidates`.
-
-  As `kernels.k_center_greedy`, with every labeled point a centre, but points
-  outside `candidates` start at distance -inf so they are never picked (and
-  never become centres). No copy or gather of the pool is made. Memory
-  O(n * d), time O(n * d * (n_labeled + k)).
-
-  Ties are broken towards the lowest index; with nothing labeled the first
-  pick is the lowest-index candidate.
-
-  Args:
-    embeddings: f32[n, d].
-    labeled: bool[n], the initial centres (never picked).
-    candidates: bool[n], the points that may be picked; at least k of them
-      unlabeled.
-    k: number of picks (static).
-
-  Returns:
-    i32[k], the picked indices in pick order.
-  """
-  # pylint: disable=protected-access
-  embeddings = jnp.asarray(embeddings, jnp.float32)
-  labeled = jnp.asarray(labeled, bool)
-  sq_norms = jnp.sum(embeddings * embeddings, axis=-1)
-  min_d = kernels._initial_min_dists(embeddings, sq_norms, labeled)
-  min_d = jnp.where(jnp.asarray(candidates, bool) & ~labeled, min_d, -jnp.inf)
-
-  def body(i, carry):
-    min_d, picks = carry
-    j = jnp.argmax(min_d).astype(jnp.int32)
-    d_j = kernels.sq_dists_to(embeddings, sq_norms, embeddings[j][None, :])[:, 0]
-    min_d = jnp.minimum(min_d, d_j).at[j].set(-jnp.inf)
-    return min_d, picks.at[i].set(j)
-
-  picks = jnp.zeros((k,), jnp.int32)
-  _, picks = jax.lax.fori_loop(0, k, body, (min_d, picks))
-  return picks
-
-
-@functools.partial(jax.jit, static_argnames=('k', 'num_candidates'))
-def _coreset_ensembles(member_logits, embeddings, labeled, key, k, num_candidates):
+@functools.partial(jax.jit, static_argnames=('k', 'num_candidates', 'mesh'))
+def _coreset_ensembles(member_logits, embeddings, labeled, key, k, num_candidates, mesh):
   unlabeled = ~labeled
   scores = kernels.variation_ratio(member_logits)
   top = kernels.top_k_with_random_ties(scores, unlabeled, key, k=num_candidates)
@@ -83,7 +42,7 @@ def _coreset_ensembles(member_logits, embeddings, labeled, key, k, num_candidate
   rank = jnp.arange(num_candidates)
   keep = (rank < k) | (scores[top] > 0)
   candidates = jnp.zeros_like(labeled).at[top].set(keep) & unlabeled
-  return k_center_greedy_masked(embeddings, labeled, candidates, k=k)
+  return kernels.k_center_greedy(embeddings, labeled, k=k, mesh=mesh, candidates=candidates)
 
 
 def beta_of(options) -> float:
@@ -100,11 +59,14 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
   Candidates are the top ceil(beta * k) unlabeled points by variation ratio
   (ties broken by a random order from `key`, exactly as `ensembles`), or all
-  unlabeled points if there are fewer. Time O(m * n * c + n log n + n * d *
+  unlabeled points if there are fewer. k-Center is `kernels.k_center_greedy`
+  with these candidates, every labeled point a centre, split over the devices
+  of `inputs.mesh` when there is one. Time O(m * n * c + n log n + n * d *
   (n_labeled + k)), memory O(m * n * c + n * d).
 
   Args:
-    inputs: `labeled: bool[n]`, `logits: f32[m, n, c]`, `embeddings: f32[n, d]`.
+    inputs: `labeled: bool[n]`, `logits: f32[m, n, c]`, `embeddings: f32[n, d]`;
+      `mesh` optional.
     k: number of picks.
     key: PRNG key for tie-breaking among equally uncertain points.
     options: `beta` (float >= 1, default 10): candidate pool size over k.
@@ -116,7 +78,7 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   labeled = jnp.asarray(inputs.labeled, bool)
   num_candidates = min(math.ceil(beta * k), labeled.shape[0])
   return _coreset_ensembles(inputs.logits, inputs.embeddings, labeled, key, k=k,
-                            num_candidates=num_candidates)
+                            num_candidates=num_candidates, mesh=inputs.mesh)
 
 
 STRATEGY = base.Strategy('coreset_ensembles', select,
