@@ -28,7 +28,12 @@ def strategy_names(config) -> list[str]:
 
 
 def seed_list(config) -> list[int]:
-  return [int(s) for s in config.seeds]
+  """`config.seeds` as ints; a ValueError naming the field if one is not."""
+  try:
+    return [int(s) for s in config.seeds]
+  except (TypeError, ValueError):
+    raise ValueError(f'config.seeds must be a non-empty list of distinct ints, '
+                     f'got {list(config.seeds)}') from None
 
 
 def _positive(name, value, allow_zero=False):

@@ -95,12 +95,31 @@ def _all_finite(tree):
 
 
 def atomic_write(path: str, text: str) -> None:
+  """Replaces `path` by `text` in one step: readers see the old or the new file.
+
+  The text goes to `<path>.tmp-<pid>` first, removed again if the write
+  fails or is interrupted (a killed writer's is removed by the next run,
+  `jal.workdir.remove_leftovers`).
+
+  Raises:
+    OSError: naming `path`, e.g. a full disk's ENOSPC, which a failed write
+      or flush raises without a file name.
+  """
   tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException as e:
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
+    if isinstance(e, OSError):
+      raise OSError(e.errno, e.strerror, path) from e
+    raise
 
 
 def _jsonl(rows) -> str:

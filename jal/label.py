@@ -767,15 +767,13 @@ def main(argv):
   from jal import logs  # pylint: disable=g-import-not-at-top
   logs.quiet_libraries()
   f = flags.FLAGS
-  try:
+  with logs.one_line_errors('interrupted; rerun the same command'):
     entry = run(f.config, f.images, f.labels, f.workdir, query=f.query, strategy=f.strategy,
                 classes=f.classes, skip_unreadable=f.skip_unreadable)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
   sys.stdout.write(entry['summary'])
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  from jal import logs as _logs  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=_logs.parse_flags)

@@ -8,13 +8,13 @@ Rerunning the same command resumes from the workdir. With several devices
 the ensemble's members and the pool are split over them (`config.sharding`);
 on several hosts pass --distributed to each process (the launcher's SLURM
 executor does), and only process 0 writes.
+Errors are one line, `error: ...` (exit 1); Ctrl-C exits 130.
 """
 
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from jal import experiment
@@ -34,15 +34,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logs.quiet_libraries()
-  if _DISTRIBUTED.value:
-    sharding.initialize_distributed()
-  try:
+  with logs.one_line_errors():
+    if _DISTRIBUTED.value:
+      sharding.initialize_distributed()
     table = experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
   sys.stdout.write(table)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=logs.parse_flags)

@@ -135,13 +135,17 @@ def _repo_importable():
 
 
 def _run_in_process(runs, root):
+  from jal import logs  # pylint: disable=g-import-not-at-top
   failed = {}
   for i, run in enumerate(runs, 1):
     _say(f'[{i}/{len(runs)}] running {run.name}')
     try:
       grid_lib.run_one(run.job(root))
     except Exception as e:  # pylint: disable=broad-except
-      logging.exception('run %s failed', run.name)
+      if isinstance(e, logs.USER_ERRORS):  # one line says it (a busy workdir, a full disk)
+        logging.warning('run %s failed: %s', run.name, e)
+      else:
+        logging.exception('run %s failed', run.name)
       failed[run.name] = _first_line(e)
   return failed
 
@@ -389,11 +393,10 @@ def main(argv):
                            time_min=f.slurm_time_min, cpus_per_task=f.slurm_cpus_per_task,
                            mem_gb=f.slurm_mem_gb, account=f.slurm_account,
                            nodes=f.slurm_nodes)
-  try:
+  from jal import logs  # pylint: disable=g-import-not-at-top
+  with logs.one_line_errors():
     result = run_sweep(f.grid, f.root, f.executor, f.max_parallel, f.report_out, options,
                        f.submitit_folder, f.dry_run, f.devices)
-  except (GridError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
   if result.failed:
     sys.exit(f'error: {len(result.failed)} of {len(result.runs)} run(s) failed: '
              + '; '.join(f'{k} ({v})' for k, v in result.failed.items()))
@@ -401,5 +404,6 @@ def main(argv):
 
 if __name__ == '__main__':
   from absl import app as _app  # pylint: disable=g-import-not-at-top
+  from jal import logs as _logs  # pylint: disable=g-import-not-at-top
   _define_flags()
-  _app.run(main)
+  _app.run(main, flags_parser=_logs.parse_flags)
