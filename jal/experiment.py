@@ -50,6 +50,7 @@ from jal import models
 from jal import sharding
 from jal import strategies as strategies_lib
 from jal import train
+from jal import workdir as workdir_lib
 from jal.strategies import base
 from jal.strategies import mc_dropout
 
@@ -623,7 +624,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns:
     The final results table as Markdown.
+
+  Raises:
+    jal.workdir.WorkdirBusy: another process holds the workdir (refused
+      before its config.json is read or written).
   """
+  # Process 0 writes the workdir (see jal.workdir): it alone holds the lock.
+  with workdir_lib.claimed(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, stop_after_round)
+
+
+def _train_and_evaluate(config, workdir: str, stop_after_round) -> str:
+  """`train_and_evaluate` once the workdir is this process's."""
   dataset = load_and_check(config)
   prepare_workdir(workdir, config)
   exp = Experiment(config, dataset)

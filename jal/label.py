@@ -764,12 +764,13 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from jal import logs  # pylint: disable=g-import-not-at-top
+  from jal import logs, workdir  # pylint: disable=g-import-not-at-top,g-multiple-import
   logs.quiet_libraries()
   f = flags.FLAGS
   with logs.one_line_errors('interrupted; rerun the same command'):
-    entry = run(f.config, f.images, f.labels, f.workdir, query=f.query, strategy=f.strategy,
-                classes=f.classes, skip_unreadable=f.skip_unreadable)
+    with workdir.claimed(f.workdir):
+      entry = run(f.config, f.images, f.labels, f.workdir, query=f.query, strategy=f.strategy,
+                  classes=f.classes, skip_unreadable=f.skip_unreadable)
   sys.stdout.write(entry['summary'])
 
 

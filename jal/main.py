@@ -7,7 +7,8 @@ r"""Runs an active learning experiment.
 Rerunning the same command resumes from the workdir. With several devices
 the ensemble's members and the pool are split over them (`config.sharding`);
 on several hosts pass --distributed to each process (the launcher's SLURM
-executor does), and only process 0 writes.
+executor does), and only process 0 writes. A workdir is used by one run at a
+time (process 0 holds its lock; see jal.workdir): a second is refused at once.
 Errors are one line, `error: ...` (exit 1); Ctrl-C exits 130.
 """
 

@@ -1,13 +1,16 @@
 """What a person sees when a command fails: one line, `error: ...`, no traceback."""
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 from jal import experiment
 from jal import logs
+from jal import workdir
 from tests.conftest import REPO
 from tests.test_data import fake_cifar10_files, write_folder
 
@@ -91,6 +94,26 @@ def test_missing_flag(tmp_path):
 # While it runs.
 
 
+def test_workdir_that_is_a_file(tmp_path):
+  (tmp_path / 'f').write_text('')
+  assert_one_line(run([SMOKE, f'--workdir={tmp_path}/f']),
+                  f'error: workdir {tmp_path}/f is a file, not a folder')
+
+
+def test_read_only_workdir(tmp_path):
+  w = tmp_path / 'ro'
+  w.mkdir()
+  # Root writes anywhere: deny the workdir's writes as a read-only folder would.
+  deny = ('import errno, os; real = os.open\n'
+          'def ro(p, flags, *a):\n'
+          f'  if str(p).startswith("{w}") and flags & (os.O_CREAT | os.O_RDWR | os.O_WRONLY):\n'
+          '    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(p))\n'
+          '  return real(p, flags, *a)\n'
+          'os.open = ro')
+  assert_one_line(run([SMOKE, f'--workdir={w}'], patch=deny),
+                  f'error: cannot write to workdir {w}: Permission denied')
+
+
 def test_full_disk(tmp_path):
   w = tmp_path / 'w'
   full = ('import errno, os\n'
@@ -99,6 +122,7 @@ def test_full_disk(tmp_path):
   assert_one_line(run([SMOKE, f'--workdir={w}'], patch=full),
                   f'error: no space left on device writing {w}/config.json; '
                   'free some space and rerun the same command')
+  assert not w.exists()  # nothing half-written is left (the folder was this run's)
 
 
 def test_atomic_write_names_the_path_and_leaves_no_temporary(tmp_path, monkeypatch):
@@ -165,6 +189,15 @@ def test_label_error_is_printed_once(tmp_path):
   assert_one_line(proc, told(proc)[0])
   assert told(proc)[0].startswith(f'error: labels file not found: {tmp_path}/labels.csv')
   assert not (tmp_path / 'w').exists()
+
+
+def test_label_on_a_busy_workdir(tmp_path):
+  with workdir.locked(str(tmp_path / 'w')):
+    info = json.loads((tmp_path / 'w' / '.lock').read_text())
+    assert_one_line(run(label_args(tmp_path), module='jal.label'),
+                    f'error: workdir {tmp_path}/w is in use by pid {os.getpid()} on host '
+                    f'{socket.gethostname()} (started {info["started"]}: {info["command"]}); '
+                    'wait for it to end or stop it, then rerun')
 
 
 def test_error_line_of_os_errors():
