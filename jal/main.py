@@ -12,6 +12,8 @@ time (process 0 holds its lock; see jal.workdir): a second is refused at once.
 Errors are one line, `error: ...` (exit 1); Ctrl-C exits 130.
 """
 
+import os
+import shlex
 import sys
 
 from absl import app
@@ -31,6 +33,15 @@ _DISTRIBUTED = flags.DEFINE_boolean(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def results_lines(workdir: str) -> str:
+  """What the run ends with, after the table: where the results are, and the
+  command for figures and confidence intervals."""
+  w = os.path.abspath(workdir)
+  return (f'\nResults: {os.path.join(w, "results.md")}\n'
+          f'Figures and confidence intervals: python -m jal.report '
+          f'--workdir={shlex.quote(w)} --out={shlex.quote(os.path.join(w, "report"))}\n')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -39,7 +50,7 @@ def main(argv):
     if _DISTRIBUTED.value:
       sharding.initialize_distributed()
     table = experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  sys.stdout.write(table)
+  sys.stdout.write(table + results_lines(_WORKDIR.value))
 
 
 if __name__ == '__main__':

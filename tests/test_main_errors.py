@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 
+from jal import config_lib
 from jal import experiment
 from jal import logs
 from jal import workdir
-from tests.conftest import REPO
+from tests.conftest import REPO, load_config
 from tests.test_data import fake_cifar10_files, write_folder
 
 ENV = {**os.environ, 'PYTHONPATH': str(REPO)}
@@ -198,6 +199,36 @@ def test_label_on_a_busy_workdir(tmp_path):
                     f'error: workdir {tmp_path}/w is in use by pid {os.getpid()} on host '
                     f'{socket.gethostname()} (started {info["started"]}: {info["command"]}); '
                     'wait for it to end or stop it, then rerun')
+
+
+# ----------------------------------------------------------------------------
+# results.md mid-run.
+
+
+def test_results_table_says_when_a_cell_has_fewer_seeds():
+  c = load_config('gaussian')
+  # Mid-run: random has seeds 0-2 at rounds 0 and 1; coreset only seed 0, and
+  # seed 1 at round 0.
+  rows = [{'strategy': 'random', 'seed': s, 'round': r, 'accuracy': a}
+          for r, accs in ((0, (0.80, 0.82, 0.84)), (1, (0.81, 0.83, 0.85)))
+          for s, a in enumerate(accs)]
+  rows += [{'strategy': 'coreset', 'seed': 0, 'round': 0, 'accuracy': 0.80},
+           {'strategy': 'coreset', 'seed': 1, 'round': 0, 'accuracy': 0.82},
+           {'strategy': 'coreset', 'seed': 0, 'round': 1, 'accuracy': 0.86}]
+  assert config_lib.results_table(rows, c) == (
+      'gaussian: test accuracy (%), mean ± std over 3 seed(s) [0, 1, 2] (fewer where a cell '
+      'says so); query size 5, warmup 5, 5-member ensemble\n\n'
+      '| Strategy | Warmup (n=5) | Selection 1 (n=10) |\n'
+      '|---|---|---|\n'
+      '| random | 82.0 ± 2.0 | 83.0 ± 2.0 |\n'
+      '| coreset | 81.0 ± 1.4 (2 seeds) | 86.0 (1 seed) |\n'
+      '| ensembles |  |  |\n')
+  # Every cell over every seed: no counts.
+  full = [r for r in rows if r['strategy'] == 'random']
+  assert config_lib.results_table(full, c).endswith(
+      'ensemble\n\n| Strategy | Warmup (n=5) | Selection 1 (n=10) |\n|---|---|---|\n'
+      '| random | 82.0 ± 2.0 | 83.0 ± 2.0 |\n| coreset |  |  |\n| ensembles |  |  |\n')
+  assert 'fewer' not in config_lib.results_table(full, c)
 
 
 def test_error_line_of_os_errors():

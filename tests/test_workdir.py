@@ -69,6 +69,10 @@ def test_a_second_run_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_pat
   assert third.returncode == 0, third.stderr[-2000:]
   assert '| random |' in third.stdout
   assert not (w / 'metrics.jsonl.tmp-999999').exists() and not aside.exists()
+  # It ends saying where the results are.
+  assert third.stdout.endswith(
+      f'|\n\nResults: {w}/results.md\nFigures and confidence intervals: '
+      f'python -m jal.report --workdir={w} --out={w}/report\n')
 
 
 def test_the_lock_names_its_holder_and_is_released_after_the_block(tmp_path):
