@@ -28,7 +28,12 @@ def strategy_names(config) -> list[str]:
 
 
 def seed_list(config) -> list[int]:
-  return [int(s) for s in config.seeds]
+  """`config.seeds` as ints; a ValueError naming the field if one is not."""
+  try:
+    return [int(s) for s in config.seeds]
+  except (TypeError, ValueError):
+    raise ValueError(f'config.seeds must be a non-empty list of distinct ints, '
+                     f'got {list(config.seeds)}') from None
 
 
 def _positive(name, value, allow_zero=False):
@@ -191,11 +196,24 @@ def headline_metric(row: dict) -> str:
   return 'average_precision' if 'average_precision' in row else 'accuracy'
 
 
+def _cell(values: np.ndarray, fmt: str, n_seeds: int) -> str:
+  """A table cell: the mean ± std of `values` (one per seed), with their count
+  when fewer than the table's `n_seeds` (a run still in progress)."""
+  if len(values) == 0:
+    return ''
+  text = (fmt.format(values[0]) if len(values) == 1 else
+          f'{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}')
+  if len(values) < n_seeds:
+    text += f' ({len(values)} seed{"s" if len(values) > 1 else ""})'
+  return text
+
+
 def results_table(rows: list[dict], config) -> str:
   """The run's table in the shape of the study's Table 3.1.
 
   Rows are strategies, columns the warmup and each selection (with the number
   of labels); cells are the mean over seeds ± the sample standard deviation.
+  A cell over fewer seeds than the table's (mid-run) says how many.
   Accuracy is in percent. Confidence intervals are `python -m jal.report`'s.
   """
   if not rows:
@@ -203,24 +221,22 @@ def results_table(rows: list[dict], config) -> str:
   metric = headline_metric(rows[0])
   scale, fmt = (100.0, '{:.1f}') if metric == 'accuracy' else (1.0, '{:.4f}')
   rounds = sorted({r['round'] for r in rows})
+  seeds = sorted({x['seed'] for x in rows})
   header = ['Strategy'] + [
       ('Warmup' if r == 0 else f'Selection {r}')
       + f' (n={config.warmup_size + r * config.query_size})' for r in rounds]
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  partial = False
   for s in strategy_names(config):
     cells = [s]
     for r in rounds:
       v = np.array([x[metric] for x in rows if x['strategy'] == s and x['round'] == r]) * scale
-      if len(v) == 0:
-        cells.append('')
-      elif len(v) == 1:
-        cells.append(fmt.format(v[0]))
-      else:
-        cells.append(f'{fmt.format(v.mean())} ± {fmt.format(v.std(ddof=1))}')
+      cells.append(_cell(v, fmt, len(seeds)))
+      partial |= 0 < len(v) < len(seeds)
     lines.append('| ' + ' | '.join(cells) + ' |')
-  seeds = sorted({x['seed'] for x in rows})
   unit = 'test accuracy (%)' if metric == 'accuracy' else 'minority-class test average precision'
-  title = (f'{config.name}: {unit}, mean ± std over {len(seeds)} seed(s) {seeds}; '
+  fewer = ' (fewer where a cell says so)' if partial else ''
+  title = (f'{config.name}: {unit}, mean ± std over {len(seeds)} seed(s) {seeds}{fewer}; '
            f'query size {config.query_size}, warmup {config.warmup_size}, '
            f'{config.train.members}-member ensemble\n\n')
   return title + '\n'.join(lines) + '\n'

@@ -50,6 +50,7 @@ from jal import models
 from jal import sharding
 from jal import strategies as strategies_lib
 from jal import train
+from jal import workdir as workdir_lib
 from jal.strategies import base
 from jal.strategies import mc_dropout
 
@@ -95,12 +96,31 @@ def _all_finite(tree):
 
 
 def atomic_write(path: str, text: str) -> None:
+  """Replaces `path` by `text` in one step: readers see the old or the new file.
+
+  The text goes to `<path>.tmp-<pid>` first, removed again if the write
+  fails or is interrupted (a killed writer's is removed by the next run,
+  `jal.workdir.remove_leftovers`).
+
+  Raises:
+    OSError: naming `path`, e.g. a full disk's ENOSPC, which a failed write
+      or flush raises without a file name.
+  """
   tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException as e:
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
+    if isinstance(e, OSError):
+      raise OSError(e.errno, e.strerror, path) from e
+    raise
 
 
 def _jsonl(rows) -> str:
@@ -604,7 +624,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns:
     The final results table as Markdown.
+
+  Raises:
+    jal.workdir.WorkdirBusy: another process holds the workdir (refused
+      before its config.json is read or written).
   """
+  # Process 0 writes the workdir (see jal.workdir): it alone holds the lock.
+  with workdir_lib.claimed(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, stop_after_round)
+
+
+def _train_and_evaluate(config, workdir: str, stop_after_round) -> str:
+  """`train_and_evaluate` once the workdir is this process's."""
   dataset = load_and_check(config)
   prepare_workdir(workdir, config)
   exp = Experiment(config, dataset)

@@ -804,19 +804,18 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from jal import logs  # pylint: disable=g-import-not-at-top
+  from jal import logs, workdir  # pylint: disable=g-import-not-at-top,g-multiple-import
   logs.quiet_libraries()
   f = flags.FLAGS
-  try:
-    entry = run(f.config, f.images, f.labels, f.workdir, query=f.query, strategy=f.strategy,
-                classes=f.classes, skip_unreadable=f.skip_unreadable,
-                max_file_mb=f.max_file_mb, max_pixels=f.max_pixels)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+  with logs.one_line_errors('interrupted; rerun the same command'):
+    with workdir.claimed(f.workdir):
+      entry = run(f.config, f.images, f.labels, f.workdir, query=f.query, strategy=f.strategy,
+                  classes=f.classes, skip_unreadable=f.skip_unreadable,
+                  max_file_mb=f.max_file_mb, max_pixels=f.max_pixels)
   sys.stdout.write(entry['summary'])
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  from jal import logs as _logs  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=_logs.parse_flags)

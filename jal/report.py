@@ -48,6 +48,7 @@ from matplotlib import lines as mlines  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from jal import logs
 from jal import stats
 from jal import study
 
@@ -1108,10 +1109,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  write_report(f.workdir, f.out, metric=f.metric, baseline=f.baseline,
-               ci=f.ci, confidence=f.confidence)
+  with logs.one_line_errors('interrupted'):
+    for workdir in f.workdir:
+      if not os.path.isdir(workdir):
+        raise FileNotFoundError(f'no such workdir: {workdir}')
+    report = write_report(f.workdir, f.out, metric=f.metric, baseline=f.baseline,
+                          ci=f.ci, confidence=f.confidence)
+  print(f'Report: {report["files"][0]}')
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=logs.parse_flags)

@@ -20,7 +20,10 @@ resumes the others from their checkpoints, and merges all workdirs into one
 report (`jal.report.write_report`) in --report_out (default <root>/report).
 Bad input (unknown executor or grid file, a missing config, slurm without
 submitit, a workdir of another experiment) is a one-line error before any
-compute. `run_sweep` does the work; `main` only parses flags.
+compute. A sweep holds its root's lock (jal.workdir), so a second sweep on it
+is refused at once (a --dry_run is not: it only reads); each run locks its
+own workdir, whichever executor runs it. `run_sweep` does the work; `main`
+only parses flags.
 """
 
 import collections
@@ -135,13 +138,17 @@ def _repo_importable():
 
 
 def _run_in_process(runs, root):
+  from jal import logs  # pylint: disable=g-import-not-at-top
   failed = {}
   for i, run in enumerate(runs, 1):
     _say(f'[{i}/{len(runs)}] running {run.name}')
     try:
       grid_lib.run_one(run.job(root))
     except Exception as e:  # pylint: disable=broad-except
-      logging.exception('run %s failed', run.name)
+      if isinstance(e, logs.USER_ERRORS):  # one line says it (a busy workdir, a full disk)
+        logging.warning('run %s failed: %s', run.name, e)
+      else:
+        logging.exception('run %s failed', run.name)
       failed[run.name] = _first_line(e)
   return failed
 
@@ -304,6 +311,19 @@ def run_sweep(grid: str, root: str, executor: str = 'local', max_parallel: int =
   options = options or ClusterOptions()
   if options.nodes < 1 or (options.nodes > 1 and executor != 'slurm'):
     raise SweepError(f'--slurm_nodes={options.nodes}: must be 1, or more with --executor=slurm')
+  if dry_run:
+    runs, actions = _announce(grid, root, executor)
+    return SweepResult(runs, actions, {}, [], None, root)
+  from jal import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  # One sweep per root at a time (a second is refused at once); each run
+  # locks its own workdir (jal.workdir), whichever executor runs it.
+  with workdir_lib.locked(root, 'sweep root'):
+    return _sweep(grid, root, executor, max_parallel, report_out, options, submitit_folder,
+                  devices)
+
+
+def _announce(grid: str, root: str, executor: str):
+  """Classifies the grid's runs by their workdirs and prints the plan."""
   runs, actions, details = plan(grid, root)
   for run in runs:
     detail = f' ({details[run.name]})' if details[run.name] else ''
@@ -311,13 +331,16 @@ def run_sweep(grid: str, root: str, executor: str = 'local', max_parallel: int =
   counts = collections.Counter(actions.values())
   _say(f'{len(runs)} run(s): {counts["skipped"]} skipped (finished), '
        f'{counts["resumed"]} to resume, {counts["started"]} to start; executor {executor}')
-  todo = [r for r in runs if actions[r.name] != 'skipped']
-  if dry_run:
-    return SweepResult(runs, actions, {}, [], None, root)
+  return runs, actions
 
+
+def _sweep(grid, root, executor, max_parallel, report_out, options, submitit_folder,
+           devices) -> SweepResult:
+  """`run_sweep` once the root is this process's."""
+  runs, actions = _announce(grid, root, executor)
+  todo = [r for r in runs if actions[r.name] != 'skipped']
   failed = {}
   if todo:
-    os.makedirs(root, exist_ok=True)
     with _repo_importable():
       if executor == 'local' and max_parallel <= 1 and not devices:
         failed = _run_in_process(todo, root)
@@ -389,11 +412,10 @@ def main(argv):
                            time_min=f.slurm_time_min, cpus_per_task=f.slurm_cpus_per_task,
                            mem_gb=f.slurm_mem_gb, account=f.slurm_account,
                            nodes=f.slurm_nodes)
-  try:
+  from jal import logs  # pylint: disable=g-import-not-at-top
+  with logs.one_line_errors():
     result = run_sweep(f.grid, f.root, f.executor, f.max_parallel, f.report_out, options,
                        f.submitit_folder, f.dry_run, f.devices)
-  except (GridError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
   if result.failed:
     sys.exit(f'error: {len(result.failed)} of {len(result.runs)} run(s) failed: '
              + '; '.join(f'{k} ({v})' for k, v in result.failed.items()))
@@ -401,5 +423,6 @@ def main(argv):
 
 if __name__ == '__main__':
   from absl import app as _app  # pylint: disable=g-import-not-at-top
+  from jal import logs as _logs  # pylint: disable=g-import-not-at-top
   _define_flags()
-  _app.run(main)
+  _app.run(main, flags_parser=_logs.parse_flags)
