@@ -366,13 +366,16 @@ def _check_seal(directory: str) -> None:
     raise DamagedCheckpoint(f'files differ from their {_SEAL}: {", ".join(changed[:2])}{more}')
 
 
-def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
-  """A synchronous CheckpointManager of `directory` keeping its `keep` latest steps. Each
-  item's handler follows the args of the save or restore, so the layout is the one the
-  deprecated `item_names` gave, and older workdirs load."""
+def _manager(directory: str, keep: int, items: tuple[str, ...]) -> ocp.CheckpointManager:
+  """A synchronous CheckpointManager of `directory` keeping its `keep` latest steps.
+
+  `max_to_keep` and `item_names` are deprecated (orbax 0.12) in favour of a
+  `LatestN` preservation policy and the default handler registry, which write
+  the same layout; that API is newer than the orbax 0.6 pyproject allows.
+  """
   return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
-      enable_async_checkpointing=False, cleanup_tmp_directories=True))
+      max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True),
+      item_names=items)
 
 
 def _move_aside(path: str) -> str:
@@ -427,7 +430,7 @@ class FitCheckpoints:
   @property
   def manager(self):
     if self._manager is None:
-      self._manager = _manager(os.path.join(self.directory, 'progress'), keep=1)
+      self._manager = _manager(os.path.join(self.directory, 'progress'), 1, ('state', 'position'))
     return self._manager
 
   def _group_path(self, i: int) -> str:
@@ -566,7 +569,7 @@ class RunCheckpoints:
 
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
-    self.manager = _manager(self.directory, keep=2)
+    self.manager = _manager(self.directory, 2, ('arrays', 'history'))
 
   @property
   def fit_directory(self) -> str:
