@@ -311,6 +311,106 @@ def _initial_state(exp: Experiment, key) -> dict[str, Any]:
           'timings': []}
 
 
+class DamagedCheckpoint(ValueError):
+  """A checkpoint whose files or contents differ from what was saved."""
+
+
+# What restoring a damaged checkpoint raises: orbax and tensorstore (ValueError, OSError),
+# json (JSONDecodeError and UnicodeDecodeError are ValueErrors), a missing item or key
+# (FileNotFoundError, KeyError), wrong types or shapes (TypeError, IndexError) and
+# DamagedCheckpoint.
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, IndexError)
+
+
+def _is_damage(error: Exception) -> bool:
+  """Whether `error`, raised by a restore, says the checkpoint is damaged. Besides `_DAMAGE`,
+  orbax raises a bare Exception when an array's data fail to read. Other errors (and
+  KeyboardInterrupt, not an Exception) pass through."""
+  # pylint: disable-next=unidiomatic-typecheck
+  return isinstance(error, _DAMAGE) or type(error) is Exception
+
+
+# Written into each saved checkpoint folder: the sha256 of every other file in it.
+_SEAL = 'sha256sums.json'
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+  """`error` as a short line: tensorstore's messages run over a thousand characters."""
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+
+
+def _file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _file_digests(directory: str) -> dict[str, str]:
+  """The sha256 of every file under `directory` but the seal, by relative path."""
+  out = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), directory)
+      if not rel.startswith(_SEAL):
+        out[rel] = _file_sha256(os.path.join(root, name))
+  return out
+
+
+def _seal(directory: str) -> None:
+  """Records the sha256 of each file of the checkpoint just saved in `directory`.
+
+  `_check_seal` verifies them before orbax reads the checkpoint: given a
+  damaged file, tensorstore fails with a line of a thousand characters and
+  leaves reads in flight that print 'Event loop is closed' tracebacks later.
+  """
+  atomic_write(os.path.join(directory, _SEAL),
+               json.dumps(_file_digests(directory), sort_keys=True, indent=0) + '\n')
+
+
+def _check_seal(directory: str) -> None:
+  """Raises DamagedCheckpoint if a file in `directory` differs from when it was sealed."""
+  path = os.path.join(directory, _SEAL)
+  if not os.path.exists(path):
+    # Saved before seals existed, or killed between saving and sealing.
+    logging.debug('%s has no %s: its files are not checked', directory, _SEAL)
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  actual = _file_digests(directory)
+  changed = sorted(k for k in saved.keys() | actual.keys() if saved.get(k) != actual.get(k))
+  if changed:
+    more = ' ...' if len(changed) > 2 else ''
+    raise DamagedCheckpoint(f'files differ from their {_SEAL}: {", ".join(changed[:2])}{more}')
+
+
+def _manager(directory: str, keep: int, items: tuple[str, ...]) -> ocp.CheckpointManager:
+  """A synchronous CheckpointManager of `directory` keeping its `keep` latest steps.
+
+  `max_to_keep` and `item_names` are deprecated (orbax 0.12) in favour of a
+  `LatestN` preservation policy and the default handler registry, which write
+  the same layout; that API is newer than the orbax 0.6 pyproject allows.
+  """
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True),
+      item_names=items)
+
+
+def _move_aside(path: str) -> str:
+  """Renames a damaged step folder to `<path>.damaged` (`.damaged-2`, ... if taken) and returns
+  the new path. Orbax takes only folders named by a step number for steps, so it neither
+  reads nor deletes it; it is kept for inspection."""
+  aside, k = f'{path}.damaged', 1
+  while os.path.exists(aside):
+    k += 1
+    aside = f'{path}.damaged-{k}'
+  if jax.process_index() == 0:
+    os.replace(path, aside)
+  return aside
+
+
 class FitCheckpoints:
   """Orbax checkpoints of one round's ensemble training in progress.
 
@@ -325,7 +425,12 @@ class FitCheckpoints:
   saved.
 
   Layout of `directory`: `progress/<n>/` (orbax: the current group's state
-  and a JSON position), `group_<i>/` (finished group i's state).
+  and a JSON position), `group_<i>/` (finished group i's state); each
+  holds a `sha256sums.json` of its files (`_seal`).
+
+  Saved progress is only a cache: progress that fails to restore or to
+  match its sha256 sums is reported in one warning and dropped, and the fit
+  trains from scratch, to the same result.
 
   Each save also records the seconds the fit has trained so far, summed over
   the processes that worked on it; after `restore`, `resumed_seconds` holds
@@ -345,11 +450,7 @@ class FitCheckpoints:
   @property
   def manager(self):
     if self._manager is None:
-      self._manager = ocp.CheckpointManager(
-          os.path.join(self.directory, 'progress'),
-          options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
-                                              cleanup_tmp_directories=True),
-          item_names=('state', 'position'))
+      self._manager = _manager(os.path.join(self.directory, 'progress'), 1, ('state', 'position'))
     return self._manager
 
   def _group_path(self, i: int) -> str:
@@ -358,15 +459,29 @@ class FitCheckpoints:
   def restore(self, template):
     if not os.path.isdir(os.path.join(self.directory, 'progress')):
       return None
+    try:
+      return self._restore(template)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      if not _is_damage(e):
+        raise
+      logging.warning('dropped the damaged fit progress in %s (%s); training the fit (%s) from '
+                      'scratch', self.directory, _one_line(e), self.tag)
+      self.clear()
+      return None
+
+  def _restore(self, template):
     step = self.manager.latest_step()
     if step is None:
       return None
+    _check_seal(os.path.join(self.directory, 'progress', str(step)))
     pos = self.manager.restore(step, args=ocp.args.Composite(
         position=ocp.args.JsonRestore())).position
     if pos['tag'] != self.tag:
-      logging.info('dropping the saved progress of another fit (%s)', pos['tag'])
+      logging.debug('dropping the saved progress of another fit (%s)', pos['tag'])
       self.clear()
       return None
+    for i in range(pos['group']):
+      _check_seal(self._group_path(i))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     state = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract))).state
@@ -396,15 +511,20 @@ class FitCheckpoints:
 
   def _save(self, group: int, step: int, finished: list, state, what: str) -> None:
     if jax.process_index() == 0:
+      new = range(self.saved_groups, len(finished))
       with ocp.StandardCheckpointer() as ckptr:
-        for i in range(self.saved_groups, len(finished)):
+        for i in new:
           ckptr.save(self._group_path(i), finished[i], force=True)
+      for i in new:   # once the asynchronous saves are done, at the `with`'s end
+        _seal(self._group_path(i))
       position = {'tag': self.tag, 'group': group, 'step': step,
                   'elapsed_seconds': self.resumed_seconds + self.clock() - self.started}
-      self.manager.save(group * 10**9 + step, args=ocp.args.Composite(
+      n = group * 10**9 + step
+      self.manager.save(n, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)))
       self.manager.wait_until_finished()
-      logging.info('saved %s', what)
+      _seal(os.path.join(self.directory, 'progress', str(n)))
+      logging.debug('saved %s', what)
     self.saved_groups = len(finished)
     self.last_save = self.clock()
 
@@ -431,16 +551,45 @@ def fit_tag(round_: int, labeled_idx: np.ndarray, key) -> str:
   return f'round {round_} {digest}'
 
 
+def _loop_state_digest(history: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+  """sha256 of the canonical JSON of `history`, then of each array's name, dtype, shape and
+  bytes: what a loop-state checkpoint holds, independent of how orbax lays it out."""
+  h = hashlib.sha256(json.dumps(history, sort_keys=True, separators=(',', ':')).encode())
+  for name in sorted(arrays):
+    a = np.ascontiguousarray(arrays[name])
+    h.update(f';{name} {a.dtype.str} {a.shape};'.encode() + a.tobytes())
+  return h.hexdigest()
+
+
+def _check_loop_state(state: dict[str, Any]) -> None:
+  """Raises DamagedCheckpoint unless a restored loop state is one the loop saves: a row per
+  round so far, and the labeled points exactly those its selections name."""
+  label_round = state['label_round']
+  if label_round.ndim != 1 or not np.issubdtype(label_round.dtype, np.integer):
+    raise DamagedCheckpoint(f'label_round is {label_round.dtype}{list(label_round.shape)}')
+  if [m['round'] for m in state['history']] != list(range(state['round'] + 1)):
+    raise DamagedCheckpoint(f'its metrics are not one row per round 0..{state["round"]}')
+  expected = np.full_like(label_round, -1)
+  for s in state['selections']:
+    expected[np.asarray(s['indices'], np.int64)] = s['round']
+  if not np.array_equal(expected, label_round):
+    raise DamagedCheckpoint('its label_round disagrees with its selections')
+
+
 class RunCheckpoints:
-  """Orbax checkpoints of one (strategy, seed) loop state, one per round."""
+  """Orbax checkpoints of one (strategy, seed) loop state, one per round.
+
+  Each step holds `arrays` (label_round, key), `history` (metrics,
+  selections, timings, and the sha256 of them all: `_loop_state_digest`)
+  and a `sha256sums.json` of its files (`_seal`). `latest()` restores the
+  newest intact step; a damaged one is moved aside with a warning, and the
+  run resumes from the step before it. Steps saved before digests existed
+  are accepted unchecked (a debug line), so older workdirs resume.
+  """
 
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
-                                            cleanup_tmp_directories=True),
-        item_names=('arrays', 'history'))
+    self.manager = _manager(self.directory, 2, ('arrays', 'history'))
 
   @property
   def fit_directory(self) -> str:
@@ -449,24 +598,60 @@ class RunCheckpoints:
     return os.path.join(parent, 'fit', name)
 
   def latest(self):
-    step = self.manager.latest_step()
-    if step is None:
-      return None
+    """The newest intact loop state, or None if there is none.
+
+    A step that fails to restore, to match its sha256s or to hold a loop
+    state (`_check_loop_state`) is reported in one warning and renamed to
+    `<step>.damaged` (`_move_aside`); the next older step is tried. If none
+    is intact the run starts over from round 0.
+    """
+    state, damaged = None, False
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      path = os.path.join(self.directory, str(step))
+      try:
+        state = self._restore(step)
+        break
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        if not _is_damage(e):
+          raise
+        aside = _move_aside(path)
+        logging.warning('checkpoint %s is damaged (%s); moved it to %s', path, _one_line(e),
+                        os.path.basename(aside))
+        damaged = True
+    if damaged:
+      self.manager.reload()   # forgets the steps moved aside
+      if state is None:
+        logging.warning('no intact checkpoint left in %s: starting the run over from round 0',
+                        self.directory)
+    return state
+
+  def _restore(self, step: int) -> dict[str, Any]:
+    path = os.path.join(self.directory, str(step))
+    _check_seal(path)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         arrays=ocp.args.StandardRestore(), history=ocp.args.JsonRestore()))
-    hist = restored.history
-    return {'label_round': np.asarray(restored.arrays['label_round']),
-            'key': np.asarray(restored.arrays['key']),
-            'round': step, 'history': hist['metrics'], 'selections': hist['selections'],
-            'timings': hist['timings']}
+    arrays = {k: np.asarray(restored.arrays[k]) for k in ('label_round', 'key')}
+    hist = dict(restored.history)
+    claimed = hist.pop('sha256', None)
+    if claimed is None:
+      logging.debug('%s has no sha256 (saved before digests were recorded): not verified', path)
+    elif claimed != _loop_state_digest(hist, arrays):
+      raise DamagedCheckpoint('its contents do not match the sha256 saved with them')
+    state = {'label_round': arrays['label_round'], 'key': arrays['key'], 'round': step,
+             'history': hist['metrics'], 'selections': hist['selections'],
+             'timings': hist['timings']}
+    _check_loop_state(state)
+    return state
 
   def save(self, state, key) -> None:
-    arrays = {'label_round': state['label_round'], 'key': np.asarray(key)}
+    arrays = {'label_round': np.asarray(state['label_round']), 'key': np.asarray(key)}
     history = {'metrics': state['history'], 'selections': state['selections'],
                'timings': state['timings']}
+    history['sha256'] = _loop_state_digest(history, arrays)
     self.manager.save(state['round'], args=ocp.args.Composite(
         arrays=ocp.args.StandardSave(arrays), history=ocp.args.JsonSave(history)))
     self.manager.wait_until_finished()
+    _seal(os.path.join(self.directory, str(state['round'])))
 
 
 def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints,
