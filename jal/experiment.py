@@ -589,7 +589,28 @@ class RunCheckpoints:
 
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
+    self.set_aside = 0   # damaged steps moved aside
+    self._set_aside_unsealed()
     self.manager = _manager(self.directory, 2, ('arrays', 'history'))
+
+  def _set_aside_unsealed(self) -> None:
+    """Moves aside the steps whose files differ from their seal, before orbax opens the folder
+    and reads (and logs errors about) their metadata."""
+    if not os.path.isdir(self.directory):
+      return
+    for name in sorted(os.listdir(self.directory)):
+      path = os.path.join(self.directory, name)
+      if name.isdigit() and os.path.isdir(path):
+        try:
+          _check_seal(path)
+        except (DamagedCheckpoint, OSError, ValueError) as e:
+          self._set_aside(path, e)
+
+  def _set_aside(self, path: str, error: Exception) -> None:
+    aside = _move_aside(path)
+    self.set_aside += 1
+    logging.warning('checkpoint %s is damaged (%s); moved it to %s', path, _one_line(error),
+                    os.path.basename(aside))
 
   @property
   def fit_directory(self) -> str:
@@ -614,15 +635,14 @@ class RunCheckpoints:
       except Exception as e:  # pylint: disable=broad-exception-caught
         if not _is_damage(e):
           raise
-        aside = _move_aside(path)
-        logging.warning('checkpoint %s is damaged (%s); moved it to %s', path, _one_line(e),
-                        os.path.basename(aside))
+        self._set_aside(path, e)
         damaged = True
     if damaged:
       self.manager.reload()   # forgets the steps moved aside
-      if state is None:
-        logging.warning('no intact checkpoint left in %s: starting the run over from round 0',
-                        self.directory)
+    if state is None and self.set_aside:
+      logging.warning('no intact checkpoint left in %s: starting the run over from round 0',
+                      self.directory)
+      self.set_aside = 0   # said once
     return state
 
   def _restore(self, step: int) -> dict[str, Any]:

@@ -242,9 +242,14 @@ def probe_bitflip(tmp: pathlib.Path) -> Outcome:
   if rerun.returncode != 0:
     return Outcome(False, f'the rerun failed (exit {rerun.returncode}): '
                           f'{rerun.stderr.strip().splitlines()[-1][:200]}')
-  warned = [l for l in rerun.stderr.splitlines() if str(latest) in l]
+  warned = [l for l in rerun.stderr.splitlines() if str(latest) in l and 'damaged' in l]
   if not warned:
     return Outcome(False, f'the rerun never named the damaged step {latest}')
+  # absl's INFO lines aside, the one warning is all the rerun prints.
+  said = [l for l in rerun.stderr.splitlines() if l.strip() and not re.match(r'I\d{4} ', l)]
+  if said != warned[:1]:
+    return Outcome(False, f'the rerun printed {len(said)} lines besides INFO: '
+                          f'{" | ".join(l[:120] for l in said)}')
   for name in ('metrics.jsonl', 'selections.jsonl'):
     if (work / name).read_bytes() != (tmp / 'ref' / name).read_bytes():
       return Outcome(False, f'{name} differs from the uninterrupted run')
