@@ -64,8 +64,28 @@ def _validate_embedding_source(config) -> None:
     raise FileNotFoundError(f'strategy_options.embeddings file not found: {source}')
 
 
+def _float_fields(node, prefix: str = ''):
+  """Yields (dotted name, value) of every float in a ConfigDict, within tuples too."""
+  for name, value in node.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      yield from _float_fields(value, f'{prefix}{name}.')
+    elif isinstance(value, (tuple, list)):
+      yield from ((f'{prefix}{name}[{i}]', v) for i, v in enumerate(value)
+                  if isinstance(v, (float, np.floating)))
+    elif isinstance(value, (float, np.floating)):
+      yield f'{prefix}{name}', value
+
+
+def check_finite(config) -> None:
+  """Refuses a float field (data, model, train, strategy_options, ...) that is inf or nan."""
+  for name, value in _float_fields(config):
+    if not np.isfinite(value):
+      raise ValueError(f'config.{name} must be finite, got {value}')
+
+
 def validate(config) -> None:
   """Checks names and ranges that need no data, each chosen strategy's options included."""
+  check_finite(config)
   _validate_embedding_source(config)
   names = strategy_names(config)
   if not names:
