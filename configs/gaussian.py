@@ -16,7 +16,7 @@ from jal import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
+  args = config_lib.parse_arg(arg, valid=('smoke',), where=__file__)
   c = config_lib.base_config()
   c.name = 'gaussian'
   c.data = dict(name='gaussian_blobs', num_train=5000, num_test=500, separation=2.0, std=1.0)

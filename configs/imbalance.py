@@ -37,7 +37,7 @@ from jal import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
+  args = config_lib.parse_arg(arg, valid=('pretrained', 'smoke'), where=__file__)
   c = config_lib.base_config()
   c.name = 'imbalance'
   c.data = dict(name='cifar10', positive_classes=(1, 9), minority_fraction=0.05,

@@ -45,7 +45,8 @@ from jal import data
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
+  args = config_lib.parse_arg(arg, valid=('gray', 'rgb', 'pretrained', 'smoke'),
+                              one_of=('gray', 'rgb', 'pretrained'), where=__file__)
   placeholder = ml_collections.config_dict.placeholder
   base = config_lib.base_config()
   c = ml_collections.ConfigDict()

@@ -22,7 +22,7 @@ from jal import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg) | {'pretrained'}
+  args = config_lib.parse_arg(arg, valid=('smoke',), where=__file__) | {'pretrained'}
   c = config_lib.base_config()
   c.name = 'retinopathy'
   c.data = dict(name='retinopathy', image_size=224, positive_classes=(2, 3, 4),

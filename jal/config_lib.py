@@ -69,8 +69,28 @@ def _validate_embedding_source(config) -> None:
     raise FileNotFoundError(f'strategy_options.embeddings file not found: {source}')
 
 
+def _float_fields(node, prefix: str = ''):
+  """Yields (dotted name, value) of every float in a ConfigDict, within tuples too."""
+  for name, value in node.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      yield from _float_fields(value, f'{prefix}{name}.')
+    elif isinstance(value, (tuple, list)):
+      yield from ((f'{prefix}{name}[{i}]', v) for i, v in enumerate(value)
+                  if isinstance(v, (float, np.floating)))
+    elif isinstance(value, (float, np.floating)):
+      yield f'{prefix}{name}', value
+
+
+def check_finite(config) -> None:
+  """Refuses a float field (data, model, train, strategy_options, ...) that is inf or nan."""
+  for name, value in _float_fields(config):
+    if not np.isfinite(value):
+      raise ValueError(f'config.{name} must be finite, got {value}')
+
+
 def validate(config) -> None:
   """Checks names and ranges that need no data, each chosen strategy's options included."""
+  check_finite(config)
   _validate_embedding_source(config)
   names = strategy_names(config)
   if not names:
@@ -338,9 +358,33 @@ def shrink_strategy_options(c: ml_collections.ConfigDict) -> ml_collections.Conf
   return c
 
 
-def parse_arg(arg) -> set[str]:
-  """`configs/x.py:low,smoke` -> {'low', 'smoke'}."""
-  return {a.strip() for a in (arg or '').split(',') if a.strip()}
+def parse_arg(arg, valid=None, one_of=(), where='the config') -> set[str]:
+  """`configs/x.py:low,smoke` -> {'low', 'smoke'}, checked against what the config takes.
+
+  Args:
+    arg: the text after the config file's ':' (None without one).
+    valid: every arg the config takes; None: any (no check).
+    one_of: args that exclude each other; the first is the default when none is given.
+    where: the config file, for the message (a path; its last two parts are shown).
+
+  Raises:
+    ValueError: an arg not in `valid`, or two of `one_of`, in one line that lists `valid`.
+  """
+  args = {a.strip() for a in (arg or '').split(',') if a.strip()}
+  if valid is None:
+    return args
+  name = os.path.join(*os.path.normpath(where).split(os.sep)[-2:])
+  accepted = ', '.join(valid) + (f' (at most one of {", ".join(one_of)}; {one_of[0]} if none)'
+                                 if one_of else '')
+  unknown = sorted(args - set(valid))
+  if unknown:
+    raise ValueError(f'unknown config arg{"s" if len(unknown) > 1 else ""} '
+                     f'{", ".join(repr(a) for a in unknown)} for {name}; valid: {accepted}')
+  both = [a for a in one_of if a in args]
+  if len(both) > 1:
+    raise ValueError(f'config args {" and ".join(repr(a) for a in both)} of {name} exclude each '
+                     f'other; valid: {accepted}')
+  return args
 
 
 def resnet_cifar_config(c: ml_collections.ConfigDict, args: set[str]) -> ml_collections.ConfigDict:

@@ -95,6 +95,18 @@ def _all_finite(tree):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+class Diverged(FloatingPointError):
+  """A round's training diverged; one line: `training diverged: <where>: <detail>`."""
+
+  def __init__(self, detail: str, where: str | None = None):
+    super().__init__(f'training diverged: {where + ": " if where else ""}{detail}')
+    self.detail = detail
+
+  def at(self, where: str) -> 'Diverged':
+    """The same divergence, named by the run that met it (strategy, seed, round)."""
+    return Diverged(self.detail, where)
+
+
 def atomic_write(path: str, text: str) -> None:
   """Replaces `path` by `text` in one step: readers see the old or the new file.
 
@@ -196,6 +208,9 @@ class Experiment:
     `checkpoint` (a train.FitCheckpointer, e.g. FitCheckpoints) saves and
     resumes the fit mid-way; only the stepwise drivers (the CPU default) use
     it, the one-program drivers ('scan', 'map', sharded) run a fit whole.
+
+    Raises:
+      Diverged: the fit diverged (`check_trained`).
     """
     tc = self.config.train
     num = len(labeled_idx)
@@ -210,20 +225,40 @@ class Experiment:
         self.model, self.tx, self.spec, tc.batch_size, tc.schedule, tc.learning_rate,
         member_keys(key, round_, tc.members), self.x_train, self.y_train,
         jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs), self.init_overrides, **extra)
-    if not bool(_all_finite(states.params)):
-      raise FloatingPointError(f'training diverged at round {round_} (non-finite parameters); '
-                               f'lower config.train.learning_rate ({tc.learning_rate})')
+    self.check_trained(states, labeled_idx, f'round {round_}')
     return states
 
-  def predict(self, states, x, with_embeddings: bool):
+  def _diverged(self, detail: str, where: str | None = None) -> Diverged:
+    return Diverged(f'{detail}; lower config.train.learning_rate '
+                    f'({self.config.train.learning_rate})', where)
+
+  def check_trained(self, states, labeled_idx: np.ndarray, where: str) -> None:
+    """Raises Diverged if the fit left non-finite parameters, or logits or a
+    loss on its own labeled set beyond metrics_lib's limits. One forward pass
+    over the labeled set, no randomness: results are unchanged."""
+    if not bool(_all_finite(states.params)):
+      raise self._diverged('the parameters are not finite', where)
+    logits = self.predict(states, self.x_train, False, indices=labeled_idx).logits
+    detail = metrics_lib.divergence(
+        np.asarray(logits), np.asarray(self.dataset.y_train)[labeled_idx], 'labeled')
+    if detail:
+      raise self._diverged(detail, where)
+
+  def predict(self, states, x, with_embeddings: bool, indices=None):
     return train.predict(self.model, self.eval_spec, self.config.eval_batch_size,
-                         with_embeddings, states, x, self.one_by_one, self.mesh)
+                         with_embeddings, states, x, self.one_by_one, self.mesh, indices)
 
   def evaluate(self, states) -> dict[str, float]:
-    """Test metrics of the ensemble (mean softmax) and of its members."""
-    logits = self.predict(states, self.x_test, False).logits
-    return metrics_lib.classification_metrics(
-        np.asarray(logits), self.y_test, self.dataset.positive_class)
+    """Test metrics of the ensemble (mean softmax) and of its members.
+
+    Raises:
+      Diverged: the test logits are not finite or beyond metrics_lib.LOGIT_LIMIT.
+    """
+    logits = np.asarray(self.predict(states, self.x_test, False).logits)
+    detail = metrics_lib.divergence(logits)
+    if detail:
+      raise self._diverged(detail)
+    return metrics_lib.classification_metrics(logits, self.y_test, self.dataset.positive_class)
 
   def score(self, strategy, states, labeled: np.ndarray, key) -> strategies_lib.Inputs:
     """Computes, over the whole pool, the inputs `strategy` asks for.
@@ -705,11 +740,15 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints
     labeled_idx = np.flatnonzero(labeled).astype(np.int32)
     fit_ckpt = FitCheckpoints(ckpt.fit_directory, fit_tag(r, labeled_idx, key),
                               config.fit_checkpoint_seconds)
-    states = exp.fit(key, labeled_idx, r, fit_ckpt)
-    jax.block_until_ready(states)
-    t1 = time.perf_counter()
+    try:
+      states = exp.fit(key, labeled_idx, r, fit_ckpt)
+      jax.block_until_ready(states)
+      t1 = time.perf_counter()
+      test_metrics = exp.evaluate(states)
+    except Diverged as e:
+      raise e.at(f'{strategy_name} seed {seed} round {r}') from None
     row = {'strategy': strategy_name, 'seed': seed, 'round': r,
-           'n_labeled': int(labeled.sum()), **exp.evaluate(states)}
+           'n_labeled': int(labeled.sum()), **test_metrics}
     prev = [s for s in state['selections'] if s['round'] == r]
     if exp.dataset.positive_class is not None and r > 0:
       picked = np.asarray(prev[0]['indices'])

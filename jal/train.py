@@ -756,7 +756,7 @@ def _predict_chunk(model, spec, with_embeddings, states, x, idx):
 
 
 def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x,
-            one_by_one: bool = False, mesh=None) -> Predictions:
+            one_by_one: bool = False, mesh=None, indices=None) -> Predictions:
   """Evaluation-mode outputs of an ensemble on all of `x`, in chunks.
 
   Each chunk is gathered from `x` by index on device (no copy of x) and run
@@ -776,6 +776,8 @@ def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x,
     mesh: optional 1-D mesh (`jal.sharding`): every chunk's points are split
       over its devices, which each hold the whole ensemble and `x`; the
       chunk size is rounded up to a multiple of the device count.
+    indices: optional i32[k]: the outputs on `x[indices]` only, gathered
+      chunk by chunk (the same compiled program as all of `x`).
 
   Returns:
     Predictions.
@@ -783,7 +785,8 @@ def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x,
   m = jax.tree.leaves(states.params)[0].shape[0]
   if one_by_one and m > 1:
     parts = [predict(model, spec, chunk_size, with_embeddings and i == 0,
-                     jax.tree.map(lambda a, i=i: a[i:i + 1], states), x, mesh=mesh)
+                     jax.tree.map(lambda a, i=i: a[i:i + 1], states), x, mesh=mesh,
+                     indices=indices)
              for i in range(m)]
     return Predictions(jnp.concatenate([p.logits for p in parts], axis=0), parts[0].embeddings)
   place = lambda idx: idx
@@ -793,10 +796,12 @@ def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x,
     states, x = jax.device_put((states, x), whole)
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
     place = lambda idx: jax.device_put(idx, split)
-  n = x.shape[0]
+  indices = None if indices is None else jnp.asarray(indices, jnp.int32)
+  n = x.shape[0] if indices is None else indices.shape[0]
   logits, embs = [], []
   for start in range(0, n, chunk_size):
-    idx = place(jnp.minimum(jnp.arange(start, start + chunk_size), n - 1))
+    idx = jnp.minimum(jnp.arange(start, start + chunk_size), n - 1)
+    idx = place(idx if indices is None else indices[idx])
     lg, emb = _predict_chunk(model, spec, with_embeddings, states, x, idx)
     logits.append(lg)
     embs.append(emb)

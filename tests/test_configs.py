@@ -7,13 +7,14 @@ be had here, so the tests write small stand-ins in the standard formats.
 
 import json
 import pathlib
+import re
 
 import numpy as np
 from PIL import Image
 import pytest
 
 from jal import data, experiment
-from tests.conftest import load_config, shared_data_dir
+from tests.conftest import REPO, load_config, shared_data_dir
 from tests.test_data import fake_cifar10_files, fake_cifar100_files, write_folder
 from tests.test_pretrained import random_state_dict
 
@@ -146,3 +147,68 @@ def test_missing_pretrained_weights_fail_before_compute(tmp_path):
   with pytest.raises(FileNotFoundError, match='pretrained weights not found: .*nope.pth'):
     experiment.train_and_evaluate(c, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
+
+
+# Every file in configs/, the args it takes, in the order its error lists
+# them, and its mutually exclusive args (the first is the default).
+CONFIG_ARGS = {
+    'gaussian': (('smoke',), ()),
+    'mnist': (('low', 'high', 'smoke'), ('low', 'high')),
+    'cifar10_2class': (('low', 'high', 'smoke'), ('low', 'high')),
+    'cifar100': (('low', 'high', 'pretrained', 'smoke'), ('low', 'high')),
+    'cifar100_high_warmup': (('low', 'high', 'smoke'), ('low', 'high')),
+    'cifar100_pretrained': (('low', 'high', 'smoke'), ('low', 'high')),
+    'imbalance': (('pretrained', 'smoke'), ()),
+    'retinopathy': (('smoke',), ()),
+    'label': (('gray', 'rgb', 'pretrained', 'smoke'), ('gray', 'rgb', 'pretrained')),
+}
+
+
+def _valid_listed(message):
+  """The args a config's one-line error lists as valid, and its note on exclusive ones."""
+  m = re.search(r'; valid: ([\w, ]+?)(?: \((.*)\))?$', message)
+  assert m, message
+  return tuple(m.group(1).split(', ')), m.group(2)
+
+
+def test_every_config_file_declares_its_args():
+  assert sorted(p.stem for p in (REPO / 'configs').glob('*.py')) == sorted(CONFIG_ARGS)
+
+
+@pytest.mark.parametrize('name', sorted(CONFIG_ARGS))
+def test_unknown_config_arg_is_refused_with_the_valid_ones(name):
+  valid, one_of = CONFIG_ARGS[name]
+  for arg in ('smok', f'{valid[0]},smok'):  # a typo alone, or beside a valid arg
+    with pytest.raises(ValueError) as e:
+      load_config(name, arg)
+    message = str(e.value)
+    assert message.startswith(f"unknown config arg 'smok' for configs/{name}.py; valid: ")
+    assert '\n' not in message
+    listed, note = _valid_listed(message)
+    assert listed == valid
+    assert note == (f'at most one of {", ".join(one_of)}; {one_of[0]} if none' if one_of
+                    else None)
+  with pytest.raises(ValueError, match=r"^unknown config args 'hihg', 'lo' for "):
+    load_config(name, 'lo,hihg')
+
+
+@pytest.mark.parametrize('name', sorted(n for n, (_, one_of) in CONFIG_ARGS.items() if one_of))
+def test_mutually_exclusive_config_args_are_refused(name):
+  valid, one_of = CONFIG_ARGS[name]
+  with pytest.raises(ValueError) as e:
+    load_config(name, f'{one_of[-1]},smoke,{one_of[0]}')
+  message = str(e.value)
+  assert message.startswith(f"config args '{one_of[0]}' and '{one_of[-1]}' of configs/{name}.py "
+                            'exclude each other; valid: ')
+  assert _valid_listed(message)[0] == valid and '\n' not in message
+
+
+@pytest.mark.parametrize('name', sorted(CONFIG_ARGS))
+def test_every_valid_config_arg_loads(name):
+  valid, one_of = CONFIG_ARGS[name]
+  default = load_config(name)
+  for a in valid:
+    load_config(name, a)
+    load_config(name, f' {a} ,smoke' if a != 'smoke' else a)
+  if one_of:  # no arg means the first of the exclusive ones
+    assert load_config(name, one_of[0]).to_dict() == default.to_dict()

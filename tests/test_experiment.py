@@ -3,15 +3,17 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import optax
 import pytest
 
-from jal import config_lib, experiment, strategies
+from jal import config_lib, experiment, metrics, strategies
 
 VALID_STRATEGIES = ', '.join(sorted(strategies.STRATEGIES))  # as the error lists them
 from tests.conftest import REPO, load_config
@@ -157,6 +159,10 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(full_run, tmp_path):
     ({'seeds': (1, 1)}, 'config.seeds must be a non-empty list of distinct ints'),
     ({'warmup_size': 501}, 'config.warmup_size=501 is larger than the pool (500)'),
     ({'query_size': 300}, 'warmup_size + num_rounds * query_size = 605 is larger than the pool (500)'),
+    ({'train.learning_rate': float('inf')}, 'config.train.learning_rate must be finite, got inf'),
+    ({'strategy_options.beta': float('nan')},
+     'config.strategy_options.beta must be finite, got nan'),
+    ({'data.std': float('-inf')}, 'config.data.std must be finite, got -inf'),
 ])
 def test_bad_config_fails_before_any_compute(overrides, message, tmp_path):
   with pytest.raises(ValueError, match=None) as e:
@@ -166,8 +172,55 @@ def test_bad_config_fails_before_any_compute(overrides, message, tmp_path):
 
 
 def test_diverging_training_stops_with_a_clear_error(tmp_path):
-  with pytest.raises(FloatingPointError, match='training diverged at round 0'):
+  with pytest.raises(FloatingPointError) as e:
     experiment.train_and_evaluate(smoke(**{'train.learning_rate': 1e30}), str(tmp_path))
+  assert str(e.value) == ('training diverged: random seed 0 round 0: the parameters are not '
+                          'finite; lower config.train.learning_rate (1e+30)')
+
+
+def test_exploding_logits_with_finite_parameters_stop_the_run(tmp_path):
+  # Adam at 1e6 leaves the MLP's parameters finite and its 5 labels separated
+  # (loss 0), but its logits reach ~1e23.
+  with pytest.raises(experiment.Diverged) as e:
+    experiment.train_and_evaluate(smoke(**{'train.learning_rate': 1e6}), str(tmp_path))
+  m = re.fullmatch(r'training diverged: random seed 0 round 0: the labeled-set logits reach '
+                   r'(\S+) \(limit 1e\+06\); lower config.train.learning_rate \(1000000.0\)',
+                   str(e.value))
+  assert m, str(e.value)
+  assert float(m.group(1)) > metrics.LOGIT_LIMIT
+  assert not (tmp_path / 'metrics.jsonl').exists()  # no round was recorded
+
+
+def test_divergence_criterion():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 40, 10)).astype(np.float32)
+  labels = rng.integers(0, 10, 40)
+  assert metrics.divergence(logits, labels, 'labeled') is None
+  np.testing.assert_allclose(  # optax's cross-entropy, per member
+      metrics.member_losses(logits, labels),
+      optax.softmax_cross_entropy_with_integer_labels(logits, labels[None]).mean(-1), rtol=1e-5)
+  # Overconfident and wrong: a high loss with logits below their limit.
+  wrong = 300.0 * np.eye(10, dtype=np.float32)[(labels + 1) % 10][None].repeat(3, 0)
+  assert metrics.divergence(wrong, labels, 'labeled') == (
+      'the labeled-set loss is 3e+02 (member 0; chance is 2.30, limit 100x chance)')
+  assert metrics.divergence(wrong) is None  # on the test set only the logits count
+  assert metrics.divergence(logits * 1e7) == 'the test-set logits reach 3.9e+07 (limit 1e+06)'
+  logits[1, 2, 3] = np.nan
+  assert metrics.divergence(logits, labels) == 'the test-set logits are not finite'
+
+
+def test_mnist_diverging_at_a_huge_learning_rate_names_the_run_and_its_loss(data_dir, tmp_path):
+  c = load_config('mnist', 'low,smoke')
+  c.data_dir = data_dir
+  c.strategies = ('ensembles',)
+  c.train.learning_rate = 1e6
+  with pytest.raises(experiment.Diverged) as e:
+    experiment.train_and_evaluate(c, str(tmp_path))
+  m = re.fullmatch(r'training diverged: ensembles seed 0 round 0: the labeled-set loss is (\S+) '
+                   r'\(member \d; chance is 2.30, limit 100x chance\); lower '
+                   r'config.train.learning_rate \(1000000.0\)', str(e.value))
+  assert m, str(e.value)
+  assert float(m.group(1)) > metrics.LOSS_LIMIT * np.log(10)
 
 
 def test_comma_separated_strategies_are_split():
