@@ -562,15 +562,14 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from jal import logs  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  try:
+  with logs.one_line_errors('interrupted'):
     text, _, _ = advise(f.labels, f.workdir, f.query, f.pretrained, f.results)
-  except (ValueError, FileNotFoundError) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
   sys.stdout.write(text)
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  from jal import logs as _logs  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=_logs.parse_flags)

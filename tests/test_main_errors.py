@@ -177,6 +177,12 @@ def test_report_on_a_missing_workdir(tmp_path):
                   f'error: no such workdir: {tmp_path}/missing')
 
 
+def test_advise_error_is_printed_once(tmp_path):
+  assert_one_line(run([f'--labels={tmp_path}/labels.csv', '--query=5'], module='jal.advise'),
+                  f'error: labels file not found: {tmp_path}/labels.csv (create it with the '
+                  'header line filename,label)')
+
+
 def label_args(tmp_path):
   (tmp_path / 'images').mkdir(exist_ok=True)
   (tmp_path / 'images' / 'a.png').write_bytes(b'')  # listed, never read here
