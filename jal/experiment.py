@@ -873,6 +873,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     jal.workdir.WorkdirBusy: another process holds the workdir (refused
       before its config.json is read or written).
   """
+  config_lib.validate(config)   # needs no workdir: a bad config leaves none behind
   # Process 0 writes the workdir (see jal.workdir): it alone holds the lock.
   with workdir_lib.claimed(workdir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir, stop_after_round)
