@@ -89,8 +89,12 @@ def check_finite(config) -> None:
 
 
 def validate(config) -> None:
-  """Checks names and ranges that need no data, each chosen strategy's options included."""
-  check_finite(config)
+  """Checks names and ranges that need no data, each chosen strategy's options included.
+
+  Strategies check their own options first (their messages say what range a
+  value must be in); `check_finite` then refuses any other float that is inf
+  or nan, e.g. `train.learning_rate=inf`, which the range checks let through.
+  """
   _validate_embedding_source(config)
   names = strategy_names(config)
   if not names:
@@ -151,6 +155,7 @@ def validate(config) -> None:
                        f"passes), got {dropout}")
     if strategy.check_options is not None:
       strategy.check_options(config.strategy_options)
+  check_finite(config)
 
 
 def validate_against_data(config, dataset: data_lib.Dataset) -> None:
