@@ -145,11 +145,11 @@ def probe_lock(tmp: pathlib.Path) -> Outcome:
     second = _run(base + ['--config.train.learning_rate=0.01'])
     still_running = first.poll() is None
     result = _one_line_error(second, str(first.pid))
+    if not result.passed:
+      return Outcome(False, f'the second run on the busy workdir: {result.detail}')
     if not still_running:
       return Outcome(False, 'the first run ended before the second was refused; rerun with more '
                             'seeds')
-    if not result.passed:
-      return result
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait()
