@@ -230,14 +230,21 @@ def small(tmp_path):
   return images, labels_path, tmp_path / 'w'
 
 
+def refused_then_skipped(small, match):
+  """Runs label.run on the `small` folder: refused with `match`, then run with
+  --skip_unreadable; returns that second call's entry."""
+  images, labels_path, workdir = small
+  with pytest.raises(ValueError, match=match):
+    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
+  return label.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
+                   classes=['x', 'y'], skip_unreadable=True)
+
+
 def test_unreadable_image_is_named_or_skipped_with_the_flag(small):
   images, labels_path, workdir = small
   (images / 'broken.png').write_bytes(b'not a png at all')
-  with pytest.raises(ValueError, match=r'^1 unreadable image\(s\) in .*: broken\.png '
-                                       r'\(UnidentifiedImageError: .*--skip_unreadable'):
-    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
-  entry = label.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
-                    classes=['x', 'y'], skip_unreadable=True)
+  entry = refused_then_skipped(small, r'^1 unreadable image\(s\) in .*: broken\.png '
+                                      r'\(UnidentifiedImageError: .*--skip_unreadable')
   assert entry['skipped'] == ['broken.png'] and entry['n_images'] == 6
   assert '(1 unreadable, skipped)' in entry['summary']
   assert 'broken.png' not in [r['filename'] for r in _batch(workdir)]
@@ -257,13 +264,9 @@ def test_files_that_would_block_are_refused_or_skipped(small, kind, reason):
   else:
     os.mkfifo(images / 'x.png')
   with deadline(60):  # on a regression: fail, not hang
-    with pytest.raises(ValueError, match=rf'^1 unreadable image\(s\) in {images}: x\.png '
-                                         rf'\({reason}\); pass --skip_unreadable to leave them '
-                                         'out$'):
-      label.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
-                classes=['x', 'y'])
-    entry = label.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
-                      classes=['x', 'y'], skip_unreadable=True)
+    entry = refused_then_skipped(small, rf'^1 unreadable image\(s\) in {images}: x\.png '
+                                        rf'\({reason}\); pass --skip_unreadable to leave them '
+                                        'out$')
   assert entry['skipped'] == ['x.png'] and entry['n_images'] == 6
   assert 'x.png' not in _state(workdir)['images']
 
@@ -275,11 +278,8 @@ def test_links_out_of_the_folder_are_refused_and_never_hashed(small, tmp_path):
   Image.fromarray(np.full((10, 12), 7, np.uint8)).save(secret)
   os.symlink(secret, images / 's.png')
   os.symlink('a0.png', images / 'same.png')  # inside the folder: read as any file
-  with pytest.raises(ValueError, match=rf': s\.png \(a link to {os.path.realpath(secret)}, '
-                                       r'outside the images folder\); pass --skip_unreadable'):
-    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
-  entry = label.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
-                    classes=['x', 'y'], skip_unreadable=True)
+  entry = refused_then_skipped(small, rf': s\.png \(a link to {os.path.realpath(secret)}, '
+                                      r'outside the images folder\); pass --skip_unreadable')
   assert entry['skipped'] == ['s.png'] and entry['n_images'] == 7
   state = _state(workdir)
   assert 's.png' not in state['images'] and 'same.png' in state['images']

@@ -168,11 +168,18 @@ def test_auto_loop_on_accelerators(monkeypatch):
   assert train.get_fit_fn('auto', models.MLP(2), x[:, 0, 0, :2]) is train.fit_ensemble
 
 
-def test_predict_one_by_one_equals_vmapped(blobs):
+@pytest.fixture
+def lenets(blobs):
+  """3 freshly initialised LeNets and 50 12x12 one-channel inputs."""
   model = models.LeNet(3)
   x = jnp.tile(jnp.asarray(blobs.x_train)[:50, None, None, :1], (1, 12, 12, 1))
   keys = jax.random.split(jax.random.PRNGKey(1), 3)
   states = train.init_ensemble(model, train.make_optimizer(TRAIN), train.InputSpec(), keys, x)
+  return model, x, states
+
+
+def test_predict_one_by_one_equals_vmapped(lenets):
+  model, x, states = lenets
   a = train.predict(model, train.InputSpec(), 16, True, states, x)
   b = train.predict(model, train.InputSpec(), 16, True, states, x, one_by_one=True)
   assert b.logits.shape == (3, 50, 3) and b.embeddings.shape == a.embeddings.shape
@@ -180,11 +187,8 @@ def test_predict_one_by_one_equals_vmapped(blobs):
   np.testing.assert_allclose(b.embeddings, a.embeddings, rtol=1e-5, atol=1e-6)
 
 
-def test_predict_on_indices_equals_those_rows(blobs):
-  model = models.LeNet(3)
-  x = jnp.tile(jnp.asarray(blobs.x_train)[:50, None, None, :1], (1, 12, 12, 1))
-  keys = jax.random.split(jax.random.PRNGKey(1), 3)
-  states = train.init_ensemble(model, train.make_optimizer(TRAIN), train.InputSpec(), keys, x)
+def test_predict_on_indices_equals_those_rows(lenets):
+  model, x, states = lenets
   whole = train.predict(model, train.InputSpec(), 16, True, states, x)
   rows = np.array([49, 3, 17, 3, 0, 21, 8, 30, 44, 12, 5, 6, 7, 9, 10, 11, 13, 14], np.int32)
   for one_by_one in (False, True):  # 18 rows: two chunks of 16, the last one padded
