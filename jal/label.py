@@ -804,8 +804,9 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from jal import logs, workdir  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from jal import logs, runtime, workdir  # pylint: disable=g-import-not-at-top,g-multiple-import
   logs.quiet_libraries()
+  runtime.configure()
   f = flags.FLAGS
   with logs.one_line_errors('interrupted; rerun the same command'):
     with workdir.claimed(f.workdir):

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from jal import experiment
 from jal import logs
+from jal import runtime
 from jal import sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -46,6 +47,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logs.quiet_libraries()
+  runtime.configure()
   with logs.one_line_errors():
     if _DISTRIBUTED.value:
       sharding.initialize_distributed()

@@ -412,7 +412,8 @@ def main(argv):
                            time_min=f.slurm_time_min, cpus_per_task=f.slurm_cpus_per_task,
                            mem_gb=f.slurm_mem_gb, account=f.slurm_account,
                            nodes=f.slurm_nodes)
-  from jal import logs  # pylint: disable=g-import-not-at-top
+  from jal import logs, runtime  # pylint: disable=g-import-not-at-top,g-multiple-import
+  runtime.configure()
   with logs.one_line_errors():
     result = run_sweep(f.grid, f.root, f.executor, f.max_parallel, f.report_out, options,
                        f.submitit_folder, f.dry_run, f.devices)

@@ -2,10 +2,23 @@
 
 import os
 import pathlib
+import tempfile
 
 import pytest
 
+from jal import runtime
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+  """One persistent compilation cache for the whole suite: its xdist workers and
+  the commands tests run as subprocesses (which inherit the environment) load
+  the programs another has compiled. Results do not depend on it (jal.runtime)."""
+  del config
+  os.environ.setdefault(runtime.ENV, os.path.join(tempfile.gettempdir(),
+                                                  f'jal-tests-xla-{os.getuid()}'))
+  runtime.configure()
 
 
 def shared_data_dir():

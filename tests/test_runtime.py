@@ -1,0 +1,55 @@
+"""jal.runtime: where the persistent compilation cache goes, and that a second
+process loads what the first compiled."""
+
+import json
+import os
+import subprocess
+import sys
+
+from jal import runtime
+from tests.conftest import REPO
+
+
+def test_cache_dir_follows_the_environment(tmp_path):
+  assert runtime.cache_dir({'HOME': '/h'}) == os.path.join(os.path.expanduser('~'), '.cache',
+                                                           'jal', 'xla')
+  assert runtime.cache_dir({'XDG_CACHE_HOME': '/c'}) == '/c/jal/xla'
+  assert runtime.cache_dir({runtime.ENV: str(tmp_path)}) == str(tmp_path)
+  assert runtime.cache_dir({runtime.ENV: ' OFF '}) is None
+
+
+def test_unwritable_cache_dir_leaves_the_cache_off(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  assert runtime.enable_compilation_cache(str(blocker / 'xla')) is None
+
+
+_PROGRAM = '''
+import json, jax, jax.numpy as jnp
+from jax import monitoring
+from jal import runtime
+hits = []
+monitoring.register_event_listener(lambda e, **_: hits.append(e) if e.endswith('cache_hits') else None)
+where = runtime.configure()
+y = jax.jit(lambda x: jnp.tanh(x) @ x.T + 1.0)(jnp.ones((64, 64)))
+print(json.dumps({'where': where, 'hits': len(hits), 'y': float(y[0, 0]),
+                  'compile_seconds': runtime.compile_seconds()}))
+'''
+
+
+def _run(env):
+  out = subprocess.run([sys.executable, '-c', _PROGRAM], cwd=REPO, env=env, check=True,
+                       capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def test_second_process_loads_the_first_ones_programs(tmp_path):
+  env = {**os.environ, runtime.ENV: str(tmp_path / 'xla')}
+  first, second = _run(env), _run(env)
+  assert first['where'] == second['where'] == str(tmp_path / 'xla')
+  assert first['hits'] == 0 and second['hits'] >= 1
+  assert os.listdir(tmp_path / 'xla')
+  assert first['y'] == second['y']
+  assert first['compile_seconds'] > 0 and second['compile_seconds'] > 0
+  off = _run({**os.environ, runtime.ENV: 'off'})
+  assert off['where'] is None and off['hits'] == 0 and off['y'] == first['y']
