@@ -53,3 +53,37 @@ def test_second_process_loads_the_first_ones_programs(tmp_path):
   assert first['compile_seconds'] > 0 and second['compile_seconds'] > 0
   off = _run({**os.environ, runtime.ENV: 'off'})
   assert off['where'] is None and off['hits'] == 0 and off['y'] == first['y']
+
+
+def test_cpu_xla_flags_are_added_once_and_never_over_the_users():
+  flag = runtime.CPU_XLA_FLAGS[0]
+  assert runtime.cpu_xla_flags('', (0, 10, 2)) == flag
+  assert runtime.cpu_xla_flags('--xla_dump_to=/d', (0, 10)) == f'--xla_dump_to=/d {flag}'
+  users = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT'
+  assert runtime.cpu_xla_flags(users, (0, 10)) == users
+  assert runtime.cpu_xla_flags(runtime.cpu_xla_flags('', (0, 10)), (0, 10)) == flag
+  assert runtime.cpu_xla_flags('', (0, 9)) == '' and runtime.cpu_xla_flags('', (0, 11)) == ''
+
+
+_FUSIONS = '''
+import json, os, jax, jax.numpy as jnp
+from jal import runtime
+runtime.configure()
+f = jax.jit(lambda x, w: jnp.tanh(x @ w).sum(0))
+text = f.lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
+print(json.dumps({'flags': os.environ.get('XLA_FLAGS', ''), 'ynn': text.count('__ynn_fusion')}))
+'''
+
+
+def test_commands_run_without_ynn_fusions_on_this_jaxlib(tmp_path):
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env[runtime.ENV] = 'off'
+  out = subprocess.run([sys.executable, '-c', _FUSIONS], cwd=REPO, env=env, check=True,
+                       capture_output=True, text=True).stdout
+  got = json.loads(out.strip().splitlines()[-1])
+  first, last = runtime.CPU_XLA_FLAGS_JAXLIB
+  if first <= tuple(int(v) for v in jaxlib.__version__.split('.')[:2]) < last:
+    assert got == {'flags': runtime.CPU_XLA_FLAGS[0], 'ynn': 0}
+  else:
+    assert got['flags'] == ''
