@@ -133,6 +133,7 @@ def validate(config) -> None:
     if tc[field] not in valid:
       raise ValueError(f"unknown train.{field} '{tc[field]}'; valid: {', '.join(valid)}")
   models.check_member_conv(config.model.name, config.model.get('member_conv'))
+  models.conv_pool_form(config.model.get('conv_pool', 'auto'))
   path = config.model.get('pretrained_path')
   if path:
     if config.model.name != 'resnet18':
@@ -326,6 +327,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Convnets: how vmapped members' convolutions run, 'grouped' (XLA's
       # vmap), 'wgrad_in_turn' or 'in_turn' (jal.member_conv).
       member_conv='grouped',
+      # lenet: how each convolution and its max-pool are computed: 'auto'
+      # ('space_to_depth' on CPU, 'direct' elsewhere), 'direct' or
+      # 'space_to_depth' (jal.models.ConvMaxPool). The same function.
+      conv_pool='auto',
   ))
   c.warmup_size = 5
   c.query_size = 5
