@@ -590,11 +590,11 @@ def _torch_round_fn(s: Shapes, memory_format: str) -> Callable[[], dict]:
   def call():
     with tempfile.TemporaryDirectory(prefix='jal_torch_round_') as tmp:
       out = os.path.join(tmp, 'summary.json')
-      _run([sys.executable, '-m', 'jal.bench_torch', 'round',
-            f'--data_dir={_resolve_data_dir(s.data_dir)}', f'--config={s.round_config}',
-            f'--seed={s.seed}', f'--memory_format={memory_format}',
-            f'--threads={torch.get_num_threads()}', f'--out={out}',
-            f'--launched_at={time.time()!r}'], 'the PyTorch round')
+      data_dir = _resolve_data_dir(s.data_dir)
+      _run([sys.executable, '-m', 'jal.bench_torch', 'round', f'--config={s.round_config}',
+            *([f'--data_dir={data_dir}'] if data_dir else []), f'--seed={s.seed}',
+            f'--memory_format={memory_format}', f'--threads={torch.get_num_threads()}',
+            f'--out={out}', f'--launched_at={time.time()!r}'], 'the PyTorch round')
       summary = json.loads(pathlib.Path(out).read_text())
     return {k: summary[k] for k in (*_PHASES, 'rounds_seconds', 'accuracy', 'load_seconds',
                                     'startup_seconds')}
@@ -607,9 +607,10 @@ def _jal_round_fn(s: Shapes) -> Callable[[], dict]:
   def call():
     with tempfile.TemporaryDirectory(prefix='jal_round_') as tmp:
       workdir = os.path.join(tmp, 'work')
+      data_dir = _resolve_data_dir(s.data_dir)
       _run([sys.executable, '-m', 'jal.main', f'--config={MNIST_CONFIG}:{s.round_config}',
             f'--config.seeds={s.seed}', '--config.strategies=ensembles',
-            '--config.num_rounds=1', f'--config.data_dir={_resolve_data_dir(s.data_dir)}',
+            '--config.num_rounds=1', *([f'--config.data_dir={data_dir}'] if data_dir else []),
             f'--workdir={workdir}'], 'the jal round')
       rounds = [json.loads(line) for line in
                 pathlib.Path(workdir, 'timings.jsonl').read_text().splitlines()]
@@ -899,10 +900,15 @@ def run_versus(s: Shapes, cases=CASES, repeats: int = 3, warmup: int = 1,
                threads: int | None = None, formats=FORMATS) -> list[dict]:
   """`--vs=torch`: sets PyTorch's threads, builds both sides' cases and times them.
 
-  'mnist_round' without MNIST (no `s.data_dir`, no $JAL_DATA_DIR) gives a
-  record with `skipped` instead of times.
+  Both sides run on the CPU in float32 (refused if JAX's backend is not the
+  CPU). 'mnist_round' without MNIST (no `s.data_dir`, no $JAL_DATA_DIR)
+  gives a record with `skipped` instead of times.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   cases = _check_cases(cases)
+  if jax.default_backend() != 'cpu':
+    raise ValueError(f"--vs=torch compares on the CPU; JAX's backend is "
+                     f"{jax.default_backend()} (run with JAX_PLATFORMS=cpu)")
   threads = set_threads(threads)
   out = []
   if 'mnist_round' in cases and not _resolve_data_dir(s.data_dir):
@@ -913,7 +919,8 @@ def run_versus(s: Shapes, cases=CASES, repeats: int = 3, warmup: int = 1,
     jal_fns = jal_cases(s, cases)
     torch_fns = torch_cases(s, cases, formats)
     out = versus(jal_fns, torch_fns, repeats, warmup, case_info(s)) + out
-  return [{**rec, 'torch_threads': threads, 'float': 'float32'} for rec in out]
+  return [{**rec, 'torch_threads': threads, 'torch_device': 'cpu', 'compute_dtype': 'float32'}
+          for rec in out]
 
 
 # --------------------------------------------------------------------------

@@ -262,3 +262,13 @@ def test_versus_keeps_the_medians_of_what_calls_return():
   assert 'jal_note' not in rec
   assert rec['torch_contiguous_train_seconds'] == 0.5
   assert rec['torch_best_format'] == 'contiguous'
+
+
+def test_shapes_follow_jal_bench_params():
+  from jal import bench  # pylint: disable=g-import-not-at-top
+  s = bt.shapes_for(bench.params_for('small'), data_dir='/data')
+  assert (s.members, s.lenet_batch, s.lenet_steps, s.resnet_width, s.resnet_batch, s.pool) == (
+      2, 16, 4, 8, 8, 256)
+  assert (s.round_config, s.data_dir) == ('smoke', '/data')
+  full = bt.shapes_for(bench.params_for('full'))
+  assert (full.members, full.lenet_batch, full.resnet_batch, full.score_chunk) == (5, 64, 128, 2000)
