@@ -32,6 +32,13 @@ What is the same on both sides:
   data        the same numpy arrays (random uint8 images from the same seeds;
               MNIST through `jal.data`).
 Random numbers differ: each side draws its own init, shuffles and crops.
+A training call includes the members' init on both sides (jal's fit drivers
+init and train in one call). The round runs jal's protocol exactly: batches
+of B rows even with 10 labeled (cycled, the filler masked out of the loss),
+max(epochs, min_steps) steps, a check pass over the labeled set, the test
+set and the whole pool scored in chunks of eval_batch_size. Its process
+imports jax too (the `jal` package does, for jal.data): its record's
+`startup_seconds` says how long that took, `rounds_seconds` the rounds alone.
 
 Cases (`CASES`); one call of a case is one timed unit of work:
   lenet_ensemble_train  M fresh LeNets (MNIST recipe), each trained for S
