@@ -839,7 +839,8 @@ def versus(jal_fns: dict[str, Callable], torch_fns: dict[str, dict[str, Callable
   (max / min) and, given `info[case]['images']`, `_images_per_second`;
   `torch_best_format` and `torch_seconds` (the lower median); `ratio` = jal
   median / best torch median (> 1: jal slower); `pair_ratio_min/median/max`
-  over the alternated pairs (jal / best format); `repeats`, `warmup`, `timing`.
+  over the alternated pairs (jal / best format); `repeats`, `warmup`, `timing`;
+  `loadavg_1min_before/after` the case (above the threads used: not alone).
   """
   info = info or {}
   records = []
@@ -847,6 +848,7 @@ def versus(jal_fns: dict[str, Callable], torch_fns: dict[str, dict[str, Callable
     if case not in torch_fns:
       continue
     sides = {'jal': jal_fn, **{f'torch_{fmt}': fn for fmt, fn in torch_fns[case].items()}}
+    load_before = os.getloadavg()[0]
     for _ in range(max(1, warmup)):
       for fn in sides.values():
         fn()
@@ -860,6 +862,10 @@ def versus(jal_fns: dict[str, Callable], torch_fns: dict[str, dict[str, Callable
         if isinstance(out, dict):
           details[side].append(out)
     rec = versus_record(case, seconds, details, info.get(case, {}), max(1, warmup))
+    # Another process on one of its cores slows multi-threaded PyTorch many times over (its
+    # threads wait for each other at every op); the load says whether a run was alone.
+    rec.update(loadavg_1min_before=load_before, loadavg_1min_after=os.getloadavg()[0],
+               cpus=os.cpu_count())
     logging.info('%s', summary_line(rec))
     records.append(rec)
   return records

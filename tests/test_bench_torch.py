@@ -27,6 +27,16 @@ from jal import train
 _RNG = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+  """Tiny tensors: one thread, which also keeps PyTorch fast when the cores are shared
+  (multi-threaded, it waits at every op for a thread that another process holds)."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
 def random_variables(model, shape, seed):
   """Random variables of `model` shaped by `jax.eval_shape` (no initialiser is compiled):
   He-scaled kernels, and non-trivial biases, BatchNorm scales and running statistics."""
@@ -250,6 +260,7 @@ def test_versus_records_have_every_side_and_sane_numbers():
     assert r['ratio'] == pytest.approx(r['jal_seconds'] / r['torch_seconds'])
     assert 0 < r['pair_ratio_min'] <= r['pair_ratio_median'] <= r['pair_ratio_max']
     assert r['repeats'] == 2 and r['vs'] == 'torch' and r['work']
+    assert r['loadavg_1min_before'] >= 0 and r['cpus'] >= 1
 
 
 def test_versus_keeps_the_medians_of_what_calls_return():
