@@ -22,7 +22,7 @@ other jobs on the machine). On an NVIDIA H200 (bfloat16), one
 round's 5-member ensemble (500 steps) trains in 10.4 s; pool scoring and
 selection take well under a second on a 12,641-image pool (a CIFAR-10 subset:
 results/imbalance_h200_subset). The full 42,105-image pool was not timed.
-On the 2-core CPU (members trained in turn, see train.fit_members_stepwise)
+On the 2-core CPU (members in turn, one dispatch per step: see train.Plan)
 one ResNet-18 member step at batch 128 took 4.2 s with nothing else
 running (146 steps in 10.3 min; 5-9 s with other jobs), so one round's
 5 x 500 steps need about 3 hours there; round 0 on the full 42,105-image

@@ -2,10 +2,11 @@
 
 Public kernels, usable without the loop:
 
-    from jal import k_center_greedy, variation_ratio, fit_ensemble
+    from jal import k_center_greedy, variation_ratio, Trainer, resolve_plan, fit
 """
 
 from jal.kernels import k_center_greedy, top_k_with_random_ties, variation_ratio
-from jal.train import fit_ensemble
+from jal.train import Trainer, fit, resolve_plan
 
-__all__ = ['k_center_greedy', 'variation_ratio', 'top_k_with_random_ties', 'fit_ensemble']
+__all__ = ['k_center_greedy', 'variation_ratio', 'top_k_with_random_ties', 'Trainer',
+           'resolve_plan', 'fit']

@@ -5,21 +5,23 @@ r"""Throughput benchmarks of jal's hot paths, one JSON object per figure.
     python -m jal.bench --cases=ensemble_train --members=1,5 --steps=64
 
 Cases:
-  ensemble_train  training images/s of `train.fit_ensemble` (members vmapped)
-                  for N in --members, ResNet-18 (CIFAR stem) and LeNet; the
-                  ratio of aggregate images/s of the largest N to the
-                  smallest; the largest N trained one member after
-                  another in one program (`train.fit_members_map`), the
-                  reference jal must never be slower than; and what jal's
-                  loop runs (train.loop='auto'), timed too when it is a
-                  stepwise CPU driver. --train_modes picks the drivers;
-                  `--train_modes=auto` times only the loop's own driver, for
-                  every N (ResNet-18 on a CPU, where the one-program
-                  drivers take tens of minutes).
+  ensemble_train  training images/s of `train.fit` for N in --members,
+                  ResNet-18 (CIFAR stem) and LeNet, per training plan
+                  (`train.Plan`): 'vmap_program' (members vmapped, one
+                  program) for every N, with the ratio of aggregate images/s
+                  of the largest N to the smallest; 'in_turn_program' (one
+                  member after another, one program) for the largest N, the
+                  reference jal must never be slower than; 'sharded' (the
+                  members over --devices devices); and 'auto', what jal's
+                  loop runs (`train.resolve_plan`), timed too when it is
+                  not one of the above (a 'step' plan on a CPU). Records
+                  carry the plan. `--train_modes=auto` times only the loop's
+                  own plan, for every N (ResNet-18 on a CPU, where the
+                  program plans take tens of minutes).
   k_center        `kernels.k_center_greedy` seconds, against the memory
                   bandwidth bound n*d*4*k / bandwidth, the bandwidth measured
                   in the same run by a large on-device `jnp.sum`.
-  score_pool      pool images/s of `train.predict` (every member's logits and
+  score_pool      pool images/s of `infer.predict` (every member's logits and
                   member 0's embeddings), ResNet-18.
   round           one acquisition round of configs/imbalance.py (train /
                   eval / score / select seconds) for 'ensembles' and
@@ -30,8 +32,9 @@ version, the shapes, the measured values (units in the key names) and the
 timing method; logs go to stderr. Timings are medians of --repeats calls
 after a warm-up call, each ended by `jax.block_until_ready`; compilation is
 timed separately (ahead-of-time `lower().compile()` where the benchmarked
-function is one jitted program, else first call minus the median). The round
-case times round 1 once, after a round 0 that compiled everything.
+function is one jitted program, a 'program' plan's fit included, else first
+call minus the median). The round case times round 1 once, after a round 0
+that compiled everything.
 
 With --profile_dir=DIR, every timed program of ensemble_train, k_center and
 score_pool is also traced once (`jal.profiling.profile`): a record with
@@ -57,6 +60,7 @@ import numpy as np
 
 from jal import data as data_lib
 from jal import experiment
+from jal import infer
 from jal import kernels
 from jal import member_conv
 from jal import models
@@ -69,8 +73,8 @@ from jal import train
 CASES = ('ensemble_train', 'k_center', 'score_pool', 'round')
 SIZES = ('small', 'full')
 TRAIN_MODELS = ('resnet18', 'lenet')
-# How ensemble_train trains the members: see `time_fit`.
-TRAIN_MODES = ('vmap', 'sequential', 'sharded', 'auto')
+# The training plans ensemble_train times: see `mode_plan`.
+TRAIN_MODES = ('vmap_program', 'in_turn_program', 'sharded', 'auto')
 ROUND_STRATEGIES = ('ensembles', 'coreset')
 
 
@@ -99,7 +103,7 @@ class Params:
   devices: int = 1   # >1: also split members (ensemble_train) and the pool (k_center)
   profile_dir: str | None = None   # set: also trace one call of each timed program
   member_conv: str = 'grouped'     # how vmapped members' convolutions run (jal.member_conv)
-  train_modes: tuple[str, ...] = TRAIN_MODES   # ensemble_train drivers to time
+  train_modes: tuple[str, ...] = TRAIN_MODES   # ensemble_train plans to time
 
 
 # Small: seconds on a CPU. Two members, not five: XLA:CPU runs vmapped
@@ -223,14 +227,8 @@ def member_keys(seed: int, members: int):
   return jax.random.split(jax.random.PRNGKey(seed), members)
 
 
-def _sgd():
-  return train.make_optimizer(ml_collections.ConfigDict(dict(
-      optimizer='sgd', learning_rate=0.05, weight_decay=5e-4, momentum=0.9)))
-
-
-def _adam():
-  return train.make_optimizer(ml_collections.ConfigDict(dict(optimizer='adam',
-                                                             learning_rate=1e-3)))
+def _trainer(model, spec: train.InputSpec, **train_config) -> train.Trainer:
+  return train.Trainer.from_config(ml_collections.ConfigDict(train_config), model, spec)
 
 
 # --------------------------------------------------------------------------
@@ -240,14 +238,9 @@ def _adam():
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-  """A model, its recipe and a labeled set of `steps * batch_size` images."""
+  """A Trainer (model and recipe) and the shape of its images."""
   name: str
-  model: Any
-  tx: Any
-  spec: train.InputSpec
-  batch_size: int
-  schedule: str
-  learning_rate: float
+  trainer: train.Trainer
   image_shape: tuple[int, ...]
   num_classes: int = 10
 
@@ -256,22 +249,26 @@ def workload(name: str, p: Params) -> Workload:
   """The ResNet-18 (CIFAR recipe) or LeNet (MNIST recipe) training workload."""
   dtype = models.compute_dtype(p.dtype)
   if name == 'resnet18':
-    return Workload('resnet18', resnet.ResNet18(10, stem='cifar', width=p.resnet_width,
-                                                dtype=dtype, member_conv=p.member_conv),
-                    _sgd(), train.InputSpec(data_lib.CIFAR10_MEAN, data_lib.CIFAR10_STD,
-                                            'crop_flip'),
-                    p.resnet_batch, 'cosine', 0.05, (32, 32, 3))
+    return Workload('resnet18', _trainer(
+        resnet.ResNet18(10, stem='cifar', width=p.resnet_width, dtype=dtype,
+                        member_conv=p.member_conv),
+        train.InputSpec(data_lib.CIFAR10_MEAN, data_lib.CIFAR10_STD, 'crop_flip'),
+        optimizer='sgd', learning_rate=0.05, weight_decay=5e-4, momentum=0.9,
+        batch_size=p.resnet_batch, schedule='cosine'), (32, 32, 3))
   if name == 'lenet':
-    return Workload('lenet', models.LeNet(10, dtype=dtype, member_conv=p.member_conv), _adam(),
-                    train.InputSpec(data_lib.MNIST_MEAN, data_lib.MNIST_STD, 'none'),
-                    p.lenet_batch, 'constant', 1e-3, (28, 28, 1))
+    return Workload('lenet', _trainer(
+        models.LeNet(10, dtype=dtype, member_conv=p.member_conv),
+        train.InputSpec(data_lib.MNIST_MEAN, data_lib.MNIST_STD, 'none'),
+        optimizer='adam', learning_rate=1e-3, batch_size=p.lenet_batch,
+        schedule='constant'), (28, 28, 1))
   raise ValueError(f"unknown model '{name}'; valid: {', '.join(TRAIN_MODELS)}")
 
 
 def labeled_set(w: Workload, steps: int, seed: int):
   """(x, y, idx, num_valid): one epoch over these is exactly `steps` steps."""
-  n = steps * w.batch_size
-  capacity = train.capacity_for(n, w.batch_size)
+  batch_size = w.trainer.batch_size
+  n = steps * batch_size
+  capacity = train.capacity_for(n, batch_size)
   idx = np.zeros((capacity,), np.int32)
   idx[:n] = np.arange(n)
   return (jax.device_put(random_images(seed, n, w.image_shape)),
@@ -284,47 +281,59 @@ def bench_mesh(p: Params):
   return None if p.devices <= 1 else sharding.make_mesh(jax.devices()[:p.devices])
 
 
+_PROGRAM_PLANS = {'vmap_program': train.Plan('vmap', 'program'),
+                  'in_turn_program': train.Plan('in_turn', 'program')}
+
+
+def mode_plan(w: Workload, p: Params, mode: str) -> train.Plan:
+  """The Plan `mode` times: one of `_PROGRAM_PLANS`, 'sharded' (the loop's plan
+  over `p.devices` devices) or 'auto' (the loop's plan on one device)."""
+  if mode in _PROGRAM_PLANS:
+    return _PROGRAM_PLANS[mode]
+  return train.resolve_plan(trainer=w.trainer, sample_x=jnp.zeros((1, *w.image_shape)),
+                            mesh=bench_mesh(p) if mode == 'sharded' else None)
+
+
+def program_mode(plan: train.Plan) -> str | None:
+  """The name in `_PROGRAM_PLANS` of a one-device 'program' plan, else None."""
+  return next((mode for mode, p in _PROGRAM_PLANS.items() if p == plan), None)
+
+
 def time_fit(w: Workload, p: Params, members: int, mode: str) -> list[dict[str, Any]]:
-  """Training throughput of `members` members: 'vmap', 'sequential',
-  'sharded' (members split over `p.devices` devices, trained on each as the
-  loop trains them there) or 'auto' (the loop's own driver).
+  """Training throughput of `members` members under `mode_plan(w, p, mode)`.
+
+  A 'program' plan is compiled ahead of time (its compiled HLO classifies
+  the profile's ops); a 'step' plan is timed as `train.fit` runs it.
 
   Returns [the timing record] + [its profile record, with `p.profile_dir`].
   """
+  plan = mode_plan(w, p, mode)
+  mesh = bench_mesh(p) if plan.devices > 1 else None
   x, y, idx, num_valid = labeled_set(w, p.steps, p.seed)
   dynamic = (member_keys(p.seed, members), x, y, idx, num_valid, jnp.int32(1))
   compiled = None
-  if mode in ('sharded', 'auto'):
-    if mode == 'sharded':
-      fit_fn = auto_fit_fn(w, bench_mesh(p))
-    else:
-      fit_fn = auto_fit_fn(w)
-    fn = lambda: fit_fn(w.model, w.tx, w.spec, w.batch_size, w.schedule, w.learning_rate,
-                        *dynamic)
-    t = measure(fn, p.repeats, p.warmup)
-    # Clamped at 0: a program compiled by an earlier record (the stepwise
-    # drivers' step is the same for every N) leaves only timing noise.
-    compile_s = max(t.first_call_seconds - t.median, 0.0)
-    compile_how = 'first call minus median, at least 0'
-  else:
-    fn = {'vmap': train.fit_ensemble, 'sequential': train.fit_members_map}[mode]
-    compiled, compile_s = aot_compile(fn, w.model, w.tx, w.spec, w.batch_size, w.schedule,
-                                      w.learning_rate, *dynamic)
+  if plan.dispatch == 'program':
+    compiled, compile_s = aot_compile(
+        jax.jit(functools.partial(train.fit, w.trainer, plan=plan, mesh=mesh)), *dynamic)
     compile_how = 'jit lower().compile()'
     fn = lambda: compiled(*dynamic)
-    t = measure(fn, p.repeats, p.warmup)
-  images = members * p.steps * w.batch_size
+  else:
+    fn = lambda: train.fit(w.trainer, *dynamic, plan=plan)
+  t = measure(fn, p.repeats, p.warmup)
+  if compiled is None:
+    # Clamped at 0: a step compiled by an earlier record (the same for every
+    # N) leaves only timing noise.
+    compile_s = max(t.first_call_seconds - t.median, 0.0)
+    compile_how = 'first call minus median, at least 0'
+  batch_size = w.trainer.batch_size
+  images = members * p.steps * batch_size
   profiles = profile_records(p, f'ensemble_train_{w.name}_{mode}_{members}', fn, compiled,
                              case='ensemble_train', model=w.name, profiled_mode=mode,
                              members=members, member_conv=p.member_conv)
-  return [{'case': 'ensemble_train', 'model': w.name, 'mode': mode, 'members': members,
-           'member_conv': p.member_conv,
-           'image_shape': list(w.image_shape), 'batch_size_per_member': w.batch_size,
+  return [{'case': 'ensemble_train', 'model': w.name, 'mode': mode, 'plan': plan.as_dict(),
+           'members': members, 'member_conv': p.member_conv,
+           'image_shape': list(w.image_shape), 'batch_size_per_member': batch_size,
            'steps': p.steps, 'index_capacity': int(idx.shape[0]),
-           'function': {'vmap': 'train.fit_ensemble', 'sequential': 'train.fit_members_map',
-                        'sharded': 'train.fit_ensemble_sharded',
-                        'auto': f'train.{auto_fit_fn(w).__name__}'}[mode],
-           'devices': p.devices if mode == 'sharded' else 1,
            'images_per_second': images / t.median,
            'images_per_second_per_member': images / members / t.median,
            'steps_per_second': p.steps / t.median, 'compile_seconds': compile_s,
@@ -333,21 +342,18 @@ def time_fit(w: Workload, p: Params, members: int, mode: str) -> list[dict[str, 
            **t.fields()}] + profiles
 
 
-def auto_fit_fn(w: Workload, mesh=None):
-  """The trainer jal's loop runs for this workload (`train.loop='auto'`)."""
-  return train.get_fit_fn('auto', w.model, jnp.zeros((1, *w.image_shape), jnp.float32), mesh)
-
-
-def scaling_record(w: Workload, timed: dict[tuple[str, int], dict]) -> dict[str, Any]:
-  """What the timed drivers say together (`timed`: (mode, members) -> record).
+def scaling_record(w: Workload, timed: dict[tuple[str, int], dict],
+                   auto_plan: train.Plan) -> dict[str, Any]:
+  """What the timed plans say together (`timed`: (mode, members) -> record).
 
   `aggregate_images_per_second_ratio`: the largest N over the smallest, for
-  'vmap' (else 'auto') as `members_mode` says; `vmap_over_sequential_ratio`
-  at the largest N; and what jal's loop runs (train.loop='auto') over
-  sequential.
+  'vmap_program' (else 'auto') as `members_mode` says;
+  `vmap_over_in_turn_ratio` at the largest N; and what jal's loop runs
+  (`auto_plan`) over 'in_turn_program'.
   """
-  rec = {'case': 'ensemble_train', 'model': w.name, 'mode': 'summary'}
-  for mode in ('vmap', 'auto'):
+  rec = {'case': 'ensemble_train', 'model': w.name, 'mode': 'summary',
+         'auto_plan': auto_plan.as_dict()}
+  for mode in ('vmap_program', 'auto'):
     by_members = {m: r for (md, m), r in timed.items() if md == mode}
     if len(by_members) > 1:
       lo, hi = min(by_members), max(by_members)
@@ -355,47 +361,45 @@ def scaling_record(w: Workload, timed: dict[tuple[str, int], dict]) -> dict[str,
                  aggregate_images_per_second_ratio=(by_members[hi]['images_per_second']
                                                     / by_members[lo]['images_per_second']))
       break
-  seq = next((r for (md, _), r in timed.items() if md == 'sequential'), None)
-  fit_fn = auto_fit_fn(w)
-  rec['auto_function'] = f'train.{fit_fn.__name__}'
-  if seq is None:
+  in_turn = next((r for (md, _), r in timed.items() if md == 'in_turn_program'), None)
+  if in_turn is None:
     return rec
-  top = seq['members']
-  if ('vmap', top) in timed:
-    rec['vmap_over_sequential_ratio'] = (timed['vmap', top]['images_per_second']
-                                         / seq['images_per_second'])
-  auto_mode = {train.fit_ensemble: 'vmap', train.fit_members_map: 'sequential'}.get(fit_fn,
-                                                                                    'auto')
-  auto = timed.get((auto_mode, top))
+  top = in_turn['members']
+  if ('vmap_program', top) in timed:
+    rec['vmap_over_in_turn_ratio'] = (timed['vmap_program', top]['images_per_second']
+                                      / in_turn['images_per_second'])
+  auto = timed.get((program_mode(auto_plan), top)) or timed.get(('auto', top))
   if auto is not None:
     rec['auto_images_per_second'] = auto['images_per_second']
-    rec['auto_over_sequential_ratio'] = auto['images_per_second'] / seq['images_per_second']
+    rec['auto_over_in_turn_ratio'] = auto['images_per_second'] / in_turn['images_per_second']
   return rec
 
 
 def bench_ensemble_train(p: Params) -> list[dict]:
-  """Every model's records for the drivers in `p.train_modes`, then a summary.
+  """Every model's records for the plans in `p.train_modes`, then a summary.
 
-  'vmap' is timed for every N in `p.members`; 'sequential' and 'sharded' for
-  the largest N. 'auto' (the loop's own driver) is timed where it is a
-  stepwise driver, i.e. not already one of the two one-program drivers: for
-  the largest N, or for every N when 'vmap' is not asked for (on a CPU, where
-  the one-program drivers are slow, `--train_modes=auto` still gives the
-  N-scaling of what the loop runs).
+  'vmap_program' is timed for every N in `p.members`; 'in_turn_program' and
+  'sharded' for the largest N. 'auto' (the loop's own plan) is timed unless
+  it is a program plan timed under its own name: for the largest N, or for
+  every N when 'vmap_program' is not asked for (on a CPU, where the program
+  plans are slow, `--train_modes=auto` still gives the N-scaling of what the
+  loop runs).
   """
   out = []
   modes = p.train_modes
   top = max(p.members)
   for name in p.train_models:
     w = workload(name, p)
-    if auto_fit_fn(w) in (train.fit_ensemble, train.fit_members_map):
-      auto_sizes = ()   # the loop runs one of the programs timed as vmap/sequential
-    elif 'vmap' in modes:
+    auto_plan = mode_plan(w, p, 'auto')
+    if program_mode(auto_plan) in modes:
+      auto_sizes = ()   # timed under its own name
+    elif 'vmap_program' in modes:
       auto_sizes = (top,) if top > 1 else ()
     else:
       auto_sizes = p.members
     timed = {}   # (mode, members) -> record
-    for mode, sizes in (('vmap', p.members), ('sequential', (top,) if top > 1 else ()),
+    for mode, sizes in (('vmap_program', p.members),
+                        ('in_turn_program', (top,) if top > 1 else ()),
                         ('sharded', (top,) if p.devices > 1 else ()), ('auto', auto_sizes)):
       if mode not in modes:
         continue
@@ -405,7 +409,7 @@ def bench_ensemble_train(p: Params) -> list[dict]:
         out += recs
         logging.info('ensemble_train %s %s N=%d: %.1f images/s', name, mode, m,
                      recs[0]['images_per_second'])
-    out.append(scaling_record(w, timed))
+    out.append(scaling_record(w, timed, auto_plan))
   return out
 
 
@@ -461,21 +465,21 @@ def bench_k_center(p: Params) -> list[dict]:
 
 def bench_score_pool(p: Params) -> list[dict]:
   w = workload('resnet18', p)
-  spec = dataclasses.replace(w.spec, augment='none')
+  spec = dataclasses.replace(w.trainer.spec, augment='none')
   x = jax.device_put(random_images(p.seed, p.pool, w.image_shape))
-  # As the loop scores: members in turn on CPUs (train.members_one_by_one).
-  in_turn = train.members_one_by_one(w.model, x[:1])
+  # As the loop scores: the members as its plan trains them.
+  in_turn = train.resolve_plan(trainer=w.trainer, sample_x=x[:1]).members == 'in_turn'
   out = []
   for m in sorted(set(p.members)):
-    states = train.init_ensemble(w.model, w.tx, spec, member_keys(p.seed, m), x)
-    fn = lambda states=states: train.predict(w.model, spec, p.score_chunk, True, states, x,
-                                             in_turn)
+    states = train.init_ensemble(w.trainer, member_keys(p.seed, m), x)
+    fn = lambda states=states: infer.predict(w.trainer.model, spec, p.score_chunk, True, states,
+                                             x, in_turn=in_turn)
     t = measure(fn, p.repeats, p.warmup)
     profiles = profile_records(p, f'score_pool_{m}', fn, case='score_pool', members=m)
     logging.info('score_pool N=%d: %.1f images/s', m, p.pool / t.median)
     out.append({'case': 'score_pool', 'model': 'resnet18', 'width': p.resnet_width,
                 'members': m, 'pool': p.pool, 'image_shape': list(w.image_shape),
-                'chunk_size': p.score_chunk, 'function': 'train.predict(with_embeddings=True)',
+                'chunk_size': p.score_chunk, 'function': 'infer.predict(with_embeddings=True)',
                 'members_in_turn': in_turn,
                 'images_per_second': p.pool / t.median,
                 'member_images_per_second': m * p.pool / t.median,
@@ -596,7 +600,7 @@ def bench_round(p: Params) -> list[dict]:
         'case': 'round', 'config': f'imbalance{":" + p.config_arg if p.config_arg else ""}',
         'strategy': name, 'pool': exp.n, 'test': int(dataset.x_test.shape[0]),
         'members': tc.members, 'model_width': config.model.width,
-        'batch_size': tc.batch_size, 'train_loop': train.get_fit_fn(tc.loop).__name__,
+        'batch_size': tc.batch_size, 'plan': exp.plan.as_dict(),
         'n_labeled': n1, 'train_steps': steps,
         'train_seconds': train1, 'eval_seconds': eval1, 'score_seconds': score1,
         'select_seconds': select1, 'round_seconds': train1 + eval1 + score1 + select1,
@@ -634,8 +638,8 @@ def _define_flags():
   flags.DEFINE_enum('size', 'full', SIZES, 'small: tiny CPU shapes; full: the real shapes.')
   flags.DEFINE_list('members', None, 'Ensemble sizes (default 1,5).')
   flags.DEFINE_list('train_models', None, f'ensemble_train models ({",".join(TRAIN_MODELS)}).')
-  flags.DEFINE_list('train_modes', None, 'ensemble_train drivers to time (default all: '
-                    f'{",".join(TRAIN_MODES)}); auto alone times the loop\'s own driver '
+  flags.DEFINE_list('train_modes', None, 'ensemble_train plans to time (default all: '
+                    f'{",".join(TRAIN_MODES)}); auto alone times the loop\'s own plan '
                     'for every N, e.g. ResNet-18 on a CPU.')
   flags.DEFINE_integer('steps', None, 'ensemble_train: steps per timed fit.')
   flags.DEFINE_integer('resnet_width', None, 'ResNet-18 first-stage width.')

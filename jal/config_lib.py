@@ -124,14 +124,16 @@ def validate(config) -> None:
   if config.get('sharding', 'auto') not in sharding.SETTINGS:
     raise ValueError(f"unknown sharding '{config.sharding}'; valid: "
                      f"{', '.join(sharding.SETTINGS)}")
-  if (config.get('sharding', 'auto') == 'auto' and jax.device_count() > 1
-      and tc.loop not in ('auto', 'scan', 'map')):
-    raise ValueError(f"train.loop='{tc.loop}' runs on one device; with {jax.device_count()} "
-                     "devices use 'scan', 'map' or 'auto', or sharding='none'")
   for field, valid in (('optimizer', train.OPTIMIZERS), ('schedule', train.SCHEDULES),
-                       ('augment', train.AUGMENTATIONS), ('loop', train.LOOPS)):
+                       ('augment', train.AUGMENTATIONS),
+                       ('members_plan', ('auto',) + train.MEMBERS),
+                       ('dispatch', ('auto',) + train.DISPATCHES)):
     if tc[field] not in valid:
       raise ValueError(f"unknown train.{field} '{tc[field]}'; valid: {', '.join(valid)}")
+  if (config.get('sharding', 'auto') == 'auto' and jax.device_count() > 1
+      and tc.dispatch == 'step'):
+    raise ValueError(f"train.dispatch='step' runs on one device; with {jax.device_count()} "
+                     "devices use 'program' or 'auto', or sharding='none'")
   models.check_member_conv(config.model.name, config.model.get('member_conv'))
   models.conv_pool_form(config.model.get('conv_pool', 'auto'))
   path = config.model.get('pretrained_path')
@@ -185,14 +187,26 @@ def _with_defaults(d: dict, defaults: dict) -> dict:
   return out
 
 
+# Workdirs written before `train.members_plan` and `train.dispatch` hold one
+# `train.loop`; each of its values is one pair of theirs.
+_LOOP_AS_PLAN = {'auto': ('auto', 'auto'), 'scan': ('vmap', 'program'),
+                 'map': ('in_turn', 'program'), 'step': ('vmap', 'step'),
+                 'member_step': ('in_turn', 'step')}
+
+
 def identity(config) -> dict:
   """The config as a plain dict, minus the fields that do not change results.
 
   Fields absent from `config` count as `base_config()`'s default, so a
   workdir written before a new field was added (with a default that keeps
-  the old behaviour) is still recognised as the same experiment.
+  the old behaviour) is still recognised as the same experiment; a stored
+  `train.loop` counts as the `members_plan` and `dispatch` it meant.
   """
   d = json.loads(config.to_json_best_effort(sort_keys=True))
+  train_fields = d.get('train', {})
+  if train_fields.get('loop') in _LOOP_AS_PLAN:
+    train_fields['members_plan'], train_fields['dispatch'] = _LOOP_AS_PLAN[
+        train_fields.pop('loop')]
   d = _with_defaults(d, json.loads(base_config().to_json_best_effort(sort_keys=True)))
   for k in _NON_IDENTITY:
     d.pop(k, None)
@@ -310,7 +324,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.strategy_options.dfal_batch_size = placeholder(int)  # dfal: else eval_batch_size
   c.data_dir = placeholder(str)  # else $JAL_DATA_DIR
   # Save a round's training in progress at most this often (0: every step);
-  # CPU (stepwise) fits only. Does not change results.
+  # fits with train.dispatch 'step' (the CPU default) only. Does not change results.
   c.fit_checkpoint_seconds = 600.0
   # 'auto': with several devices, split ensemble members and pools over them
   # (jal.sharding); 'none': one device.
@@ -337,7 +351,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_rounds = 3
   c.eval_batch_size = 1000
   c.train = ml_collections.ConfigDict(dict(
-      members=5,            # ensemble size, trained together by vmap
+      members=5,            # ensemble size
       batch_size=32,
       epochs=50,
       min_steps=0,          # more epochs while the labeled set is small
@@ -347,7 +361,11 @@ def base_config() -> ml_collections.ConfigDict:
       momentum=0.9,
       schedule='constant',
       augment='none',
-      loop='auto',          # 'scan', 'map', 'step' or 'member_step'; see train.get_fit_fn
+      # How the members train (train.resolve_plan): 'vmap' or 'in_turn', and
+      # 'program' (one compiled program per fit) or 'step' (one dispatch per
+      # step, resumable mid-fit); 'auto' picks per backend and model.
+      members_plan='auto',
+      dispatch='auto',
   ))
   return c
 

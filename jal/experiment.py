@@ -10,9 +10,10 @@ Everything a run produces lives in its workdir:
     config.json          the config, to refuse a workdir of another experiment
     metrics.jsonl        one object per (strategy, seed, round)
     selections.jsonl     the indices labeled at each (strategy, seed, round)
-    timings.jsonl        wall times of each round's parts (a fit resumed from
-                         its saved progress: `train_resumed`, seconds summed
-                         over the processes that trained it)
+    timings.jsonl        wall times of each round's parts and the training
+                         plan (`train.Plan.as_dict`); a fit resumed from its
+                         saved progress: `train_resumed`, seconds summed over
+                         the processes that trained it
     results.md           the final table
     checkpoints/<strategy>_seed<seed>/<round>   orbax loop state
     checkpoints/fit/<strategy>_seed<seed>/      the round's training in progress
@@ -21,9 +22,10 @@ The loop state of each (strategy, seed), saved after every round, holds the
 label round of every pool point (-1: unlabeled), the run's RNG key and the
 history. All randomness is `fold_in` of one root key, so a run resumed after
 a crash draws exactly what an uninterrupted run draws, and the JSON files are
-rewritten atomically from the checkpoints. A long round's training also
-saves its progress every `fit_checkpoint_seconds` (FitCheckpoints), so a
-run killed mid-fit loses at most that much work.
+rewritten atomically from the checkpoints. A long round's training (dispatch
+'step', the CPU default) also saves its progress every
+`fit_checkpoint_seconds` (FitCheckpoints), so a run killed mid-fit loses at
+most that much work.
 """
 
 import functools
@@ -45,6 +47,7 @@ import orbax.checkpoint as ocp
 
 from jal import config_lib
 from jal import data as data_lib
+from jal import infer
 from jal import metrics as metrics_lib
 from jal import models
 from jal import sharding
@@ -142,8 +145,8 @@ def _jsonl(rows) -> str:
 class Experiment:
   """Holds what all (strategy, seed) runs of one config share.
 
-  The data are uploaded to the device once; the model, optimizer and jitted
-  programs are built once, so every round reuses their compilations.
+  The data are uploaded to the device once; the model, the Trainer and the
+  training Plan are built once, so every round reuses their compilations.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
@@ -160,13 +163,16 @@ class Experiment:
     self.y_test = np.asarray(dataset.y_test)
     self.n = int(dataset.x_train.shape[0])
     self.model = models.get_model(config.model, dataset.num_classes)
-    self.tx = train.make_optimizer(config.train)
-    self.spec = train.InputSpec(dataset.mean, dataset.std, config.train.augment)
+    self.trainer = train.Trainer.from_config(
+        config.train, self.model,
+        train.InputSpec(dataset.mean, dataset.std, config.train.augment))
     self.eval_spec = train.InputSpec(dataset.mean, dataset.std, 'none')
     self.init_overrides = jax.device_put(pretrained_overrides(
         self.model, config.model, self.x_train[:1], self.eval_spec))
-    # Convnets on CPU run their members in turn (see train.members_one_by_one).
-    self.one_by_one = train.members_one_by_one(self.model, self.x_train[:1])
+    # Resolved once: fits and predictions run the members as it says.
+    self.plan = train.resolve_plan(config.train.members_plan, config.train.dispatch,
+                                   self.trainer, self.x_train[:1], self.mesh)
+    logging.info('training plan: %s', self.plan.describe())
 
   @functools.cached_property
   def fixed_embeddings(self):
@@ -206,8 +212,8 @@ class Experiment:
     """Trains the round's ensemble on `labeled_idx`; returns stacked states.
 
     `checkpoint` (a train.FitCheckpointer, e.g. FitCheckpoints) saves and
-    resumes the fit mid-way; only the stepwise drivers (the CPU default) use
-    it, the one-program drivers ('scan', 'map', sharded) run a fit whole.
+    resumes the fit mid-way where the plan's dispatch is 'step' (the CPU
+    default); a 'program' fit runs whole, and `checkpoint` is not used.
 
     Raises:
       Diverged: the fit diverged (`check_trained`).
@@ -218,13 +224,11 @@ class Experiment:
     idx = np.zeros((capacity,), np.int32)
     idx[:num] = labeled_idx
     epochs = train.epochs_for(num, tc.batch_size, tc.epochs, tc.min_steps)
-    fit_fn = train.get_fit_fn(tc.loop, self.model, self.x_train[:1], self.mesh)
-    stepwise = fit_fn in (train.fit_ensemble_stepwise, train.fit_members_stepwise)
-    extra = {'checkpoint': checkpoint} if checkpoint is not None and stepwise else {}
-    states = fit_fn(
-        self.model, self.tx, self.spec, tc.batch_size, tc.schedule, tc.learning_rate,
-        member_keys(key, round_, tc.members), self.x_train, self.y_train,
-        jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs), self.init_overrides, **extra)
+    states = train.fit(
+        self.trainer, member_keys(key, round_, tc.members), self.x_train, self.y_train,
+        jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs), plan=self.plan,
+        init_overrides=self.init_overrides,
+        checkpoint=checkpoint if self.plan.dispatch == 'step' else None, mesh=self.mesh)
     self.check_trained(states, labeled_idx, f'round {round_}')
     return states
 
@@ -245,8 +249,9 @@ class Experiment:
       raise self._diverged(detail, where)
 
   def predict(self, states, x, with_embeddings: bool, indices=None):
-    return train.predict(self.model, self.eval_spec, self.config.eval_batch_size,
-                         with_embeddings, states, x, self.one_by_one, self.mesh, indices)
+    return infer.predict(self.model, self.eval_spec, self.config.eval_batch_size,
+                         with_embeddings, states, x, in_turn=self.plan.members == 'in_turn',
+                         mesh=self.mesh, indices=indices)
 
   def evaluate(self, states) -> dict[str, float]:
     """Test metrics of the ensemble (mean softmax) and of its members.
@@ -292,7 +297,7 @@ class Experiment:
           variables={'params': member0.params, **member0.model_state},
           x=self.x_train, chunk_size=self.config.eval_batch_size))
     if base.MC_LOGITS in needs:
-      inputs = inputs._replace(mc_logits=train.mc_predict(
+      inputs = inputs._replace(mc_logits=infer.mc_predict(
           self.model, self.eval_spec, self.config.eval_batch_size,
           mc_dropout.mc_samples_of(self.config.strategy_options, strategy.name), member0,
           self.x_train, jax.random.fold_in(key, _MC_PASSES)))
@@ -771,7 +776,8 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints
     t3 = time.perf_counter()
     timing = {'strategy': strategy_name, 'seed': seed, 'round': r,
               'train_seconds': t1 - t0 + fit_ckpt.resumed_seconds, 'eval_seconds': t2 - t1,
-              'score_seconds': t2s - t2, 'select_seconds': t3 - t2s}
+              'score_seconds': t2s - t2, 'select_seconds': t3 - t2s,
+              'plan': exp.plan.as_dict()}
     if fit_ckpt.resumed:
       timing['train_resumed'] = True   # trained by several processes; seconds summed
     state = {'label_round': label_round, 'round': r, 'history': state['history'] + [row],

@@ -19,8 +19,8 @@ Results equal the grouped form up to floating-point summation order (tested).
 Pass `conv_general_dilated(kind)` to flax's `nn.Conv(conv_general_dilated=...)`;
 it is None for 'grouped' (flax's own `lax.conv_general_dilated`). jal's convnets
 take it as `config.model.member_conv`; it matters only where members are
-vmapped (`train.loop` 'scan' or 'step', `jal.bench`'s 'vmap' records): the
-drivers that train members one after another have no member axis to batch.
+vmapped (a training plan with members 'vmap', `jal.bench`'s 'vmap_program'
+records): members trained 'in_turn' have no member axis to batch.
 Which form is fastest is a property of the accelerator and its cuDNN:
 measure with `python -m jal.bench --cases=ensemble_train --member_conv=...`.
 """

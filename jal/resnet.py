@@ -105,8 +105,8 @@ class ResNet18(nn.Module):
     member_conv: how the convolutions of vmapped members run: 'grouped'
       (XLA's vmap), 'wgrad_in_turn' or 'in_turn' (see `jal.member_conv`).
   """
-  # Ensembles train faster one member after another than vmapped on GPUs
-  # (see train.fit_members_map).
+  # Ensembles train faster one member after another than vmapped on GPUs:
+  # train.resolve_plan reads this for members 'auto' (see train.Plan).
   members_in_turn_on_accelerators: ClassVar[bool] = True
 
   num_classes: int

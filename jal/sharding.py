@@ -3,10 +3,11 @@
 One mesh axis, `DEVICES`, over all devices (every host's, after
 `jax.distributed.initialize`):
 
-- training splits the ensemble's member axis over it
-  (`train.fit_ensemble_sharded`): each device trains its share of the
-  members with the same vmapped program, and no data moves between devices;
-- scoring splits the pool's points (`train.predict(..., mesh=...)`): every
+- training splits the ensemble's member axis over it (`train.fit` with a
+  plan of several devices, `train.resolve_plan(..., mesh=mesh)`): each
+  device trains its share of the members with the one-device program, and no
+  data moves between devices;
+- scoring splits the pool's points (`infer.predict(..., mesh=...)`): every
   device holds the parameters and runs the forward pass on its points;
 - k-Center splits the pool's points (`kernels.k_center_greedy(...,
   mesh=...)`): each pick exchanges one candidate per device, so memory per

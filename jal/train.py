@@ -1,33 +1,39 @@
-"""Pure, jitted training and inference for ensembles of classifiers.
+"""Pure, jitted training of ensembles of classifiers: one entry point, `fit`.
 
 The protocol follows the study (Section 3.2): each round, fresh models are
-trained from scratch on the current labeled set. Members are initialised by
-`lax.map` over their keys (`init_ensemble`) and trained together in one
-compiled program by `jax.vmap` (`fit_ensemble`); member i equals `fit` run
-alone with key i.
+trained from scratch on the current labeled set. `fit` trains one member per
+key; member i equals `fit_member` run alone with key i. What a run keeps
+fixed (model, optimizer, input spec, batch size, schedule, learning rate) is
+one hashable `Trainer`, a single static argument of the jitted programs. How
+the members run is one `Plan`, resolved once per run from the config and the
+backend by `resolve_plan`; plans differ in speed, not in results:
+
+  members   'vmap' (batched by `jax.vmap`) or 'in_turn' (one after another).
+  dispatch  'program' (the whole fit is one compiled program) or 'step' (one
+            jitted dispatch per optimizer step from a Python loop; a
+            `FitCheckpointer` can save and resume it mid-fit).
+  devices   1, or D > 1: the members split over a mesh by `shard_map`
+            (dispatch 'program' only).
 
 Static shapes: the labeled set is passed as an index vector padded to a
 *capacity* (a multiple of the batch size, rounded up to a power of two number
 of batches, see `capacity_for`), plus the number of valid entries. The data
-are uploaded once; batches are gathered on device from the index vector.
-`fit_ensemble` compiles once per capacity bucket, so a run that grows its
-labeled set from L0 to L1 compiles it about log2(L1 / L0) + 1 times.
+are uploaded once; batches are gathered on device from the index vector. A
+'program' fit compiles once per capacity bucket, so a run that grows its
+labeled set from L0 to L1 compiles it about log2(L1 / L0) + 1 times; a 'step'
+fit compiles its step once.
 
-Inside `fit_ensemble`, epochs run in a `lax.fori_loop` (its trip count is a
+In a 'program' fit, epochs run in a `lax.fori_loop` (its trip count is a
 traced value, so changing the number of epochs does not recompile) and the
 batches of an epoch in a `lax.scan` over the bucket's batch slots. Slots past
 the last valid batch are skipped by a `lax.cond` whose predicate does not
-depend on the member, so under `vmap` it stays a real branch.
-`fit_ensemble_stepwise` runs the same arithmetic one dispatched step at a
-time, which XLA:CPU runs faster for convnets (`get_fit_fn('auto')` picks it
-on CPU); `fit_members_map` and `fit_members_stepwise` train the members in
-turn (faster for ResNet-18 on GPUs, and for convnets on CPUs), and
-`fit_ensemble_sharded` splits the members over the devices of a mesh.
+depend on the member, so under `vmap` it stays a real branch. A 'step' fit
+runs the same arithmetic one step at a time. Inference is in `jal.infer`.
 
     from jal import train
-    tx = train.make_optimizer(config.train)
-    states = train.fit_ensemble(model, tx, train.InputSpec(), 64, 'constant', 1e-3,
-                                keys, x, y, idx, num_valid, num_epochs)  # keys: [m, 2]
+    trainer = train.Trainer.from_config(config.train, model, train.InputSpec())
+    plan = train.resolve_plan(config.train.members_plan, config.train.dispatch, trainer, x[:1])
+    states = train.fit(trainer, keys, x, y, idx, num_valid, num_epochs, plan=plan)  # keys: [m, 2]
 """
 
 import dataclasses
@@ -129,8 +135,8 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
 
   The learning rate is an injected hyperparameter, set every step by
   `train_step` from `train_config.schedule`. Equal settings return the same
-  object, so jitted trainers that take it as a static argument reuse their
-  compilations across experiments.
+  object, so Trainers built from equal settings are equal and share their
+  compiled programs across experiments.
 
   Args:
     train_config: ConfigDict with `optimizer` ('adam', 'adamw', 'sgd'),
@@ -269,6 +275,150 @@ def epochs_for(num_labeled: int, batch_size: int, epochs: int, min_steps: int) -
   return max(epochs, math.ceil(min_steps / steps_per_epoch))
 
 
+def _check_choice(what: str, value, valid) -> None:
+  if value not in valid:
+    raise ValueError(f"unknown {what} '{value}'; valid: {', '.join(valid)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What a run keeps fixed between fits: the static half of `fit`'s arguments.
+
+  Frozen and hashable by its fields, so jitted programs take it as one static
+  argument and equal settings share their compilations: flax modules compare
+  by their fields, and `make_optimizer` returns the same object for equal
+  settings.
+
+  Attributes:
+    model: flax module returning `(logits, embedding)`.
+    tx: optimizer from `make_optimizer`.
+    spec: InputSpec of the training inputs (augmentation included).
+    batch_size: B, rows per step and member.
+    schedule: learning-rate schedule, one of SCHEDULES.
+    learning_rate: the base learning rate, scaled by `lr_factor` each step.
+  """
+  model: Any
+  tx: optax.GradientTransformation
+  spec: InputSpec
+  batch_size: int
+  schedule: str
+  learning_rate: float
+
+  @classmethod
+  def from_config(cls, train_config, model, spec: InputSpec) -> 'Trainer':
+    """The Trainer of `config.train` (optimizer from `make_optimizer`)."""
+    return cls(model, make_optimizer(train_config), spec, int(train_config.batch_size),
+               train_config.schedule, float(train_config.learning_rate))
+
+
+MEMBERS = ('vmap', 'in_turn')
+DISPATCHES = ('program', 'step')
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How `fit` runs an ensemble's training; every plan gives the same members.
+
+  Member i equals `fit_member` with key i under every plan (to float
+  tolerance: only the order of floating-point operations differs); plans
+  differ in speed, measured in `results/bench_*`.
+
+  Attributes:
+    members: 'vmap' trains the members batched by `jax.vmap`; 'in_turn' one
+      after another. XLA lowers a vmapped convolution to a grouped one, which
+      cuDNN (backward pass above all, jax-ml/jax#13800) and XLA:CPU run far
+      slower than the members' plain convolutions in turn: 5 ResNet-18s on an
+      H200 (bfloat16, batch 128) trained at 30,435 img/s vmapped against
+      46,787 img/s in turn, while 5 LeNets ran faster vmapped (376,670
+      against 319,666 img/s); on a 2-core CPU one 5-member step of ResNet-18
+      (batch 64) took 63 s vmapped against 5 x 1.9 s in turn, of LeNet
+      103 ms against 5 x 8.6 ms, of an MLP 0.5 ms against 5 x 0.5 ms.
+    dispatch: 'program' runs the whole fit as one compiled program (epochs
+      in `lax.fori_loop`, batches in `lax.scan`), never returning to Python;
+      'step' dispatches one jitted step at a time from a Python loop, which
+      compiles once whatever the labeled-set size and can save and resume
+      mid-fit (`FitCheckpointer`). XLA:CPU runs convolution gradients about
+      4x slower inside a loop body than at the top level of a program
+      (LeNet: 30 ms against 8 ms a step), so CPUs prefer 'step'.
+    devices: 1, or D > 1: the members split over the D devices of a mesh by
+      `shard_map`, each device training its share as `members` says (m
+      members cost ceil(m / D) members' time); 'program' dispatch only.
+  """
+  members: str = 'vmap'
+  dispatch: str = 'program'
+  devices: int = 1
+
+  def __post_init__(self):
+    _check_choice('members', self.members, MEMBERS)
+    _check_choice('dispatch', self.dispatch, DISPATCHES)
+    if not isinstance(self.devices, int) or self.devices < 1:
+      raise ValueError(f'devices must be a positive int, got {self.devices!r}')
+    if self.devices > 1 and self.dispatch != 'program':
+      raise ValueError(f"dispatch '{self.dispatch}' runs on one device; with {self.devices} "
+                       "devices use 'program'")
+
+  def describe(self) -> str:
+    """One line for the run log, e.g. 'members in turn, one dispatch per step, 1 device'."""
+    members = 'members vmapped' if self.members == 'vmap' else 'members in turn'
+    dispatch = 'one program per fit' if self.dispatch == 'program' else 'one dispatch per step'
+    devices = '1 device' if self.devices == 1 else f'split over {self.devices} devices'
+    return f'{members}, {dispatch}, {devices}'
+
+  def as_dict(self) -> dict[str, Any]:
+    """{'members', 'dispatch', 'devices'}: the plan in JSON records (timings.jsonl)."""
+    return dataclasses.asdict(self)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_convolutions(model, shape, dtype) -> bool:
+  jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.PRNGKey(0), x))(jnp.zeros(shape, dtype))
+  return 'conv_general_dilated' in str(jaxpr)
+
+
+def resolve_plan(members: str = 'auto', dispatch: str = 'auto', trainer: Trainer | None = None,
+                 sample_x=None, mesh=None) -> Plan:
+  """The Plan of a run, from `config.train.members_plan` and `.dispatch`.
+
+  'auto' follows the measurements in `Plan`'s docstring. On one CPU device:
+  dispatch 'step', and members 'in_turn' for models with convolutions,
+  'vmap' otherwise. On accelerators, or with a mesh of several devices:
+  dispatch 'program', and members 'in_turn' for models that declare
+  `members_in_turn_on_accelerators` (ResNet-18), 'vmap' otherwise.
+
+  Args:
+    members: 'auto', 'vmap' or 'in_turn'.
+    dispatch: 'auto', 'program' or 'step'.
+    trainer: the run's Trainer; its model decides 'auto' members (without
+      one, 'auto' members are 'vmap').
+    sample_x: [b, ...] inputs as stored or as the model takes them (only the
+      shape of a row matters); needed for 'auto' members on a CPU.
+    mesh: optional 1-D mesh (`jal.sharding`); with several devices the plan
+      splits the members over them.
+
+  Raises:
+    ValueError: an unknown value, or dispatch 'step' with several devices.
+  """
+  _check_choice('members', members, ('auto',) + MEMBERS)
+  _check_choice('dispatch', dispatch, ('auto',) + DISPATCHES)
+  devices = 1 if mesh is None else mesh.size
+  model = None if trainer is None else trainer.model
+  one_cpu = jax.default_backend() == 'cpu' and devices == 1
+  if members == 'auto':
+    if not one_cpu:
+      in_turn = bool(getattr(model, 'members_in_turn_on_accelerators', False))
+    elif model is None:
+      in_turn = False
+    elif sample_x is None:
+      raise ValueError("members 'auto' on a CPU needs sample_x, to see whether the model "
+                       'has convolutions')
+    else:
+      in_turn = _has_convolutions(model, (1,) + tuple(sample_x.shape[1:]), jnp.float32)
+    members = 'in_turn' if in_turn else 'vmap'
+  if dispatch == 'auto':
+    dispatch = 'step' if one_cpu else 'program'
+  return Plan(members, dispatch, devices)
+
+
 def _split_member_key(key):
   """A member's key -> (init, shuffle, augmentation) keys."""
   return tuple(jax.random.split(key, 3))
@@ -297,26 +447,26 @@ def _epoch_batches(shuffle_key, e, idx, num_valid, batch_size):
           (positions < num_valid).reshape(-1, batch_size))
 
 
-def _slot_update(model, tx, spec, schedule, learning_rate, state, aug_key, x, y,
-                 batch_idx, mask, step, total_steps):
+def _slot_update(trainer: Trainer, state, aug_key, x, y, batch_idx, mask, step, total_steps):
   """One step on the batch `x[batch_idx]` at global step `step`.
 
   The step's key `fold_in(aug_key, step)` drives augmentation; dropout, if
   the model has any, uses `fold_in(step key, _DROPOUT_STREAM)`.
   """
   step_key = jax.random.fold_in(aug_key, step)
-  xb = prepare_inputs(x[batch_idx], spec, step_key)
-  lr = learning_rate * lr_factor(schedule, step, total_steps)
+  xb = prepare_inputs(x[batch_idx], trainer.spec, step_key)
+  lr = trainer.learning_rate * lr_factor(trainer.schedule, step, total_steps)
   dropout_key = (jax.random.fold_in(step_key, _DROPOUT_STREAM)
-                 if models.has_dropout(model) else None)
-  return train_step(model, tx, state, xb, y[batch_idx], mask, lr, dropout_key)[0]
+                 if models.has_dropout(trainer.model) else None)
+  return train_step(trainer.model, trainer.tx, state, xb, y[batch_idx], mask, lr,
+                    dropout_key)[0]
 
 
 def _steps_per_epoch(num_valid, batch_size):
   return (num_valid + batch_size - 1) // batch_size
 
 
-def init_member(model, tx, spec, key, x, init_overrides=None) -> TrainState:
+def init_member(trainer: Trainer, key, x, init_overrides=None) -> TrainState:
   """A member's fresh state from its key.
 
   Parameters are drawn from an 'rbg' key derived from the member's init key:
@@ -324,24 +474,30 @@ def init_member(model, tx, spec, key, x, init_overrides=None) -> TrainState:
   with threefry. Ensembles map (not vmap) this over members, since batched
   'rbg' draws differ from unbatched ones; mapping keeps every member equal
   to the same key initialised alone.
+
+  Args:
+    trainer: the Trainer (model, tx and spec matter).
+    key: the member's PRNG key.
+    x: stored inputs [n, ...]; row 0 fixes the shapes.
+    init_overrides: optional pretrained leaves, see `init_state`.
   """
   init_key = _split_member_key(key)[0]
   rbg = jax.random.wrap_key_data(jax.random.bits(init_key, (4,), jnp.uint32), impl='rbg')
-  return init_state(model, tx, rbg, prepare_inputs(x[:1], spec), init_overrides)
+  return init_state(trainer.model, trainer.tx, rbg, prepare_inputs(x[:1], trainer.spec),
+                    init_overrides)
 
 
-def train_member(model, tx, spec: InputSpec, batch_size: int, schedule: str,
-                 learning_rate: float, state, key, x, y, idx, num_valid, num_epochs) -> TrainState:
+def train_member(trainer: Trainer, state, key, x, y, idx, num_valid, num_epochs) -> TrainState:
   """Trains `state` for `num_epochs` over `x[idx[:num_valid]]`. Pure.
 
   Args:
-    model, tx, spec, batch_size, schedule, learning_rate: static settings.
+    trainer: the static settings.
     state: the member's initial TrainState.
     key: the member's PRNG key (shuffling and augmentation streams).
     x: stored inputs, [n, ...] (uint8 images or float features).
     y: i32[n] labels.
     idx: i32[capacity] labeled indices, valid entries first; capacity is a
-      multiple of batch_size.
+      multiple of the batch size.
     num_valid: i32[], the number of valid entries of idx.
     num_epochs: i32[], passes over the labeled set.
 
@@ -349,17 +505,16 @@ def train_member(model, tx, spec: InputSpec, batch_size: int, schedule: str,
     The trained TrainState.
   """
   _, shuffle_key, aug_key = _split_member_key(key)
-  steps_per_epoch = _steps_per_epoch(num_valid, batch_size)
+  steps_per_epoch = _steps_per_epoch(num_valid, trainer.batch_size)
   total_steps = steps_per_epoch * num_epochs
-  update = functools.partial(_slot_update, model, tx, spec, schedule, learning_rate)
 
   def epoch(e, state):
-    batches, masks = _epoch_batches(shuffle_key, e, idx, num_valid, batch_size)
+    batches, masks = _epoch_batches(shuffle_key, e, idx, num_valid, trainer.batch_size)
 
     def slot(state, inputs):
       s, batch_idx, mask = inputs
-      run = lambda st: update(st, aug_key, x, y, batch_idx, mask, e * steps_per_epoch + s,
-                              total_steps)
+      run = lambda st: _slot_update(trainer, st, aug_key, x, y, batch_idx, mask,
+                                    e * steps_per_epoch + s, total_steps)
       return jax.lax.cond(s < steps_per_epoch, run, lambda st: st, state), None
 
     state, _ = jax.lax.scan(slot, state, (jnp.arange(batches.shape[0]), batches, masks))
@@ -368,12 +523,15 @@ def train_member(model, tx, spec: InputSpec, batch_size: int, schedule: str,
   return jax.lax.fori_loop(0, num_epochs, epoch, state)
 
 
-def fit(model, tx, spec: InputSpec, batch_size: int, schedule: str, learning_rate: float,
-        key, x, y, idx, num_valid, num_epochs, init_overrides=None) -> TrainState:
-  """Trains one fresh member from `key`: `init_member` then `train_member`.
+def fit_member(trainer: Trainer, key, x, y, idx, num_valid, num_epochs,
+               init_overrides=None) -> TrainState:
+  """Trains one fresh member from `key`: `init_member` then `train_member`. Pure.
+
+  The single-member kernel (jit it with `static_argnums=0`); `fit` trains an
+  ensemble whose member i equals this with key i.
 
   Args:
-    model, tx, spec, batch_size, schedule, learning_rate: static settings.
+    trainer: the static settings.
     key: PRNG key of this member (init, shuffling and augmentation).
     x, y, idx, num_valid, num_epochs: as in `train_member`.
     init_overrides: optional pretrained leaves, see `init_state`.
@@ -381,163 +539,25 @@ def fit(model, tx, spec: InputSpec, batch_size: int, schedule: str, learning_rat
   Returns:
     The trained TrainState.
   """
-  state = init_member(model, tx, spec, key, x, init_overrides)
-  return train_member(model, tx, spec, batch_size, schedule, learning_rate, state, key, x, y,
-                      idx, num_valid, num_epochs)
+  state = init_member(trainer, key, x, init_overrides)
+  return train_member(trainer, state, key, x, y, idx, num_valid, num_epochs)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def init_ensemble(model, tx, spec, keys, x, init_overrides=None) -> TrainState:
-  """Fresh states of one member per key, stacked on axis 0 (`init_member`)."""
-  return jax.lax.map(lambda k: init_member(model, tx, spec, k, x, init_overrides), keys)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def fit_ensemble(model, tx, spec, batch_size, schedule, learning_rate,
-                 keys, x, y, idx, num_valid, num_epochs, init_overrides=None) -> TrainState:
-  """Trains one member per key in one program: training is `jax.vmap`ped.
-
-  Member i equals `fit(..., keys[i], ...)` run alone. Static arguments are
-  compared by value/identity, so reuse the same model and tx objects across
-  calls to hit the compilation cache (`make_optimizer` does).
-
-  Args:
-    model, tx, spec, batch_size, schedule, learning_rate: as in `fit`.
-    keys: [m, 2] uint32 PRNG keys, one per member.
-    x, y, idx, num_valid, num_epochs, init_overrides: as in `fit`, shared by
-      all members.
-
-  Returns:
-    TrainState whose leaves have a leading member axis m.
-  """
-  return _fit_ensemble(model, tx, spec, batch_size, schedule, learning_rate, keys, x, y, idx,
-                       num_valid, num_epochs, init_overrides)
-
-
-def _fit_ensemble(model, tx, spec, batch_size, schedule, learning_rate, keys, x, y, idx,
-                  num_valid, num_epochs, init_overrides):
-  """The body of `fit_ensemble` (traced, not jitted)."""
-  states = init_ensemble(model, tx, spec, keys, x, init_overrides)
-  one = functools.partial(train_member, model, tx, spec, batch_size, schedule, learning_rate)
-  return jax.vmap(one, in_axes=(0, 0, None, None, None, None, None))(
-      states, keys, x, y, idx, num_valid, num_epochs)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def fit_members_map(model, tx, spec, batch_size, schedule, learning_rate,
-                    keys, x, y, idx, num_valid, num_epochs, init_overrides=None) -> TrainState:
-  """`fit_ensemble` with the members trained one after another in one program.
-
-  `lax.map` of `fit` over the keys: member i equals `fit(..., keys[i], ...)`.
-  On GPUs XLA lowers a vmapped convolution to a grouped convolution, whose
-  cuDNN kernels (backward pass above all, jax-ml/jax#13800) are slower than
-  the members' plain convolutions in turn: on an H200 (bfloat16, batch 128
-  per member) 5 ResNet-18 members trained at 30,435 img/s vmapped against
-  46,787 img/s in turn, while 5 LeNets ran faster vmapped (376,670 against
-  319,666 img/s; results/bench_h200). `get_fit_fn('auto')` picks this
-  driver on accelerators for models that declare
-  `members_in_turn_on_accelerators` (ResNet-18).
-
-  Args and returns: as `fit_ensemble`.
-  """
-  return _fit_members_in_turn(model, tx, spec, batch_size, schedule, learning_rate, keys, x, y,
-                              idx, num_valid, num_epochs, init_overrides)
-
-
-def _fit_members_in_turn(model, tx, spec, batch_size, schedule, learning_rate, keys, x, y, idx,
-                         num_valid, num_epochs, init_overrides):
-  """The body of `fit_members_map` (traced, not jitted)."""
-  one = lambda k: fit(model, tx, spec, batch_size, schedule, learning_rate, k, x, y, idx,
-                      num_valid, num_epochs, init_overrides)
-  return jax.lax.map(one, keys)
-
-
-def fit_ensemble_sharded(mesh, model, tx, spec, batch_size, schedule, learning_rate,
-                         keys, x, y, idx, num_valid, num_epochs,
-                         init_overrides=None, in_turn: bool = False) -> TrainState:
-  """`fit_ensemble` with the members split over the devices of `mesh`.
-
-  Each device runs `fit_ensemble`'s program (or `fit_members_map`'s, if
-  `in_turn`) on its share of the members (`jax.shard_map` over the mesh's
-  one axis, see `jal.sharding`); data, labeled indices and pretrained leaves
-  are replicated, and no arrays move between devices while training. m
-  members on D devices take ceil(m / D) members' time: the member axis is
-  padded to a multiple of D with copies of the first keys, whose results are
-  dropped. Member i equals `fit_ensemble`'s member i (to float tolerance).
-
-  Args:
-    mesh: 1-D `jax.sharding.Mesh`.
-    others: as in `fit_ensemble`.
-
-  Returns:
-    TrainState with a leading member axis m, split over the mesh.
-  """
-  m = keys.shape[0]
-  pad = -(-m // mesh.size) * mesh.size - m
-  keys = jnp.concatenate([keys, keys[jnp.arange(pad) % m]]) if pad else keys
-  states = _fit_sharded(mesh, in_turn, model, tx, spec, batch_size, schedule, learning_rate,
-                        keys, x, y, idx, num_valid, num_epochs, init_overrides)
-  return jax.tree.map(lambda a: a[:m], states) if pad else states
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
-def _fit_sharded(mesh, in_turn, model, tx, spec, batch_size, schedule, learning_rate, keys, x, y,
-                 idx, num_valid, num_epochs, init_overrides):
-  split, whole = jax.sharding.PartitionSpec(mesh.axis_names[0]), jax.sharding.PartitionSpec()
-  body = _fit_members_in_turn if in_turn else _fit_ensemble
-  local = functools.partial(body, model, tx, spec, batch_size, schedule, learning_rate)
-  return jax.shard_map(local, mesh=mesh, in_specs=(split,) + (whole,) * 6, out_specs=split,
-                       check_vma=False)(keys, x, y, idx, num_valid, num_epochs, init_overrides)
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _ensemble_epoch_batches(batch_size, keys, e, idx, num_valid):
-  one = lambda k: _epoch_batches(_split_member_key(k)[1], e, idx, num_valid, batch_size)
-  return jax.vmap(one)(keys)
-
-
-@jax.jit
-def _take_slot(batches, masks, s):
-  """Slot s of every member's epoch: ([m, slots, B], ...) -> ([m, B], ...)."""
-  return batches[:, s], masks[:, s]
-
-
-# The step's input state is donated: its buffers hold the output state.
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(5,))
-def _ensemble_slot(model, tx, spec, schedule, learning_rate, states, keys, x, y, batch, mask,
-                   step, total_steps):
-  def one(state, key, b, m):
-    return _slot_update(model, tx, spec, schedule, learning_rate, state, _split_member_key(key)[2],
-                        x, y, b, m, step, total_steps)
-  return jax.vmap(one)(states, keys, batch, mask)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init_one(model, tx, spec, key, x, init_overrides=None) -> TrainState:
-  return init_member(model, tx, spec, key, x, init_overrides)
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _member_epoch_batches(batch_size, key, e, idx, num_valid):
-  return _epoch_batches(_split_member_key(key)[1], e, idx, num_valid, batch_size)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(5,))
-def _member_slot(model, tx, spec, schedule, learning_rate, state, key, x, y, batches, masks, s,
-                 step, total_steps):
-  return _slot_update(model, tx, spec, schedule, learning_rate, state, _split_member_key(key)[2],
-                      x, y, batches[s], masks[s], step, total_steps)
+@functools.partial(jax.jit, static_argnums=0)
+def init_ensemble(trainer: Trainer, keys, x, init_overrides=None) -> TrainState:
+  """Fresh states of one member per key (keys: [m, 2]), stacked on axis 0 (`init_member`)."""
+  return jax.lax.map(lambda k: init_member(trainer, k, x, init_overrides), keys)
 
 
 class FitCheckpointer(Protocol):
-  """Where a stepwise fit saves its progress, so a killed fit resumes mid-way.
+  """Where a 'step' fit saves its progress, so a killed fit resumes mid-way.
 
-  A fit trains *groups* one after another (the members in turn for
-  `fit_members_stepwise`, one group of all members for
-  `fit_ensemble_stepwise`), each for `total` steps. Every step is a pure
-  function of the group's state, its key and the step number, so a fit
-  resumed from a saved (group, step, state) ends bitwise equal to one that
-  never stopped. `jal.experiment.FitCheckpoints` keeps them with orbax.
+  A fit trains *groups* one after another (each member for members
+  'in_turn', one group of all members for 'vmap'), each for `total` steps.
+  Every step is a pure function of the group's state, its key and the step
+  number, so a fit resumed from a saved (group, step, state) ends bitwise
+  equal to one that never stopped. `jal.experiment.FitCheckpoints` keeps
+  them with orbax.
   """
 
   def restore(self, template: TrainState) -> tuple[int, int, list, TrainState] | None:
@@ -555,9 +575,116 @@ class FitCheckpointer(Protocol):
     and the fit returns `finished` without training."""
 
 
+def fit(trainer: Trainer, keys, x, y, idx, num_valid, num_epochs, *, plan: Plan,
+        init_overrides=None, checkpoint: FitCheckpointer | None = None,
+        mesh=None) -> TrainState:
+  """Trains one fresh member per key, as `plan` says; member i equals `fit_member`
+  with `keys[i]` (to float tolerance, whatever the plan).
+
+  Args:
+    trainer: the static settings; reuse one object (or equal ones) across
+      calls to reuse the compiled programs.
+    keys: [m, 2] uint32 PRNG keys, one per member.
+    x: stored inputs, [n, ...] (uint8 images or float features).
+    y: i32[n] labels.
+    idx: i32[capacity] labeled indices, valid entries first; capacity is a
+      multiple of the batch size (`capacity_for`).
+    num_valid: i32[], the number of valid entries of idx.
+    num_epochs: i32[], passes over the labeled set.
+    plan: from `resolve_plan` (or a Plan built by hand).
+    init_overrides: optional pretrained leaves shared by all members, see
+      `init_state`.
+    checkpoint: optional FitCheckpointer saving and resuming the fit mid-way;
+      dispatch 'step' only (a 'program' fit is one dispatch, with no point to
+      save at).
+    mesh: the 1-D mesh of a plan with several devices (`jal.sharding`);
+      None or a one-device mesh otherwise.
+
+  Returns:
+    TrainState whose leaves have a leading member axis m (split over the
+    mesh's devices for a plan with several).
+
+  Raises:
+    ValueError: a checkpoint with dispatch 'program', or a mesh whose size is
+      not the plan's device count.
+  """
+  devices = 1 if mesh is None else mesh.size
+  if devices != plan.devices:
+    raise ValueError(f'the plan is for {plan.devices} device(s) but the mesh has {devices}; '
+                     'resolve the plan with this mesh')
+  if checkpoint is not None and plan.dispatch != 'step':
+    raise ValueError(f"a checkpoint needs dispatch 'step', the plan has '{plan.dispatch}'")
+  in_turn = plan.members == 'in_turn'
+  dynamic = (keys, x, y, idx, num_valid, num_epochs, init_overrides)
+  if plan.devices > 1:
+    return _fit_sharded(trainer, in_turn, mesh, *dynamic)
+  if plan.dispatch == 'program':
+    return _fit_program(trainer, in_turn, *dynamic)
+  steps = _fit_steps_in_turn if in_turn else _fit_steps_vmapped
+  return steps(trainer, *dynamic, checkpoint)
+
+
+# --------------------------------------------------------------------------
+# Dispatch 'program': the whole fit in one compiled program.
+# --------------------------------------------------------------------------
+
+
+def _program_vmapped(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides):
+  """Members 'vmap' in one program (traced, not jitted)."""
+  states = init_ensemble(trainer, keys, x, init_overrides)
+  one = functools.partial(train_member, trainer)
+  return jax.vmap(one, in_axes=(0, 0, None, None, None, None, None))(
+      states, keys, x, y, idx, num_valid, num_epochs)
+
+
+def _program_in_turn(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides):
+  """Members 'in_turn' in one program: `lax.map` of `fit_member` (traced, not jitted)."""
+  one = lambda k: fit_member(trainer, k, x, y, idx, num_valid, num_epochs, init_overrides)
+  return jax.lax.map(one, keys)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _fit_program(trainer, in_turn, keys, x, y, idx, num_valid, num_epochs, init_overrides):
+  body = _program_in_turn if in_turn else _program_vmapped
+  return body(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides)
+
+
+def _fit_sharded(trainer, in_turn, mesh, keys, x, y, idx, num_valid, num_epochs,
+                 init_overrides):
+  """Dispatch 'program' with the members split over the devices of `mesh`.
+
+  Each device runs the one-device program on its share of the members
+  (`jax.shard_map` over the mesh's one axis); data, labeled indices and
+  pretrained leaves are replicated, and no arrays move between devices while
+  training. The member axis is padded to a multiple of the device count with
+  copies of the first keys, whose results are dropped.
+  """
+  m = keys.shape[0]
+  pad = -(-m // mesh.size) * mesh.size - m
+  keys = jnp.concatenate([keys, keys[jnp.arange(pad) % m]]) if pad else keys
+  states = _fit_program_sharded(trainer, in_turn, mesh, keys, x, y, idx, num_valid, num_epochs,
+                                init_overrides)
+  return jax.tree.map(lambda a: a[:m], states) if pad else states
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _fit_program_sharded(trainer, in_turn, mesh, keys, x, y, idx, num_valid, num_epochs,
+                         init_overrides):
+  split, whole = jax.sharding.PartitionSpec(mesh.axis_names[0]), jax.sharding.PartitionSpec()
+  body = _program_in_turn if in_turn else _program_vmapped
+  return jax.shard_map(functools.partial(body, trainer), mesh=mesh,
+                       in_specs=(split,) + (whole,) * 6, out_specs=split, check_vma=False)(
+                           keys, x, y, idx, num_valid, num_epochs, init_overrides)
+
+
+# --------------------------------------------------------------------------
+# Dispatch 'step': one jitted dispatch per optimizer step.
+# --------------------------------------------------------------------------
+
+
 def _fit_groups(num_groups, init_fn, epoch_fn, step_fn, steps_per_epoch, num_epochs,
                 checkpoint: FitCheckpointer | None):
-  """Runs the stepwise drivers' loop: groups in turn, epochs, then steps.
+  """Runs a 'step' fit's loop: groups in turn, epochs, then steps.
 
   Args:
     num_groups: how many groups are trained one after another.
@@ -598,267 +725,75 @@ def _fit_groups(num_groups, init_fn, epoch_fn, step_fn, steps_per_epoch, num_epo
   return finished
 
 
-def fit_ensemble_stepwise(model, tx, spec, batch_size, schedule, learning_rate,
-                          keys, x, y, idx, num_valid, num_epochs,
-                          init_overrides=None, checkpoint=None) -> TrainState:
-  """`fit_ensemble` with one dispatch per step instead of one per fit.
-
-  The same arithmetic as `fit_ensemble` (equal to float tolerance), but the
-  epoch and step loops run in Python around a jitted, vmapped step, which is
-  compiled once whatever the labeled-set size. XLA:CPU runs convolution
-  gradients about 4x slower inside a while-loop body than at the top level of
-  a program (measured on LeNet: 30 ms vs 8 ms a step), so on CPUs this is the
-  faster driver for convnets; on accelerators prefer `fit_ensemble`, which
-  never returns to Python. `checkpoint` (a FitCheckpointer) lets a killed
-  fit resume mid-way with a bitwise equal result.
-  """
+def _fit_steps_vmapped(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides,
+                       checkpoint):
+  """Dispatch 'step', members 'vmap': one group of all members."""
   num_valid, num_epochs = int(num_valid), int(num_epochs)
-  steps_per_epoch = _steps_per_epoch(num_valid, batch_size)
+  steps_per_epoch = _steps_per_epoch(num_valid, trainer.batch_size)
   total = jnp.int32(steps_per_epoch * num_epochs)
 
   def step_fn(g, states, epoch, s, step):
     batch, mask = _take_slot(*epoch, jnp.int32(s))
-    return _ensemble_slot(model, tx, spec, schedule, learning_rate, states, keys, x, y,
-                          batch, mask, jnp.int32(step), total)
+    return _vmapped_slot(trainer, states, keys, x, y, batch, mask, jnp.int32(step), total)
 
   return _fit_groups(
-      1, lambda g: init_ensemble(model, tx, spec, keys, x, init_overrides),
-      lambda g, e: _ensemble_epoch_batches(batch_size, keys, jnp.int32(e), idx,
-                                           jnp.int32(num_valid)),
+      1, lambda g: init_ensemble(trainer, keys, x, init_overrides),
+      lambda g, e: _vmapped_epoch_batches(trainer.batch_size, keys, jnp.int32(e), idx,
+                                          jnp.int32(num_valid)),
       step_fn, steps_per_epoch, num_epochs, checkpoint)[0]
 
 
-def fit_members_stepwise(model, tx, spec, batch_size, schedule, learning_rate,
-                         keys, x, y, idx, num_valid, num_epochs,
-                         init_overrides=None, checkpoint=None) -> TrainState:
-  """`fit_ensemble_stepwise` with the members trained one after another.
-
-  The same arithmetic as `fit_ensemble` (equal to float tolerance), member by
-  member, one dispatch per step. XLA:CPU lowers a vmapped convolution to a
-  grouped convolution that it runs far slower than the members' plain
-  convolutions in turn: one 5-member training step of ResNet-18 (CIFAR stem,
-  batch 64) took 63 s vmapped against 5 x 1.9 s in turn, and LeNet (batch
-  64) 103 ms against 5 x 8.6 ms, on a 2-core CPU. `get_fit_fn('auto')`
-  picks this driver on CPUs for convolutional models. `checkpoint` (a
-  FitCheckpointer) lets a killed fit resume mid-member, bitwise equal.
-  """
+def _fit_steps_in_turn(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides,
+                       checkpoint):
+  """Dispatch 'step', members 'in_turn': one group per member."""
   num_valid, num_epochs = int(num_valid), int(num_epochs)
-  steps_per_epoch = _steps_per_epoch(num_valid, batch_size)
+  steps_per_epoch = _steps_per_epoch(num_valid, trainer.batch_size)
   total = jnp.int32(steps_per_epoch * num_epochs)
 
   def step_fn(g, state, epoch, s, step):
-    return _member_slot(model, tx, spec, schedule, learning_rate, state, keys[g], x, y,
-                        *epoch, jnp.int32(s), jnp.int32(step), total)
+    return _member_slot(trainer, state, keys[g], x, y, *epoch, jnp.int32(s), jnp.int32(step),
+                        total)
 
   members = _fit_groups(
-      keys.shape[0], lambda g: _init_one(model, tx, spec, keys[g], x, init_overrides),
-      lambda g, e: _member_epoch_batches(batch_size, keys[g], jnp.int32(e), idx,
+      keys.shape[0], lambda g: _init_one(trainer, keys[g], x, init_overrides),
+      lambda g, e: _member_epoch_batches(trainer.batch_size, keys[g], jnp.int32(e), idx,
                                          jnp.int32(num_valid)),
       step_fn, steps_per_epoch, num_epochs, checkpoint)
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
 
 
-@functools.lru_cache(maxsize=None)
-def _has_convolutions(model, shape, dtype) -> bool:
-  jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.PRNGKey(0), x))(jnp.zeros(shape, dtype))
-  return 'conv_general_dilated' in str(jaxpr)
+@functools.partial(jax.jit, static_argnums=(0,))
+def _vmapped_epoch_batches(batch_size, keys, e, idx, num_valid):
+  one = lambda k: _epoch_batches(_split_member_key(k)[1], e, idx, num_valid, batch_size)
+  return jax.vmap(one)(keys)
 
 
-def members_one_by_one(model, x) -> bool:
-  """Whether to run ensemble members in turn rather than vmapped.
-
-  True on CPUs for models with convolutions (see `fit_members_stepwise`);
-  elsewhere vmapping is as fast or faster (a 5-member MLP step on CPU:
-  0.5 ms vmapped, 2.5 ms in turn).
-
-  Args:
-    model: flax module.
-    x: inputs as the model takes them (normalised), [b, ...]; only the shape
-      of one row matters.
-  """
-  if jax.default_backend() != 'cpu':
-    return False
-  return _has_convolutions(model, (1,) + tuple(x.shape[1:]), jnp.float32)
+@jax.jit
+def _take_slot(batches, masks, s):
+  """Slot s of every member's epoch: ([m, slots, B], ...) -> ([m, B], ...)."""
+  return batches[:, s], masks[:, s]
 
 
-def members_in_turn_on_accelerators(model) -> bool:
-  """Whether `model` trains its ensemble faster in turn (`fit_members_map`)
-  than vmapped on accelerators: declared by the model class (ResNet-18)."""
-  return bool(getattr(model, 'members_in_turn_on_accelerators', False))
+# A step's input state is donated: its buffers hold the output state.
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
+def _vmapped_slot(trainer, states, keys, x, y, batch, mask, step, total_steps):
+  def one(state, key, b, m):
+    return _slot_update(trainer, state, _split_member_key(key)[2], x, y, b, m, step,
+                        total_steps)
+  return jax.vmap(one)(states, keys, batch, mask)
 
 
-LOOPS = ('auto', 'scan', 'map', 'step', 'member_step')
+@functools.partial(jax.jit, static_argnums=(0,))
+def _init_one(trainer, key, x, init_overrides=None) -> TrainState:
+  return init_member(trainer, key, x, init_overrides)
 
 
-def get_fit_fn(loop: str, model=None, x=None, mesh=None):
-  """The ensemble trainer for `train.loop`.
-
-  'scan' is `fit_ensemble` (one program per fit, members vmapped), 'map'
-  `fit_members_map` (one program per fit, members in turn), 'step'
-  `fit_ensemble_stepwise` (one dispatch per step, members vmapped),
-  'member_step' `fit_members_stepwise` (one dispatch per step and member).
-  'auto' is, on accelerators, 'map' for models that declare
-  `members_in_turn_on_accelerators` and 'scan' otherwise; on CPU
-  'member_step' for convolutional models (given `model` and sample inputs
-  `x`) and 'step' otherwise.
-
-  With a `mesh` of several devices the trainer is `fit_ensemble_sharded` on
-  it, training each device's members as 'scan' or 'map' does ('auto': 'map'
-  for models that declare `members_in_turn_on_accelerators`); the stepwise
-  loops run on one device only.
-  """
-  if mesh is not None and mesh.size > 1:
-    if loop == 'auto':
-      loop = 'map' if members_in_turn_on_accelerators(model) else 'scan'
-    if loop not in ('scan', 'map'):
-      raise ValueError(f"train.loop='{loop}' runs on one device; with {mesh.size} devices use "
-                       "'scan', 'map' or 'auto'")
-    return functools.partial(fit_ensemble_sharded, mesh, in_turn=loop == 'map')
-  if loop == 'auto':
-    if jax.default_backend() != 'cpu':
-      loop = 'map' if members_in_turn_on_accelerators(model) else 'scan'
-    elif model is not None and members_one_by_one(model, x):
-      loop = 'member_step'
-    else:
-      loop = 'step'
-  if loop == 'scan':
-    return fit_ensemble
-  if loop == 'map':
-    return fit_members_map
-  if loop == 'step':
-    return fit_ensemble_stepwise
-  if loop == 'member_step':
-    return fit_members_stepwise
-  raise ValueError(f"unknown train.loop '{loop}'; valid: {', '.join(LOOPS)}")
+@functools.partial(jax.jit, static_argnums=(0,))
+def _member_epoch_batches(batch_size, key, e, idx, num_valid):
+  return _epoch_batches(_split_member_key(key)[1], e, idx, num_valid, batch_size)
 
 
-class Predictions(NamedTuple):
-  """Outputs of `predict` over a set of points.
-
-  Attributes:
-    logits: f32[m, n, c], every member's logits.
-    embeddings: f32[n, d] of member 0, or None if not requested.
-  """
-  logits: Any
-  embeddings: Any
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _predict_chunk(model, spec, with_embeddings, states, x, idx):
-  """Outputs of every member on `x[idx]`: (f32[m, b, c], f32[b, d] or None)."""
-  def member_apply(params, model_state, xb):
-    return model.apply({'params': params, **model_state}, xb, train=False)
-
-  xb = prepare_inputs(x[idx], spec)
-  logits, emb = jax.vmap(member_apply, in_axes=(0, 0, None))(
-      states.params, states.model_state, xb)
-  return logits, (emb[0] if with_embeddings else None)
-
-
-def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x,
-            one_by_one: bool = False, mesh=None, indices=None) -> Predictions:
-  """Evaluation-mode outputs of an ensemble on all of `x`, in chunks.
-
-  Each chunk is gathered from `x` by index on device (no copy of x) and run
-  by one jitted program of fixed shape, so every set of points (test set,
-  pool) shares one compilation; the last chunk is padded by repeating the
-  final index.
-
-  Args:
-    model: flax module.
-    spec: InputSpec.
-    chunk_size: points per forward pass.
-    with_embeddings: also return member 0's embeddings.
-    states: TrainState with a leading member axis m.
-    x: stored inputs [n, ...].
-    one_by_one: run the members in turn instead of vmapped (faster for
-      convnets on CPU, see `members_one_by_one`); the same outputs.
-    mesh: optional 1-D mesh (`jal.sharding`): every chunk's points are split
-      over its devices, which each hold the whole ensemble and `x`; the
-      chunk size is rounded up to a multiple of the device count.
-    indices: optional i32[k]: the outputs on `x[indices]` only, gathered
-      chunk by chunk (the same compiled program as all of `x`).
-
-  Returns:
-    Predictions.
-  """
-  m = jax.tree.leaves(states.params)[0].shape[0]
-  if one_by_one and m > 1:
-    parts = [predict(model, spec, chunk_size, with_embeddings and i == 0,
-                     jax.tree.map(lambda a, i=i: a[i:i + 1], states), x, mesh=mesh,
-                     indices=indices)
-             for i in range(m)]
-    return Predictions(jnp.concatenate([p.logits for p in parts], axis=0), parts[0].embeddings)
-  place = lambda idx: idx
-  if mesh is not None:
-    chunk_size = -(-chunk_size // mesh.size) * mesh.size
-    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    states, x = jax.device_put((states, x), whole)
-    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
-    place = lambda idx: jax.device_put(idx, split)
-  indices = None if indices is None else jnp.asarray(indices, jnp.int32)
-  n = x.shape[0] if indices is None else indices.shape[0]
-  logits, embs = [], []
-  for start in range(0, n, chunk_size):
-    idx = jnp.minimum(jnp.arange(start, start + chunk_size), n - 1)
-    idx = place(idx if indices is None else indices[idx])
-    lg, emb = _predict_chunk(model, spec, with_embeddings, states, x, idx)
-    logits.append(lg)
-    embs.append(emb)
-  logits = jnp.concatenate(logits, axis=1)[:, :n]
-  emb = jnp.concatenate(embs, axis=0)[:n] if with_embeddings else None
-  return Predictions(logits, emb)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _mc_chunk(model, spec, num_samples, state, x, idx, key):
-  """T = num_samples MC dropout passes of one member on `x[idx]`: f32[T, b, c].
-
-  Pass t uses the dropout rng `fold_in(key, t)` whatever the chunk, and the
-  model's MC mode shares its mask over the batch, so pass t is one sampled
-  network over every chunk. Passes run one after another (`lax.map`):
-  memory is that of one pass.
-  """
-  variables = {'params': state.params, **state.model_state}
-  xb = prepare_inputs(x[idx], spec)
-
-  def one_pass(t):
-    logits, _ = model.apply(variables, xb, train=False, mc=True,
-                            rngs={'dropout': jax.random.fold_in(key, t)})
-    return logits
-
-  return jax.lax.map(one_pass, jnp.arange(num_samples))
-
-
-def mc_predict(model, spec, chunk_size, num_samples, state: TrainState, x, key):
-  """Monte Carlo dropout logits of one member on all of `x`, in chunks.
-
-  Each pass draws one dropout mask per layer (shared by all points, see
-  `jal.models`) with BatchNorm in inference mode: the T passes are T networks
-  sampled from the dropout posterior (Gal & Ghahramani, ICML 2016), each
-  applied to the whole pool. Chunks are gathered and padded as in `predict`.
-  Time O(T * n * forward pass), memory O(T * n * c + one chunk's pass).
-
-  Args:
-    model: flax module with dropout > 0 (with none, every pass is equal).
-    spec: InputSpec.
-    chunk_size: points per forward pass.
-    num_samples: T, the number of passes.
-    state: TrainState of one member (no member axis).
-    x: stored inputs [n, ...].
-    key: PRNG key; equal keys give equal outputs.
-
-  Returns:
-    f32[T, n, c].
-  """
-  n = x.shape[0]
-  out = []
-  for start in range(0, n, chunk_size):
-    idx = jnp.minimum(jnp.arange(start, start + chunk_size), n - 1)
-    out.append(_mc_chunk(model, spec, num_samples, state, x, idx, key))
-  return jnp.concatenate(out, axis=1)[:, :n]
-
-
-def ensemble_probs(member_logits):
-  """Mean softmax over members: f32[m, n, c] -> f32[n, c]."""
-  return jnp.mean(jax.nn.softmax(member_logits, axis=-1), axis=0)
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
+def _member_slot(trainer, state, key, x, y, batches, masks, s, step, total_steps):
+  return _slot_update(trainer, state, _split_member_key(key)[2], x, y, batches[s], masks[s],
+                      step, total_steps)

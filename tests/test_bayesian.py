@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jal import config_lib, data, experiment, kernels, models, resnet, strategies, train
+from jal import config_lib, data, experiment, infer, kernels, models, resnet, strategies, train
 from jal.strategies import batch_bald, mc_dropout, uncertainty
 from tests.conftest import load_config
 from tests.test_experiment import smoke
@@ -109,13 +109,17 @@ class _MLPBefore(nn.Module):
     return logits.astype(jnp.float32), x.astype(jnp.float32)
 
 
-def _fit(model, blobs, fit_fn=train.fit_ensemble_stepwise):
+def _trainer(model):
+  return train.Trainer(model, train.make_optimizer(TRAIN), train.InputSpec(), 16, 'constant', 1e-2)
+
+
+def _fit(model, blobs, plan=train.Plan('vmap', 'step')):
   """Two members from the same keys, 5 epochs over 40 labels."""
   idx = np.zeros(64, np.int32)
   idx[:40] = np.arange(40)
-  return fit_fn(model, train.make_optimizer(TRAIN), train.InputSpec(), 16, 'constant', 1e-2,
-                jax.random.split(jax.random.PRNGKey(0), 2), jnp.asarray(blobs.x_train),
-                jnp.asarray(blobs.y_train), jnp.asarray(idx), jnp.int32(40), jnp.int32(5))
+  return train.fit(_trainer(model), jax.random.split(jax.random.PRNGKey(0), 2),
+                   jnp.asarray(blobs.x_train), jnp.asarray(blobs.y_train), jnp.asarray(idx),
+                   jnp.int32(40), jnp.int32(5), plan=plan)
 
 
 @pytest.fixture(scope='module')
@@ -128,7 +132,7 @@ def test_dropout_zero_is_bit_identical_to_no_dropout(blobs, dropout_fit):
   old = _fit(_MLPBefore(2, hidden=(16, 16)), blobs)
   jax.tree.map(np.testing.assert_array_equal, new.params, old.params)
   x = jnp.asarray(blobs.x_test)
-  predict = functools.partial(train.predict, spec=train.InputSpec(), chunk_size=8,
+  predict = functools.partial(infer.predict, spec=train.InputSpec(), chunk_size=8,
                               with_embeddings=True, x=x)
   for a, b in zip(predict(models.MLP(2, hidden=(16, 16)), states=new),
                   predict(_MLPBefore(2, hidden=(16, 16)), states=old)):
@@ -137,16 +141,15 @@ def test_dropout_zero_is_bit_identical_to_no_dropout(blobs, dropout_fit):
   assert not np.allclose(new.params['Dense_0']['kernel'], dropout_fit.params['Dense_0']['kernel'])
 
 
-def test_dropout_training_is_per_member_and_driver_independent(blobs, dropout_fit):
+def test_dropout_training_is_per_member_and_plan_independent(blobs, dropout_fit):
   model = models.MLP(2, hidden=(16, 16), dropout=0.3)
-  scan = _fit(model, blobs, fit_fn=train.fit_ensemble)
+  scan = _fit(model, blobs, plan=train.Plan('vmap', 'program'))
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   jax.tree.map(close, dropout_fit.params, scan.params)
   idx = np.zeros(64, np.int32)
   idx[:40] = np.arange(40)
   key = jax.random.split(jax.random.PRNGKey(0), 2)[1]
-  solo = jax.jit(functools.partial(train.fit, model, train.make_optimizer(TRAIN), train.InputSpec(),
-                                   16, 'constant', 1e-2))(
+  solo = jax.jit(functools.partial(train.fit_member, _trainer(model)))(
       key, jnp.asarray(blobs.x_train), jnp.asarray(blobs.y_train), jnp.asarray(idx),
       jnp.int32(40), jnp.int32(5))
   jax.tree.map(lambda a, b: close(a[1], b), dropout_fit.params, solo.params)
@@ -160,7 +163,7 @@ def test_mc_predict(blobs, dropout_fit):
   model = models.MLP(2, hidden=(16, 16), dropout=0.3)
   state = jax.tree.map(lambda a: a[0], dropout_fit)
   x = jnp.asarray(blobs.x_train[:50])
-  mc = functools.partial(train.mc_predict, model, train.InputSpec())
+  mc = functools.partial(infer.mc_predict, model, train.InputSpec())
   key = jax.random.PRNGKey(7)
   a = np.asarray(mc(16, 6, state, x, key))
   assert a.shape == (6, 50, 2) and a.dtype == np.float32
@@ -197,7 +200,7 @@ def test_experiment_score_fills_mc_logits():
   assert inputs.logits is None and inputs.embeddings is None
   assert inputs.mc_logits.shape == (5, exp.n, 2)
   member0 = jax.tree.map(lambda a: a[0], states)
-  np.testing.assert_array_equal(inputs.mc_logits, train.mc_predict(
+  np.testing.assert_array_equal(inputs.mc_logits, infer.mc_predict(
       exp.model, exp.eval_spec, c.eval_batch_size, 5, member0, exp.x_train,
       jax.random.fold_in(round_key, experiment._MC_PASSES)))
   np.testing.assert_array_equal(inputs.mc_logits,

@@ -17,7 +17,7 @@ ENV_KEYS = ('case', 'device', 'backend', 'jax_version', 'size', 'compute_dtype')
 @pytest.fixture(scope='module')
 def records():
   # ResNet-18 training is left to the full run: its three compilations (N=1,
-  # N=2, sequential) take most of a minute on a CPU. LeNet runs the same code.
+  # N=2, in turn) take most of a minute on a CPU. LeNet runs the same code.
   return bench.run(bench.CASES, size='small', train_models=('lenet',))
 
 
@@ -40,54 +40,59 @@ def test_every_record_is_json_with_environment(records):
     assert r['size'] == 'small'
 
 
+IN_TURN_STEP = {'members': 'in_turn', 'dispatch': 'step', 'devices': 1}
+
+
 def test_ensemble_train(records):
-  vmap = of(records, 'ensemble_train', model='lenet', mode='vmap')
+  vmap = of(records, 'ensemble_train', model='lenet', mode='vmap_program')
   assert sorted(r['members'] for r in vmap) == [1, 2]
-  (seq,) = of(records, 'ensemble_train', model='lenet', mode='sequential')
-  assert seq['members'] == 2
-  for r in vmap + [seq]:
+  (in_turn,) = of(records, 'ensemble_train', model='lenet', mode='in_turn_program')
+  assert in_turn['members'] == 2
+  for r in vmap + [in_turn]:
     positive(r, 'images_per_second', 'seconds', 'compile_seconds', 'steps_per_second')
     assert r['repeats'] >= 1 and 'median' in r['timing']
+    assert r['compile_timing'] == 'jit lower().compile()'
+  assert vmap[0]['plan'] == {'members': 'vmap', 'dispatch': 'program', 'devices': 1}
+  assert in_turn['plan'] == {'members': 'in_turn', 'dispatch': 'program', 'devices': 1}
   (summary,) = of(records, 'ensemble_train', model='lenet', mode='summary')
   assert (summary['members_numerator'], summary['members_denominator']) == (2, 1)
-  positive(summary, 'aggregate_images_per_second_ratio', 'vmap_over_sequential_ratio')
+  positive(summary, 'aggregate_images_per_second_ratio', 'vmap_over_in_turn_ratio')
   # On a CPU jal's loop trains LeNet members in turn, step by step: timed too.
   (auto,) = of(records, 'ensemble_train', model='lenet', mode='auto')
-  assert auto['function'] == summary['auto_function'] == 'train.fit_members_stepwise'
+  assert auto['plan'] == summary['auto_plan'] == IN_TURN_STEP
   assert auto['members'] == 2
   positive(auto, 'images_per_second')
-  assert summary['auto_over_sequential_ratio'] == pytest.approx(
-      auto['images_per_second'] / seq['images_per_second'])
-  assert summary['members_mode'] == 'vmap'
+  assert summary['auto_over_in_turn_ratio'] == pytest.approx(
+      auto['images_per_second'] / in_turn['images_per_second'])
+  assert summary['members_mode'] == 'vmap_program'
   assert summary['aggregate_images_per_second_ratio'] == pytest.approx(
       vmap[1]['images_per_second'] / vmap[0]['images_per_second'])
 
 
 def test_ensemble_train_auto_only():
-  # What a CPU run of ResNet-18 asks for: only the loop's stepwise driver,
-  # for every N, and the N-scaling of that driver.
+  # What a CPU run of ResNet-18 asks for: only the loop's own plan (one
+  # dispatch per step), for every N, and its N-scaling.
   recs = bench.run(('ensemble_train',), size='small', train_models=('lenet',),
                    train_modes=('auto',), repeats=1)
   auto = of(recs, 'ensemble_train', mode='auto')
-  assert [(r['members'], r['function']) for r in auto] == [
-      (1, 'train.fit_members_stepwise'), (2, 'train.fit_members_stepwise')]
+  assert [(r['members'], r['plan']) for r in auto] == [(1, IN_TURN_STEP), (2, IN_TURN_STEP)]
   (summary,) = of(recs, 'ensemble_train', mode='summary')
   assert (summary['members_mode'], summary['members_numerator'],
           summary['members_denominator']) == ('auto', 2, 1)
   assert summary['aggregate_images_per_second_ratio'] == pytest.approx(
       auto[1]['images_per_second'] / auto[0]['images_per_second'])
-  assert 'vmap_over_sequential_ratio' not in summary
+  assert 'vmap_over_in_turn_ratio' not in summary
   assert len(recs) == 3
   # N=2 reuses N=1's compiled step: timing noise, never a negative compile.
   assert all(r['compile_seconds'] >= 0 for r in auto)
 
 
 @pytest.mark.parametrize('overrides, message', [
-    (dict(train_modes=('auto', 'eager')), "unknown ['eager']; valid: vmap, sequential, sharded, "
-                                           'auto'),
+    (dict(train_modes=('auto', 'eager')), "unknown ['eager']; valid: vmap_program, "
+                                           'in_turn_program, sharded, auto'),
     (dict(train_models=('vgg',)), "unknown ['vgg']; valid: resnet18, lenet"),
 ])
-def test_unknown_driver_or_model_is_refused_before_compute(overrides, message):
+def test_unknown_plan_or_model_is_refused_before_compute(overrides, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     bench.params_for('small', **overrides)
 
@@ -111,6 +116,7 @@ def test_score_pool(records):
     positive(r, 'images_per_second', 'member_images_per_second', 'seconds',
              'first_call_seconds')
     assert r['compile_seconds'] >= 0
+    assert r['members_in_turn']   # as the loop's plan runs ResNet-18 on a CPU
 
 
 def test_round(records):
@@ -118,6 +124,7 @@ def test_round(records):
   assert [r['strategy'] for r in recs] == list(bench.ROUND_STRATEGIES)
   for r in recs:
     assert (r['pool'], r['test'], r['n_labeled']) == (300, 100, 100)
+    assert r['plan'] == IN_TURN_STEP   # the config's ResNet-18 on a CPU
     positive(r, 'train_seconds', 'eval_seconds', 'score_seconds', 'select_seconds',
              'round_seconds', 'round0_seconds', 'round0_train_seconds')
     assert r['round_seconds'] == pytest.approx(

@@ -69,6 +69,11 @@ def test_smoke_run_writes_every_output(full_run):
   warm = {tuple(s['indices']) for s in sel if s['round'] == 0 and s['seed'] == 0}
   assert len(warm) == 1
   assert json.loads(read(workdir, 'config.json'))['name'] == 'gaussian'
+  # Every round's timings name the training plan: the MLP on a CPU, vmapped, step by step.
+  timings = rows(workdir, 'timings.jsonl')
+  assert len(timings) == len(metrics)
+  assert all(t['plan'] == {'members': 'vmap', 'dispatch': 'step', 'devices': 1}
+             for t in timings)
   assert read(workdir, 'results.md') == table
   assert '| random |' in table and 'Selection 2 (n=15)' in table
 
@@ -143,6 +148,8 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(full_run, tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   assert read(tmp_path, 'metrics.jsonl') == read(workdir, 'metrics.jsonl')
   assert read(tmp_path, 'selections.jsonl') == read(workdir, 'selections.jsonl')
+  assert [t['plan'] for t in rows(tmp_path, 'timings.jsonl')] == [
+      {'members': 'vmap', 'dispatch': 'step', 'devices': 1}] * 18
   assert '| ensembles |' in out.stdout
 
 
@@ -156,6 +163,9 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(full_run, tmp_path):
     ({'train.learning_rate': -0.1}, 'config.train.learning_rate must be positive'),
     ({'train.members': 1}, "strategy 'ensembles' needs train.members >= 2"),
     ({'train.optimizer': 'lion'}, "unknown train.optimizer 'lion'; valid: adam, adamw, sgd"),
+    ({'train.members_plan': 'map'},
+     "unknown train.members_plan 'map'; valid: auto, vmap, in_turn"),
+    ({'train.dispatch': 'scan'}, "unknown train.dispatch 'scan'; valid: auto, program, step"),
     ({'seeds': (1, 1)}, 'config.seeds must be a non-empty list of distinct ints'),
     ({'warmup_size': 501}, 'config.warmup_size=501 is larger than the pool (500)'),
     ({'query_size': 300}, 'warmup_size + num_rounds * query_size = 605 is larger than the pool (500)'),
@@ -246,10 +256,20 @@ def test_workdir_from_before_a_new_field_is_the_same_experiment(tmp_path):
   stored['strategy_options'] = {k: v for k, v in stored['strategy_options'].items()
                                 if v != defaults[k]}
   assert 'beta' not in stored['strategy_options'] and 'mc_samples' in stored['strategy_options']
+  # Before the training plan's two fields: one `train.loop`, here 'auto'.
+  del stored['train']['members_plan'], stored['train']['dispatch']
+  stored['train']['loop'] = 'auto'
   (tmp_path / 'config.json').write_text(json.dumps(stored))
   experiment.prepare_workdir(str(tmp_path), config)
   with pytest.raises(ValueError, match=r'model.dropout: 0.0 there vs 0.5 now'):
     experiment.prepare_workdir(str(tmp_path), smoke(**{'model.dropout': 0.5}))
+  # Each old loop is the plan it ran.
+  stored['train']['loop'] = 'member_step'
+  (tmp_path / 'config.json').write_text(json.dumps(stored))
+  experiment.prepare_workdir(
+      str(tmp_path), smoke(**{'train.members_plan': 'in_turn', 'train.dispatch': 'step'}))
+  with pytest.raises(ValueError, match=r"train.dispatch: 'step' there vs 'auto' now"):
+    experiment.prepare_workdir(str(tmp_path), smoke(**{'train.members_plan': 'in_turn'}))
 
 
 def test_cli_reports_errors_in_one_line(tmp_path):

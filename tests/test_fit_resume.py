@@ -34,6 +34,9 @@ class KillAfter(experiment.FitCheckpoints):
       raise Killed
 
 
+IN_TURN, VMAP = train.Plan('in_turn', 'step'), train.Plan('vmap', 'step')
+
+
 @pytest.fixture(scope='module')
 def problem():
   ds = data.gaussian_blobs(num_train=200, num_test=10, seed=0)
@@ -42,7 +45,8 @@ def problem():
   idx[:20] = np.arange(20)
   keys = jax.random.split(jax.random.PRNGKey(5), 3)
   # 3 members x (3 steps x 2 epochs) = 18 steps when members run in turn.
-  return (models.LeNet(2), train.make_optimizer(TRAIN), train.InputSpec(), 8, 'cosine', 1e-2,
+  return (train.Trainer(models.LeNet(2), train.make_optimizer(TRAIN), train.InputSpec(), 8,
+                        'cosine', 1e-2),
           keys, x, jnp.asarray(ds.y_train), jnp.asarray(idx), jnp.int32(20), jnp.int32(2))
 
 
@@ -51,26 +55,26 @@ def _assert_bitwise_equal(a, b):
   jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
 
 
-@pytest.mark.parametrize('fit,kills', [
-    (train.fit_members_stepwise, (2,)),        # inside member 0
-    (train.fit_members_stepwise, (6,)),        # at the end of member 0
-    (train.fit_members_stepwise, (7, 5, 4)),   # killed three times, across members
-    (train.fit_ensemble_stepwise, (4,)),       # one vmapped group, mid-fit
+@pytest.mark.parametrize('plan,kills', [
+    (IN_TURN, (2,)),        # inside member 0
+    (IN_TURN, (6,)),        # at the end of member 0
+    (IN_TURN, (7, 5, 4)),   # killed three times, across members
+    (VMAP, (4,)),           # one vmapped group, mid-fit
 ])
-def test_killed_fit_resumes_bitwise_equal(problem, tmp_path, fit, kills):
-  uninterrupted = fit(*problem)
+def test_killed_fit_resumes_bitwise_equal(problem, tmp_path, plan, kills):
+  uninterrupted = train.fit(*problem, plan=plan)
   directory = str(tmp_path / 'fit')
   done = 0
   for steps in kills:
     with pytest.raises(Killed):
-      fit(*problem, checkpoint=KillAfter(directory, 'tag', steps))
+      train.fit(*problem, plan=plan, checkpoint=KillAfter(directory, 'tag', steps))
     done += steps
     # Finished members are on disk once a later save happened.
     groups = sorted(p.name for p in pathlib.Path(directory).glob('group_*'))
-    if fit is train.fit_members_stepwise:
+    if plan == IN_TURN:
       assert groups == [f'group_{i}' for i in range((done - 1) // 6)]
   ckpt = experiment.FitCheckpoints(directory, 'tag', every_seconds=3600)
-  resumed = fit(*problem, checkpoint=ckpt)
+  resumed = train.fit(*problem, plan=plan, checkpoint=ckpt)
   _assert_bitwise_equal(uninterrupted, resumed)
   assert resumed.opt_state.inner_state[0].count.tolist() == [6, 6, 6]
 
@@ -78,11 +82,11 @@ def test_killed_fit_resumes_bitwise_equal(problem, tmp_path, fit, kills):
 def test_progress_of_another_fit_is_dropped(problem, tmp_path):
   directory = str(tmp_path / 'fit')
   with pytest.raises(Killed):
-    train.fit_members_stepwise(*problem, checkpoint=KillAfter(directory, 'round 1 aaa', 8))
+    train.fit(*problem, plan=IN_TURN, checkpoint=KillAfter(directory, 'round 1 aaa', 8))
   assert os.path.isdir(os.path.join(directory, 'group_0'))
   other = experiment.FitCheckpoints(directory, 'round 2 bbb', every_seconds=3600)
-  fresh = train.fit_members_stepwise(*problem, checkpoint=other)
-  _assert_bitwise_equal(train.fit_members_stepwise(*problem), fresh)
+  fresh = train.fit(*problem, plan=IN_TURN, checkpoint=other)
+  _assert_bitwise_equal(train.fit(*problem, plan=IN_TURN), fresh)
   # The stale progress was removed; what is there now is this fit, finished.
   again = experiment.FitCheckpoints(directory, 'round 2 bbb', every_seconds=3600)
   assert again.restore(jax.tree.map(lambda a: a[0], fresh))[:2] == (3, 0)
@@ -96,15 +100,16 @@ class CountSteps(experiment.FitCheckpoints):
     super().after_step(group, step, finished, state)
 
 
-@pytest.mark.parametrize('fit', [train.fit_members_stepwise, train.fit_ensemble_stepwise])
-def test_finished_fit_is_restored_without_training(problem, tmp_path, fit):
+@pytest.mark.parametrize('plan', [IN_TURN, VMAP])
+def test_finished_fit_is_restored_without_training(problem, tmp_path, plan):
   directory = str(tmp_path / 'fit')
-  first = fit(*problem, checkpoint=experiment.FitCheckpoints(directory, 'tag', 3600))
-  groups = 3 if fit is train.fit_members_stepwise else 1
+  first = train.fit(*problem, plan=plan,
+                    checkpoint=experiment.FitCheckpoints(directory, 'tag', 3600))
+  groups = 3 if plan == IN_TURN else 1
   assert sorted(p.name for p in pathlib.Path(directory).glob('group_*')) == [
       f'group_{i}' for i in range(groups)]
   CountSteps.steps = 0
-  again = fit(*problem, checkpoint=CountSteps(directory, 'tag', 3600))
+  again = train.fit(*problem, plan=plan, checkpoint=CountSteps(directory, 'tag', 3600))
   assert CountSteps.steps == 0
   _assert_bitwise_equal(first, again)
 
@@ -114,7 +119,7 @@ def test_kill_while_clearing_leaves_no_half_deleted_progress(problem, tmp_path, 
   # with its 'state' but not its 'position', and the resumed run died in
   # restore (KeyError). The delete now happens aside, after an atomic rename.
   directory = str(tmp_path / 'fit')
-  first = train.fit_members_stepwise(*problem, checkpoint=experiment.FitCheckpoints(
+  first = train.fit(*problem, plan=IN_TURN, checkpoint=experiment.FitCheckpoints(
       directory, 'round 1 aaa', every_seconds=3600))
   rmtree = experiment.shutil.rmtree
 
@@ -150,7 +155,7 @@ def test_saves_wait_for_the_interval(problem, tmp_path):
     return original(step, args=args)
 
   ckpt.manager.save = record
-  state = train.fit_members_stepwise(*problem)
+  state = train.fit(*problem, plan=IN_TURN)
   member = jax.tree.map(lambda a: a[0], state)
   for t in (5.0, 9.9, 10.0, 15.0, 20.5):
     now[0] = t
@@ -162,7 +167,7 @@ def test_saves_wait_for_the_interval(problem, tmp_path):
 def test_training_seconds_add_up_across_processes(problem, tmp_path):
   now = [100.0]
   clock = lambda: now[0]
-  member = jax.tree.map(lambda a: a[0], train.fit_members_stepwise(*problem))
+  member = jax.tree.map(lambda a: a[0], train.fit(*problem, plan=IN_TURN))
   first = experiment.FitCheckpoints(str(tmp_path / 'fit'), 'tag', every_seconds=10, clock=clock)
   now[0] = 112.5
   first.after_step(0, 4, [], member)              # saved after 12.5 s of training
@@ -191,7 +196,7 @@ def test_fit_tag_names_round_labeled_set_and_key():
 
 
 def test_run_killed_mid_fit_resumes_equal_to_uninterrupted(tmp_path, monkeypatch):
-  # The Gaussian smoke config's MLP trains with the stepwise driver on CPU.
+  # The Gaussian smoke config's MLP trains with dispatch 'step' on CPU.
   config = smoke(strategies=('ensembles',), seeds=(1,), fit_checkpoint_seconds=0.0)
   table = experiment.train_and_evaluate(config, str(tmp_path / 'whole'))
   calls = {'n': 0}

@@ -106,10 +106,10 @@ def test_read_only_workdir(tmp_path):
   w.mkdir()
   # Root writes anywhere: deny the workdir's writes as a read-only folder would.
   deny = ('import errno, os; real = os.open\n'
-          'def ro(p, flags, *a):\n'
+          'def ro(p, flags, *a, **k):\n'
           f'  if str(p).startswith("{w}") and flags & (os.O_CREAT | os.O_RDWR | os.O_WRONLY):\n'
           '    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(p))\n'
-          '  return real(p, flags, *a)\n'
+          '  return real(p, flags, *a, **k)\n'
           'os.open = ro')
   assert_one_line(run([SMOKE, f'--workdir={w}'], patch=deny),
                   f'error: cannot write to workdir {w}: Permission denied')

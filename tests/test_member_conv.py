@@ -64,7 +64,7 @@ def test_gradients_agree_and_grouped_convs_are_as_promised(kind, grouped):
 
 
 def test_resnet18_members_trained_in_turn_match_grouped():
-  """Two fit_ensemble steps of a narrow ResNet-18: same parameters either way."""
+  """Two vmapped steps (one program) of a narrow ResNet-18: same parameters either way."""
   x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3)), jnp.uint8)
   y = jnp.asarray(np.arange(16) % 10, jnp.int32)
   tx = train.make_optimizer(ml_collections.ConfigDict(dict(
@@ -75,8 +75,8 @@ def test_resnet18_members_trained_in_turn_match_grouped():
   out = {}
   for kind in ('grouped', 'in_turn'):
     model = resnet.ResNet18(10, width=4, member_conv=kind)
-    out[kind] = train.fit_ensemble(model, tx, spec, 8, 'constant', 0.05, keys, x, y, idx,
-                                   jnp.int32(16), jnp.int32(1))
+    out[kind] = train.fit(train.Trainer(model, tx, spec, 8, 'constant', 0.05), keys, x, y, idx,
+                          jnp.int32(16), jnp.int32(1), plan=train.Plan('vmap', 'program'))
   # Parameters and BatchNorm statistics.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                (out['grouped'].params, out['grouped'].model_state),

@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jal import bench, config_lib, data, experiment, kernels, models, sharding, strategies, train
+from jal import bench, config_lib, data, experiment, infer, kernels, models, sharding, strategies
+from jal import train
 from tests.conftest import REPO
 from tests.test_experiment import smoke
 from tests.test_kernels import CANDIDATE_LABELED, CANDIDATE_PTS, CANDIDATES
@@ -146,7 +147,7 @@ def _problem(model):
     x = jnp.tile(x[:, None, None, :1], (1, 12, 12, 1))
   idx = np.zeros(32, np.int32)
   idx[:20] = np.arange(20)
-  return (model, train.make_optimizer(TRAIN), train.InputSpec(), 8, 'cosine', 1e-2), (
+  return train.Trainer(model, train.make_optimizer(TRAIN), train.InputSpec(), 8, 'cosine', 1e-2), (
       x, jnp.asarray(ds.y_train), jnp.asarray(idx), jnp.int32(20), jnp.int32(3))
 
 
@@ -154,12 +155,13 @@ def _problem(model):
 @pytest.mark.parametrize('model', [models.MLP(2, hidden=(8,)), models.LeNet(2)])
 @pytest.mark.parametrize('members,devices,in_turn', [(5, 4, False), (5, 2, False),
                                                      (4, 4, False), (5, 2, True)])
-def test_fit_sharded_equals_fit_ensemble(model, members, devices, in_turn):
-  static, arrays = _problem(model)
+def test_fit_sharded_equals_one_device(model, members, devices, in_turn):
+  trainer, arrays = _problem(model)
   keys = jax.random.split(jax.random.PRNGKey(5), members)
-  expected = train.fit_ensemble(*static, keys, *arrays)
+  expected = train.fit(trainer, keys, *arrays, plan=train.Plan('vmap', 'program'))
   mesh = sharding.make_mesh(jax.devices()[:devices])
-  got = train.fit_ensemble_sharded(mesh, *static, keys, *arrays, in_turn=in_turn)
+  plan = train.Plan('in_turn' if in_turn else 'vmap', 'program', devices)
+  got = train.fit(trainer, keys, *arrays, plan=plan, mesh=mesh)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), expected, got)
   assert got.opt_state.inner_state[0].count.tolist() == [9] * members
   if members % devices == 0:  # no padding: the result stays split, one share per device
@@ -170,14 +172,15 @@ def test_fit_sharded_equals_fit_ensemble(model, members, devices, in_turn):
 
 @multi
 def test_predict_sharded_equals_unsharded():
-  static, arrays = _problem(models.LeNet(3))
+  trainer, arrays = _problem(models.LeNet(3))
   keys = jax.random.split(jax.random.PRNGKey(1), 3)
-  states = train.fit_ensemble(*static, keys, *arrays)
+  states = train.fit(trainer, keys, *arrays, plan=train.Plan('vmap', 'program'))
   x = arrays[0]
-  expected = train.predict(static[0], train.InputSpec(), 64, True, states, x)
+  expected = infer.predict(trainer.model, train.InputSpec(), 64, True, states, x)
   mesh = sharding.make_mesh()
-  for one_by_one in (False, True):
-    got = train.predict(static[0], train.InputSpec(), 63, True, states, x, one_by_one, mesh)
+  for in_turn in (False, True):
+    got = infer.predict(trainer.model, train.InputSpec(), 63, True, states, x, in_turn=in_turn,
+                        mesh=mesh)
     np.testing.assert_allclose(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got.embeddings, expected.embeddings, rtol=1e-5, atol=1e-5)
     assert got.logits.shape == (3, 200, 3)
@@ -187,7 +190,7 @@ def test_predict_sharded_equals_unsharded():
 def test_loop_sharded_equals_unsharded(tmp_path):
   outputs = {}
   for setting in ('auto', 'none'):
-    config = smoke(sharding=setting, **{'train.loop': 'scan'})
+    config = smoke(sharding=setting, **{'train.dispatch': 'program'})
     workdir = tmp_path / setting
     experiment.train_and_evaluate(config, str(workdir))
     outputs[setting] = [[json.loads(l) for l in (workdir / f).read_text().splitlines()]
@@ -200,9 +203,10 @@ def test_loop_sharded_equals_unsharded(tmp_path):
 
 
 @multi
-def test_stepwise_loop_with_several_devices_is_refused(tmp_path):
-  config = smoke(**{'train.loop': 'step'})
-  with pytest.raises(ValueError, match=r"train.loop='step' runs on one device; with 4 devices"):
+def test_step_dispatch_with_several_devices_is_refused(tmp_path):
+  config = smoke(**{'train.dispatch': 'step'})
+  with pytest.raises(ValueError, match=r"train.dispatch='step' runs on one device; with 4 "
+                                       'devices'):
     experiment.train_and_evaluate(config, str(tmp_path))
   assert not list(pathlib.Path(tmp_path).iterdir())  # refused before the workdir is made
 
@@ -214,27 +218,28 @@ def test_bench_splits_over_devices():
   (kc,) = [r for r in records if r['case'] == 'k_center']
   assert kc['devices'] == 4 and kc['device_count'] == 4 and kc['seconds'] > 0
   (sharded,) = [r for r in records if r.get('mode') == 'sharded']
-  assert (sharded['devices'], sharded['members'], sharded['function']) == (
-      4, 2, 'train.fit_ensemble_sharded')
+  assert (sharded['plan'], sharded['members']) == (
+      {'members': 'vmap', 'dispatch': 'program', 'devices': 4}, 2)
+  assert sharded['compile_timing'] == 'jit lower().compile()'
   assert sharded['images_per_second'] > 0
   with pytest.raises(ValueError, match='devices=5: between 1 and the 4 visible'):
     bench.params_for('small', devices=5)
 
 
 @multi
-def test_get_fit_fn_with_a_mesh_picks_the_sharded_trainer():
+def test_resolve_plan_with_a_mesh_splits_the_members():
   from jal import resnet  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
   x = jnp.zeros((1, 32, 32, 3))
-  for loop, model, in_turn in (('auto', models.LeNet(2), False),
-                               ('auto', resnet.ResNet18(2, width=8), True),
-                               ('scan', resnet.ResNet18(2, width=8), False),
-                               ('map', models.LeNet(2), True)):
-    fn = train.get_fit_fn(loop, model, x, mesh)
-    assert (fn.func, fn.args, fn.keywords) == (train.fit_ensemble_sharded, (mesh,),
-                                               {'in_turn': in_turn})
-  with pytest.raises(ValueError, match="train.loop='member_step' runs on one device; with 4"):
-    train.get_fit_fn('member_step', models.LeNet(2), x, mesh)
-  # One device: the mesh changes nothing.
+  lenet, res = models.LeNet(2), resnet.ResNet18(2, width=8)
+  for members, model, expected in (('auto', lenet, 'vmap'), ('auto', res, 'in_turn'),
+                                   ('vmap', res, 'vmap'), ('in_turn', lenet, 'in_turn')):
+    trainer, _ = _problem(model)
+    assert train.resolve_plan(members, 'auto', trainer, x, mesh) == train.Plan(
+        expected, 'program', 4)
+  with pytest.raises(ValueError, match="dispatch 'step' runs on one device; with 4 devices"):
+    train.resolve_plan('in_turn', 'step', _problem(lenet)[0], x, mesh)
+  # One device: the mesh changes nothing (on CPU: one dispatch per step).
   one = sharding.make_mesh(jax.devices()[:1])
-  assert train.get_fit_fn('scan', models.LeNet(2), x, one) is train.fit_ensemble
+  assert train.resolve_plan('vmap', 'auto', _problem(lenet)[0], x, one) == train.Plan(
+      'vmap', 'step')

@@ -423,8 +423,7 @@ def test_npy_embeddings_replace_the_model_s(tmp_path):
       exp.select(strategies.get_strategy('coreset'), inputs, key),
       kernels.k_center_greedy(emb, labeled, k=config.query_size))
   # Logits still come from the model.
-  states = train.init_ensemble(exp.model, exp.tx, exp.eval_spec,
-                               jax.random.split(key, 2), exp.x_train)
+  states = train.init_ensemble(exp.trainer, jax.random.split(key, 2), exp.x_train)
   inputs = exp.score(strategies.get_strategy('probcover'), states, labeled, key)
   np.testing.assert_array_equal(inputs.embeddings, emb)
   assert inputs.logits.shape == (2, 40, 2)

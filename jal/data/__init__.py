@@ -76,6 +76,16 @@ from jal.data.retinopathy import load_retinopathy, stratified_split
 from jal.data.tasks import apply_derived, binarize, downsample_class, downsampled_count
 from jal.data.tasks import subset_classes, truncate
 
+# The loaders' and tasks' names are the package's own: `data.gaussian_blobs`.
+__all__ = [
+    'CIFAR100_MEAN', 'CIFAR100_STD', 'CIFAR10_MEAN', 'CIFAR10_STD', 'DATASETS', 'DATA_DIR_ENV',
+    'Dataset', 'IMAGENET_MEAN', 'IMAGENET_STD', 'Loader', 'MNIST_MEAN', 'MNIST_STD',
+    'RETINOPATHY_CLASSES', 'apply_derived', 'binarize', 'downsample_class', 'downsampled_count',
+    'gaussian_blobs', 'load_cifar10', 'load_cifar100', 'load_dataset', 'load_gaussian_blobs',
+    'load_mnist', 'load_retinopathy', 'read_idx', 'resolve_data_dir', 'stratified_split',
+    'subset_classes', 'truncate',
+]
+
 Loader = Callable[..., Dataset]
 
 DATASETS: dict[str, Loader] = {

@@ -241,7 +241,7 @@ def train_vaal(vae, disc, spec, batch_size: int, learning_rate: float, steps: in
   `init_vaal` from `fold_in(key, 0)`, then `steps` calls of the jitted
   `vaal_step` on the stream `fold_in(key, 1)`, driven from Python: XLA:CPU
   runs convolution gradients far slower inside a loop body than at the top
-  level of a program (as `train.fit_ensemble_stepwise` notes; for the MNIST
+  level of a program (as `train.Plan`'s dispatch 'step' notes; for the MNIST
   VAE, 3 s a step inside a `fori_loop` against 0.1 s at the top level), and
   on an accelerator a dispatch per step costs little next to the step. One
   compilation of the step serves every round (everything that changes
