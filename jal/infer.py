@@ -31,6 +31,17 @@ class Predictions(NamedTuple):
   embeddings: Any
 
 
+def members_in_turn(plan) -> bool:
+  """Whether inference runs a run's members in turn (`predict(in_turn=...)`).
+
+  On a CPU as `plan` (a `jal.train.Plan`) trains them: XLA:CPU runs a
+  vmapped convolution, a grouped one, far slower than the members' own in
+  turn. On accelerators always vmapped, as jal measured it there
+  (results/bench_h200): one batched program per chunk.
+  """
+  return plan.members == 'in_turn' and jax.default_backend() == 'cpu'
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _predict_chunk(model, spec, with_embeddings, states, x, idx):
   """Outputs of every member on `x[idx]`: (f32[m, b, c], f32[b, d] or None)."""
@@ -60,8 +71,7 @@ def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x, *,
     states: TrainState with a leading member axis m.
     x: stored inputs [n, ...].
     in_turn: run the members one after another instead of vmapped (a run
-      passes its plan's `members == 'in_turn'`: faster for convnets on CPU,
-      see `jal.train.Plan`); the same outputs to float tolerance.
+      passes `members_in_turn(plan)`); the same outputs to float tolerance.
     mesh: optional 1-D mesh (`jal.sharding`): every chunk's points are split
       over its devices, which each hold the whole ensemble and `x`; the
       chunk size is rounded up to a multiple of the device count.
