@@ -74,12 +74,11 @@ def test_smoke_run_writes_every_output(full_run):
   assert len(timings) == len(metrics)
   assert all(t['plan'] == {'members': 'vmap', 'dispatch': 'step', 'devices': 1}
              for t in timings)
-  # Each part's compile seconds are within its wall seconds; the first round
-  # of the first run compiles its fit (or loads it from the persistent cache).
+  # Each part's compile seconds are within its wall seconds (0 where this
+  # process had compiled the programs already, e.g. in an earlier test).
   for t in timings:
     for part in ('train', 'eval', 'score', 'select'):
       assert 0.0 <= t[f'{part}_compile_seconds'] <= t[f'{part}_seconds'], (part, t)
-  assert timings[0]['train_compile_seconds'] > 0.0
   assert read(workdir, 'results.md') == table
   assert '| random |' in table and 'Selection 2 (n=15)' in table
 
