@@ -642,7 +642,7 @@ class Shapes:
   resnet_batch: int = 128
   resnet_steps: int = 2          # per call
   pool: int = 50_000             # lenet_score_pool
-  score_chunk: int = 2_000       # configs/mnist.py's eval_batch_size
+  score_chunk: int = 1_000       # configs/mnist.py's eval_batch_size
   seed: int = 0
   round_config: str = 'low'      # configs/mnist.py:<this> for mnist_round
   data_dir: str | None = None    # MNIST for mnist_round; else $JAL_DATA_DIR
@@ -654,12 +654,12 @@ SMALL = Shapes(members=2, lenet_batch=16, lenet_steps=4, resnet_width=8, resnet_
 
 def shapes_for(p, data_dir: str | None = None) -> Shapes:
   """The Shapes of a jal.bench `Params`: its largest member count, batches, steps,
-  ResNet width, pool and seed; ResNet steps, chunk and round config by its size."""
+  ResNet width, pool, score chunk and seed; ResNet steps and round config by its size."""
   base = SMALL if p.size == 'small' else Shapes()
   return dataclasses.replace(
       base, members=max(p.members), lenet_batch=p.lenet_batch, lenet_steps=p.steps,
-      resnet_width=p.resnet_width, resnet_batch=p.resnet_batch, pool=p.pool, seed=p.seed,
-      data_dir=data_dir)
+      resnet_width=p.resnet_width, resnet_batch=p.resnet_batch, pool=p.pool,
+      score_chunk=p.score_chunk, seed=p.seed, data_dir=data_dir)
 
 
 def random_images(seed: int, n: int, shape) -> np.ndarray:
@@ -782,12 +782,11 @@ def jal_cases(s: Shapes, cases=CASES) -> dict[str, Callable]:
     model = models.get_model(ml_collections.ConfigDict(dict(
         name=recipe.model, compute_dtype='float32', width=recipe.width,
         stem='cifar' if recipe.model == 'resnet18' else None)), recipe.num_classes)
-    tx = train.make_optimizer(ml_collections.ConfigDict(dict(
-        optimizer=recipe.optimizer, learning_rate=recipe.learning_rate,
-        weight_decay=recipe.weight_decay, momentum=recipe.momentum)))
     spec = train.InputSpec(recipe.mean, recipe.std, recipe.augment if augment else 'none')
-    trainer = train.Trainer(model, tx, spec, recipe.batch_size, recipe.schedule,
-                            recipe.learning_rate)
+    trainer = train.Trainer.from_config(ml_collections.ConfigDict(dict(
+        optimizer=recipe.optimizer, learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay, momentum=recipe.momentum,
+        batch_size=recipe.batch_size, schedule=recipe.schedule)), model, spec)
     return trainer, train.resolve_plan(trainer=trainer, sample_x=np.zeros((1, *recipe.image_shape),
                                                                            np.float32))
 

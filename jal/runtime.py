@@ -15,10 +15,9 @@ costs milliseconds. The cache changes no result: a loaded executable is the
 program XLA compiled for the same HLO, flags, backend and versions (all part
 of JAX's cache key).
 
-On CPUs it also turns off XLA:CPU's YNNPACK library fusions
-(`CPU_XLA_FLAGS`), which jal's CPU programs run faster without: ResNet-18
-trains about 1.5x and LeNet (in its space-to-depth form, `jal.models`) scores
-about 1.5x faster without them on the 2-core CPU (results/bench_cpu). XLA
+It also turns off XLA:CPU's YNNPACK library fusions (`CPU_XLA_FLAGS`), which
+jal's CPU programs (ResNet-18 training, LeNet scoring in its space-to-depth
+form, `jal.models`) run faster without on the 2-core CPU (results/bench_cpu). XLA
 reads `XLA_FLAGS` once, when the backend starts, so this is done only before
 then, only for the jaxlib versions it was measured on (an unknown flag aborts
 XLA), and never over a value of the same flag the user set.
@@ -134,17 +133,14 @@ def cpu_xla_flags(current: str, jaxlib_version: tuple[int, ...]) -> str:
 
 
 def set_cpu_xla_flags() -> bool:
-  """Adds `CPU_XLA_FLAGS` to $XLA_FLAGS if no backend has started yet and the
-  platform will be the CPU. Returns whether XLA will run with them."""
+  """Adds `CPU_XLA_FLAGS` to $XLA_FLAGS if no backend has started yet. Returns
+  whether XLA will run with them.
+
+  They are `xla_cpu_*` options, read only by XLA:CPU's compiler, so they are
+  set on every machine without guessing which platform JAX will pick: on an
+  accelerator machine they reach only the host's own CPU programs.
+  """
   import jaxlib  # pylint: disable=g-import-not-at-top
-  platforms = (jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS', '')).lower()
-  if platforms and not platforms.startswith('cpu'):
-    return False
-  if not platforms:   # the default picks an accelerator when one is installed
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    if any(importlib.util.find_spec(m) for m in ('jax_cuda12_plugin', 'jax_cuda13_plugin',
-                                                 'libtpu', 'jax_rocm60_plugin')):
-      return False
   if _backend_started():
     return False
   version = tuple(int(v) for v in jaxlib.__version__.split('.')[:2])

@@ -23,6 +23,7 @@ from jal import data as data_lib
 from jal import models
 from jal import resnet
 from jal import train
+from tests.conftest import load_config
 
 _RNG = np.random.default_rng(0)
 
@@ -282,4 +283,7 @@ def test_shapes_follow_jal_bench_params():
       2, 16, 4, 8, 8, 256)
   assert (s.round_config, s.data_dir) == ('smoke', '/data')
   full = bt.shapes_for(bench.params_for('full'))
-  assert (full.members, full.lenet_batch, full.resnet_batch, full.score_chunk) == (5, 64, 128, 2000)
+  assert (full.members, full.lenet_batch, full.resnet_batch, full.score_chunk) == (5, 64, 128, 1000)
+  # Pool scoring runs in the chunks the MNIST loop scores in.
+  assert full.score_chunk == load_config('mnist', 'low').eval_batch_size
+  assert s.score_chunk == 128

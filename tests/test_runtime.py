@@ -65,6 +65,14 @@ def test_cpu_xla_flags_are_added_once_and_never_over_the_users():
   assert runtime.cpu_xla_flags('', (0, 9)) == '' and runtime.cpu_xla_flags('', (0, 11)) == ''
 
 
+def test_cpu_xla_flags_are_left_alone_once_the_backend_has_started(monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.numpy.zeros(1).block_until_ready()   # XLA has read XLA_FLAGS by now
+  monkeypatch.setenv('XLA_FLAGS', '--xla_dump_to=/d')
+  assert runtime.set_cpu_xla_flags() is False
+  assert os.environ['XLA_FLAGS'] == '--xla_dump_to=/d'
+
+
 _FUSIONS = '''
 import json, os, jax, jax.numpy as jnp
 from jal import runtime
