@@ -11,11 +11,11 @@ car-vs-rest and ResNet-18.
     python -m jal.main --config=configs/mnist_imbalance.py:digit5 --workdir=W
     python -m launch.sweep --grid=launch/grids/mnist_imbalance.py --root=R
 
-`:digitD` makes digit D (0-9) the positive (minority) class; `digit1` if none
+`:digitD` makes digit D (0-9) the positive (minority) class; `digit0` if none
 is given. The minority digit's training images are downsampled,
-deterministically per seed, to 5% of the pool (for digit 5: 54,579 negatives
-and 2,872 positives); the 10,000 test images keep MNIST's natural ratio (about
-1:9). Strategies: random, coreset, ensembles and the imbalance-aware
+deterministically per seed, to 5% of the pool (digit 5: 54,579 negatives and
+2,873 positives); the 10,000 test images keep MNIST's natural ratio (892 of
+them are 5s). Strategies: random, coreset, ensembles and the imbalance-aware
 balanced_uncertainty.
 
 Query and warmup size 50, 10 rounds (550 labels, about 1% of the pool), as in
@@ -38,7 +38,7 @@ DIGITS = tuple(f'digit{d}' for d in range(10))
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, valid=DIGITS + ('smoke',), one_of=DIGITS, where=__file__)
-  digit = int(next((a for a in args if a in DIGITS), DIGITS[1])[len('digit'):])
+  digit = int(next((a for a in args if a in DIGITS), DIGITS[0])[len('digit'):])
   c = config_lib.base_config()
   c.name = f'mnist_imbalance_digit{digit}'
   c.data = dict(name='mnist', positive_classes=(digit,), minority_fraction=0.05,

@@ -96,6 +96,20 @@ def test_imbalance_smoke_records_ap_and_minority_fraction(tmp_path):
   assert 'minority-class test average precision' in table
 
 
+@pytest.mark.parametrize('digit,positives,negatives,test_positives',
+                         [(1, 2803, 53258, 1135), (5, 2873, 54579, 892), (8, 2850, 54149, 974)])
+def test_mnist_imbalance_makes_the_digit_5_percent_of_the_pool(digit, positives, negatives,
+                                                               test_positives, data_dir):
+  c = load_config('mnist_imbalance', f'digit{digit}')
+  assert c.name == f'mnist_imbalance_digit{digit}'
+  ds = data.load_dataset(c.data, data_dir=data_dir, seed=c.seed)
+  assert (ds.num_classes, ds.positive_class) == (2, 1)
+  assert (int((ds.y_train == 1).sum()), int((ds.y_train == 0).sum())) == (positives, negatives)
+  assert positives / (positives + negatives) == pytest.approx(0.05, abs=1e-4)
+  # The test set keeps MNIST's natural share of the digit.
+  assert (len(ds.y_test), int((ds.y_test == 1).sum())) == (10_000, test_positives)
+
+
 def test_cifar10_2class_smoke(tmp_path):
   c = load_config('cifar10_2class', 'low,smoke')
   c.data_dir = _cifar10_dir(tmp_path)
@@ -159,6 +173,8 @@ CONFIG_ARGS = {
     'cifar100_high_warmup': (('low', 'high', 'smoke'), ('low', 'high')),
     'cifar100_pretrained': (('low', 'high', 'smoke'), ('low', 'high')),
     'imbalance': (('pretrained', 'smoke'), ()),
+    'mnist_imbalance': (tuple(f'digit{d}' for d in range(10)) + ('smoke',),
+                        tuple(f'digit{d}' for d in range(10))),
     'retinopathy': (('smoke',), ()),
     'label': (('gray', 'rgb', 'pretrained', 'smoke'), ('gray', 'rgb', 'pretrained')),
 }

@@ -47,15 +47,15 @@ def test_lenet_forms_agree(shape):
   y = jnp.arange(shape[0]) % 10
   direct = models.LeNet(10, conv_pool='direct')
   s2d = models.LeNet(10, conv_pool='space_to_depth')
-  variables = direct.init(jax.random.PRNGKey(1), x)
-  same = s2d.init(jax.random.PRNGKey(1), x)
+  variables = jax.jit(direct.init)(jax.random.PRNGKey(1), x)
+  same = jax.jit(s2d.init)(jax.random.PRNGKey(1), x)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), variables, same))
 
   def loss_and_grads(model):
     def loss(params):
       logits, _ = model.apply({'params': params}, x)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return jax.value_and_grad(loss)(variables['params'])
+    return jax.jit(jax.value_and_grad(loss))(variables['params'])   # one program per form
 
   (loss_d, grads_d), (loss_s, grads_s) = loss_and_grads(direct), loss_and_grads(s2d)
   np.testing.assert_allclose(loss_s, loss_d, rtol=1e-6)

@@ -81,6 +81,11 @@ def test_shipped_grids():
   study = grid.expand(grid.load_grid('launch/grids/study.py'))
   assert {r.name.split('/')[0] for r in study} >= {'gaussian', 'mnist-low', 'mnist-high'}
   assert len(study) % 9 == 0
+  imbalance = grid.expand(grid.load_grid('launch/grids/mnist_imbalance.py'))
+  assert [r.name for r in imbalance] == [
+      f'mnist_imbalance-digit{d}/{s}-seed{i}' for d in (1, 5, 8)
+      for s in ('random', 'coreset', 'ensembles', 'balanced_uncertainty') for i in range(10)]
+  assert {r.num_rounds for r in imbalance} == {10}
 
 
 # ----------------------------------------------------------------------------
