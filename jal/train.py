@@ -326,20 +326,19 @@ class Plan:
   Attributes:
     members: 'vmap' trains the members batched by `jax.vmap`; 'in_turn' one
       after another. XLA lowers a vmapped convolution to a grouped one, which
-      cuDNN (backward pass above all, jax-ml/jax#13800) and XLA:CPU run far
-      slower than the members' plain convolutions in turn: 5 ResNet-18s on an
-      H200 (bfloat16, batch 128) trained at 30,435 img/s vmapped against
-      46,787 img/s in turn, while 5 LeNets ran faster vmapped (376,670
-      against 319,666 img/s); on a 2-core CPU one 5-member step of ResNet-18
-      (batch 64) took 63 s vmapped against 5 x 1.9 s in turn, of LeNet
-      103 ms against 5 x 8.6 ms, of an MLP 0.5 ms against 5 x 0.5 ms.
+      cuDNN (backward pass above all, jax-ml/jax#13800) and XLA:CPU run
+      slower than the members' plain convolutions in turn, while small
+      models (LeNet on a GPU, MLPs everywhere) run faster vmapped: measured
+      per model and machine in results/bench_h200/ensemble_train.jsonl and
+      results/bench_cpu/ensemble_train*.jsonl, and `resolve_plan` follows
+      those measurements.
     dispatch: 'program' runs the whole fit as one compiled program (epochs
       in `lax.fori_loop`, batches in `lax.scan`), never returning to Python;
       'step' dispatches one jitted step at a time from a Python loop, which
       compiles once whatever the labeled-set size and can save and resume
-      mid-fit (`FitCheckpointer`). XLA:CPU runs convolution gradients about
-      4x slower inside a loop body than at the top level of a program
-      (LeNet: 30 ms against 8 ms a step), so CPUs prefer 'step'.
+      mid-fit (`FitCheckpointer`). XLA:CPU runs convolution gradients
+      several times slower inside a loop body than at the top level of a
+      program (results/bench_cpu/ensemble_train.jsonl), so CPUs prefer 'step'.
     devices: 1, or D > 1: the members split over the D devices of a mesh by
       `shard_map`, each device training its share as `members` says (m
       members cost ceil(m / D) members' time); 'program' dispatch only.

@@ -77,8 +77,22 @@ def _cifar10_dir(tmp_path):
   return _write_fake_cifar(tmp_path / 'data', 10)
 
 
-def test_imbalance_smoke_records_ap_and_minority_fraction(tmp_path):
-  c = load_config('imbalance', 'smoke')
+def test_imbalance_cpu_departs_only_in_model_and_training():
+  study, cpu = load_config('imbalance'), load_config('imbalance', 'cpu')
+  assert cpu.name == 'imbalance_cpu' and cpu.model.name == 'lenet'
+  assert (cpu.train.optimizer, cpu.train.batch_size, cpu.train.min_steps) == ('adam', 64, 300)
+  assert cpu.seeds == (0, 1, 2, 3, 4) and cpu.strategies == ('random', 'coreset', 'ensembles')
+  for field in ('data', 'query_size', 'warmup_size', 'num_rounds'):
+    assert cpu[field] == study[field], field
+  assert (cpu.train.members, cpu.train.augment) == (study.train.members, study.train.augment)
+  with pytest.raises(ValueError, match=r"^config args 'cpu' and 'pretrained' of "
+                                       r"configs/imbalance.py exclude each other"):
+    load_config('imbalance', 'cpu,pretrained')
+
+
+@pytest.mark.parametrize('arg', ['smoke', 'cpu,smoke'])
+def test_imbalance_smoke_records_ap_and_minority_fraction(arg, tmp_path):
+  c = load_config('imbalance', arg)
   c.data_dir = _cifar10_dir(tmp_path)
   table, metrics, selections = _run(c, tmp_path / 'w')
   _check_shape(c, metrics, selections)
@@ -172,7 +186,7 @@ CONFIG_ARGS = {
     'cifar100': (('low', 'high', 'pretrained', 'smoke'), ('low', 'high')),
     'cifar100_high_warmup': (('low', 'high', 'smoke'), ('low', 'high')),
     'cifar100_pretrained': (('low', 'high', 'smoke'), ('low', 'high')),
-    'imbalance': (('pretrained', 'smoke'), ()),
+    'imbalance': (('pretrained', 'cpu', 'smoke'), ()),
     'mnist_imbalance': (tuple(f'digit{d}' for d in range(10)) + ('smoke',),
                         tuple(f'digit{d}' for d in range(10))),
     'retinopathy': (('smoke',), ()),
