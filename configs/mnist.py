@@ -11,9 +11,9 @@ set. Warmup size equals the query size, as in the study.
 $JAL_DATA_DIR (tensorflow-datasets is the fallback). `:smoke` shrinks it to a
 seconds-long run on 2,000 pool images.
 
-Runtime, 3 strategies x 3 seeds x 11 rounds (measured at commit 901ae04):
-`:low` 77 s and `:high` 149 s on an NVIDIA H200 (bfloat16); `:low` on the
-2-core CPU 1 h 27 min, with other jobs sharing the cores (results/mnist_low_cpu). `:high` on a CPU takes hours.
+Runtime of the whole setting (3 strategies x 3 seeds x 11 rounds): on an
+NVIDIA H200 in results/mnist_low and results/mnist_high (timings.jsonl), on
+the 2-core CPU in results/mnist_low_cpu (COMMAND.md gives the wall time).
 """
 
 from jal import config_lib
@@ -30,8 +30,8 @@ def get_config(arg=None):
   c.query_size = 600 if high else 10
   c.warmup_size = c.query_size
   c.num_rounds = 10
-  # Chunks of 1,000 fit a 2-core CPU's caches: the space-to-depth LeNet scores
-  # 60,000 images ~1.6x faster than in chunks of 2,000 there.
+  # Chunks of 1,000 fit a 2-core CPU's caches better than 2,000
+  # (results/bench_cpu/vs_torch.jsonl: lenet_score_pool).
   c.eval_batch_size = 1000
   c.train.members = 5
   c.train.batch_size = 64
