@@ -2,6 +2,7 @@ r"""Tables, CSVs and figures for finished (or running) jal workdirs.
 
     python -m jal.report --workdir=workdirs/gaussian --out=reports/gaussian
     python -m jal.report --workdir=A --workdir=B --out=OUT --ci=bootstrap
+    python -m jal.report --verdict --workdir=A --out=OUT   # jal.verdict's table only
 
 Reads `config.json`, `metrics.jsonl` and `selections.jsonl` from each workdir,
 groups workdirs by setting (config `name` + `query_size`) and writes into OUT:

@@ -223,6 +223,8 @@ def _beyond_rows(label, setting, confidence):
       row.update(table=table, study_row=where,
                  study_value=numbers.improvement.get(strategy, ''))
     _measure(row, setting, None, confidence)
+    if numbers and row['metric'] and row['metric'] != numbers.metric:
+      row['study_value'] = ''  # another metric: no value to set beside jal's
     if not row['verdict']:
       value = row['study_value'] if row['study_value'] != '' else None
       row['verdict'] = verdict(value, row['jal_lo'], row['jal_hi'])
@@ -293,11 +295,11 @@ def markdown(rows, confidence=0.95) -> str:
          'percentage points of accuracy (pp) or in minority-class average precision (AP). '
          f'*jal*: the mean over seeds of each seed\'s average over all selections of '
          f'(strategy − random) at the same seed and round, with its {pct} Student-t interval '
-         f'over seeds. *p*: {TEST}, on those per-seed averages (`jal.stats.paired_t_pvalue`). *Verdict*: **inconclusive** '
-         f'when jal\'s interval contains 0 (or there is none: one seed), i.e. p ≥ '
-         f'{1 - confidence:.2g}; else **agrees** when the interval lies on the side of 0 of '
-         "the study's value, **disagrees** when on the other; **not run here** when no "
-         'results folder holds the setting, with the reason.', '',
+         f'over seeds. *p*: {TEST}, on those per-seed averages (`jal.stats.paired_t_pvalue`). '
+         f'*Verdict*: **inconclusive** when jal\'s interval contains 0 (or there is none: '
+         f'one seed), i.e. p ≥ {1 - confidence:.2g}; else **agrees** when the interval lies '
+         "on the side of 0 of the study's value, **disagrees** when on the other; **not run "
+         "here** when no results folder holds the setting, with the reason.", '',
          '| Table | Study row | Strategy | Study | jal mean '
          f'[{pct} CI] | Seeds | p | Verdict | Why / notes |',
          '|---|---|---|---|---|---|---|---|---|']

@@ -104,13 +104,13 @@ def _default_sigint():
 
 
 def run_process(cmd: Sequence[str], seconds: float, log_path: str, grace: float = 30.0,
-                rows_of: Optional[str] = None, stop_after_rows: int = 0,
+                rows_of: Optional[str] = None, stop_at_rows: int = 0,
                 poll: float = 0.2) -> tuple[str, int]:
   """Runs `cmd` for at most `seconds`, then stops it as Ctrl-C would.
 
   SIGINT at `seconds - grace`, SIGTERM at `seconds - grace / 3`, SIGKILL at
-  `seconds`. With `stop_after_rows` (for tests), SIGINT also goes once the
-  metrics.jsonl of workdir `rows_of` has that many more rows than at the start.
+  `seconds`. With `stop_at_rows` (for tests), SIGINT also goes once the
+  metrics.jsonl of workdir `rows_of` reaches that many rows, if it started below.
 
   Returns:
     (outcome, returncode): outcome 'finished' (exit 0), 'stopped' (it exited
@@ -120,12 +120,13 @@ def run_process(cmd: Sequence[str], seconds: float, log_path: str, grace: float 
   rows0 = _rows(rows_of) if rows_of else 0
   sent = None
   with open(log_path, 'a') as log:
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,  # pylint: disable=subprocess-popen-preexec-fn
+    # pylint: disable-next=subprocess-popen-preexec-fn
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             preexec_fn=_default_sigint, start_new_session=True)
     try:
       while proc.poll() is None:
         elapsed = time.monotonic() - start
-        rows_done = stop_after_rows and _rows(rows_of) - rows0 >= stop_after_rows
+        rows_done = stop_at_rows and rows0 < stop_at_rows <= _rows(rows_of)
         if elapsed >= seconds:
           proc.kill()
           sent = signal.SIGKILL
@@ -191,7 +192,7 @@ def _record(root: str, out: str, rec: dict) -> None:
 def run_chunks(root: str, out: str, chunk_seconds: float = 540.0, chunks: int = 1,
                smoke: bool = False, only: Sequence[str] = (), data_dir: Optional[str] = None,
                extra: Sequence[str] = (), grace: Optional[float] = None,
-               stop_after_rows: int = 0, say=print) -> list[dict]:
+               stop_at_rows: int = 0, say=print) -> list[dict]:
   """Runs chunks until `chunks` are done (0: until every setting is finished).
 
   Args:
@@ -205,14 +206,15 @@ def run_chunks(root: str, out: str, chunk_seconds: float = 540.0, chunks: int = 
     extra: more jal.main flags, e.g. ['--config.seeds=0,1'].
     grace: seconds between SIGINT and the chunk's end (default:
       min(30, chunk_seconds / 10)).
-    stop_after_rows: for tests: also stop a process after this many new rows.
+    stop_at_rows: for tests: also stop the process that brings metrics.jsonl
+      to this many rows.
     say: progress lines go here.
 
   Returns:
     the chunks.jsonl records of this call.
 
   Raises:
-    ValueError: an unknown setting name.
+    ValueError: an unknown setting name, or too short a chunk.
     ChunkError: a jal process failed (its log's last lines), or one made no
       progress in its time.
   """
@@ -222,6 +224,8 @@ def run_chunks(root: str, out: str, chunk_seconds: float = 540.0, chunks: int = 
     raise ValueError(f'unknown setting(s) {unknown}; choose from {sorted(known)}')
   todo = [known[n] for n in only] if only else list(SETTINGS)
   grace = min(30.0, chunk_seconds / 10) if grace is None else grace
+  if chunk_seconds - 1.0 < 2 * grace:
+    raise ValueError(f'a chunk of {chunk_seconds:g} s leaves no time for a process')
   os.makedirs(root, exist_ok=True)
   os.makedirs(out, exist_ok=True)
   records, done_chunks = [], 0
@@ -240,7 +244,7 @@ def run_chunks(root: str, out: str, chunk_seconds: float = 540.0, chunks: int = 
       cmd = command(setting, workdir, smoke, chunk_seconds / 4, data_dir, extra)
       log_path = os.path.join(root, f'{setting.name}.log')
       say(f'{setting.name}: {" ".join(cmd[1:])} (at most {left:.0f} s)')
-      outcome, rc = run_process(cmd, left, log_path, grace, workdir, stop_after_rows)
+      outcome, rc = run_process(cmd, left, log_path, grace, workdir, stop_at_rows)
       rec = {'setting': setting.name, 'chunk': done_chunks, 'outcome': outcome,
              'returncode': rc, 'seconds': round(time.monotonic() - t0, 1),
              'rows_before': rows0, 'rows_after': _rows(workdir)}
