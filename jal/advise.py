@@ -27,6 +27,9 @@ its average improvement over random lies above zero; a row whose interval
 spans zero, or that has no interval (one seed), is reported as
 inconclusive, and the advice then says that it rests on the study's finding
 alone, or recommends random sampling when no finding favours a strategy.
+When `results/verdict/verdict.csv` exists (`jal.report --verdict`), its rows
+in the project's regime are cited too: the study's value beside jal's and
+whether they agree (cited, not weighed: the same numbers already count).
 """
 
 import csv
@@ -361,6 +364,50 @@ def _evidence_from_metrics(folder, feats, results_dir) -> list[Evidence]:
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """One row of the verdict table (jal.verdict's verdict.csv): a row of the
+  study's tables (or one beyond them), the study's value, jal's and the verdict."""
+  source: str
+  row: dict
+
+  @property
+  def regime(self) -> Regime:
+    r = self.row
+    q, k = _float(r['query_size']), _float(r['num_classes'])
+    return regime_of((0.0 if math.isnan(q) else q) / (2.0 if math.isnan(k) or k < 1 else k),
+                     r['imbalanced'] == 'yes', r['pretrained'] == 'yes')
+
+  def text(self) -> str:
+    r = self.row
+    if r['section'] == 'study':
+      where = f'{r["table"]}, {r["study_row"]}'
+    else:
+      where = f'{r["setting"]} (beyond the study' + (
+          f'; relates to {r["table"]}, {r["study_row"]})' if r['table'] else ')')
+    where += f' [run {r["run"]}]' if r['run'] else ''
+    study = (f'study {_float(r["study_value"]):+g} {r["unit"]}' if r['study_value']
+             else 'no study value')
+    head = f'{self.source}: {where}: {r["strategy"]} vs random: {study}; jal'
+    if r['verdict'] == 'not run here':
+      return f'{head}: not run here ({r["reason"]})'
+    ci = (f'95% CI [{_float(r["jal_lo"]):+.3f}, {_float(r["jal_hi"]):+.3f}]' if r['jal_lo']
+          else 'no interval')
+    p = f', paired t-test p = {_float(r["p_value"]):.3f}' if r['p_value'] else ''
+    return (f'{head} {_float(r["jal_mean"]):+.3f} {r["unit"]}, {ci}, {r["n_seeds"]} seeds{p} '
+            f'-> {r["verdict"]}')
+
+
+def load_verdicts(results_dir: str) -> list[Verdict]:
+  """The rows of `results_dir`/verdict/verdict.csv (cited by line), or []."""
+  path = os.path.join(results_dir, 'verdict', 'verdict.csv')
+  if not os.path.isfile(path):
+    return []
+  rel = os.path.relpath(path, os.path.dirname(os.path.abspath(results_dir)))
+  with open(path, newline='') as f:
+    return [Verdict(f'{rel}:{line}', row) for line, row in enumerate(csv.DictReader(f), start=2)]
+
+
 # ----------------------------------------------------------------------------
 # The recommendation.
 
@@ -377,12 +424,14 @@ class Advice:
     reasons: sentences, in order.
     cited: the table rows relied on (this regime's).
     nearest: when no row is in this regime, the rows of the nearest one.
+    verdicts: the verdict table's rows of this regime (cited, not weighed).
   """
   strategy: str
   basis: str
   reasons: list[str]
   cited: list[Evidence]
   nearest: list[Evidence]
+  verdicts: list['Verdict'] = dataclasses.field(default_factory=list)
 
 
 def _nearest(rows: list[Evidence], regime: Regime) -> list[Evidence]:
@@ -527,6 +576,9 @@ def format_advice(sit: Situation, advice: Advice) -> str:
   if advice.nearest:
     lines.append('Nearest measured regime (a different regime: shown, not relied on):')
     lines += [f'  {e.text()}' for e in advice.nearest]
+  if advice.verdicts:
+    lines.append("The study's claims for this regime, tested here (the verdict table):")
+    lines += [f'  {v.text()}' for v in advice.verdicts]
   return '\n'.join(lines) + '\n'
 
 
@@ -543,6 +595,7 @@ def advise(labels_path=None, workdir=None, query=None, pretrained=None,
     sit = situation_from_labels(labels_path, query, pretrained)
   results_dir = results_dir or default_results_dir()
   advice = recommend(sit.regime(), load_evidence(results_dir))
+  advice.verdicts = [v for v in load_verdicts(results_dir) if v.regime == sit.regime()]
   return format_advice(sit, advice), advice, sit
 
 

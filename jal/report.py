@@ -2,6 +2,7 @@ r"""Tables, CSVs and figures for finished (or running) jal workdirs.
 
     python -m jal.report --workdir=workdirs/gaussian --out=reports/gaussian
     python -m jal.report --workdir=A --workdir=B --out=OUT --ci=bootstrap
+    python -m jal.report --verdict --workdir=A --out=OUT   # jal.verdict's table only
 
 Reads `config.json`, `metrics.jsonl` and `selections.jsonl` from each workdir,
 groups workdirs by setting (config `name` + `query_size`) and writes into OUT:
@@ -1102,6 +1103,11 @@ def _define_flags():
   flags.DEFINE_string('baseline', 'random', 'Strategy improvements are over.')
   flags.DEFINE_enum('ci', 't', ['t', 'bootstrap'], 'Interval over seeds.')
   flags.DEFINE_float('confidence', 0.95, 'Two-sided interval coverage.')
+  flags.DEFINE_bool('verdict', False, 'Write only verdict.md and verdict.csv (jal.verdict): '
+                    'the study\'s table rows against these workdirs (LABEL=PATH keeps a '
+                    'workdir apart from others of its setting); t intervals.')
+  flags.DEFINE_multi_string('verdict_into', None, 'With --verdict: files whose '
+                            '<!-- verdict:start/end --> section gets verdict.md.')
   flags.mark_flags_as_required(['workdir', 'out'])
 
 
@@ -1109,6 +1115,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
+  if f.verdict:
+    from jal import verdict  # pylint: disable=g-import-not-at-top
+    with logs.one_line_errors('interrupted'):
+      v = verdict.write_verdict(f.workdir, f.out, confidence=f.confidence)
+      for path in f.verdict_into or ():
+        verdict.update_marked(path, v['markdown'])
+    print(f'Verdict: {v["files"][0]}')
+    return
   with logs.one_line_errors('interrupted'):
     for workdir in f.workdir:
       if not os.path.isdir(workdir):

@@ -197,6 +197,27 @@ def summarize(x, confidence=0.95, method='t', **kwargs):
   }
 
 
+def paired_t_pvalue(diff):
+  """Two-sided p-value of the paired t-test of mean difference 0 over seeds.
+
+  On per-seed differences (strategy − baseline at the same seed, e.g.
+  `average_improvement` of `paired_improvement`) the paired t-test is the
+  one-sample t-test of the differences (`scipy.stats.ttest_1samp`), so
+  p < 1 − c exactly when `t_interval(diff, c)` excludes 0. With 2 degrees of
+  freedom p = 1 − |t| / sqrt(2 + t²).
+
+  Args:
+    diff: f[s]; NaNs are dropped.
+
+  Returns:
+    float p; nan with fewer than 2 values or when all differences are equal.
+  """
+  x = _finite_1d(diff, 'paired_t_pvalue')
+  if x.size < 2 or np.all(x == x[0]):
+    return math.nan
+  return float(scipy.stats.ttest_1samp(x, 0.0).pvalue)
+
+
 # ----------------------------------------------------------------------------
 # Paired comparisons and curve summaries.
 
