@@ -44,7 +44,7 @@ On the 2-core CPU (members in turn, one dispatch per step: see train.Plan)
 one ResNet-18 member step at batch 128 took 4.2 s with nothing else
 running (146 steps in 10.3 min; 5-9 s with other jobs), so one round's
 5 x 500 steps need about 3 hours there; round 0 on the full 42,105-image
-pool was run on that CPU (results/imbalance_cpu): evaluation 7.1 min,
+pool was run on that CPU (results/imbalance_resnet18_cpu_round0): evaluation 7.1 min,
 pool scoring 31 min (about 113 member-images/s), selection 0.45 s, so about
 3.5 h per round. Such a fit saves its progress every `fit_checkpoint_seconds`
 (600 s), so a CPU run can be stopped and resumed at any time and ends with

@@ -58,8 +58,9 @@ class Shape(NamedTuple):
   why_not_run: Optional[str]
 
 
-_NO_GPU = ('ResNet-18 on CIFAR-10: about 3.5 h per round on the 2-core CPU and no '
-           'accelerator lent; `python -m launch.accelerator` runs it on one')
+_NO_GPU = ('ResNet-18 on CIFAR-10 takes hours per round on the 2-core CPU '
+           '(results/imbalance_resnet18_cpu_round0) and no accelerator is lent; '
+           '`python -m launch.accelerator` runs it on one')
 _NO_C100 = 'CIFAR-100 data not available here'
 _NO_WEIGHTS = 'no ImageNet ResNet-18 weights here'
 

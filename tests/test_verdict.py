@@ -134,7 +134,7 @@ def test_every_study_row_once_and_absent_ones_say_why(runs):
   assert 'no ImageNet ResNet-18 weights here' in reasons['cifar100_high_pretrained']
   assert 'no ImageNet ResNet-18 weights here' in reasons['imbalance_pretrained']
   assert reasons['retinopathy'].startswith('diabetic retinopathy data not available here')
-  assert 'no accelerator lent' in reasons['cifar10_2class_high']
+  assert 'no accelerator is lent' in reasons['cifar10_2class_high']
   assert 'launch.accelerator' in reasons['cifar10_2class_low']
   assert all(math.isnan(r['jal_mean']) and r['n_seeds'] == 0 for r in study_rows
              if r['setting'] in reasons)
