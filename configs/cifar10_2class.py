@@ -9,9 +9,10 @@ selections, random vs coreset vs ensembles over 3 seeds.
     python -m jal.main --config=configs/cifar10_2class.py:high --workdir=W
 
 Data: `cifar-10-batches-py/` or `cifar-10-python.tar.gz` in --config.data_dir
-or $JAL_DATA_DIR. Runtime: `:smoke` 11-38 s on the 2-core CPU (measured in test runs, with
-other jobs on the machine); the full runs are
-meant for a GPU (a CPU trains ResNet-18 at tens of images per second).
+or $JAL_DATA_DIR. Runtime: `:smoke` takes seconds on a CPU; the full runs are
+meant for a GPU (`python -m launch.accelerator` runs them in resumable
+chunks): a CPU trains ResNet-18 at tens of images per second
+(results/bench_cpu/vs_torch.jsonl).
 """
 
 from jal import config_lib

@@ -7,8 +7,7 @@ coreset vs ensembles over 3 seeds.
 
     python -m jal.main --config=configs/gaussian.py --workdir=/tmp/gauss
 
-Runtime: 13.8 s on the 2-core CPU (measured at commit 901ae04), mostly
-compilation; see results/gaussian.
+Runtime: seconds on a CPU, mostly compilation (results/gaussian/timings.jsonl).
 `:smoke` shrinks it to a seconds-long run for tests.
 """
 

@@ -35,20 +35,12 @@ It cannot be combined with `:pretrained`.
 Build another imbalanced task with --config.data.positive_classes,
 --config.data.minority_fraction and --config.data.imbalanced_split.
 
-Runtime: `:smoke` 32-55 s on the 2-core CPU (measured in test runs, with
-other jobs on the machine). On an NVIDIA H200 (bfloat16), one
-round's 5-member ensemble (500 steps) trains in 10.4 s; pool scoring and
-selection take well under a second on a 12,641-image pool (a CIFAR-10 subset:
-results/imbalance_h200_subset). The full 42,105-image pool was not timed.
-On the 2-core CPU (members in turn, one dispatch per step: see train.Plan)
-one ResNet-18 member step at batch 128 took 4.2 s with nothing else
-running (146 steps in 10.3 min; 5-9 s with other jobs), so one round's
-5 x 500 steps need about 3 hours there; round 0 on the full 42,105-image
-pool was run on that CPU (results/imbalance_resnet18_cpu_round0): evaluation 7.1 min,
-pool scoring 31 min (about 113 member-images/s), selection 0.45 s, so about
-3.5 h per round. Such a fit saves its progress every `fit_checkpoint_seconds`
-(600 s), so a CPU run can be stopped and resumed at any time and ends with
-the results of an uninterrupted one (that run was resumed three times).
+Runtime: on an NVIDIA H200 (bfloat16), results/imbalance_h200_subset times
+rounds on a CIFAR-10 subset; on the 2-core CPU, results/imbalance_resnet18_cpu_round0
+times round 0 on the full pool (hours per round: a fit saves its progress
+every `fit_checkpoint_seconds`, so such a run can be stopped and resumed at
+any time and ends with the results of an uninterrupted one), and
+results/imbalance_cpu holds `:cpu`'s runs with their timings.
 """
 
 from jal import config_lib
