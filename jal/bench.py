@@ -567,7 +567,7 @@ def fit_and_eval(exp, key, labeled: np.ndarray, round_: int):
 
 
 def score_and_select(exp, name: str, states, key, labeled: np.ndarray, round_: int):
-  """(picks, score seconds, select seconds), as `experiment.run_one` runs them."""
+  """(picks, score seconds, select seconds), as `experiment.run_round` runs them."""
   strategy = strategies_lib.get_strategy(name)
   round_key = experiment.select_key(key, name, round_)
   inputs, t_score = time_once(lambda: exp.score(strategy, states, labeled, round_key))

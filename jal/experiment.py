@@ -18,27 +18,27 @@ Everything a run produces lives in its workdir:
                          saved progress: `train_resumed`, seconds summed over
                          the processes that trained it
     results.md           the final table
-    checkpoints/<strategy>_seed<seed>/<round>   orbax loop state
+    checkpoints/<strategy>_seed<seed>/<round>   the loop state after the round
     checkpoints/fit/<strategy>_seed<seed>/      the round's training in progress
+                                                (layouts: jal.checkpoints)
 
-The loop state of each (strategy, seed), saved after every round, holds the
-label round of every pool point (-1: unlabeled), the run's RNG key and the
-history. All randomness is `fold_in` of one root key, so a run resumed after
-a crash draws exactly what an uninterrupted run draws, and the JSON files are
-rewritten atomically from the checkpoints. A long round's training (dispatch
-'step', the CPU default) also saves its progress every
-`fit_checkpoint_seconds` (FitCheckpoints), so a run killed mid-fit loses at
-most that much work.
+The state of each (strategy, seed) run is a `checkpoints.LoopState`: the
+label round of every pool point (-1: unlabeled), the run's RNG key and its
+rows of metrics, selections and timings. One round is `run_round`, a function
+state -> state (fit, evaluate, score, select); `run_one` saves the state
+after each (`checkpoints.RoundCheckpoints`). All randomness is `fold_in` of
+one root key, so a run resumed after a crash draws exactly what an
+uninterrupted run draws, and the JSON files are rewritten atomically from the
+states. A long round's training (dispatch 'step', the CPU default) also saves
+its progress every `fit_checkpoint_seconds` (`checkpoints.FitProgress`), so a
+run killed mid-fit loses at most that much work.
 """
 
 import functools
-import hashlib
 import json
 import os
-import shutil
 import time
 import zlib
-from typing import Any
 
 from absl import logging
 import flax
@@ -46,8 +46,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
+from jal import checkpoints
 from jal import config_lib
 from jal import data as data_lib
 from jal import infer
@@ -112,34 +112,6 @@ class Diverged(FloatingPointError):
   def at(self, where: str) -> 'Diverged':
     """The same divergence, named by the run that met it (strategy, seed, round)."""
     return Diverged(self.detail, where)
-
-
-def atomic_write(path: str, text: str) -> None:
-  """Replaces `path` by `text` in one step: readers see the old or the new file.
-
-  The text goes to `<path>.tmp-<pid>` first, removed again if the write
-  fails or is interrupted (a killed writer's is removed by the next run,
-  `jal.workdir.remove_leftovers`).
-
-  Raises:
-    OSError: naming `path`, e.g. a full disk's ENOSPC, which a failed write
-      or flush raises without a file name.
-  """
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'w') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException as e:
-    try:
-      os.remove(tmp)
-    except OSError:
-      pass
-    if isinstance(e, OSError):
-      raise OSError(e.errno, e.strerror, path) from e
-    raise
 
 
 def _jsonl(rows) -> str:
@@ -216,7 +188,7 @@ class Experiment:
   def fit(self, key, labeled_idx: np.ndarray, round_: int, checkpoint=None):
     """Trains the round's ensemble on `labeled_idx`; returns stacked states.
 
-    `checkpoint` (a train.FitCheckpointer, e.g. FitCheckpoints) saves and
+    `checkpoint` (a train.FitCheckpointer, e.g. checkpoints.FitProgress) saves and
     resumes the fit mid-way where the plan's dispatch is 'step' (the CPU
     default); a 'program' fit runs whole, and `checkpoint` is not used.
 
@@ -349,379 +321,83 @@ def pretrained_overrides(model, model_config, sample_x, spec):
   return out
 
 
-def _initial_state(exp: Experiment, key) -> dict[str, Any]:
+def initial_state(exp: Experiment, strategy_name: str, seed: int) -> checkpoints.LoopState:
+  """The state of a run before its round 0: the warmup set labeled (`warmup_indices`,
+  the same for every strategy at a seed) and recorded as the selection of round 0."""
+  key = np.asarray(seed_key(exp.config.seed, seed))
+  warmup = warmup_indices(key, exp.n, exp.config.warmup_size)
   label_round = np.full((exp.n,), -1, np.int32)
-  label_round[warmup_indices(key, exp.n, exp.config.warmup_size)] = 0
-  return {'label_round': label_round, 'round': -1, 'history': [], 'selections': [],
-          'timings': []}
+  label_round[warmup] = 0
+  return checkpoints.LoopState(
+      label_round=label_round, key=key, round=-1, metrics=[], timings=[],
+      selections=[{'strategy': strategy_name, 'seed': seed, 'round': 0,
+                   'indices': warmup.tolist()}])
 
 
-class DamagedCheckpoint(ValueError):
-  """A checkpoint whose files or contents differ from what was saved."""
+# The parts of a round, timed in timings.jsonl as `<part>_seconds` and `<part>_compile_seconds`.
+ROUND_PARTS = ('train', 'eval', 'score', 'select')
 
 
-# What restoring a damaged checkpoint raises: orbax and tensorstore (ValueError, OSError),
-# json (JSONDecodeError and UnicodeDecodeError are ValueErrors), a missing item or key
-# (FileNotFoundError, KeyError), wrong types or shapes (TypeError, IndexError) and
-# DamagedCheckpoint.
-_DAMAGE = (OSError, ValueError, KeyError, TypeError, IndexError)
+def run_round(exp: Experiment, strategy, seed: int, state: checkpoints.LoopState,
+              fit_progress: checkpoints.FitProgress | None = None) -> checkpoints.LoopState:
+  """Runs round `state.round + 1` of one (strategy, seed) run; returns the state after it.
 
+  A round trains a fresh ensemble on the labeled points, evaluates it on the
+  test set and, unless it is the last round, scores the pool and labels the
+  strategy's `query_size` picks. It appends one row each to the state's
+  metrics and timings and, but in the last round, one to its selections.
 
-def _is_damage(error: Exception) -> bool:
-  """Whether `error`, raised by a restore, says the checkpoint is damaged. Besides `_DAMAGE`,
-  orbax raises a bare Exception when an array's data fail to read. Other errors (and
-  KeyboardInterrupt, not an Exception) pass through."""
-  # pylint: disable-next=unidiomatic-typecheck
-  return isinstance(error, _DAMAGE) or type(error) is Exception
+  Args:
+    exp: the shared Experiment.
+    strategy: the registered Strategy.
+    seed: the seed the rows name.
+    state: the state after the previous round (`initial_state` before round 0).
+    fit_progress: where the fit saves and resumes its progress, or None.
 
-
-# Written into each saved checkpoint folder: the sha256 of every other file in it.
-_SEAL = 'sha256sums.json'
-
-
-def _one_line(error: BaseException, limit: int = 200) -> str:
-  """`error` as a short line: tensorstore's messages run over a thousand characters."""
-  text = ' '.join(str(error).split())
-  return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
-
-
-def _file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
-
-
-def _file_digests(directory: str) -> dict[str, str]:
-  """The sha256 of every file under `directory` but the seal, by relative path."""
-  out = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      rel = os.path.relpath(os.path.join(root, name), directory)
-      if not rel.startswith(_SEAL):
-        out[rel] = _file_sha256(os.path.join(root, name))
-  return out
-
-
-def _seal(directory: str) -> None:
-  """Records the sha256 of each file of the checkpoint just saved in `directory`.
-
-  `_check_seal` verifies them before orbax reads the checkpoint: given a
-  damaged file, tensorstore fails with a line of a thousand characters and
-  leaves reads in flight that print 'Event loop is closed' tracebacks later.
+  Raises:
+    Diverged: the fit diverged; the message names the strategy, seed and round.
   """
-  atomic_write(os.path.join(directory, _SEAL),
-               json.dumps(_file_digests(directory), sort_keys=True, indent=0) + '\n')
+  r = state.round + 1
+  ids = {'strategy': strategy.name, 'seed': seed, 'round': r}
+  labeled_idx = np.flatnonzero(state.labeled).astype(np.int32)
+  watch = runtime.Stopwatch()
+  try:
+    states = jax.block_until_ready(exp.fit(state.key, labeled_idx, r, fit_progress))
+    watch.lap('train')
+    test_metrics = exp.evaluate(states)
+  except Diverged as e:
+    raise e.at(f'{strategy.name} seed {seed} round {r}') from None
+  row = {**ids, 'n_labeled': len(labeled_idx), **test_metrics}
+  if exp.dataset.positive_class is not None and r > 0:
+    queried = next(s['indices'] for s in state.selections if s['round'] == r)
+    row['minority_fraction_queried'] = metrics_lib.minority_fraction_queried(
+        exp.dataset.y_train, queried, exp.dataset.positive_class)
+  watch.lap('eval')
+  label_round, selections = state.label_round, state.selections
+  if r < exp.config.num_rounds:
+    round_key = select_key(state.key, strategy.name, r)
+    inputs = exp.score(strategy, states, state.labeled, round_key)
+    watch.lap('score')
+    picks = exp.select(strategy, inputs, round_key)
+    label_round = label_round.copy()
+    label_round[picks] = r + 1
+    selections = selections + [{**ids, 'round': r + 1, 'indices': picks.tolist()}]
+  watch.lap('select')
+  timing = {**ids, **watch.seconds(ROUND_PARTS), 'plan': exp.plan.as_dict()}
+  if fit_progress is not None and fit_progress.resumed:
+    # Trained by several processes: the seconds of each are summed.
+    timing['train_seconds'] += fit_progress.resumed_seconds
+    timing['train_resumed'] = True
+  return state.replace(label_round=label_round, round=r, metrics=state.metrics + [row],
+                       selections=selections, timings=state.timings + [timing])
 
 
-def _check_seal(directory: str) -> None:
-  """Raises DamagedCheckpoint if a file in `directory` differs from when it was sealed."""
-  path = os.path.join(directory, _SEAL)
-  if not os.path.exists(path):
-    # Saved before seals existed, or killed between saving and sealing.
-    logging.debug('%s has no %s: its files are not checked', directory, _SEAL)
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  actual = _file_digests(directory)
-  changed = sorted(k for k in saved.keys() | actual.keys() if saved.get(k) != actual.get(k))
-  if changed:
-    more = ' ...' if len(changed) > 2 else ''
-    raise DamagedCheckpoint(f'files differ from their {_SEAL}: {", ".join(changed[:2])}{more}')
-
-
-def _manager(directory: str, keep: int, items: tuple[str, ...]) -> ocp.CheckpointManager:
-  """A synchronous CheckpointManager of `directory` keeping its `keep` latest steps.
-
-  `max_to_keep` and `item_names` are deprecated (orbax 0.12) in favour of a
-  `LatestN` preservation policy and the default handler registry, which write
-  the same layout; that API is newer than the orbax 0.6 pyproject allows.
-  """
-  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True),
-      item_names=items)
-
-
-def _move_aside(path: str) -> str:
-  """Renames a damaged step folder to `<path>.damaged` (`.damaged-2`, ... if taken) and returns
-  the new path. Orbax takes only folders named by a step number for steps, so it neither
-  reads nor deletes it; it is kept for inspection."""
-  aside, k = f'{path}.damaged', 1
-  while os.path.exists(aside):
-    k += 1
-    aside = f'{path}.damaged-{k}'
-  if jax.process_index() == 0:
-    os.replace(path, aside)
-  return aside
-
-
-class FitCheckpoints:
-  """Orbax checkpoints of one round's ensemble training in progress.
-
-  A `train.FitCheckpointer`: at most every `every_seconds` (0: after every
-  step) it saves the state of the group (member) in training and, once each,
-  those of finished groups, so a run killed during a long fit (a ResNet-18
-  round on a CPU takes hours) loses at most that much work and still ends
-  bitwise equal to an uninterrupted run; the finished fit is saved too, so
-  a kill during the round's evaluation or scoring does not train again.
-  `tag` names the fit (round, labeled set, keys); progress saved under
-  another tag is stale and dropped. `clear()` once the round's loop state is
-  saved.
-
-  Layout of `directory`: `progress/<n>/` (orbax: the current group's state
-  and a JSON position), `group_<i>/` (finished group i's state); each
-  holds a `sha256sums.json` of its files (`_seal`).
-
-  Saved progress is only a cache: progress that fails to restore or to
-  match its sha256 sums is reported in one warning and dropped, and the fit
-  trains from scratch, to the same result.
-
-  Each save also records the seconds the fit has trained so far, summed over
-  the processes that worked on it; after `restore`, `resumed_seconds` holds
-  that sum, so a resumed round's `train_seconds` counts every process's
-  training (steps redone after a kill count again: they were run again).
-  """
-
-  def __init__(self, directory: str, tag: str, every_seconds: float, clock=time.monotonic):
-    self.directory = os.path.abspath(directory)
-    self.tag, self.every, self.clock = tag, float(every_seconds), clock
-    self.started = self.last_save = clock()
-    self.resumed = False
-    self.resumed_seconds = 0.0
-    self.saved_groups = 0
-    self._manager = None
-
-  @property
-  def manager(self):
-    if self._manager is None:
-      self._manager = _manager(os.path.join(self.directory, 'progress'), 1, ('state', 'position'))
-    return self._manager
-
-  def _group_path(self, i: int) -> str:
-    return os.path.join(self.directory, f'group_{i}')
-
-  def restore(self, template):
-    if not os.path.isdir(os.path.join(self.directory, 'progress')):
-      return None
-    try:
-      return self._restore(template)
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      if not _is_damage(e):
-        raise
-      logging.warning('dropped the damaged fit progress in %s (%s); training the fit (%s) from '
-                      'scratch', self.directory, _one_line(e), self.tag)
-      self.clear()
-      return None
-
-  def _restore(self, template):
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    _check_seal(os.path.join(self.directory, 'progress', str(step)))
-    pos = self.manager.restore(step, args=ocp.args.Composite(
-        position=ocp.args.JsonRestore())).position
-    if pos['tag'] != self.tag:
-      logging.debug('dropping the saved progress of another fit (%s)', pos['tag'])
-      self.clear()
-      return None
-    for i in range(pos['group']):
-      _check_seal(self._group_path(i))
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    state = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract))).state
-    with ocp.StandardCheckpointer() as ckptr:
-      finished = [ckptr.restore(self._group_path(i), abstract) for i in range(pos['group'])]
-    self.saved_groups = pos['group']
-    self.resumed = True
-    # Saves made before this field existed lack it: their time is not known.
-    self.resumed_seconds = float(pos.get('elapsed_seconds', 0.0))
-    logging.info('resuming the fit (%s) at group %d, step %d, after %.0f s of training',
-                 self.tag, pos['group'], pos['step'], self.resumed_seconds)
-    return pos['group'], pos['step'], finished, state
-
-  def after_step(self, group: int, step: int, finished: list, state) -> None:
-    if self.clock() - self.last_save < self.every:
-      return
-    self._save(group, step, finished, state,
-               f'the fit in progress ({self.tag}): group {group}, {step} steps done')
-
-  def fit_done(self, finished: list) -> None:
-    """Saves every group's final state, whatever the interval: a run killed
-    after the fit but before the round's loop state is saved (in evaluation
-    or scoring, which take most of an hour for a CIFAR pool on a CPU) then
-    resumes without training again."""
-    self._save(len(finished), 0, finished, finished[-1],
-               f'the finished fit ({self.tag}): {len(finished)} groups')
-
-  def _save(self, group: int, step: int, finished: list, state, what: str) -> None:
-    if jax.process_index() == 0:
-      new = range(self.saved_groups, len(finished))
-      with ocp.StandardCheckpointer() as ckptr:
-        for i in new:
-          ckptr.save(self._group_path(i), finished[i], force=True)
-      for i in new:   # once the asynchronous saves are done, at the `with`'s end
-        _seal(self._group_path(i))
-      position = {'tag': self.tag, 'group': group, 'step': step,
-                  'elapsed_seconds': self.resumed_seconds + self.clock() - self.started}
-      n = group * 10**9 + step
-      self.manager.save(n, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)))
-      self.manager.wait_until_finished()
-      _seal(os.path.join(self.directory, 'progress', str(n)))
-      logging.debug('saved %s', what)
-    self.saved_groups = len(finished)
-    self.last_save = self.clock()
-
-  def clear(self) -> None:
-    """Deletes the saved progress. The folder is renamed aside first (one
-    atomic step) and deleted there, so a kill during the delete never leaves
-    a half-deleted checkpoint where `restore` would read it; what such a kill
-    leaves aside is deleted by the next `clear`."""
-    if self._manager is not None:
-      self._manager.close()
-      self._manager = None
-    if jax.process_index() == 0:
-      aside = self.directory + '.deleting'
-      shutil.rmtree(aside, ignore_errors=True)
-      if os.path.isdir(self.directory):
-        os.replace(self.directory, aside)
-      shutil.rmtree(aside, ignore_errors=True)
-
-
-def fit_tag(round_: int, labeled_idx: np.ndarray, key) -> str:
-  """Names one fit: its round and a digest of its labeled set and root key."""
-  digest = hashlib.sha256(np.asarray(labeled_idx, np.int32).tobytes()
-                          + np.asarray(key).tobytes()).hexdigest()[:16]
-  return f'round {round_} {digest}'
-
-
-def _loop_state_digest(history: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
-  """sha256 of the canonical JSON of `history`, then of each array's name, dtype, shape and
-  bytes: what a loop-state checkpoint holds, independent of how orbax lays it out."""
-  h = hashlib.sha256(json.dumps(history, sort_keys=True, separators=(',', ':')).encode())
-  for name in sorted(arrays):
-    a = np.ascontiguousarray(arrays[name])
-    h.update(f';{name} {a.dtype.str} {a.shape};'.encode() + a.tobytes())
-  return h.hexdigest()
-
-
-def _check_loop_state(state: dict[str, Any]) -> None:
-  """Raises DamagedCheckpoint unless a restored loop state is one the loop saves: a row per
-  round so far, and the labeled points exactly those its selections name."""
-  label_round = state['label_round']
-  if label_round.ndim != 1 or not np.issubdtype(label_round.dtype, np.integer):
-    raise DamagedCheckpoint(f'label_round is {label_round.dtype}{list(label_round.shape)}')
-  if [m['round'] for m in state['history']] != list(range(state['round'] + 1)):
-    raise DamagedCheckpoint(f'its metrics are not one row per round 0..{state["round"]}')
-  expected = np.full_like(label_round, -1)
-  for s in state['selections']:
-    expected[np.asarray(s['indices'], np.int64)] = s['round']
-  if not np.array_equal(expected, label_round):
-    raise DamagedCheckpoint('its label_round disagrees with its selections')
-
-
-class RunCheckpoints:
-  """Orbax checkpoints of one (strategy, seed) loop state, one per round.
-
-  Each step holds `arrays` (label_round, key), `history` (metrics,
-  selections, timings, and the sha256 of them all: `_loop_state_digest`)
-  and a `sha256sums.json` of its files (`_seal`). `latest()` restores the
-  newest intact step; a damaged one is moved aside with a warning, and the
-  run resumes from the step before it. Steps saved before digests existed
-  are accepted unchecked (a debug line), so older workdirs resume.
-  """
-
-  def __init__(self, directory: str):
-    self.directory = os.path.abspath(directory)
-    self.set_aside = 0   # damaged steps moved aside
-    self._set_aside_unsealed()
-    self.manager = _manager(self.directory, 2, ('arrays', 'history'))
-
-  def _set_aside_unsealed(self) -> None:
-    """Moves aside the steps whose files differ from their seal, before orbax opens the folder
-    and reads (and logs errors about) their metadata."""
-    if not os.path.isdir(self.directory):
-      return
-    for name in sorted(os.listdir(self.directory)):
-      path = os.path.join(self.directory, name)
-      if name.isdigit() and os.path.isdir(path):
-        try:
-          _check_seal(path)
-        except (DamagedCheckpoint, OSError, ValueError) as e:
-          self._set_aside(path, e)
-
-  def _set_aside(self, path: str, error: Exception) -> None:
-    aside = _move_aside(path)
-    self.set_aside += 1
-    logging.warning('checkpoint %s is damaged (%s); moved it to %s', path, _one_line(error),
-                    os.path.basename(aside))
-
-  @property
-  def fit_directory(self) -> str:
-    """Where this run's training in progress is saved (see FitCheckpoints)."""
-    parent, name = os.path.split(self.directory)
-    return os.path.join(parent, 'fit', name)
-
-  def latest(self):
-    """The newest intact loop state, or None if there is none.
-
-    A step that fails to restore, to match its sha256s or to hold a loop
-    state (`_check_loop_state`) is reported in one warning and renamed to
-    `<step>.damaged` (`_move_aside`); the next older step is tried. If none
-    is intact the run starts over from round 0.
-    """
-    state, damaged = None, False
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      path = os.path.join(self.directory, str(step))
-      try:
-        state = self._restore(step)
-        break
-      except Exception as e:  # pylint: disable=broad-exception-caught
-        if not _is_damage(e):
-          raise
-        self._set_aside(path, e)
-        damaged = True
-    if damaged:
-      self.manager.reload()   # forgets the steps moved aside
-    if state is None and self.set_aside:
-      logging.warning('no intact checkpoint left in %s: starting the run over from round 0',
-                      self.directory)
-      self.set_aside = 0   # said once
-    return state
-
-  def _restore(self, step: int) -> dict[str, Any]:
-    path = os.path.join(self.directory, str(step))
-    _check_seal(path)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        arrays=ocp.args.StandardRestore(), history=ocp.args.JsonRestore()))
-    arrays = {k: np.asarray(restored.arrays[k]) for k in ('label_round', 'key')}
-    hist = dict(restored.history)
-    claimed = hist.pop('sha256', None)
-    if claimed is None:
-      logging.debug('%s has no sha256 (saved before digests were recorded): not verified', path)
-    elif claimed != _loop_state_digest(hist, arrays):
-      raise DamagedCheckpoint('its contents do not match the sha256 saved with them')
-    state = {'label_round': arrays['label_round'], 'key': arrays['key'], 'round': step,
-             'history': hist['metrics'], 'selections': hist['selections'],
-             'timings': hist['timings']}
-    _check_loop_state(state)
-    return state
-
-  def save(self, state, key) -> None:
-    arrays = {'label_round': np.asarray(state['label_round']), 'key': np.asarray(key)}
-    history = {'metrics': state['history'], 'selections': state['selections'],
-               'timings': state['timings']}
-    history['sha256'] = _loop_state_digest(history, arrays)
-    self.manager.save(state['round'], args=ocp.args.Composite(
-        arrays=ocp.args.StandardSave(arrays), history=ocp.args.JsonSave(history)))
-    self.manager.wait_until_finished()
-    _seal(os.path.join(self.directory, str(state['round'])))
-
-
-def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints,
-            progress, on_round=None, stop_after_round=None) -> dict[str, Any]:
+def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: checkpoints.RoundCheckpoints,
+            progress, on_round=None, stop_after_round=None) -> checkpoints.LoopState:
   """Runs (or resumes) one strategy at one seed to the last round.
+
+  After each round (`run_round`) the state is saved, and then the round's
+  fit progress dropped.
 
   Args:
     exp: the shared Experiment.
@@ -733,69 +409,28 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: RunCheckpoints
     stop_after_round: for tests, return after saving this round.
 
   Returns:
-    The final loop state (history of metrics, selections, timings).
+    The final LoopState.
   """
   config = exp.config
   strategy = strategies_lib.get_strategy(strategy_name)
-  key = seed_key(config.seed, seed)
   state = ckpt.latest()
   if state is None:
-    state = _initial_state(exp, key)
-  elif not np.array_equal(state['key'], np.asarray(key)):
+    state = initial_state(exp, strategy_name, seed)
+  elif not np.array_equal(state.key, np.asarray(seed_key(config.seed, seed))):
     raise ValueError(f'checkpoint of {strategy_name} seed {seed} was made with another key')
-  while state['round'] < config.num_rounds:
-    r = state['round'] + 1
-    labeled = state['label_round'] >= 0
-    t0, c0 = time.perf_counter(), runtime.compile_seconds()
-    labeled_idx = np.flatnonzero(labeled).astype(np.int32)
-    fit_ckpt = FitCheckpoints(ckpt.fit_directory, fit_tag(r, labeled_idx, key),
-                              config.fit_checkpoint_seconds)
-    try:
-      states = exp.fit(key, labeled_idx, r, fit_ckpt)
-      jax.block_until_ready(states)
-      t1, c1 = time.perf_counter(), runtime.compile_seconds()
-      test_metrics = exp.evaluate(states)
-    except Diverged as e:
-      raise e.at(f'{strategy_name} seed {seed} round {r}') from None
-    row = {'strategy': strategy_name, 'seed': seed, 'round': r,
-           'n_labeled': int(labeled.sum()), **test_metrics}
-    prev = [s for s in state['selections'] if s['round'] == r]
-    if exp.dataset.positive_class is not None and r > 0:
-      picked = np.asarray(prev[0]['indices'])
-      row['minority_fraction_queried'] = float(
-          np.mean(exp.dataset.y_train[picked] == exp.dataset.positive_class))
-    t2 = t2s = time.perf_counter()
-    c2 = c2s = runtime.compile_seconds()
-    label_round = state['label_round'].copy()
-    selections = list(state['selections'])
-    if r == 0:
-      selections.append({'strategy': strategy_name, 'seed': seed, 'round': 0,
-                         'indices': np.flatnonzero(labeled).tolist()})
-    if r < config.num_rounds:
-      round_key = select_key(key, strategy_name, r)
-      inputs = exp.score(strategy, states, labeled, round_key)
-      t2s, c2s = time.perf_counter(), runtime.compile_seconds()
-      picks = exp.select(strategy, inputs, round_key)
-      label_round[picks] = r + 1
-      selections.append({'strategy': strategy_name, 'seed': seed, 'round': r + 1,
-                         'indices': picks.tolist()})
-    t3, c3 = time.perf_counter(), runtime.compile_seconds()
-    timing = {'strategy': strategy_name, 'seed': seed, 'round': r,
-              'train_seconds': t1 - t0 + fit_ckpt.resumed_seconds, 'eval_seconds': t2 - t1,
-              'score_seconds': t2s - t2, 'select_seconds': t3 - t2s,
-              # Of those, the seconds spent compiling or loading compiled programs.
-              'train_compile_seconds': c1 - c0, 'eval_compile_seconds': c2 - c1,
-              'score_compile_seconds': c2s - c2, 'select_compile_seconds': c3 - c2s,
-              'plan': exp.plan.as_dict()}
-    if fit_ckpt.resumed:
-      timing['train_resumed'] = True   # trained by several processes; seconds summed
-    state = {'label_round': label_round, 'round': r, 'history': state['history'] + [row],
-             'selections': selections, 'timings': state['timings'] + [timing]}
+  while state.round < config.num_rounds:
+    r = state.round + 1
+    fit_progress = checkpoints.FitProgress(
+        ckpt.fit_directory, checkpoints.fit_tag(r, np.flatnonzero(state.labeled), state.key),
+        config.fit_checkpoint_seconds)
+    state = run_round(exp, strategy, seed, state, fit_progress)
     if jax.process_index() == 0:
-      ckpt.save(state, key)
-    fit_ckpt.clear()
+      ckpt.save(state)
+    fit_progress.clear()
+    row = state.metrics[-1]
+    headline = config_lib.headline_metric(row)
     progress.update(f'{strategy_name} seed {seed} round {r}: n_labeled={row["n_labeled"]} '
-                    f'{config_lib.headline_metric(row)}={row[config_lib.headline_metric(row)]:.4f}')
+                    f'{headline}={row[headline]:.4f}')
     if on_round is not None:
       on_round(state)
     if stop_after_round is not None and r >= stop_after_round:
@@ -842,23 +477,24 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'workdir {workdir} holds a different experiment ({diff}); '
                        'use another --workdir')
   elif jax.process_index() == 0:
-    atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    checkpoints.atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 def write_outputs(workdir: str, config, states: dict) -> str:
-  """Rewrites metrics/selections/timings/results.md from the run states."""
+  """Rewrites metrics/selections/timings/results.md from the runs' LoopStates, keyed by
+  (strategy, seed)."""
   order = [(s, seed) for s in config_lib.strategy_names(config)
            for seed in config_lib.seed_list(config)]
   done = [states[k] for k in order if k in states]
-  rows = [r for st in done for r in st['history']]
+  rows = [r for st in done for r in st.metrics]
   table = config_lib.results_table(rows, config)
   if jax.process_index() == 0:
-    atomic_write(os.path.join(workdir, 'metrics.jsonl'), _jsonl(rows))
-    atomic_write(os.path.join(workdir, 'selections.jsonl'),
-                  _jsonl(s for st in done for s in st['selections']))
-    atomic_write(os.path.join(workdir, 'timings.jsonl'),
-                  _jsonl(t for st in done for t in st['timings']))
-    atomic_write(os.path.join(workdir, 'results.md'), table)
+    write = checkpoints.atomic_write
+    write(os.path.join(workdir, 'metrics.jsonl'), _jsonl(rows))
+    write(os.path.join(workdir, 'selections.jsonl'),
+          _jsonl(s for st in done for s in st.selections))
+    write(os.path.join(workdir, 'timings.jsonl'), _jsonl(t for st in done for t in st.timings))
+    write(os.path.join(workdir, 'results.md'), table)
   return table
 
 
@@ -901,10 +537,10 @@ def _train_and_evaluate(config, workdir: str, stop_after_round) -> str:
   exp = Experiment(config, dataset)
   runs = [(s, seed) for s in config_lib.strategy_names(config)
           for seed in config_lib.seed_list(config)]
-  ckpts = {r: RunCheckpoints(os.path.join(workdir, 'checkpoints', f'{r[0]}_seed{r[1]}'))
-           for r in runs}
+  ckpts = {r: checkpoints.RoundCheckpoints(
+               os.path.join(workdir, 'checkpoints', f'{r[0]}_seed{r[1]}')) for r in runs}
   states = {r: st for r, st in ((r, c.latest()) for r, c in ckpts.items()) if st is not None}
-  done = sum(st['round'] + 1 for st in states.values())
+  done = sum(st.round + 1 for st in states.values())
   progress = Progress(len(runs) * (config.num_rounds + 1), done)
   if done:
     logging.info('Resuming: %d of %d rounds already done in %s', done, progress.total, workdir)

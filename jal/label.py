@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jal import checkpoints
 from jal import config_lib
 from jal import data as data_lib
 from jal import experiment
@@ -419,7 +420,7 @@ def _write_batch(path: str, rows: list[dict]) -> None:
   writer.writerow(['filename', 'score', 'rank', 'predicted', 'confidence'])
   for r in rows:
     writer.writerow([r['filename'], r['score'], r['rank'], r['predicted'], r['confidence']])
-  experiment.atomic_write(path, buf.getvalue())
+  checkpoints.atomic_write(path, buf.getvalue())
 
 
 def _validate_config(config, strategy) -> None:
@@ -715,7 +716,7 @@ def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, wo
                'labels_path': os.path.abspath(labels_path), 'config': identity,
                'classes': klasses, 'images': prints,
                'labels': {n: labels.labels[n] for n in sorted(labels.labels)}, 'calls': calls}
-  experiment.atomic_write(os.path.join(workdir, STATE_FILE),
+  checkpoints.atomic_write(os.path.join(workdir, STATE_FILE),
                            json.dumps(new_state, indent=1, sort_keys=True) + '\n')
   return entry
 

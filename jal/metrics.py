@@ -1,4 +1,5 @@
-"""Test-set metrics of an ensemble, and the signs of a diverged training, in numpy."""
+"""Test-set metrics of an ensemble, what a round queried, and the signs of a diverged
+training, in numpy."""
 
 import math
 
@@ -87,6 +88,17 @@ def classification_metrics(member_logits: np.ndarray, labels: np.ndarray,
   if positive_class is not None:
     out['average_precision'] = average_precision(mean[:, positive_class], labels == positive_class)
   return out
+
+
+def minority_fraction_queried(labels: np.ndarray, queried, positive_class: int) -> float:
+  """The fraction of a round's queried points that are in the minority class.
+
+  Args:
+    labels: int[n], the pool's labels.
+    queried: int[q], the pool indices the round queried.
+    positive_class: the minority class.
+  """
+  return float(np.mean(np.asarray(labels)[np.asarray(queried)] == positive_class))
 
 
 def member_losses(member_logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

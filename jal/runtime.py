@@ -24,12 +24,13 @@ XLA), and never over a value of the same flag the user set.
 
 `compile_seconds()` is the process's time so far spent tracing, lowering and
 compiling (or loading from the cache) jitted programs, summed from JAX's
-monitoring events; the loop records per-phase differences of it, so
-`timings.jsonl` separates compile seconds from steady-state seconds.
+monitoring events; the loop's `Stopwatch` records per-part differences of it,
+so `timings.jsonl` separates compile seconds from steady-state seconds.
 """
 
 import os
 import threading
+import time
 
 from absl import logging
 import jax
@@ -89,6 +90,34 @@ def compile_seconds() -> float:
   since `count_compile_time()` was first called."""
   with _lock:
     return _compile_seconds
+
+
+class Stopwatch:
+  """The wall seconds of consecutive parts of a computation, and of each the
+  seconds spent compiling (`compile_seconds()`).
+
+  `lap(part)` ends `part`, which began at the previous lap (or when the
+  stopwatch was made). Block on a part's results before its lap: JAX
+  dispatches asynchronously.
+  """
+
+  def __init__(self, clock=time.perf_counter):
+    self._clock = clock
+    self._last = (clock(), compile_seconds())
+    self._laps = {}
+
+  def lap(self, part: str) -> None:
+    now = (self._clock(), compile_seconds())
+    self._laps[part] = (now[0] - self._last[0], now[1] - self._last[1])
+    self._last = now
+
+  def seconds(self, parts) -> dict[str, float]:
+    """`{'<part>_seconds': wall, '<part>_compile_seconds': compiling}` for each
+    of `parts`; 0.0 and 0.0 for a part that was not lapped (did not run)."""
+    out = {}
+    for part in parts:
+      out[f'{part}_seconds'], out[f'{part}_compile_seconds'] = self._laps.get(part, (0.0, 0.0))
+    return out
 
 
 def enable_compilation_cache(directory: str | None) -> str | None:

@@ -555,7 +555,7 @@ class FitCheckpointer(Protocol):
   'in_turn', one group of all members for 'vmap'), each for `total` steps.
   Every step is a pure function of the group's state, its key and the step
   number, so a fit resumed from a saved (group, step, state) ends bitwise
-  equal to one that never stopped. `jal.experiment.FitCheckpoints` keeps
+  equal to one that never stopped. `jal.checkpoints.FitProgress` keeps
   them with orbax.
   """
 

@@ -9,7 +9,7 @@ killed run never leaves a stale lock. On a file system without flock (some
 Lustre mounts) the lock is skipped with a warning.
 
 Under the lock no other process writes the folder, so what killed writers
-left there can be deleted: `atomic_write`'s `*.tmp-<pid>` files and the
+left there can be deleted: `checkpoints.atomic_write`'s `*.tmp-<pid>` files and the
 `*.deleting` folders of an interrupted checkpoint clear (`remove_leftovers`).
 """
 

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jal import experiment
+from jal import checkpoints, experiment
 from tests.test_experiment import read, smoke
 
 
@@ -104,7 +104,7 @@ def test_damaged_latest_step_is_moved_aside_and_rounds_after_it_retrained(
   assert f'checkpoint {step} is damaged' in warnings[0] and 'moved it to 1.damaged' in warnings[0]
   assert (run_dir(workdir) / '1.damaged' / 'history').is_dir()
   # Orbax lists only the steps the resumed run saved, and keeps the damaged one where it is.
-  assert experiment.RunCheckpoints(str(run_dir(workdir))).manager.all_steps() == [1, 2]
+  assert checkpoints.RoundCheckpoints(str(run_dir(workdir))).manager.all_steps() == [1, 2]
   assert_equal_results(workdir, reference)
 
 
@@ -137,7 +137,35 @@ def test_step_from_before_digests_resumes_without_a_warning(reference, tmp_path,
   assert_equal_results(workdir, reference)
 
 
-# Loop states saved by RunCheckpoints itself, without training: fast.
+# The checkpoints of `config()` stopped after round 1, as jal before LoopState saved them
+# (commit 3c35c56: a dict state, orbax's `max_to_keep` and `item_names`).
+BEFORE_LOOP_STATE = pathlib.Path(__file__).parent / 'fixtures' / 'before_loop_state'
+
+
+def test_checkpoints_saved_before_loop_state_resume_to_the_same_results(
+    reference, tmp_path, caplog):
+  workdir = tmp_path / 'w'
+  shutil.copytree(BEFORE_LOOP_STATE, workdir)
+  saved = checkpoints.RoundCheckpoints(str(run_dir(workdir))).latest()
+  assert saved.round == 1 and [m['round'] for m in saved.metrics] == [0, 1]
+  assert [s['round'] for s in saved.selections] == [0, 1, 2]
+  assert np.array_equal(saved.key, experiment.seed_key(config().seed, 0))
+  with caplog.at_level(logging.INFO):
+    experiment.train_and_evaluate(config(), str(workdir))
+  assert not warnings_of(caplog)
+  assert 'Resuming: 2 of 3 rounds already done' in caplog.text
+  # Rounds 0 and 1 were restored, not run again; random's picks use no model.
+  timings = [json.loads(line) for line in read(workdir, 'timings.jsonl').splitlines()]
+  assert timings[:2] == saved.timings
+  assert read(workdir, 'selections.jsonl') == read(reference, 'selections.jsonl')
+  ours = [json.loads(line) for line in read(reference, 'metrics.jsonl').splitlines()]
+  if ours[:2] != saved.metrics:
+    pytest.skip('this platform trains the smoke MLP to other numbers than the fixture was '
+                'made with; only the selections were compared')
+  assert read(workdir, 'metrics.jsonl') == read(reference, 'metrics.jsonl')
+
+
+# Loop states saved by RoundCheckpoints itself, without training: fast.
 
 KEY = np.asarray(jax.random.PRNGKey(3))
 
@@ -149,17 +177,18 @@ def loop_state(round_):
     label_round[3 * r:3 * r + 3] = r
     selections.append({'strategy': 's', 'seed': 0, 'round': r,
                        'indices': list(range(3 * r, 3 * r + 3))})
-  return {'label_round': label_round, 'round': round_, 'selections': selections,
-          'history': [{'round': r, 'accuracy': 0.5 + r / 7} for r in range(round_ + 1)],
-          'timings': [{'round': r, 'train_seconds': 1.5} for r in range(round_ + 1)]}
+  return checkpoints.LoopState(
+      label_round=label_round, key=KEY, round=round_, selections=selections,
+      metrics=[{'round': r, 'accuracy': 0.5 + r / 7} for r in range(round_ + 1)],
+      timings=[{'round': r, 'train_seconds': 1.5} for r in range(round_ + 1)])
 
 
 @pytest.fixture
 def two_steps(tmp_path):
   directory = tmp_path / 'run'
-  ckpt = experiment.RunCheckpoints(str(directory))
-  ckpt.save(loop_state(0), KEY)
-  ckpt.save(loop_state(1), KEY)
+  ckpt = checkpoints.RoundCheckpoints(str(directory))
+  ckpt.save(loop_state(0))
+  ckpt.save(loop_state(1))
   return directory
 
 
@@ -180,12 +209,12 @@ def test_any_damaged_file_falls_back_to_the_step_before(two_steps, tmp_path, how
       path.unlink()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-      state = experiment.RunCheckpoints(str(directory)).latest()
+      state = checkpoints.RoundCheckpoints(str(directory)).latest()
     if str(name) == 'sha256sums.json' and how == 'delete':
-      assert state['round'] == 1   # unsealed: its contents are checked, and intact
+      assert state.round == 1   # unsealed: its contents are checked, and intact
       continue
-    assert state['round'] == 0, name
-    assert np.array_equal(state['label_round'], loop_state(0)['label_round'])
+    assert state.round == 0, name
+    assert np.array_equal(state.label_round, loop_state(0).label_round)
     assert f'checkpoint {directory / "1"} is damaged' in ' '.join(warnings_of(caplog)), name
 
 
@@ -193,24 +222,24 @@ def test_array_change_that_decodes_fine_is_caught_by_the_digest(two_steps, caplo
   # Another key written as valid array data, as a bit flip in uncompressed data would be.
   step = two_steps / '1'
   (step / 'sha256sums.json').unlink()
-  other = {'label_round': loop_state(1)['label_round'], 'key': KEY ^ np.uint32(1)}
+  other = {'label_round': loop_state(1).label_round, 'key': KEY ^ np.uint32(1)}
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(step / 'arrays', other, force=True)
   with caplog.at_level(logging.WARNING):
-    state = experiment.RunCheckpoints(str(two_steps)).latest()
-  assert state['round'] == 0
+    state = checkpoints.RoundCheckpoints(str(two_steps)).latest()
+  assert state.round == 0
   assert 'do not match the sha256 saved with them' in caplog.text
 
 
 def test_label_round_disagreeing_with_selections_is_damage(tmp_path, caplog):
   # Saved so, its digest and seal agree: the state itself is checked for consistency.
   bad = loop_state(1)
-  bad['label_round'][30] = 1
-  ckpt = experiment.RunCheckpoints(str(tmp_path / 'run'))
-  ckpt.save(loop_state(0), KEY)
-  ckpt.save(bad, KEY)
+  bad.label_round[30] = 1
+  ckpt = checkpoints.RoundCheckpoints(str(tmp_path / 'run'))
+  ckpt.save(loop_state(0))
+  ckpt.save(bad)
   with caplog.at_level(logging.WARNING):
-    assert experiment.RunCheckpoints(str(tmp_path / 'run')).latest()['round'] == 0
+    assert checkpoints.RoundCheckpoints(str(tmp_path / 'run')).latest().round == 0
   assert 'disagrees with its selections' in caplog.text
 
 
@@ -219,9 +248,9 @@ def test_other_errors_in_restore_are_not_taken_for_damage(two_steps, monkeypatch
   def raises(self, step):
     raise error('not damage')
 
-  monkeypatch.setattr(experiment.RunCheckpoints, '_restore', raises)
+  monkeypatch.setattr(checkpoints.RoundCheckpoints, '_restore', raises)
   with pytest.raises(error):
-    experiment.RunCheckpoints(str(two_steps)).latest()
+    checkpoints.RoundCheckpoints(str(two_steps)).latest()
   assert (two_steps / '1').is_dir() and not (two_steps / '1.damaged').exists()
 
 
@@ -241,7 +270,7 @@ def truncate_position(progress):
 @pytest.mark.parametrize('damage', [flip_state_data, truncate_position])
 def test_damaged_fit_progress_is_dropped_and_the_round_retrained(
     reference, tmp_path, monkeypatch, caplog, damage):
-  original = experiment.FitCheckpoints.after_step
+  original = checkpoints.FitProgress.after_step
 
   def dies_in_round_0(self, group, step, finished, state):
     original(self, group, step, finished, state)
@@ -249,11 +278,11 @@ def test_damaged_fit_progress_is_dropped_and_the_round_retrained(
       raise Killed
 
   # Saves after every step; killed after 7 steps, with 7 steps saved.
-  monkeypatch.setattr(experiment.FitCheckpoints, 'after_step', dies_in_round_0)
+  monkeypatch.setattr(checkpoints.FitProgress, 'after_step', dies_in_round_0)
   workdir = tmp_path / 'w'
   with pytest.raises(Killed):
     experiment.train_and_evaluate(config(fit_checkpoint_seconds=0.0), str(workdir))
-  monkeypatch.setattr(experiment.FitCheckpoints, 'after_step', original)
+  monkeypatch.setattr(checkpoints.FitProgress, 'after_step', original)
   fit_dir = workdir / 'checkpoints' / 'fit' / 'random_seed0'
   assert [p.name for p in (fit_dir / 'progress').iterdir()] == ['7']
   damage(fit_dir / 'progress')
@@ -273,13 +302,13 @@ def test_fit_checkpoints_log_at_info_only_a_resumed_fit(tmp_path, caplog):
   state = {'w': np.arange(3.0, dtype=np.float32)}
   directory = str(tmp_path / 'fit')
   with caplog.at_level(logging.DEBUG):
-    saving = experiment.FitCheckpoints(directory, 'round 1 aaa', every_seconds=0)
+    saving = checkpoints.FitProgress(directory, 'round 1 aaa', every_seconds=0)
     saving.after_step(0, 1, [], state)
     saving.fit_done([state])
-    experiment.FitCheckpoints(directory, 'round 1 aaa', 0).restore(state)
-    experiment.FitCheckpoints(directory, 'round 2 bbb', 0).restore(state)   # another fit's
+    checkpoints.FitProgress(directory, 'round 1 aaa', 0).restore(state)
+    checkpoints.FitProgress(directory, 'round 2 bbb', 0).restore(state)   # another fit's
   ours = [(r.levelno, r.getMessage()) for r in caplog.records
-          if r.pathname == experiment.__file__]
+          if r.pathname == checkpoints.__file__]
   assert [m for level, m in ours if level >= logging.INFO] == [
       'resuming the fit (round 1 aaa) at group 1, step 0, after 0 s of training']
   assert {m.split(' ')[0] for level, m in ours if level == logging.DEBUG} == {'saved', 'dropping'}

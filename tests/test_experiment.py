@@ -224,6 +224,13 @@ def test_divergence_criterion():
   assert metrics.divergence(logits, labels) == 'the test-set logits are not finite'
 
 
+def test_minority_fraction_queried_is_the_share_of_the_positive_class():
+  labels = np.array([0, 1, 1, 0, 1, 0])
+  assert metrics.minority_fraction_queried(labels, [1, 3, 4, 5], 1) == 0.5
+  assert metrics.minority_fraction_queried(labels, np.array([0, 3]), 1) == 0.0
+  assert metrics.minority_fraction_queried(labels, [2], 1) == 1.0
+
+
 def test_mnist_diverging_at_a_huge_learning_rate_names_the_run_and_its_loss(data_dir, tmp_path):
   c = load_config('mnist', 'low,smoke')
   c.data_dir = data_dir

@@ -1,4 +1,4 @@
-"""A fit killed mid-way resumes from its FitCheckpoints and ends bitwise equal."""
+"""A fit killed mid-way resumes from its FitProgress and ends bitwise equal."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jal import data, experiment, models, train
+from jal import checkpoints, data, experiment, models, train
 from tests.test_experiment import read, smoke
 
 TRAIN = ml_collections.ConfigDict(dict(optimizer='adam', learning_rate=1e-2, weight_decay=0.0))
@@ -20,7 +20,7 @@ class Killed(Exception):
   pass
 
 
-class KillAfter(experiment.FitCheckpoints):
+class KillAfter(checkpoints.FitProgress):
   """Saves after every step, then dies (as a SIGKILL would) after `steps`."""
 
   def __init__(self, directory, tag, steps):
@@ -73,7 +73,7 @@ def test_killed_fit_resumes_bitwise_equal(problem, tmp_path, plan, kills):
     groups = sorted(p.name for p in pathlib.Path(directory).glob('group_*'))
     if plan == IN_TURN:
       assert groups == [f'group_{i}' for i in range((done - 1) // 6)]
-  ckpt = experiment.FitCheckpoints(directory, 'tag', every_seconds=3600)
+  ckpt = checkpoints.FitProgress(directory, 'tag', every_seconds=3600)
   resumed = train.fit(*problem, plan=plan, checkpoint=ckpt)
   _assert_bitwise_equal(uninterrupted, resumed)
   assert resumed.opt_state.inner_state[0].count.tolist() == [6, 6, 6]
@@ -84,15 +84,15 @@ def test_progress_of_another_fit_is_dropped(problem, tmp_path):
   with pytest.raises(Killed):
     train.fit(*problem, plan=IN_TURN, checkpoint=KillAfter(directory, 'round 1 aaa', 8))
   assert os.path.isdir(os.path.join(directory, 'group_0'))
-  other = experiment.FitCheckpoints(directory, 'round 2 bbb', every_seconds=3600)
+  other = checkpoints.FitProgress(directory, 'round 2 bbb', every_seconds=3600)
   fresh = train.fit(*problem, plan=IN_TURN, checkpoint=other)
   _assert_bitwise_equal(train.fit(*problem, plan=IN_TURN), fresh)
   # The stale progress was removed; what is there now is this fit, finished.
-  again = experiment.FitCheckpoints(directory, 'round 2 bbb', every_seconds=3600)
+  again = checkpoints.FitProgress(directory, 'round 2 bbb', every_seconds=3600)
   assert again.restore(jax.tree.map(lambda a: a[0], fresh))[:2] == (3, 0)
 
 
-class CountSteps(experiment.FitCheckpoints):
+class CountSteps(checkpoints.FitProgress):
   steps = 0
 
   def after_step(self, group, step, finished, state):
@@ -104,7 +104,7 @@ class CountSteps(experiment.FitCheckpoints):
 def test_finished_fit_is_restored_without_training(problem, tmp_path, plan):
   directory = str(tmp_path / 'fit')
   first = train.fit(*problem, plan=plan,
-                    checkpoint=experiment.FitCheckpoints(directory, 'tag', 3600))
+                    checkpoint=checkpoints.FitProgress(directory, 'tag', 3600))
   groups = 3 if plan == IN_TURN else 1
   assert sorted(p.name for p in pathlib.Path(directory).glob('group_*')) == [
       f'group_{i}' for i in range(groups)]
@@ -119,9 +119,9 @@ def test_kill_while_clearing_leaves_no_half_deleted_progress(problem, tmp_path, 
   # with its 'state' but not its 'position', and the resumed run died in
   # restore (KeyError). The delete now happens aside, after an atomic rename.
   directory = str(tmp_path / 'fit')
-  first = train.fit(*problem, plan=IN_TURN, checkpoint=experiment.FitCheckpoints(
+  first = train.fit(*problem, plan=IN_TURN, checkpoint=checkpoints.FitProgress(
       directory, 'round 1 aaa', every_seconds=3600))
-  rmtree = experiment.shutil.rmtree
+  rmtree = checkpoints.shutil.rmtree
 
   def dies_mid_delete(path, ignore_errors=False):
     positions = sorted(pathlib.Path(path).glob('progress/*/position'))
@@ -130,14 +130,14 @@ def test_kill_while_clearing_leaves_no_half_deleted_progress(problem, tmp_path, 
     rmtree(positions[0])   # the first item deleted, the rest not yet
     raise Killed
 
-  monkeypatch.setattr(experiment.shutil, 'rmtree', dies_mid_delete)
+  monkeypatch.setattr(checkpoints.shutil, 'rmtree', dies_mid_delete)
   with pytest.raises(Killed):
-    experiment.FitCheckpoints(directory, 'round 1 aaa', every_seconds=3600).clear()
-  monkeypatch.setattr(experiment.shutil, 'rmtree', rmtree)
+    checkpoints.FitProgress(directory, 'round 1 aaa', every_seconds=3600).clear()
+  monkeypatch.setattr(checkpoints.shutil, 'rmtree', rmtree)
   assert not os.path.exists(directory)
   # The next round's fit finds nothing saved, trains, and its clear() also
   # removes what the kill left aside.
-  after = experiment.FitCheckpoints(directory, 'round 2 bbb', every_seconds=3600)
+  after = checkpoints.FitProgress(directory, 'round 2 bbb', every_seconds=3600)
   assert after.restore(jax.tree.map(lambda a: a[0], first)) is None
   after.clear()
   assert not os.path.exists(directory + '.deleting')
@@ -145,8 +145,8 @@ def test_kill_while_clearing_leaves_no_half_deleted_progress(problem, tmp_path, 
 
 def test_saves_wait_for_the_interval(problem, tmp_path):
   now = [0.0]
-  ckpt = experiment.FitCheckpoints(str(tmp_path / 'fit'), 'tag', every_seconds=10,
-                                   clock=lambda: now[0])
+  ckpt = checkpoints.FitProgress(str(tmp_path / 'fit'), 'tag', every_seconds=10,
+                                 clock=lambda: now[0])
   saved = []
   original = ckpt.manager.save
 
@@ -168,31 +168,31 @@ def test_training_seconds_add_up_across_processes(problem, tmp_path):
   now = [100.0]
   clock = lambda: now[0]
   member = jax.tree.map(lambda a: a[0], train.fit(*problem, plan=IN_TURN))
-  first = experiment.FitCheckpoints(str(tmp_path / 'fit'), 'tag', every_seconds=10, clock=clock)
+  first = checkpoints.FitProgress(str(tmp_path / 'fit'), 'tag', every_seconds=10, clock=clock)
   now[0] = 112.5
   first.after_step(0, 4, [], member)              # saved after 12.5 s of training
   assert (first.resumed, first.resumed_seconds) == (False, 0.0)
   now[0] = 500.0                                   # killed; a new process starts later
-  second = experiment.FitCheckpoints(str(tmp_path / 'fit'), 'tag', every_seconds=10,
-                                     clock=clock)
+  second = checkpoints.FitProgress(str(tmp_path / 'fit'), 'tag', every_seconds=10,
+                                   clock=clock)
   assert second.restore(member)[:2] == (0, 4)
   assert (second.resumed, second.resumed_seconds) == (True, 12.5)
   now[0] = 530.0
   second.after_step(1, 2, [member], member)       # 12.5 + 30 s
-  third = experiment.FitCheckpoints(str(tmp_path / 'fit'), 'tag', every_seconds=10,
-                                    clock=clock)
+  third = checkpoints.FitProgress(str(tmp_path / 'fit'), 'tag', every_seconds=10,
+                                  clock=clock)
   assert third.restore(member)[:2] == (1, 2)
   assert third.resumed_seconds == 42.5
 
 
 def test_fit_tag_names_round_labeled_set_and_key():
   key = jax.random.PRNGKey(0)
-  a = experiment.fit_tag(1, np.arange(5), key)
+  a = checkpoints.fit_tag(1, np.arange(5), key)
   assert a.startswith('round 1 ')
-  assert a == experiment.fit_tag(1, np.arange(5), key)
-  assert a != experiment.fit_tag(2, np.arange(5), key)
-  assert a != experiment.fit_tag(1, np.arange(1, 6), key)
-  assert a != experiment.fit_tag(1, np.arange(5), jax.random.PRNGKey(1))
+  assert a == checkpoints.fit_tag(1, np.arange(5), key)
+  assert a != checkpoints.fit_tag(2, np.arange(5), key)
+  assert a != checkpoints.fit_tag(1, np.arange(1, 6), key)
+  assert a != checkpoints.fit_tag(1, np.arange(5), jax.random.PRNGKey(1))
 
 
 def test_run_killed_mid_fit_resumes_equal_to_uninterrupted(tmp_path, monkeypatch):
@@ -200,7 +200,7 @@ def test_run_killed_mid_fit_resumes_equal_to_uninterrupted(tmp_path, monkeypatch
   config = smoke(strategies=('ensembles',), seeds=(1,), fit_checkpoint_seconds=0.0)
   table = experiment.train_and_evaluate(config, str(tmp_path / 'whole'))
   calls = {'n': 0}
-  original = experiment.FitCheckpoints.after_step
+  original = checkpoints.FitProgress.after_step
 
   def dies_in_round_1(self, group, step, finished, state):
     original(self, group, step, finished, state)
@@ -208,7 +208,7 @@ def test_run_killed_mid_fit_resumes_equal_to_uninterrupted(tmp_path, monkeypatch
     if self.tag.startswith('round 1 ') and step == 7:
       raise Killed
 
-  monkeypatch.setattr(experiment.FitCheckpoints, 'after_step', dies_in_round_1)
+  monkeypatch.setattr(checkpoints.FitProgress, 'after_step', dies_in_round_1)
   workdir = tmp_path / 'killed'
   with pytest.raises(Killed):
     experiment.train_and_evaluate(config, str(workdir))
@@ -216,7 +216,7 @@ def test_run_killed_mid_fit_resumes_equal_to_uninterrupted(tmp_path, monkeypatch
   saved = [json.loads((p / 'position' / 'metadata').read_text()) for p in progress.iterdir()
            if p.name.isdigit()]
   assert [(s['group'], s['step']) for s in saved] == [(0, 7)]
-  monkeypatch.setattr(experiment.FitCheckpoints, 'after_step', original)
+  monkeypatch.setattr(checkpoints.FitProgress, 'after_step', original)
   resumed_from = calls['n']
   assert experiment.train_and_evaluate(config, str(workdir)) == table
   assert read(workdir, 'metrics.jsonl') == read(tmp_path / 'whole', 'metrics.jsonl')
@@ -247,8 +247,8 @@ def test_run_killed_while_scoring_does_not_train_again(tmp_path, monkeypatch):
     experiment.train_and_evaluate(config, str(workdir))
   monkeypatch.setattr(experiment.Experiment, 'score', original)
   steps = []
-  after_step = experiment.FitCheckpoints.after_step
-  monkeypatch.setattr(experiment.FitCheckpoints, 'after_step',
+  after_step = checkpoints.FitProgress.after_step
+  monkeypatch.setattr(checkpoints.FitProgress, 'after_step',
                       lambda self, *a: steps.append(self.tag) or after_step(self, *a))
   assert experiment.train_and_evaluate(config, str(workdir)) == table
   assert read(workdir, 'metrics.jsonl') == read(tmp_path / 'whole', 'metrics.jsonl')

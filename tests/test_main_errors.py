@@ -9,7 +9,7 @@ import sys
 import time
 
 from jal import config_lib
-from jal import experiment
+from jal import checkpoints
 from jal import logs
 from jal import workdir
 from tests.conftest import REPO, load_config
@@ -132,7 +132,7 @@ def test_atomic_write_names_the_path_and_leaves_no_temporary(tmp_path, monkeypat
   monkeypatch.setattr(os, 'fsync', full)
   path = tmp_path / 'metrics.jsonl'
   try:
-    experiment.atomic_write(str(path), 'x')
+    checkpoints.atomic_write(str(path), 'x')
   except OSError as e:
     assert logs.error_line(e) == (f'no space left on device writing {path}; '
                                   'free some space and rerun the same command')

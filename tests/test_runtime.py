@@ -95,3 +95,20 @@ def test_commands_run_without_ynn_fusions_on_this_jaxlib(tmp_path):
     assert got == {'flags': runtime.CPU_XLA_FLAGS[0], 'ynn': 0}
   else:
     assert got['flags'] == ''
+
+
+def test_stopwatch_times_consecutive_parts_and_their_compile_seconds(monkeypatch):
+  now, compiling = [10.0], [1.0]
+  monkeypatch.setattr(runtime, 'compile_seconds', lambda: compiling[0])
+  watch = runtime.Stopwatch(clock=lambda: now[0])
+  now[0], compiling[0] = 12.5, 1.5
+  watch.lap('train')
+  now[0] = 13.0
+  watch.lap('eval')
+  now[0], compiling[0] = 16.0, 2.0
+  watch.lap('select')          # no 'score' lap: the part did not run
+  assert watch.seconds(('train', 'eval', 'score', 'select')) == {
+      'train_seconds': 2.5, 'train_compile_seconds': 0.5,
+      'eval_seconds': 0.5, 'eval_compile_seconds': 0.0,
+      'score_seconds': 0.0, 'score_compile_seconds': 0.0,
+      'select_seconds': 3.0, 'select_compile_seconds': 0.5}
