@@ -156,8 +156,7 @@ def validate(config) -> None:
     if strategy.needs_dropout and not dropout > 0:
       raise ValueError(f"strategy '{n}' needs config.model.dropout > 0 (Monte Carlo dropout "
                        f"passes), got {dropout}")
-    if strategy.check_options is not None:
-      strategy.check_options(config.strategy_options)
+    strategy.check_options(config.strategy_options)
   check_finite(config)
 
 
@@ -282,6 +281,23 @@ def results_table(rows: list[dict], config) -> str:
   return title + '\n'.join(lines) + '\n'
 
 
+def strategy_options() -> ml_collections.ConfigDict:
+  """`config.strategy_options` at its defaults: every field the strategies declare.
+
+  Each is a registered strategy's `options.Option` (`strategies.OPTIONS`),
+  with its default, or a placeholder of its type where the default is None
+  (unset). `embeddings` is the loop's own: where the embedding strategies
+  take embeddings from, 'model' (member 0's, each round), 'pretrained'
+  (model.pretrained_path's network, untrained) or a .npy path.
+  """
+  so = ml_collections.ConfigDict()
+  so.embeddings = 'model'
+  for name, option in strategies_lib.OPTIONS.items():
+    so[name] = (ml_collections.config_dict.placeholder(option.kind) if option.default is None
+                else option.default)
+  return so
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field a jal experiment has, with defaults; configs/ override them."""
   placeholder = ml_collections.config_dict.placeholder
@@ -290,38 +306,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                     # root of every random stream
   c.seeds = (0, 1, 2)            # one run per seed and strategy
   c.strategies = ('random', 'coreset', 'ensembles')
-  c.strategy_options = ml_collections.ConfigDict()
-  c.strategy_options.mc_samples = 25              # MC dropout passes (Beluch et al. 2018)
-  c.strategy_options.batch_bald_samples = 10_000  # batch_bald: max joint configurations
-  c.strategy_options.batch_bald_candidates = 1_000  # batch_bald: top points by BALD
-  # Embeddings of the embedding strategies: 'model' (member 0's, each round),
-  # 'pretrained' (model.pretrained_path's network, untrained) or a .npy path.
-  c.strategy_options.embeddings = 'model'
-  c.strategy_options.beta = 10.0                # coreset_ensembles: ceil(beta * k) candidates
-  c.strategy_options.kmeans_iters = 20          # kmeans, typiclust, probcover: Lloyd steps
-  c.strategy_options.density_beta = 1.0         # information_density: density exponent
-  c.strategy_options.dal_subqueries = 10        # dal: retrained sub-queries per query
-  c.strategy_options.dal_steps = 300            # dal: discriminator Adam steps
-  c.strategy_options.dal_width = 256            # dal: discriminator hidden width
-  c.strategy_options.dal_batch_size = 64        # dal: half labeled, half unlabeled
-  c.strategy_options.dal_learning_rate = 1e-3   # dal: discriminator Adam rate
-  c.strategy_options.typiclust_max_clusters = 500
-  c.strategy_options.probcover_alpha = 0.95     # probcover: purity of the chosen delta
-  c.strategy_options.probcover_delta = placeholder(float)   # probcover: fixed delta
-  c.strategy_options.probcover_clusters = placeholder(int)  # probcover: classes if no logits
-  c.strategy_options.vaal_steps = 1000          # vaal: VAE + discriminator Adam steps
-  c.strategy_options.vaal_width = 16            # vaal: conv channels w, 2w, 4w; MLP 2w
-  c.strategy_options.vaal_latent = 32           # vaal: the rest as in Sinha et al. 2019
-  c.strategy_options.vaal_disc_width = 512
-  c.strategy_options.vaal_batch_size = 64
-  c.strategy_options.vaal_beta = 1.0
-  c.strategy_options.vaal_adversary_weight = 1.0
-  c.strategy_options.vaal_learning_rate = 5e-4
-  c.strategy_options.dfal_candidates = 2000     # dfal: unlabeled points attacked per round
-  c.strategy_options.dfal_max_iter = 50         # dfal: DeepFool steps, overshoot and target
-  c.strategy_options.dfal_overshoot = 0.02      #   classes as in Moosavi-Dezfooli et al.
-  c.strategy_options.dfal_classes = 10
-  c.strategy_options.dfal_batch_size = placeholder(int)  # dfal: else eval_batch_size
+  c.strategy_options = strategy_options()
   c.data_dir = placeholder(str)  # else $JAL_DATA_DIR
   # Save a round's training in progress at most this often (0: every step);
   # fits with train.dispatch 'step' (the CPU default) only. Does not change results.

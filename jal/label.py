@@ -432,8 +432,7 @@ def _validate_config(config, strategy) -> None:
                      f'{strategy.min_members}, got {config.train.members}')
   if getattr(strategy, 'needs_dropout', False) and not config.model.get('dropout', 0.0) > 0:
     raise ValueError(f"strategy '{strategy.name}' needs config.model.dropout > 0")
-  if strategy.check_options is not None:
-    strategy.check_options(config.strategy_options)
+  strategy.check_options(config.strategy_options)
   path = config.model.get('pretrained_path')
   if path:
     if config.model.name != 'resnet18' or config.images.channels != 3:
