@@ -1,8 +1,11 @@
-"""Config checks, workdir identity, and the run's results table.
+"""The experiment config: its fields and presets, its checks, and workdir identity.
 
-Every check here runs before any compute and raises a one-line ValueError.
+Every check here runs before any compute and raises a one-line ValueError;
+`validate` then parses the config once into `Settings`, the plain values the
+loop reads.
 """
 
+import dataclasses
 import json
 import os
 
@@ -21,13 +24,40 @@ from jal import train
 _NON_IDENTITY = ('data_dir', 'fit_checkpoint_seconds')
 
 
-def strategy_names(config) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The config's values the loop reads as plain values, parsed once (`parse`).
+
+  Attributes:
+    strategies: registry names in run order; `config.strategies` entries may
+      hold comma-separated names.
+    seeds: `config.seeds` as ints, in run order.
+    embedding_source: `strategy_options.embeddings`: 'model' (member 0's,
+      each round), 'pretrained' or the path of a .npy file.
+  """
+  strategies: tuple[str, ...]
+  seeds: tuple[int, ...]
+  embedding_source: str
+
+  @property
+  def runs(self) -> tuple[tuple[str, int], ...]:
+    """Every (strategy, seed), in run order: by strategy, then seed."""
+    return tuple((s, seed) for s in self.strategies for seed in self.seeds)
+
+
+def parse(config) -> Settings:
+  """`Settings` of a config; `validate` checks it first and returns this."""
+  return Settings(strategies=tuple(_strategy_names(config)), seeds=tuple(_seed_list(config)),
+                  embedding_source=embedding_source(config))
+
+
+def _strategy_names(config) -> list[str]:
   """`config.strategies` as a list; entries may hold comma-separated names."""
   names = [n.strip() for entry in config.strategies for n in str(entry).split(',') if n.strip()]
   return names
 
 
-def seed_list(config) -> list[int]:
+def _seed_list(config) -> list[int]:
   """`config.seeds` as ints; a ValueError naming the field if one is not."""
   try:
     return [int(s) for s in config.seeds]
@@ -49,7 +79,11 @@ EMBEDDING_SOURCES = ('model', 'pretrained')
 
 
 def embedding_source(config) -> str:
-  """`strategy_options.embeddings`: 'model' (default), 'pretrained' or a .npy path."""
+  """`strategy_options.embeddings`: 'model' (default), 'pretrained' or a .npy path.
+
+  `parse` reads it into `Settings`; so does jal.label, whose config has one
+  `strategy` and no seeds.
+  """
   return config.strategy_options.get('embeddings') or 'model'
 
 
@@ -88,15 +122,18 @@ def check_finite(config) -> None:
       raise ValueError(f'config.{name} must be finite, got {value}')
 
 
-def validate(config) -> None:
+def validate(config) -> Settings:
   """Checks names and ranges that need no data, each chosen strategy's options included.
 
   Strategies check their own options first (their messages say what range a
   value must be in); `check_finite` then refuses any other float that is inf
   or nan, e.g. `train.learning_rate=inf`, which the range checks let through.
+
+  Returns:
+    The config's `Settings` (`parse`), for the loop.
   """
   _validate_embedding_source(config)
-  names = strategy_names(config)
+  names = _strategy_names(config)
   if not names:
     raise ValueError('config.strategies is empty; valid: '
                      + ', '.join(sorted(strategies_lib.STRATEGIES)))
@@ -104,7 +141,7 @@ def validate(config) -> None:
     strategies_lib.get_strategy(n)
   if len(set(names)) != len(names):
     raise ValueError(f'config.strategies repeats a name: {names}')
-  seeds = seed_list(config)
+  seeds = _seed_list(config)
   if not seeds or len(set(seeds)) != len(seeds):
     raise ValueError(f'config.seeds must be a non-empty list of distinct ints, got {seeds}')
   if config.data.name not in data_lib.DATASETS:
@@ -158,6 +195,7 @@ def validate(config) -> None:
                        f"passes), got {dropout}")
     strategy.check_options(config.strategy_options)
   check_finite(config)
+  return parse(config)
 
 
 def validate_against_data(config, dataset: data_lib.Dataset) -> None:
@@ -210,8 +248,8 @@ def identity(config) -> dict:
   for k in _NON_IDENTITY:
     d.pop(k, None)
   # Normalise the spellings of the same strategy/seed lists.
-  d['strategies'] = strategy_names(config)
-  d['seeds'] = seed_list(config)
+  d['strategies'] = _strategy_names(config)
+  d['seeds'] = _seed_list(config)
   return d
 
 
@@ -228,57 +266,6 @@ def diff(a: dict, b: dict, prefix='') -> str:
     elif va != vb:
       out.append(f'{prefix}{k}: {va!r} there vs {vb!r} now')
   return '; '.join(out[:3])
-
-
-def headline_metric(row: dict) -> str:
-  """'average_precision' for binary imbalanced tasks, else 'accuracy'."""
-  return 'average_precision' if 'average_precision' in row else 'accuracy'
-
-
-def _cell(values: np.ndarray, fmt: str, n_seeds: int) -> str:
-  """A table cell: the mean ± std of `values` (one per seed), with their count
-  when fewer than the table's `n_seeds` (a run still in progress)."""
-  if len(values) == 0:
-    return ''
-  text = (fmt.format(values[0]) if len(values) == 1 else
-          f'{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}')
-  if len(values) < n_seeds:
-    text += f' ({len(values)} seed{"s" if len(values) > 1 else ""})'
-  return text
-
-
-def results_table(rows: list[dict], config) -> str:
-  """The run's table in the shape of the study's Table 3.1.
-
-  Rows are strategies, columns the warmup and each selection (with the number
-  of labels); cells are the mean over seeds ± the sample standard deviation.
-  A cell over fewer seeds than the table's (mid-run) says how many.
-  Accuracy is in percent. Confidence intervals are `python -m jal.report`'s.
-  """
-  if not rows:
-    return 'No finished rounds yet.\n'
-  metric = headline_metric(rows[0])
-  scale, fmt = (100.0, '{:.1f}') if metric == 'accuracy' else (1.0, '{:.4f}')
-  rounds = sorted({r['round'] for r in rows})
-  seeds = sorted({x['seed'] for x in rows})
-  header = ['Strategy'] + [
-      ('Warmup' if r == 0 else f'Selection {r}')
-      + f' (n={config.warmup_size + r * config.query_size})' for r in rounds]
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  partial = False
-  for s in strategy_names(config):
-    cells = [s]
-    for r in rounds:
-      v = np.array([x[metric] for x in rows if x['strategy'] == s and x['round'] == r]) * scale
-      cells.append(_cell(v, fmt, len(seeds)))
-      partial |= 0 < len(v) < len(seeds)
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  unit = 'test accuracy (%)' if metric == 'accuracy' else 'minority-class test average precision'
-  fewer = ' (fewer where a cell says so)' if partial else ''
-  title = (f'{config.name}: {unit}, mean ± std over {len(seeds)} seed(s) {seeds}{fewer}; '
-           f'query size {config.query_size}, warmup {config.warmup_size}, '
-           f'{config.train.members}-member ensemble\n\n')
-  return title + '\n'.join(lines) + '\n'
 
 
 def strategy_options() -> ml_collections.ConfigDict:

@@ -559,7 +559,10 @@ def model_batch(config, strat, x: np.ndarray, y: np.ndarray, labeled: np.ndarray
   exp_config = copy.deepcopy(config)
   with exp_config.unlocked():
     exp_config.query_size = max(k, 1)
-  exp = experiment.Experiment(exp_config, ds)
+  # The loop's settings for this call: its one strategy, embeddings as the options say.
+  settings = config_lib.Settings(strategies=(strat.name,), seeds=(config.seed,),
+                                 embedding_source=config_lib.embedding_source(config))
+  exp = experiment.Experiment(exp_config, ds, settings)
   labeled_idx = np.flatnonzero(labeled).astype(np.int32)
   t0 = time.perf_counter()
   validation = estimate_accuracy(exp, jax.random.fold_in(key, _VALIDATION), y, labeled_idx,

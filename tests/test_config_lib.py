@@ -1,4 +1,6 @@
-"""jal.config_lib: strategy options from their declarations."""
+"""jal.config_lib: strategy options from their declarations, and Settings."""
+
+import dataclasses
 
 import ml_collections
 import pytest
@@ -107,3 +109,20 @@ def test_validate_refuses_a_bad_option_of_a_chosen_strategy_only():
   with pytest.raises(ValueError) as e:
     config_lib.validate(config)
   assert str(e.value) == 'typiclust: strategy_options.kmeans_iters must be a positive int, got 0'
+
+
+def test_validate_returns_the_settings_the_loop_reads(tmp_path):
+  config = load_config('gaussian', 'smoke')
+  config.strategies = ('random, coreset', 'ensembles')
+  config.seeds = (3, '1')
+  settings = config_lib.validate(config)
+  assert settings == config_lib.Settings(strategies=('random', 'coreset', 'ensembles'),
+                                         seeds=(3, 1), embedding_source='model')
+  assert settings.runs == (('random', 3), ('random', 1), ('coreset', 3), ('coreset', 1),
+                           ('ensembles', 3), ('ensembles', 1))
+  path = tmp_path / 'features.npy'
+  path.write_bytes(b'')
+  config.strategy_options.embeddings = str(path)
+  assert config_lib.validate(config).embedding_source == str(path)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    settings.seeds = (0,)
