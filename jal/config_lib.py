@@ -268,7 +268,7 @@ def diff(a: dict, b: dict, prefix='') -> str:
   return '; '.join(out[:3])
 
 
-def strategy_options() -> ml_collections.ConfigDict:
+def _strategy_options() -> ml_collections.ConfigDict:
   """`config.strategy_options` at its defaults: every field the strategies declare.
 
   Each is a registered strategy's `options.Option` (`strategies.OPTIONS`),
@@ -293,7 +293,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                     # root of every random stream
   c.seeds = (0, 1, 2)            # one run per seed and strategy
   c.strategies = ('random', 'coreset', 'ensembles')
-  c.strategy_options = strategy_options()
+  c.strategy_options = _strategy_options()
   c.data_dir = placeholder(str)  # else $JAL_DATA_DIR
   # Save a round's training in progress at most this often (0: every step);
   # fits with train.dispatch 'step' (the CPU default) only. Does not change results.
