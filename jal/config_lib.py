@@ -1,8 +1,11 @@
-"""Config checks, workdir identity, and the run's results table.
+"""The experiment config: its fields and presets, its checks, and workdir identity.
 
-Every check here runs before any compute and raises a one-line ValueError.
+Every check here runs before any compute and raises a one-line ValueError;
+`validate` then parses the config once into `Settings`, the plain values the
+loop reads.
 """
 
+import dataclasses
 import json
 import os
 
@@ -21,13 +24,40 @@ from jal import train
 _NON_IDENTITY = ('data_dir', 'fit_checkpoint_seconds')
 
 
-def strategy_names(config) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The config's values the loop reads as plain values, parsed once (`parse`).
+
+  Attributes:
+    strategies: registry names in run order; `config.strategies` entries may
+      hold comma-separated names.
+    seeds: `config.seeds` as ints, in run order.
+    embedding_source: `strategy_options.embeddings`: 'model' (member 0's,
+      each round), 'pretrained' or the path of a .npy file.
+  """
+  strategies: tuple[str, ...]
+  seeds: tuple[int, ...]
+  embedding_source: str
+
+  @property
+  def runs(self) -> tuple[tuple[str, int], ...]:
+    """Every (strategy, seed), in run order: by strategy, then seed."""
+    return tuple((s, seed) for s in self.strategies for seed in self.seeds)
+
+
+def parse(config) -> Settings:
+  """`Settings` of a config; `validate` checks it first and returns this."""
+  return Settings(strategies=tuple(_strategy_names(config)), seeds=tuple(_seed_list(config)),
+                  embedding_source=embedding_source(config))
+
+
+def _strategy_names(config) -> list[str]:
   """`config.strategies` as a list; entries may hold comma-separated names."""
   names = [n.strip() for entry in config.strategies for n in str(entry).split(',') if n.strip()]
   return names
 
 
-def seed_list(config) -> list[int]:
+def _seed_list(config) -> list[int]:
   """`config.seeds` as ints; a ValueError naming the field if one is not."""
   try:
     return [int(s) for s in config.seeds]
@@ -49,7 +79,11 @@ EMBEDDING_SOURCES = ('model', 'pretrained')
 
 
 def embedding_source(config) -> str:
-  """`strategy_options.embeddings`: 'model' (default), 'pretrained' or a .npy path."""
+  """`strategy_options.embeddings`: 'model' (default), 'pretrained' or a .npy path.
+
+  `parse` reads it into `Settings`; so does jal.label, whose config has one
+  `strategy` and no seeds.
+  """
   return config.strategy_options.get('embeddings') or 'model'
 
 
@@ -88,15 +122,18 @@ def check_finite(config) -> None:
       raise ValueError(f'config.{name} must be finite, got {value}')
 
 
-def validate(config) -> None:
+def validate(config) -> Settings:
   """Checks names and ranges that need no data, each chosen strategy's options included.
 
   Strategies check their own options first (their messages say what range a
   value must be in); `check_finite` then refuses any other float that is inf
   or nan, e.g. `train.learning_rate=inf`, which the range checks let through.
+
+  Returns:
+    The config's `Settings` (`parse`), for the loop.
   """
   _validate_embedding_source(config)
-  names = strategy_names(config)
+  names = _strategy_names(config)
   if not names:
     raise ValueError('config.strategies is empty; valid: '
                      + ', '.join(sorted(strategies_lib.STRATEGIES)))
@@ -104,7 +141,7 @@ def validate(config) -> None:
     strategies_lib.get_strategy(n)
   if len(set(names)) != len(names):
     raise ValueError(f'config.strategies repeats a name: {names}')
-  seeds = seed_list(config)
+  seeds = _seed_list(config)
   if not seeds or len(set(seeds)) != len(seeds):
     raise ValueError(f'config.seeds must be a non-empty list of distinct ints, got {seeds}')
   if config.data.name not in data_lib.DATASETS:
@@ -156,9 +193,9 @@ def validate(config) -> None:
     if strategy.needs_dropout and not dropout > 0:
       raise ValueError(f"strategy '{n}' needs config.model.dropout > 0 (Monte Carlo dropout "
                        f"passes), got {dropout}")
-    if strategy.check_options is not None:
-      strategy.check_options(config.strategy_options)
+    strategy.check_options(config.strategy_options)
   check_finite(config)
+  return parse(config)
 
 
 def validate_against_data(config, dataset: data_lib.Dataset) -> None:
@@ -211,8 +248,8 @@ def identity(config) -> dict:
   for k in _NON_IDENTITY:
     d.pop(k, None)
   # Normalise the spellings of the same strategy/seed lists.
-  d['strategies'] = strategy_names(config)
-  d['seeds'] = seed_list(config)
+  d['strategies'] = _strategy_names(config)
+  d['seeds'] = _seed_list(config)
   return d
 
 
@@ -231,55 +268,21 @@ def diff(a: dict, b: dict, prefix='') -> str:
   return '; '.join(out[:3])
 
 
-def headline_metric(row: dict) -> str:
-  """'average_precision' for binary imbalanced tasks, else 'accuracy'."""
-  return 'average_precision' if 'average_precision' in row else 'accuracy'
+def _strategy_options() -> ml_collections.ConfigDict:
+  """`config.strategy_options` at its defaults: every field the strategies declare.
 
-
-def _cell(values: np.ndarray, fmt: str, n_seeds: int) -> str:
-  """A table cell: the mean ± std of `values` (one per seed), with their count
-  when fewer than the table's `n_seeds` (a run still in progress)."""
-  if len(values) == 0:
-    return ''
-  text = (fmt.format(values[0]) if len(values) == 1 else
-          f'{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}')
-  if len(values) < n_seeds:
-    text += f' ({len(values)} seed{"s" if len(values) > 1 else ""})'
-  return text
-
-
-def results_table(rows: list[dict], config) -> str:
-  """The run's table in the shape of the study's Table 3.1.
-
-  Rows are strategies, columns the warmup and each selection (with the number
-  of labels); cells are the mean over seeds ± the sample standard deviation.
-  A cell over fewer seeds than the table's (mid-run) says how many.
-  Accuracy is in percent. Confidence intervals are `python -m jal.report`'s.
+  Each is a registered strategy's `options.Option` (`strategies.OPTIONS`),
+  with its default, or a placeholder of its type where the default is None
+  (unset). `embeddings` is the loop's own: where the embedding strategies
+  take embeddings from, 'model' (member 0's, each round), 'pretrained'
+  (model.pretrained_path's network, untrained) or a .npy path.
   """
-  if not rows:
-    return 'No finished rounds yet.\n'
-  metric = headline_metric(rows[0])
-  scale, fmt = (100.0, '{:.1f}') if metric == 'accuracy' else (1.0, '{:.4f}')
-  rounds = sorted({r['round'] for r in rows})
-  seeds = sorted({x['seed'] for x in rows})
-  header = ['Strategy'] + [
-      ('Warmup' if r == 0 else f'Selection {r}')
-      + f' (n={config.warmup_size + r * config.query_size})' for r in rounds]
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  partial = False
-  for s in strategy_names(config):
-    cells = [s]
-    for r in rounds:
-      v = np.array([x[metric] for x in rows if x['strategy'] == s and x['round'] == r]) * scale
-      cells.append(_cell(v, fmt, len(seeds)))
-      partial |= 0 < len(v) < len(seeds)
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  unit = 'test accuracy (%)' if metric == 'accuracy' else 'minority-class test average precision'
-  fewer = ' (fewer where a cell says so)' if partial else ''
-  title = (f'{config.name}: {unit}, mean ± std over {len(seeds)} seed(s) {seeds}{fewer}; '
-           f'query size {config.query_size}, warmup {config.warmup_size}, '
-           f'{config.train.members}-member ensemble\n\n')
-  return title + '\n'.join(lines) + '\n'
+  so = ml_collections.ConfigDict()
+  so.embeddings = 'model'
+  for name, option in strategies_lib.OPTIONS.items():
+    so[name] = (ml_collections.config_dict.placeholder(option.kind) if option.default is None
+                else option.default)
+  return so
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -290,38 +293,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                     # root of every random stream
   c.seeds = (0, 1, 2)            # one run per seed and strategy
   c.strategies = ('random', 'coreset', 'ensembles')
-  c.strategy_options = ml_collections.ConfigDict()
-  c.strategy_options.mc_samples = 25              # MC dropout passes (Beluch et al. 2018)
-  c.strategy_options.batch_bald_samples = 10_000  # batch_bald: max joint configurations
-  c.strategy_options.batch_bald_candidates = 1_000  # batch_bald: top points by BALD
-  # Embeddings of the embedding strategies: 'model' (member 0's, each round),
-  # 'pretrained' (model.pretrained_path's network, untrained) or a .npy path.
-  c.strategy_options.embeddings = 'model'
-  c.strategy_options.beta = 10.0                # coreset_ensembles: ceil(beta * k) candidates
-  c.strategy_options.kmeans_iters = 20          # kmeans, typiclust, probcover: Lloyd steps
-  c.strategy_options.density_beta = 1.0         # information_density: density exponent
-  c.strategy_options.dal_subqueries = 10        # dal: retrained sub-queries per query
-  c.strategy_options.dal_steps = 300            # dal: discriminator Adam steps
-  c.strategy_options.dal_width = 256            # dal: discriminator hidden width
-  c.strategy_options.dal_batch_size = 64        # dal: half labeled, half unlabeled
-  c.strategy_options.dal_learning_rate = 1e-3   # dal: discriminator Adam rate
-  c.strategy_options.typiclust_max_clusters = 500
-  c.strategy_options.probcover_alpha = 0.95     # probcover: purity of the chosen delta
-  c.strategy_options.probcover_delta = placeholder(float)   # probcover: fixed delta
-  c.strategy_options.probcover_clusters = placeholder(int)  # probcover: classes if no logits
-  c.strategy_options.vaal_steps = 1000          # vaal: VAE + discriminator Adam steps
-  c.strategy_options.vaal_width = 16            # vaal: conv channels w, 2w, 4w; MLP 2w
-  c.strategy_options.vaal_latent = 32           # vaal: the rest as in Sinha et al. 2019
-  c.strategy_options.vaal_disc_width = 512
-  c.strategy_options.vaal_batch_size = 64
-  c.strategy_options.vaal_beta = 1.0
-  c.strategy_options.vaal_adversary_weight = 1.0
-  c.strategy_options.vaal_learning_rate = 5e-4
-  c.strategy_options.dfal_candidates = 2000     # dfal: unlabeled points attacked per round
-  c.strategy_options.dfal_max_iter = 50         # dfal: DeepFool steps, overshoot and target
-  c.strategy_options.dfal_overshoot = 0.02      #   classes as in Moosavi-Dezfooli et al.
-  c.strategy_options.dfal_classes = 10
-  c.strategy_options.dfal_batch_size = placeholder(int)  # dfal: else eval_batch_size
+  c.strategy_options = _strategy_options()
   c.data_dir = placeholder(str)  # else $JAL_DATA_DIR
   # Save a round's training in progress at most this often (0: every step);
   # fits with train.dispatch 'step' (the CPU default) only. Does not change results.

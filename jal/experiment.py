@@ -53,6 +53,7 @@ from jal import data as data_lib
 from jal import infer
 from jal import metrics as metrics_lib
 from jal import models
+from jal import report
 from jal import runtime
 from jal import sharding
 from jal import strategies as strategies_lib
@@ -123,11 +124,15 @@ class Experiment:
 
   The data are uploaded to the device once; the model, the Trainer and the
   training Plan are built once, so every round reuses their compilations.
+  `settings` is the config's `config_lib.Settings` (what `validate`
+  returned; None parses `config`).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
+  def __init__(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
+               settings: config_lib.Settings | None = None):
     runtime.count_compile_time()   # timings' *_compile_seconds (commands start it earlier)
     self.config = config
+    self.settings = config_lib.parse(config) if settings is None else settings
     self.dataset = dataset
     # Several devices: members and pools are split over a mesh (jal.sharding),
     # and the data sit whole on every device.
@@ -161,7 +166,7 @@ class Experiment:
     so no initialiser is run); a path gives that `.npy` file, one row per
     pool point in pool order (e.g. SimCLR features computed elsewhere).
     """
-    source = config_lib.embedding_source(self.config)
+    source = self.settings.embedding_source
     if source == 'pretrained':
       shapes = variable_shapes(self.model, self.x_train[:1], self.eval_spec)
       flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes))
@@ -255,7 +260,7 @@ class Experiment:
     needs = strategy.needs
     inputs = strategies_lib.Inputs(labeled=jnp.asarray(labeled), mesh=self.mesh)
     # Embeddings from `strategy_options.embeddings` other than 'model' are fixed.
-    fixed = base.EMBEDDINGS in needs and config_lib.embedding_source(self.config) != 'model'
+    fixed = base.EMBEDDINGS in needs and self.settings.embedding_source != 'model'
     model_needs = needs - {base.EMBEDDINGS} if fixed else needs
     if model_needs & {base.LOGITS, base.EMBEDDINGS}:
       # Embeddings are member 0's: without logits, run that member only.
@@ -428,7 +433,7 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: checkpoints.Ro
       ckpt.save(state)
     fit_progress.clear()
     row = state.metrics[-1]
-    headline = config_lib.headline_metric(row)
+    headline = report.headline_metric([row])
     progress.update(f'{strategy_name} seed {seed} round {r}: n_labeled={row["n_labeled"]} '
                     f'{headline}={row[headline]:.4f}')
     if on_round is not None:
@@ -480,14 +485,12 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     checkpoints.atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
-def write_outputs(workdir: str, config, states: dict) -> str:
+def write_outputs(workdir: str, config, settings: config_lib.Settings, states: dict) -> str:
   """Rewrites metrics/selections/timings/results.md from the runs' LoopStates, keyed by
   (strategy, seed)."""
-  order = [(s, seed) for s in config_lib.strategy_names(config)
-           for seed in config_lib.seed_list(config)]
-  done = [states[k] for k in order if k in states]
+  done = [states[k] for k in settings.runs if k in states]
   rows = [r for st in done for r in st.metrics]
-  table = config_lib.results_table(rows, config)
+  table = report.results_table(rows, config, settings.strategies)
   if jax.process_index() == 0:
     write = checkpoints.atomic_write
     write(os.path.join(workdir, 'metrics.jsonl'), _jsonl(rows))
@@ -524,19 +527,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     jal.workdir.WorkdirBusy: another process holds the workdir (refused
       before its config.json is read or written).
   """
-  config_lib.validate(config)   # needs no workdir: a bad config leaves none behind
+  settings = config_lib.validate(config)   # needs no workdir: a bad config leaves none behind
   # Process 0 writes the workdir (see jal.workdir): it alone holds the lock.
   with workdir_lib.claimed(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir, stop_after_round)
+    return _train_and_evaluate(config, settings, workdir, stop_after_round)
 
 
-def _train_and_evaluate(config, workdir: str, stop_after_round) -> str:
+def _train_and_evaluate(config, settings: config_lib.Settings, workdir: str,
+                        stop_after_round) -> str:
   """`train_and_evaluate` once the workdir is this process's."""
   dataset = load_and_check(config)
   prepare_workdir(workdir, config)
-  exp = Experiment(config, dataset)
-  runs = [(s, seed) for s in config_lib.strategy_names(config)
-          for seed in config_lib.seed_list(config)]
+  exp = Experiment(config, dataset, settings)
+  runs = settings.runs
   ckpts = {r: checkpoints.RoundCheckpoints(
                os.path.join(workdir, 'checkpoints', f'{r[0]}_seed{r[1]}')) for r in runs}
   states = {r: st for r, st in ((r, c.latest()) for r, c in ckpts.items()) if st is not None}
@@ -547,6 +550,6 @@ def _train_and_evaluate(config, workdir: str, stop_after_round) -> str:
   for run in runs:
     def on_round(state, run=run):
       states[run] = state
-      write_outputs(workdir, config, states)
+      write_outputs(workdir, config, settings, states)
     states[run] = run_one(exp, run[0], run[1], ckpts[run], progress, on_round, stop_after_round)
-  return write_outputs(workdir, config, states)
+  return write_outputs(workdir, config, settings, states)

@@ -433,8 +433,7 @@ def _validate_config(config, strategy) -> None:
                      f'{strategy.min_members}, got {config.train.members}')
   if getattr(strategy, 'needs_dropout', False) and not config.model.get('dropout', 0.0) > 0:
     raise ValueError(f"strategy '{strategy.name}' needs config.model.dropout > 0")
-  if strategy.check_options is not None:
-    strategy.check_options(config.strategy_options)
+  strategy.check_options(config.strategy_options)
   path = config.model.get('pretrained_path')
   if path:
     if config.model.name != 'resnet18' or config.images.channels != 3:
@@ -561,7 +560,10 @@ def model_batch(config, strat, x: np.ndarray, y: np.ndarray, labeled: np.ndarray
   exp_config = copy.deepcopy(config)
   with exp_config.unlocked():
     exp_config.query_size = max(k, 1)
-  exp = experiment.Experiment(exp_config, ds)
+  # The loop's settings for this call: its one strategy, embeddings as the options say.
+  settings = config_lib.Settings(strategies=(strat.name,), seeds=(config.seed,),
+                                 embedding_source=config_lib.embedding_source(config))
+  exp = experiment.Experiment(exp_config, ds, settings)
   labeled_idx = np.flatnonzero(labeled).astype(np.int32)
   t0 = time.perf_counter()
   validation = estimate_accuracy(exp, jax.random.fold_in(key, _VALIDATION), y, labeled_idx,

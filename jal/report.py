@@ -28,7 +28,8 @@ groups workdirs by setting (config `name` + `query_size`) and writes into OUT:
 
 CSV values are in the metric's own units (accuracy as a fraction); report.md
 shows accuracy in percent. `write_report` does the work and returns the
-statistics; `main` only parses flags.
+statistics; `main` only parses flags. The loop's own results.md
+(`results_table`) is written with the same table writer and metric choice.
 """
 
 import collections
@@ -42,11 +43,6 @@ import re
 from absl import app
 from absl import flags
 from absl import logging
-import matplotlib
-
-matplotlib.use('Agg')
-from matplotlib import lines as mlines  # pylint: disable=g-import-not-at-top
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from jal import logs
@@ -214,9 +210,7 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
   if not rows:
     raise ValueError(f'setting {setting.title}: metrics.jsonl has no rows')
   if metric is None:
-    metric = ('average_precision' if _has_field(rows.values(),
-                                                'average_precision')
-              else 'accuracy')
+    metric = headline_metric(rows.values())
   if not _has_field(rows.values(), metric):
     raise ValueError(f'setting {setting.title}: no {metric!r} in metrics of '
                      f'{setting.workdirs}')
@@ -380,13 +374,69 @@ def _seed_sentence(res):
   return f'seeds per strategy differ ({parts})', max(counts.values())
 
 
-def _cell(mean, lo, hi, n, n_max, scale, decimals):
-  text = _num(mean * scale, decimals)
-  if not (math.isnan(lo) or math.isnan(hi)):
-    text += f' ± {_num(0.5 * (hi - lo) * scale, decimals)}'
+def headline_metric(rows) -> str:
+  """'average_precision' where a row has it (binary imbalanced tasks), else 'accuracy'."""
+  return 'average_precision' if _has_field(rows, 'average_precision') else 'accuracy'
+
+
+def markdown_table(header, rows) -> list[str]:
+  """The lines of a Markdown table: the header, its rule, one line per row of cells."""
+  return (['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+          + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
+
+
+def _round_column(r, n):
+  return f'Warmup (n={n})' if r == 0 else f'Selection {r} (n={n})'
+
+
+def _cell(mean, spread, n, n_max, decimals):
+  """'mean ± spread' (no ± when `spread` is NaN), with the seed count `n` when
+  it is fewer than the table's `n_max` (a run still in progress)."""
+  text = _num(mean, decimals)
+  if not math.isnan(spread):
+    text += f' ± {_num(spread, decimals)}'
   if 0 < n < n_max:
     text += f' ({n} seed{"s" if n != 1 else ""})'
   return text
+
+
+def results_table(rows: list[dict], config, strategies) -> str:
+  """The loop's results.md: its table in the shape of the study's Table 3.1.
+
+  Rows are `strategies` (in run order), columns the warmup and each
+  selection (with the number of labels); cells are the mean over seeds ± the
+  sample standard deviation, and say how many seeds where fewer than the
+  table's (mid-run). Accuracy is in percent. Confidence intervals are
+  `write_report`'s.
+
+  Args:
+    rows: metrics.jsonl rows so far.
+    config: the run's config (name, sizes, members).
+    strategies: the run's strategy names, in order.
+  """
+  if not rows:
+    return 'No finished rounds yet.\n'
+  metric = headline_metric(rows)
+  scale, decimals = (100.0, 1) if metric == 'accuracy' else (1.0, 4)
+  rounds = sorted({r['round'] for r in rows})
+  seeds = sorted({x['seed'] for x in rows})
+  header = ['Strategy'] + [
+      _round_column(r, config.warmup_size + r * config.query_size) for r in rounds]
+  table, partial = [], False
+  for s in strategies:
+    cells = [s]
+    for r in rounds:
+      v = np.array([x[metric] for x in rows if x['strategy'] == s and x['round'] == r]) * scale
+      cells.append(_cell(v.mean(), v.std(ddof=1) if len(v) > 1 else math.nan, len(v),
+                         len(seeds), decimals) if len(v) else '')
+      partial |= 0 < len(v) < len(seeds)
+    table.append(cells)
+  unit = 'test accuracy (%)' if metric == 'accuracy' else 'minority-class test average precision'
+  fewer = ' (fewer where a cell says so)' if partial else ''
+  title = (f'{config.name}: {unit}, mean ± std over {len(seeds)} seed(s) {seeds}{fewer}; '
+           f'query size {config.query_size}, warmup {config.warmup_size}, '
+           f'{config.train.members}-member ensemble\n\n')
+  return title + '\n'.join(markdown_table(header, table)) + '\n'
 
 
 def _markdown_setting(res, ci, confidence, ci_kwargs, figures):
@@ -416,17 +466,16 @@ def _markdown_setting(res, ci, confidence, ci_kwargs, figures):
   lines.append(f'### {_metric_label(metric)} at each selection '
                '(cf. Table 3.1)')
   lines.append('')
-  header = ['Strategy']
-  for r, n in zip(res['rounds'], res['n_labeled']):
-    header.append(f'Warmup (n={n})' if r == 0 else f'Selection {r} (n={n})')
-  lines.append('| ' + ' | '.join(header) + ' |')
-  lines.append('|' + '---|' * len(header))
+  header = ['Strategy'] + [_round_column(r, n)
+                           for r, n in zip(res['rounds'], res['n_labeled'])]
+  table = []
   for s in res['strategies']:
     c = res['curves'][s]
     n_max = len(res['seeds'][s])
-    cells = [_cell(m, lo, hi, n, n_max, scale, dec) for m, lo, hi, n in
-             zip(c['mean'], c['lo'], c['hi'], c['n_seeds'])]
-    lines.append(f'| {s} | ' + ' | '.join(cells) + ' |')
+    table.append([s] + [_cell(m * scale, 0.5 * (hi - lo) * scale, n, n_max, dec)
+                        for m, lo, hi, n in
+                        zip(c['mean'], c['lo'], c['hi'], c['n_seeds'])])
+  lines += markdown_table(header, table)
   lines.append('')
 
   # (2) Average improvement over the baseline (Tables 3.2, 4.1, 4.2).
@@ -441,9 +490,7 @@ def _markdown_setting(res, ci, confidence, ci_kwargs, figures):
                  'is yes when the interval lies entirely on one side of zero; '
                  'no means these seeds cannot tell the sign of the effect.')
     lines.append('')
-    lines.append(f'| Strategy | Avg. improvement ({imp_unit}) | {pct} CI | '
-                 'Excludes 0? | Seeds |')
-    lines.append('|---|---|---|---|---|')
+    table = []
     for s, e in res['improvement'].items():
       if e['n'] >= 2:
         interval = (f'[{_num(e["lo"] * scale, imp_dec, True)}, '
@@ -452,8 +499,10 @@ def _markdown_setting(res, ci, confidence, ci_kwargs, figures):
       else:
         interval = f'n/a ({e["n"]} seed{"s" if e["n"] != 1 else ""})'
         excludes = 'n/a'
-      lines.append(f'| {s} | {_num(e["mean"] * scale, imp_dec, True)} | '
-                   f'{interval} | {excludes} | {e["n"]} |')
+      table.append([s, _num(e['mean'] * scale, imp_dec, True), interval, excludes,
+                    e['n']])
+    lines += markdown_table(['Strategy', f'Avg. improvement ({imp_unit})',
+                             f'{pct} CI', 'Excludes 0?', 'Seeds'], table)
     lines.append('')
 
   # (3) Area under the learning curve.
@@ -464,8 +513,7 @@ def _markdown_setting(res, ci, confidence, ci_kwargs, figures):
                'included), divided by the range: the curve\'s mean level '
                f'({unit}).')
   lines.append('')
-  lines.append(f'| Strategy | AULC ({unit}) | {pct} CI | Seeds |')
-  lines.append('|---|---|---|---|')
+  table = []
   for s in res['strategies']:
     e = res['aulc'][s]
     if e['n'] >= 2:
@@ -473,24 +521,25 @@ def _markdown_setting(res, ci, confidence, ci_kwargs, figures):
                   f'{_num(e["hi"] * scale, dec)}]')
     else:
       interval = f'n/a ({e["n"]} seed{"s" if e["n"] != 1 else ""})'
-    lines.append(f'| {s} | {_num(e["mean"] * scale, dec)} | {interval} | '
-                 f'{e["n"]} |')
+    table.append([s, _num(e['mean'] * scale, dec), interval, e['n']])
+  lines += markdown_table(['Strategy', f'AULC ({unit})', f'{pct} CI', 'Seeds'],
+                          table)
   lines.append('')
 
   if res['minority_fraction']:
     lines.append('### Minority-class fraction of each query (cf. Figure 4.5)')
     lines.append('')
-    header = ['Strategy'] + [f'Selection {r} (n={n})' for r, n in
+    header = ['Strategy'] + [_round_column(r, n) for r, n in
                              zip(res['rounds'], res['n_labeled']) if r > 0]
-    lines.append('| ' + ' | '.join(header) + ' |')
-    lines.append('|' + '---|' * len(header))
+    table = []
     for s in res['strategies']:
       c = res['minority_fraction'][s]
       n_max = len(res['seeds'][s])
-      cells = [_cell(m, lo, hi, n, n_max, 1.0, 3) for r, m, lo, hi, n in
-               zip(res['rounds'], c['mean'], c['lo'], c['hi'], c['n_seeds'])
-               if r > 0]
-      lines.append(f'| {s} | ' + ' | '.join(cells) + ' |')
+      table.append([s] + [_cell(m, 0.5 * (hi - lo), n, n_max, 3)
+                          for r, m, lo, hi, n in
+                          zip(res['rounds'], c['mean'], c['lo'], c['hi'],
+                              c['n_seeds']) if r > 0])
+    lines += markdown_table(header, table)
     lines.append('')
 
   if res.get('study'):
@@ -623,17 +672,14 @@ def _markdown_study(res, comparison, ci, confidence):
     lines.append(f'Average improvement over random over all selections '
                  f'({"percentage points" if imp_unit == "pp" else "AP"}):')
     lines.append('')
-    lines.append(f'| Strategy | study ({imp_unit}) | jal mean ({imp_unit}) | '
-                 f'jal {pct} CI | CI contains the study\'s value? | jal sign '
-                 'agrees with the study? |')
-    lines.append('|---|---|---|---|---|---|')
+    table = []
     for row in comparison['improvement']:
       n = row['jal_n_seeds']
       study_cell = (f'{_num(row["study_value"], imp_dec, True)} '
                     f'({row["study_label"]})')
       if n == 0:
-        lines.append(f'| {row["strategy"]} | {study_cell} | not run | n/a | '
-                     'n/a | n/a |')
+        table.append([row['strategy'], study_cell, 'not run', 'n/a', 'n/a',
+                      'n/a'])
         continue
       interval = (f'[{_num(row["jal_lo"], imp_dec, True)}, '
                   f'{_num(row["jal_hi"], imp_dec, True)}]' if n >= 2 else
@@ -641,31 +687,35 @@ def _markdown_study(res, comparison, ci, confidence):
       sign = _yes_no(row['sign_agrees'], n)
       if row['jal_ci_excludes_zero'] is False:
         sign += ' (jal CI spans 0)'
-      lines.append(f'| {row["strategy"]} | {study_cell} | '
-                   f'{_num(row["jal_mean"], imp_dec, True)} | {interval} | '
-                   f'{_yes_no(row["ci_contains_study"], n)} | {sign} |')
+      table.append([row['strategy'], study_cell,
+                    _num(row['jal_mean'], imp_dec, True), interval,
+                    _yes_no(row['ci_contains_study'], n), sign])
+    lines += markdown_table(
+        ['Strategy', f'study ({imp_unit})', f'jal mean ({imp_unit})',
+         f'jal {pct} CI', 'CI contains the study\'s value?',
+         'jal sign agrees with the study?'], table)
     lines.append('')
   if comparison['per_selection']:
     label = comparison['per_selection'][0]['study_label']
     lines.append(f'Test accuracy (%) at each selection ({label}):')
     lines.append('')
-    lines.append(f'| Strategy | Selection | study (%) | jal mean (%) | '
-                 f'jal {pct} CI | CI contains the study\'s value? |')
-    lines.append('|---|---|---|---|---|---|')
+    table = []
     for row in comparison['per_selection']:
       n = row['jal_n_seeds']
       where = f'{row["selection"]}' + (f' (n={row["n_labeled"]})'
                                         if row['n_labeled'] is not None else '')
       if n == 0:
-        lines.append(f'| {row["strategy"]} | {where} | '
-                     f'{_num(row["study_value"], 1)} | not run | n/a | n/a |')
+        table.append([row['strategy'], where, _num(row['study_value'], 1),
+                      'not run', 'n/a', 'n/a'])
         continue
       interval = (f'[{_num(row["jal_lo"], 2)}, {_num(row["jal_hi"], 2)}]'
                   if n >= 2 else f'n/a ({n} seed{"s" if n != 1 else ""})')
-      lines.append(f'| {row["strategy"]} | {where} | '
-                   f'{_num(row["study_value"], 1)} | '
-                   f'{_num(row["jal_mean"], 2)} | {interval} | '
-                   f'{_yes_no(row["ci_contains_study"], n)} |')
+      table.append([row['strategy'], where, _num(row['study_value'], 1),
+                    _num(row['jal_mean'], 2), interval,
+                    _yes_no(row['ci_contains_study'], n)])
+    lines += markdown_table(
+        ['Strategy', 'Selection', 'study (%)', 'jal mean (%)', f'jal {pct} CI',
+         'CI contains the study\'s value?'], table)
     lines.append('')
   for note in comparison['notes']:
     lines.append(f'Note: {note[0].upper() + note[1:]}')
@@ -774,6 +824,15 @@ def _write_csvs(results, out):
 # Figures.
 
 
+def _pyplot():
+  """matplotlib.pyplot on the Agg backend, imported at the first figure: the
+  loop imports this module for `results_table` only."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
 def _band(ax, x, curve, colour, label, scale=1.0, marker='o'):
   x = np.asarray(x, dtype=np.float64)
   mean = np.asarray(curve['mean'], dtype=np.float64) * scale
@@ -811,6 +870,7 @@ def _plot_curves(res, colours, ci, confidence, path):
   metric, baseline = res['metric'], res['baseline']
   scale = _scale(metric)
   x = res['n_labeled']
+  plt = _pyplot()
   fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
   for s in res['strategies']:
     n = len(res['seeds'][s])
@@ -851,6 +911,7 @@ def _plot_curves(res, colours, ci, confidence, path):
 def _plot_minority(res, colours, ci, confidence, path):
   keep = [j for j, r in enumerate(res['rounds']) if r > 0]
   x = [res['n_labeled'][j] for j in keep]
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
   for s in res['strategies']:
     c = res['minority_fraction'][s]
@@ -892,6 +953,8 @@ def plot_selection_grid(x, y, selections, n_labeled, colours, title, path,
     rounds = [rounds[int(round(i))] for i in
               np.linspace(0, len(rounds) - 1, max_columns)]
   n_rows, n_cols = len(strategies), len(rounds)
+  plt = _pyplot()
+  from matplotlib import lines as mlines  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols + 0.6,
                                                     3.0 * n_rows + 0.9),
                            squeeze=False)

@@ -19,9 +19,15 @@ few values, the report's percentile bootstrap).
 import math
 
 import numpy as np
-import scipy.stats
 
 _CI_METHODS = ('t', 'bootstrap')
+
+
+def _scipy_stats():
+  """scipy.stats, imported at first use: the loop imports jal.report for its
+  results.md table, and with it this module, without needing SciPy."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  return scipy.stats
 
 
 # ----------------------------------------------------------------------------
@@ -32,7 +38,7 @@ def t_cdf(t, df):
   """P(T <= t) for Student's t with `df` degrees of freedom (scalars; scipy's)."""
   if df <= 0:
     raise ValueError(f't_cdf: df must be positive, got {df}')
-  return float(scipy.stats.t.cdf(t, df))
+  return float(_scipy_stats().t.cdf(t, df))
 
 
 def t_quantile(p, df):
@@ -45,7 +51,7 @@ def t_quantile(p, df):
     raise ValueError(f't_quantile: p must be in (0, 1), got {p}')
   if df <= 0:
     raise ValueError(f't_quantile: df must be positive, got {df}')
-  return float(scipy.stats.t.ppf(p, df))
+  return float(_scipy_stats().t.ppf(p, df))
 
 
 # ----------------------------------------------------------------------------
@@ -106,7 +112,7 @@ def wilson_interval(successes, trials, confidence=0.95):
                      f'{successes} of {trials}')
   if trials == 0:
     return math.nan, math.nan, math.nan
-  ci = scipy.stats.binomtest(int(successes), int(trials)).proportion_ci(
+  ci = _scipy_stats().binomtest(int(successes), int(trials)).proportion_ci(
       confidence_level=confidence, method='wilson')
   return successes / trials, max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
@@ -138,7 +144,7 @@ def bootstrap_interval(x, confidence=0.95, num_resamples=10000, seed=0):
   mean = float(np.mean(x))
   if n == 1:
     return mean, math.nan, math.nan
-  res = scipy.stats.bootstrap((x,), np.mean, n_resamples=num_resamples,
+  res = _scipy_stats().bootstrap((x,), np.mean, n_resamples=num_resamples,
                               confidence_level=confidence, method='percentile',
                               rng=np.random.default_rng(seed))
   return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)

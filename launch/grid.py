@@ -250,8 +250,8 @@ def expand(specs) -> list[Run]:
     where = f'grid entry {i} ({entry["config"]}{":" + arg if arg else ""})'
     try:
       base = apply_overrides(load_config(path, arg), overrides, where)
-      strategies = tuple(config_lib.strategy_names(base))
-      seeds = tuple(config_lib.seed_list(base))
+      parsed = config_lib.parse(base)
+      strategies, seeds = parsed.strategies, parsed.seeds
     except GridError:
       raise
     except Exception as e:  # pylint: disable=broad-except

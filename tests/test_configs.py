@@ -143,7 +143,7 @@ def test_cifar100_smokes_on_made_up_cifar100(name, arg, tmp_path):
 
 
 def test_cifar100_pretrained_smoke_loads_the_weights(weights, tmp_path):
-  c = load_config('cifar100_pretrained', 'low,smoke')
+  c = load_config('cifar100', 'low,pretrained,smoke')
   c.data_dir = _write_fake_cifar(tmp_path / 'data', 100)
   c.model.pretrained_path = weights
   _, metrics, selections = _run(c, tmp_path / 'w')
@@ -170,7 +170,7 @@ def test_retinopathy_smoke_on_made_up_images(weights, tmp_path):
 
 
 def test_missing_pretrained_weights_fail_before_compute(tmp_path):
-  c = load_config('cifar100_pretrained', 'low,smoke')
+  c = load_config('cifar100', 'low,pretrained,smoke')
   c.model.pretrained_path = str(tmp_path / 'nope.pth')
   with pytest.raises(FileNotFoundError, match='pretrained weights not found: .*nope.pth'):
     experiment.train_and_evaluate(c, str(tmp_path / 'w'))
@@ -185,7 +185,6 @@ CONFIG_ARGS = {
     'cifar10_2class': (('low', 'high', 'smoke'), ('low', 'high')),
     'cifar100': (('low', 'high', 'pretrained', 'smoke'), ('low', 'high')),
     'cifar100_high_warmup': (('low', 'high', 'smoke'), ('low', 'high')),
-    'cifar100_pretrained': (('low', 'high', 'smoke'), ('low', 'high')),
     'imbalance': (('pretrained', 'cpu', 'smoke'), ()),
     'mnist_imbalance': (tuple(f'digit{d}' for d in range(10)) + ('smoke',),
                         tuple(f'digit{d}' for d in range(10))),

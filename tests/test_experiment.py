@@ -246,7 +246,10 @@ def test_mnist_diverging_at_a_huge_learning_rate_names_the_run_and_its_loss(data
 
 
 def test_comma_separated_strategies_are_split():
-  assert config_lib.strategy_names(smoke(strategies=('random,coreset',))) == ['random', 'coreset']
+  settings = config_lib.parse(smoke(strategies=('random,coreset',), seeds=(2, 0)))
+  assert settings == config_lib.Settings(strategies=('random', 'coreset'), seeds=(2, 0),
+                                         embedding_source='model')
+  assert settings.runs == (('random', 2), ('random', 0), ('coreset', 2), ('coreset', 0))
 
 
 def test_workdir_of_another_experiment_is_refused(full_run):

@@ -11,6 +11,7 @@ import time
 from jal import config_lib
 from jal import checkpoints
 from jal import logs
+from jal import report
 from jal import workdir
 from tests.conftest import REPO, load_config
 from tests.test_data import fake_cifar10_files, write_folder
@@ -221,7 +222,8 @@ def test_results_table_says_when_a_cell_has_fewer_seeds():
   rows += [{'strategy': 'coreset', 'seed': 0, 'round': 0, 'accuracy': 0.80},
            {'strategy': 'coreset', 'seed': 1, 'round': 0, 'accuracy': 0.82},
            {'strategy': 'coreset', 'seed': 0, 'round': 1, 'accuracy': 0.86}]
-  assert config_lib.results_table(rows, c) == (
+  strategies = config_lib.parse(c).strategies
+  assert report.results_table(rows, c, strategies) == (
       'gaussian: test accuracy (%), mean ± std over 3 seed(s) [0, 1, 2] (fewer where a cell '
       'says so); query size 5, warmup 5, 5-member ensemble\n\n'
       '| Strategy | Warmup (n=5) | Selection 1 (n=10) |\n'
@@ -231,10 +233,29 @@ def test_results_table_says_when_a_cell_has_fewer_seeds():
       '| ensembles |  |  |\n')
   # Every cell over every seed: no counts.
   full = [r for r in rows if r['strategy'] == 'random']
-  assert config_lib.results_table(full, c).endswith(
+  assert report.results_table(full, c, strategies).endswith(
       'ensemble\n\n| Strategy | Warmup (n=5) | Selection 1 (n=10) |\n|---|---|---|\n'
       '| random | 82.0 ± 2.0 | 83.0 ± 2.0 |\n| coreset |  |  |\n| ensembles |  |  |\n')
-  assert 'fewer' not in config_lib.results_table(full, c)
+  assert 'fewer' not in report.results_table(full, c, strategies)
+
+
+def test_results_table_of_an_imbalanced_task_shows_average_precision():
+  c = load_config('gaussian')
+  rows = [{'strategy': 'random', 'seed': s, 'round': 0, 'accuracy': 0.9, 'average_precision': ap}
+          for s, ap in ((0, 0.5), (1, 0.7))]
+  rows.append({'strategy': 'coreset', 'seed': 0, 'round': 0, 'accuracy': 0.9,
+               'average_precision': 0.25})
+  assert report.results_table(rows, c, ('random', 'coreset')) == (
+      'gaussian: minority-class test average precision, mean ± std over 2 seed(s) [0, 1] (fewer '
+      'where a cell says so); query size 5, warmup 5, 5-member ensemble\n\n'
+      '| Strategy | Warmup (n=5) |\n'
+      '|---|---|\n'
+      '| random | 0.6000 ± 0.1414 |\n'
+      '| coreset | 0.2500 (1 seed) |\n')
+  # One metric choice for results.md, the progress line and jal.report.
+  assert report.headline_metric(rows) == 'average_precision'
+  assert report.headline_metric([{'accuracy': 0.9}]) == 'accuracy'
+  assert report.headline_metric([{'accuracy': 0.9, 'average_precision': None}]) == 'accuracy'
 
 
 def test_error_line_of_os_errors():

@@ -99,17 +99,17 @@ def test_select_contract(name):
   again = np.asarray(s.select(inputs, K, key, ml_collections.ConfigDict()))
   np.testing.assert_array_equal(picks, again)
   # check_options reads every option select reads (and the loop's mc_samples),
-  # so config_lib.validate rejects a bad one before any compute.
+  # so config_lib.validate rejects a bad one before any compute: exactly the
+  # declared ones.
   read_by_check = ReadRecorder()
-  if s.check_options is not None:
-    s.check_options(read_by_check)
+  s.check_options(read_by_check)
+  assert read_by_check.read == {o.name for o in s.options}
   assert read_by_select.read <= read_by_check.read
   assert ('mc_samples' in read_by_check.read) == s.needs_dropout
-  assert (s.check_options is None) == (not read_by_check.read)
 
 
 # One bad value per option, with the exact error; the table covers every
-# strategy that has check_options (see test_every_checked_strategy_is_covered).
+# strategy that declares options (see test_every_checked_strategy_is_covered).
 BAD_OPTIONS = [
     ('coreset_ensembles', 'beta', 0.5,
      'coreset_ensembles: strategy_options.beta must be a finite number >= 1, got 0.5'),
@@ -132,7 +132,8 @@ BAD_OPTIONS = [
      'probcover: strategy_options.kmeans_iters must be a positive int, got -3'),
     ('dal', 'dal_subqueries', 0, 'dal: strategy_options.dal_subqueries must be a positive int, '
      'got 0'),
-    ('dal', 'dal_batch_size', 63, 'dal: strategy_options.dal_batch_size must be even, got 63'),
+    ('dal', 'dal_batch_size', 63,
+     'dal: strategy_options.dal_batch_size must be a positive even int, got 63'),
     ('dal', 'dal_learning_rate', float('nan'),
      'dal: strategy_options.dal_learning_rate must be a finite number > 0, got nan'),
     ('dfal', 'dfal_candidates', 0, 'dfal: strategy_options.dfal_candidates must be a positive '
@@ -179,7 +180,7 @@ def test_bad_strategy_option_fails_before_any_compute(name, field, value, messag
 
 
 def test_every_checked_strategy_is_covered():
-  checked = {n for n, s in strategies.STRATEGIES.items() if s.check_options is not None}
+  checked = {n for n, s in strategies.STRATEGIES.items() if s.options}
   assert {row[0] for row in BAD_OPTIONS} == checked
   # The smoke config's own options pass every check.
   config = load_config('gaussian', 'smoke')

@@ -224,7 +224,8 @@ def test_dal_sub_queries_and_their_sizes():
 @pytest.mark.parametrize('field,value,message', [
     ('dal_subqueries', 0, 'dal_subqueries must be a positive int, got 0'),
     ('dal_steps', 2.5, 'dal_steps must be a positive int, got 2.5'),
-    ('dal_batch_size', 63, 'dal_batch_size must be even, got 63'),
+    ('dal_batch_size', 63, 'dal_batch_size must be a positive even int, got 63'),
+    ('dal_batch_size', 0, 'dal_batch_size must be a positive even int, got 0'),
     ('dal_learning_rate', -1.0, 'dal_learning_rate must be a finite number > 0'),
 ])
 def test_dal_rejects_bad_options(field, value, message):

@@ -10,11 +10,14 @@ those, once per round, over the whole pool.
 
 Adding a strategy: one file in this package defining its select function and
 a `Strategy`, plus one line in `STRATEGIES` below. A strategy that reads
-`options` also sets `check_options` (usually the reader its select calls), so
-that `config_lib.validate` rejects a bad value before any compute.
+`options` declares each field once as an `options.Option` (default and
+check) and lists them in `Strategy.options`: `config_lib.base_config` takes
+`strategy_options` from them (`OPTIONS`), and `config_lib.validate` rejects a
+bad value before any compute.
 """
 
 from jal.strategies.base import Classifier, Inputs, Strategy, needs_of
+from jal.strategies.options import Option
 from jal.strategies import balanced_uncertainty, coreset, coreset_ensembles, ensembles
 from jal.strategies import random_sampling, uncertainty
 from jal.strategies import dfal, egl, vaal
@@ -47,6 +50,26 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+def _declared_options(registry: dict[str, Strategy]) -> dict[str, Option]:
+  """Every option the strategies declare, by field name, in registry order.
+
+  A field shared by several strategies (`mc_samples`, `kmeans_iters`) is one
+  declaration; two different declarations of one field would give it two
+  defaults, and are refused.
+  """
+  out = {}
+  for strategy in registry.values():
+    for option in strategy.options:
+      if out.setdefault(option.name, option) is not option:
+        raise ValueError(f"strategy_options.{option.name} is declared twice (by "
+                         f"'{strategy.name}' and another strategy); declare it once and share it")
+  return out
+
+
+# Every `config.strategy_options` field a strategy reads (not the loop's `embeddings`).
+OPTIONS: dict[str, Option] = _declared_options(STRATEGIES)
+
+
 def get_strategy(name: str) -> Strategy:
   """The strategy registered as `name`; a one-line error lists valid names."""
   if name not in STRATEGIES:
@@ -54,4 +77,5 @@ def get_strategy(name: str) -> Strategy:
   return STRATEGIES[name]
 
 
-__all__ = ['Classifier', 'Inputs', 'Strategy', 'STRATEGIES', 'get_strategy', 'needs_of']
+__all__ = ['Classifier', 'Inputs', 'OPTIONS', 'Option', 'Strategy', 'STRATEGIES', 'get_strategy',
+           'needs_of']

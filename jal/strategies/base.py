@@ -3,6 +3,8 @@
 import dataclasses
 from typing import Any, Callable, NamedTuple
 
+from jal.strategies import options as options_lib
+
 # What a strategy may ask the loop to compute over the pool each round.
 LOGITS = 'logits'          # f32[m, n, c], every ensemble member's logits
 EMBEDDINGS = 'embeddings'  # f32[n, d], member 0's penultimate embeddings
@@ -66,20 +68,27 @@ class Strategy:
     kind: 'baseline', 'uncertainty', 'diversity', 'hybrid' or 'low_budget'
       (for reports).
     min_members: ensemble size the strategy needs to be meaningful.
-    check_options: `options -> Any` or None (for strategies that read no
-      options): reads and checks every `config.strategy_options` field the
-      strategy uses (its select's, and `mc_samples` for MC strategies),
-      raising the one-line ValueError its select would, with no compute.
-      `config_lib.validate` calls it, so a bad option fails before round 0
-      trains. Any return value is ignored, so a module's own reader (e.g.
-      `kmeans.iters_of`) serves directly.
+    options: every `config.strategy_options` field the strategy reads (its
+      select's, and `mc_samples` for MC strategies), each declared once with
+      its default and check (`options.Option`); `config_lib.base_config`
+      builds `strategy_options` from these declarations.
   """
   name: str
   select: Callable[..., Any]
   needs: frozenset = frozenset()
   kind: str = 'baseline'
   min_members: int = 1
-  check_options: Callable[[Any], Any] | None = None
+  options: tuple[options_lib.Option, ...] = ()
+
+  def check_options(self, options) -> None:
+    """Reads and checks every declared option of `options` (ConfigDict or None).
+
+    Raises the one-line ValueError the strategy's select (or the loop, for
+    `mc_samples`) would, with no compute: `config_lib.validate` calls it, so
+    a bad option fails before round 0 trains.
+    """
+    for option in self.options:
+      option.read(options, self.name)
 
   @property
   def needs_dropout(self) -> bool:

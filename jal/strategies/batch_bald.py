@@ -62,8 +62,10 @@ from jal.strategies import mc_dropout
 from jal.strategies import options as options_lib
 from jal.strategies import uncertainty
 
-NUM_SAMPLES = 10_000
-NUM_CANDIDATES = 1_000
+SAMPLES = options_lib.positive_int(
+    'batch_bald_samples', 10_000, 'joint configurations M sampled (rounded down to T * (M // T))')
+CANDIDATES = options_lib.positive_int(
+    'batch_bald_candidates', 1_000, 'top unlabeled points by single-point BALD (at least k)')
 # Posterior predictives held at once while scoring candidates, in floats.
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -166,7 +168,7 @@ def _chunk(num_candidates: int, num_configs: int, num_classes: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=('num_samples',))
-def joint_entropy(mc_logits, key, num_samples=NUM_SAMPLES):
+def joint_entropy(mc_logits, key, num_samples=SAMPLES.default):
   """H(y_1, ..., y_b) of b points, by the chain rule over them in order.
 
   Exact while c^j <= M, then estimated from M sampled configurations, exactly
@@ -192,7 +194,7 @@ def joint_entropy(mc_logits, key, num_samples=NUM_SAMPLES):
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'num_candidates', 'num_samples'))
-def batch_bald(mc_logits, labeled, key, k, num_candidates, num_samples=NUM_SAMPLES):
+def batch_bald(mc_logits, labeled, key, k, num_candidates, num_samples=SAMPLES.default):
   """Greedy BatchBALD batch of k points among the top-BALD candidates.
 
   See the module docstring for the method and its cost: time O(T * n * c +
@@ -245,14 +247,7 @@ def batch_bald(mc_logits, labeled, key, k, num_candidates, num_samples=NUM_SAMPL
 
 def settings_of(options) -> tuple[int, int]:
   """(M, C): `batch_bald_samples` (10,000) and `batch_bald_candidates` (1,000), checked."""
-  count = functools.partial(options_lib.positive_int, options, 'batch_bald')
-  return count('batch_bald_samples', NUM_SAMPLES), count('batch_bald_candidates', NUM_CANDIDATES)
-
-
-def check_options(options) -> None:
-  """Checks `settings_of`'s fields and `mc_samples` (the passes the loop runs)."""
-  mc_dropout.mc_samples_of(options, 'batch_bald')
-  settings_of(options)
+  return SAMPLES.read(options, 'batch_bald'), CANDIDATES.read(options, 'batch_bald')
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -278,5 +273,6 @@ def select(inputs: base.Inputs, k: int, key, options=None):
                     num_candidates=num_candidates, num_samples=num_samples)[0]
 
 
+# mc_samples: the passes the loop runs for it.
 STRATEGY = base.Strategy('batch_bald', select, frozenset({base.MC_LOGITS}), kind='uncertainty',
-                         check_options=check_options)
+                         options=(mc_dropout.MC_SAMPLES, SAMPLES, CANDIDATES))

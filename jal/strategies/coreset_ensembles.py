@@ -45,10 +45,13 @@ def _coreset_ensembles(member_logits, embeddings, labeled, key, k, num_candidate
   return kernels.k_center_greedy(embeddings, labeled, k=k, mesh=mesh, candidates=candidates)
 
 
+BETA = options_lib.finite('beta', 10.0, 'ceil(beta * k) candidates by variation ratio',
+                          at_least=1)
+
+
 def beta_of(options) -> float:
-  """`options.beta` (default 10.0), checked to be a finite number >= 1."""
-  return options_lib.number(options, 'coreset_ensembles', 'beta', 10.0,
-                            lambda b: math.isfinite(b) and b >= 1, 'a finite number >= 1')
+  """`options.beta` (`BETA`: default 10.0), checked to be a finite number >= 1."""
+  return BETA.read(options, 'coreset_ensembles')
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -83,4 +86,4 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 STRATEGY = base.Strategy('coreset_ensembles', select,
                          frozenset({base.LOGITS, base.EMBEDDINGS}), kind='hybrid', min_members=2,
-                         check_options=beta_of)
+                         options=(BETA,))

@@ -21,7 +21,6 @@ than a random subset of 10 x |labeled| points.
 """
 
 import functools
-import math
 
 import flax.linen as nn
 import jax
@@ -107,16 +106,19 @@ def sub_query_sizes(k: int, subqueries: int) -> list[int]:
   return [k // s + (1 if i < k % s else 0) for i in range(s)]
 
 
+SUBQUERIES = options_lib.positive_int('dal_subqueries', 10, 'retrained sub-queries per query')
+STEPS = options_lib.positive_int('dal_steps', 300, 'discriminator Adam steps')
+WIDTH = options_lib.positive_int('dal_width', 256, 'discriminator hidden width')
+BATCH_SIZE = options_lib.Option('dal_batch_size', 64, int, lambda v: v >= 1 and v % 2 == 0,
+                                'a positive even int', 'half labeled, half unlabeled')
+LEARNING_RATE = options_lib.finite('dal_learning_rate', 1e-3, 'discriminator Adam rate', above=0)
+
+
 def settings_of(options) -> dict:
   """DAL's options, checked: subqueries, steps, width, batch size, learning rate."""
-  get = functools.partial(options_lib.positive_int, options, 'dal')
-  lr = options_lib.number(options, 'dal', 'dal_learning_rate', 1e-3,
-                          lambda v: math.isfinite(v) and v > 0, 'a finite number > 0')
-  batch = get('dal_batch_size', 64)
-  if batch % 2:
-    raise ValueError(f'dal: strategy_options.dal_batch_size must be even, got {batch}')
-  return dict(subqueries=get('dal_subqueries', 10), steps=get('dal_steps', 300),
-              width=get('dal_width', 256), batch_size=batch, learning_rate=lr)
+  read = lambda option: option.read(options, 'dal')
+  return dict(subqueries=read(SUBQUERIES), steps=read(STEPS), width=read(WIDTH),
+              batch_size=read(BATCH_SIZE), learning_rate=read(LEARNING_RATE))
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -158,4 +160,4 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 
 STRATEGY = base.Strategy('dal', select, frozenset({base.EMBEDDINGS}), kind='diversity',
-                         check_options=settings_of)
+                         options=(SUBQUERIES, STEPS, WIDTH, BATCH_SIZE, LEARNING_RATE))

@@ -26,7 +26,6 @@ so only the query rule is reproduced here.
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -39,16 +38,22 @@ from jal.strategies import options as options_lib
 _STEP_EPS = 1e-4  # DeepFool's step slack, added to |f_l - f_k0|
 
 
+# DeepFool's steps, overshoot and target classes as in Moosavi-Dezfooli et al.
+CANDIDATES = options_lib.positive_int('dfal_candidates', 2000,
+                                      'unlabeled points attacked per round')
+MAX_ITER = options_lib.positive_int('dfal_max_iter', 50, 'DeepFool steps at most')
+OVERSHOOT = options_lib.finite('dfal_overshoot', 0.02, 'DeepFool overshoot', at_least=0)
+CLASSES = options_lib.number('dfal_classes', 10, lambda v: v.is_integer() and v >= 2,
+                             'an integer >= 2', 'target classes, the highest-scoring at x0')
+BATCH_SIZE = options_lib.positive_int('dfal_batch_size', None,
+                                      'points attacked at once (unset: eval_batch_size)')
+
+
 def settings_of(options):
   """DFAL's options, checked: (candidates, max_iter, overshoot, classes, batch size or None)."""
-  count = functools.partial(options_lib.positive_int, options, 'dfal')
-  classes = options_lib.number(options, 'dfal', 'dfal_classes', 10,
-                               lambda v: v.is_integer() and v >= 2, 'an integer >= 2')
-  overshoot = options_lib.number(options, 'dfal', 'dfal_overshoot', 0.02,
-                                 lambda v: math.isfinite(v) and v >= 0, 'a finite number >= 0')
-  batch = None if options is None else options.get('dfal_batch_size')
-  return (count('dfal_candidates', 2000), count('dfal_max_iter', 50), overshoot, int(classes),
-          None if batch is None else count('dfal_batch_size', 1))
+  read = lambda option: option.read(options, 'dfal')
+  return (read(CANDIDATES), read(MAX_ITER), read(OVERSHOOT), int(read(CLASSES)),
+          read(BATCH_SIZE))
 
 
 def deepfool_norms(logits_fn, x0, max_iter: int, overshoot: float, num_classes: int):
@@ -198,4 +203,4 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 
 STRATEGY = base.Strategy('dfal', select, frozenset({base.CLASSIFIER}), kind='uncertainty',
-                         check_options=settings_of)
+                         options=(CANDIDATES, MAX_ITER, OVERSHOOT, CLASSES, BATCH_SIZE))

@@ -17,8 +17,6 @@ anywhere (e.g. SimCLR features from `strategy_options.embeddings`), a
 negative mean similarity is clamped to 0, so density stays a weight.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -68,10 +66,12 @@ def information_density(member_logits, embeddings, labeled, beta):
   return uncertainty.ensemble_entropy(member_logits) * jnp.power(density, beta)
 
 
+DENSITY_BETA = options_lib.finite('density_beta', 1.0, 'the density exponent', at_least=0)
+
+
 def beta_of(options) -> float:
-  """`options.density_beta` (default 1.0), checked to be a finite number >= 0."""
-  return options_lib.number(options, 'information_density', 'density_beta', 1.0,
-                            lambda b: math.isfinite(b) and b >= 0, 'a finite number >= 0')
+  """`options.density_beta` (`DENSITY_BETA`: default 1.0), checked to be a finite number >= 0."""
+  return DENSITY_BETA.read(options, 'information_density')
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -97,4 +97,4 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 STRATEGY = base.Strategy('information_density', select,
                          frozenset({base.LOGITS, base.EMBEDDINGS}), kind='hybrid',
-                         check_options=beta_of)
+                         options=(DENSITY_BETA,))

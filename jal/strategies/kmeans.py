@@ -35,9 +35,13 @@ def _kmeans_select(embeddings, labeled, key, k, iters):
   return jax.lax.fori_loop(0, k, body, (unlabeled, jnp.zeros((k,), jnp.int32)))[1]
 
 
-def iters_of(options) -> int:
-  """`options.kmeans_iters` (default 20): Lloyd iterations after seeding."""
-  return options_lib.positive_int(options, 'kmeans', 'kmeans_iters', 20)
+# Also typiclust's and probcover's k-means: one declaration, one default.
+ITERS = options_lib.positive_int('kmeans_iters', 20, 'Lloyd iterations after k-means++ seeding')
+
+
+def iters_of(options, strategy: str = 'kmeans') -> int:
+  """`options.kmeans_iters` (`ITERS`: default 20), checked to be an int >= 1."""
+  return ITERS.read(options, strategy)
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -65,4 +69,4 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 
 STRATEGY = base.Strategy('kmeans', select, frozenset({base.EMBEDDINGS}), kind='diversity',
-                         check_options=iters_of)
+                         options=(ITERS,))

@@ -16,25 +16,24 @@ Picks are the k highest unlabeled scores, ties broken by a random order drawn
 from the key.
 """
 
-import functools
-
-
 from jal import kernels
 from jal.strategies import base
 from jal.strategies import options as options_lib
 from jal.strategies import uncertainty
 
-MC_SAMPLES = 25  # dropout passes per round (Beluch et al. 2018)
+# Also batch_bald's: every strategy on `mc_logits` reads this one declaration.
+MC_SAMPLES = options_lib.positive_int(
+    'mc_samples', 25, 'MC dropout passes T per round (Beluch et al. 2018), run by the loop')
 
 
 def mc_samples_of(options, strategy: str = 'mc_dropout') -> int:
-  """`options.mc_samples` (default 25): the MC dropout passes T, checked to be an int >= 1.
+  """`options.mc_samples` (`MC_SAMPLES`): the MC dropout passes T, checked to be an int >= 1.
 
   Args:
     options: ConfigDict or None.
     strategy: the strategy reading it, named in the error.
   """
-  return options_lib.positive_int(options, strategy, 'mc_samples', MC_SAMPLES)
+  return MC_SAMPLES.read(options, strategy)
 
 
 def _make_select(score_fn, description: str):
@@ -46,9 +45,7 @@ _NEEDS = frozenset({base.MC_LOGITS})
 
 MC_DROPOUT = base.Strategy(
     'mc_dropout', _make_select(kernels.variation_ratio, 'variation ratio of the MC passes'),
-    _NEEDS, kind='uncertainty',
-    check_options=functools.partial(mc_samples_of, strategy='mc_dropout'))
+    _NEEDS, kind='uncertainty', options=(MC_SAMPLES,))
 MC_DROPOUT_BALD = base.Strategy(
     'mc_dropout_bald', _make_select(uncertainty.bald, 'BALD mutual information of the MC passes'),
-    _NEEDS, kind='uncertainty',
-    check_options=functools.partial(mc_samples_of, strategy='mc_dropout_bald'))
+    _NEEDS, kind='uncertainty', options=(MC_SAMPLES,))

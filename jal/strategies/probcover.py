@@ -37,6 +37,7 @@ import numpy as np
 
 from jal import kernels
 from jal.strategies import base
+from jal.strategies import kmeans
 from jal.strategies import options as options_lib
 
 # Rows of the pool compared against all n points at a time: f32[_ROWS, n].
@@ -224,24 +225,22 @@ def max_coverage(src, dst, labeled, key, k):
   return jax.lax.fori_loop(0, k, body, (covered, labeled, jnp.zeros((k,), jnp.int32)))[2]
 
 
+ALPHA = options_lib.number('probcover_alpha', 0.95, lambda v: 0 < v <= 1, 'a number in (0, 1]',
+                           'purity of the chosen delta')
+DELTA = options_lib.finite('probcover_delta', None, 'a fixed delta (unset: the purity heuristic)',
+                           above=0)
+CLUSTERS = options_lib.positive_int('probcover_clusters', None,
+                                    'k-means clusters when there are no logits (unset: classes)')
+
+
 def settings_of(options) -> dict:
   """ProbCover's options, checked: delta and clusters (None when unset), alpha, iters.
 
   Every field is checked, even those a fixed `probcover_delta` leaves unused.
   """
-  def is_set(name):
-    return options is not None and options.get(name) is not None
-
-  delta = clusters = None
-  if is_set('probcover_delta'):
-    delta = options_lib.number(options, 'probcover', 'probcover_delta', None,
-                               lambda v: math.isfinite(v) and v > 0, 'a finite number > 0')
-  if is_set('probcover_clusters'):
-    clusters = options_lib.positive_int(options, 'probcover', 'probcover_clusters', None)
-  alpha = options_lib.number(options, 'probcover', 'probcover_alpha', 0.95,
-                             lambda v: 0 < v <= 1, 'a number in (0, 1]')
-  iters = options_lib.positive_int(options, 'probcover', 'kmeans_iters', 20)
-  return dict(delta=delta, alpha=alpha, iters=iters, clusters=clusters)
+  read = lambda option: option.read(options, 'probcover')
+  return dict(delta=read(DELTA), alpha=read(ALPHA), iters=read(kmeans.ITERS),
+              clusters=read(CLUSTERS))
 
 
 def delta_of(inputs: base.Inputs, x, key, options) -> float:
@@ -291,4 +290,4 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 
 STRATEGY = base.Strategy('probcover', select, frozenset({base.LOGITS, base.EMBEDDINGS}),
-                         kind='low_budget', check_options=settings_of)
+                         kind='low_budget', options=(ALPHA, DELTA, CLUSTERS, kmeans.ITERS))

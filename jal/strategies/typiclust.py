@@ -24,6 +24,7 @@ import numpy as np
 
 from jal import kernels
 from jal.strategies import base
+from jal.strategies import kmeans
 from jal.strategies import options as options_lib
 
 # Clusters of at most this many points are taken last (the authors' code
@@ -120,10 +121,13 @@ def typiclust(embeddings, labeled, key, k, num_clusters, iters, k_nn=20):
   return jax.lax.fori_loop(0, k, body, init)[2]
 
 
+MAX_CLUSTERS = options_lib.positive_int('typiclust_max_clusters', 500,
+                                        'clusters at most (the paper caps |labeled| + k)')
+
+
 def settings_of(options) -> tuple[int, int]:
   """(max clusters, Lloyd iterations): `typiclust_max_clusters` (500), `kmeans_iters` (20)."""
-  count = functools.partial(options_lib.positive_int, options, 'typiclust')
-  return count('typiclust_max_clusters', 500), count('kmeans_iters', 20)
+  return MAX_CLUSTERS.read(options, 'typiclust'), kmeans.iters_of(options, 'typiclust')
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -150,4 +154,4 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 
 STRATEGY = base.Strategy('typiclust', select, frozenset({base.EMBEDDINGS}), kind='low_budget',
-                         check_options=settings_of)
+                         options=(MAX_CLUSTERS, kmeans.ITERS))

@@ -296,24 +296,23 @@ def _rank(vae, disc, spec, chunk_size, k, state, x, labeled, key):
   return kernels.top_k_with_random_ties(-logits, ~labeled, key, k=k)
 
 
+# The last five as in Sinha et al. 2019; keys of `settings_of`.
+OPTIONS = {
+    'steps': options_lib.positive_int('vaal_steps', 1000, 'VAE + discriminator Adam steps'),
+    'width': options_lib.positive_int('vaal_width', 16, 'conv channels w, 2w, 4w; MLP 2w'),
+    'latent': options_lib.positive_int('vaal_latent', 32, 'VAE latent size'),
+    'disc_width': options_lib.positive_int('vaal_disc_width', 512, 'discriminator width'),
+    'batch_size': options_lib.positive_int('vaal_batch_size', 64, 'labeled and unlabeled each'),
+    'beta': options_lib.finite('vaal_beta', 1.0, 'beta-VAE KL weight', at_least=0),
+    'adversary_weight': options_lib.finite('vaal_adversary_weight', 1.0,
+                                           "the VAE's adversarial loss weight", at_least=0),
+    'learning_rate': options_lib.finite('vaal_learning_rate', 5e-4, 'Adam rate', above=0),
+}
+
+
 def settings_of(options) -> dict:
   """The VAAL options with their defaults, each checked (one-line ValueError)."""
-  count = functools.partial(options_lib.positive_int, options, 'vaal')
-  nonneg = lambda name, default: options_lib.number(
-      options, 'vaal', name, default, lambda v: math.isfinite(v) and v >= 0,
-      'a finite number >= 0')
-  return {
-      'steps': count('vaal_steps', 1000),
-      'width': count('vaal_width', 16),
-      'latent': count('vaal_latent', 32),
-      'disc_width': count('vaal_disc_width', 512),
-      'batch_size': count('vaal_batch_size', 64),
-      'beta': nonneg('vaal_beta', 1.0),
-      'adversary_weight': nonneg('vaal_adversary_weight', 1.0),
-      'learning_rate': options_lib.number(options, 'vaal', 'vaal_learning_rate', 5e-4,
-                                          lambda v: math.isfinite(v) and v > 0,
-                                          'a finite number > 0'),
-  }
+  return {key: option.read(options, 'vaal') for key, option in OPTIONS.items()}
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -357,4 +356,4 @@ def select(inputs: base.Inputs, k: int, key, options=None):
 
 
 STRATEGY = base.Strategy('vaal', select, frozenset({base.CLASSIFIER}), kind='diversity',
-                         check_options=settings_of)
+                         options=tuple(OPTIONS.values()))

@@ -29,7 +29,7 @@ SETTINGS = (
     ('configs/cifar100_high_warmup.py', 'low'),
     ('configs/cifar100_high_warmup.py', 'high'),
     ('configs/imbalance.py', None),
-    # The pretrained settings (cifar100_pretrained, imbalance:pretrained,
+    # The pretrained settings (cifar100:pretrained, imbalance:pretrained,
     # retinopathy) need --config.model.pretrained_path, which no grid can
     # know: sweep them with a grid of your own that sets it in `overrides`.
 )
