@@ -145,7 +145,7 @@ _ARGS = {
     'cifar10_2class': (('low', 'high', 'smoke'), ('low', 'high')),
     'cifar100': (('low', 'high', 'pretrained', 'smoke'), ('low', 'high')),
     'cifar100_high_warmup': (('low', 'high', 'smoke'), ('low', 'high')),
-    'imbalance': (('pretrained', 'smoke'), ()),
+    'imbalance': (('pretrained', 'cpu', 'smoke'), ('pretrained', 'cpu')),
     'retinopathy': (('smoke',), ()),
     'label': (('gray', 'rgb', 'pretrained', 'smoke'), ('gray', 'rgb', 'pretrained')),
 }
@@ -171,7 +171,8 @@ def _identity_hash(spec):
 
 # sha256 of `config_lib.identity` (jal.label's `config_identity` for label;
 # JSON, sorted keys) of each config and args, computed with the code of
-# commit 700e728, before the strategies declared their options: a workdir any
+# commit 700e728, before the strategies declared their options (imbalance:cpu,
+# added after it, from the config a running workdir of e247d48 stored): a workdir any
 # of them wrote resumes today. A change that alters one (a new base_config
 # field, a changed preset) must keep old workdirs resuming (`identity` counts
 # an absent field as its default; see test_experiment's
@@ -204,6 +205,8 @@ IDENTITIES = {
     'gaussian:': '47630ba01f921b18',
     'gaussian:smoke': 'e209656ef942a009',
     'imbalance:': '2eb993b714a10a3e',
+    'imbalance:cpu': '0fce65a6689ed6b2',
+    'imbalance:cpu,smoke': 'a430a16e4fecf9ae',
     'imbalance:pretrained': '82ddafe885659a33',
     'imbalance:pretrained,smoke': 'bf0b259441076de0',
     'imbalance:smoke': 'f1a569d18937440f',
