@@ -221,7 +221,7 @@ def paired_t_pvalue(diff):
   x = _finite_1d(diff, 'paired_t_pvalue')
   if x.size < 2 or np.all(x == x[0]):
     return math.nan
-  return float(scipy.stats.ttest_1samp(x, 0.0).pvalue)
+  return float(_scipy_stats().ttest_1samp(x, 0.0).pvalue)
 
 
 # ----------------------------------------------------------------------------
