@@ -26,26 +26,7 @@ def get_config(arg=None):
   high = 'high' in args
   c.name = 'mnist_high' if high else 'mnist_low'
   c.data = dict(name='mnist')
-  c.model.name = 'lenet'
   c.query_size = 600 if high else 10
   c.warmup_size = c.query_size
   c.num_rounds = 10
-  # Chunks of 1,000 fit a 2-core CPU's caches better than 2,000
-  # (results/bench_cpu/vs_torch.jsonl: lenet_score_pool).
-  c.eval_batch_size = 1000
-  c.train.members = 5
-  c.train.batch_size = 64
-  c.train.epochs = 20
-  c.train.min_steps = 300
-  c.train.learning_rate = 1e-3
-  if 'smoke' in args:
-    config_lib.shrink_strategy_options(c)
-    c.name += '_smoke'
-    c.data.max_train = 2000
-    c.data.max_test = 500
-    c.seeds = (0,)
-    c.num_rounds = 2
-    c.train.members = 2
-    c.train.epochs = 2
-    c.train.min_steps = 10
-  return c
+  return config_lib.lenet_mnist_config(c, args)

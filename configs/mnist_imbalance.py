@@ -43,25 +43,8 @@ def get_config(arg=None):
   c.name = f'mnist_imbalance_digit{digit}'
   c.data = dict(name='mnist', positive_classes=(digit,), minority_fraction=0.05,
                 imbalanced_split='train')
-  c.model.name = 'lenet'
   c.strategies = ('random', 'coreset', 'ensembles', 'balanced_uncertainty')
   c.query_size = 50
   c.warmup_size = 50
   c.num_rounds = 10
-  c.eval_batch_size = 1000
-  c.train.members = 5
-  c.train.batch_size = 64
-  c.train.epochs = 20
-  c.train.min_steps = 300
-  c.train.learning_rate = 1e-3
-  if 'smoke' in args:
-    config_lib.shrink_strategy_options(c)
-    c.name += '_smoke'
-    c.data.max_train = 2000
-    c.data.max_test = 500
-    c.seeds = (0,)
-    c.num_rounds = 2
-    c.train.members = 2
-    c.train.epochs = 2
-    c.train.min_steps = 10
-  return c
+  return config_lib.lenet_mnist_config(c, args)

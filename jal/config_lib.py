@@ -387,6 +387,35 @@ def parse_arg(arg, valid=None, one_of=(), where='the config') -> set[str]:
   return args
 
 
+def lenet_mnist_config(c: ml_collections.ConfigDict, args: set[str]) -> ml_collections.ConfigDict:
+  """The study's MNIST recipe shared by the MNIST configs.
+
+  LeNet, a 5-member ensemble, Adam at 1e-3, batch 64, 20 epochs and at least
+  300 steps per round, scored in chunks of 1,000 (they fit a 2-core CPU's
+  caches better than 2,000: results/bench_cpu/vs_torch.jsonl, lenet_score_pool).
+  `smoke` in args shrinks it to seconds on a CPU: 2,000 pool and 500 test
+  images, seed 0, 2 rounds, 2 members, 2 epochs of at least 10 steps.
+  """
+  c.model.name = 'lenet'
+  c.eval_batch_size = 1000
+  c.train.members = 5
+  c.train.batch_size = 64
+  c.train.epochs = 20
+  c.train.min_steps = 300
+  c.train.learning_rate = 1e-3
+  if 'smoke' in args:
+    shrink_strategy_options(c)
+    c.name += '_smoke'
+    c.data.max_train = 2000
+    c.data.max_test = 500
+    c.seeds = (0,)
+    c.num_rounds = 2
+    c.train.members = 2
+    c.train.epochs = 2
+    c.train.min_steps = 10
+  return c
+
+
 def resnet_cifar_config(c: ml_collections.ConfigDict, args: set[str]) -> ml_collections.ConfigDict:
   """The study's chapter-4 recipe shared by the CIFAR configs.
 
