@@ -214,7 +214,7 @@ def test_step_dispatch_with_several_devices_is_refused(tmp_path):
 @multi
 def test_bench_splits_over_devices():
   records = bench.run(('ensemble_train', 'k_center'), size='small', train_models=('lenet',),
-                      devices=4)
+                      train_modes=('sharded',), members=(2,), repeats=1, devices=4)
   (kc,) = [r for r in records if r['case'] == 'k_center']
   assert kc['devices'] == 4 and kc['device_count'] == 4 and kc['seconds'] > 0
   (sharded,) = [r for r in records if r.get('mode') == 'sharded']
