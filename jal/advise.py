@@ -366,8 +366,8 @@ def _evidence_from_metrics(folder, feats, results_dir) -> list[Evidence]:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-  """One row of the verdict table (jal.verdict's verdict.csv): a row of the
-  study's tables (or one beyond them), the study's value, jal's and the verdict."""
+  """One row of the verdict table (jal.report.verdict's verdict.csv): a row
+  of the study's tables (or one beyond them), the study's value, jal's and the verdict."""
   source: str
   row: dict
 
