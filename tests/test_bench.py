@@ -20,7 +20,7 @@ ENV_KEYS = ('case', 'device', 'backend', 'jax_version', 'size', 'compute_dtype')
 def records():
   # ResNet-18 training is left to the full run: its three compilations (N=1,
   # N=2, in turn) take most of a minute on a CPU. LeNet runs the same code.
-  return cases.run(cases.CASES, size='small', train_models=('lenet',))
+  return cases.run(cases.CASES, size='small', train_models=('lenet',), repeats=1)
 
 
 def of(records, case, **match):
