@@ -47,10 +47,8 @@ from jal import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, valid=('pretrained', 'cpu', 'smoke'), where=__file__)
-  if {'pretrained', 'cpu'} <= args:
-    raise ValueError("config args 'cpu' and 'pretrained' of configs/imbalance.py exclude each "
-                     'other: the CPU variant trains LeNet from scratch')
+  args = config_lib.parse_arg(arg, valid=('pretrained', 'cpu', 'smoke'), where=__file__,
+                              one_of=('pretrained', 'cpu'), one_of_default=False)
   c = config_lib.base_config()
   c.name = 'imbalance'
   c.data = dict(name='cifar10', positive_classes=(1, 9), minority_fraction=0.05,

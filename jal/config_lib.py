@@ -358,14 +358,16 @@ def shrink_strategy_options(c: ml_collections.ConfigDict) -> ml_collections.Conf
   return c
 
 
-def parse_arg(arg, valid=None, one_of=(), where='the config') -> set[str]:
+def parse_arg(arg, valid=None, one_of=(), where='the config', one_of_default=True) -> set[str]:
   """`configs/x.py:low,smoke` -> {'low', 'smoke'}, checked against what the config takes.
 
   Args:
     arg: the text after the config file's ':' (None without one).
     valid: every arg the config takes; None: any (no check).
-    one_of: args that exclude each other; the first is the default when none is given.
+    one_of: args that exclude each other; the first is the default when none is
+      given, unless `one_of_default` is False.
     where: the config file, for the message (a path; its last two parts are shown).
+    one_of_default: whether the first of `one_of` is the default.
 
   Raises:
     ValueError: an arg not in `valid`, or two of `one_of`, in one line that lists `valid`.
@@ -374,8 +376,8 @@ def parse_arg(arg, valid=None, one_of=(), where='the config') -> set[str]:
   if valid is None:
     return args
   name = os.path.join(*os.path.normpath(where).split(os.sep)[-2:])
-  accepted = ', '.join(valid) + (f' (at most one of {", ".join(one_of)}; {one_of[0]} if none)'
-                                 if one_of else '')
+  default = f'; {one_of[0]} if none' if one_of and one_of_default else ''
+  accepted = ', '.join(valid) + (f' (at most one of {", ".join(one_of)}{default})' if one_of else '')
   unknown = sorted(args - set(valid))
   if unknown:
     raise ValueError(f'unknown config arg{"s" if len(unknown) > 1 else ""} '

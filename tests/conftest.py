@@ -10,6 +10,23 @@ from jal import runtime
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# Every file in configs/: the args it takes, in the order its error lists
+# them, and its mutually exclusive args (the first is the default when none is
+# given, except where a config has no default among them: NO_DEFAULT).
+CONFIG_ARGS = {
+    'gaussian': (('smoke',), ()),
+    'mnist': (('low', 'high', 'smoke'), ('low', 'high')),
+    'cifar10_2class': (('low', 'high', 'smoke'), ('low', 'high')),
+    'cifar100': (('low', 'high', 'pretrained', 'smoke'), ('low', 'high')),
+    'cifar100_high_warmup': (('low', 'high', 'smoke'), ('low', 'high')),
+    'imbalance': (('pretrained', 'cpu', 'smoke'), ('pretrained', 'cpu')),
+    'mnist_imbalance': (tuple(f'digit{d}' for d in range(10)) + ('smoke',),
+                        tuple(f'digit{d}' for d in range(10))),
+    'retinopathy': (('smoke',), ()),
+    'label': (('gray', 'rgb', 'pretrained', 'smoke'), ('gray', 'rgb', 'pretrained')),
+}
+NO_DEFAULT = {'imbalance'}
+
 
 def pytest_configure(config):
   """One persistent compilation cache for the whole suite: its xdist workers and

@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 from jal import data, experiment
-from tests.conftest import REPO, load_config, shared_data_dir
+from tests.conftest import CONFIG_ARGS, NO_DEFAULT, REPO, load_config, shared_data_dir
 from tests.test_data import fake_cifar10_files, fake_cifar100_files, write_folder
 from tests.test_pretrained import random_state_dict
 
@@ -89,7 +89,7 @@ def test_imbalance_cpu_departs_only_in_model_and_training():
   for field in ('data', 'query_size', 'warmup_size', 'num_rounds'):
     assert cpu[field] == study[field], field
   assert (cpu.train.members, cpu.train.augment) == (study.train.members, study.train.augment)
-  with pytest.raises(ValueError, match=r"^config args 'cpu' and 'pretrained' of "
+  with pytest.raises(ValueError, match=r"^config args 'pretrained' and 'cpu' of "
                                        r"configs/imbalance.py exclude each other"):
     load_config('imbalance', 'cpu,pretrained')
 
@@ -181,22 +181,6 @@ def test_missing_pretrained_weights_fail_before_compute(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
-# Every file in configs/, the args it takes, in the order its error lists
-# them, and its mutually exclusive args (the first is the default).
-CONFIG_ARGS = {
-    'gaussian': (('smoke',), ()),
-    'mnist': (('low', 'high', 'smoke'), ('low', 'high')),
-    'cifar10_2class': (('low', 'high', 'smoke'), ('low', 'high')),
-    'cifar100': (('low', 'high', 'pretrained', 'smoke'), ('low', 'high')),
-    'cifar100_high_warmup': (('low', 'high', 'smoke'), ('low', 'high')),
-    'imbalance': (('pretrained', 'cpu', 'smoke'), ()),
-    'mnist_imbalance': (tuple(f'digit{d}' for d in range(10)) + ('smoke',),
-                        tuple(f'digit{d}' for d in range(10))),
-    'retinopathy': (('smoke',), ()),
-    'label': (('gray', 'rgb', 'pretrained', 'smoke'), ('gray', 'rgb', 'pretrained')),
-}
-
-
 def _valid_listed(message):
   """The args a config's one-line error lists as valid, and its note on exclusive ones."""
   m = re.search(r'; valid: ([\w, ]+?)(?: \((.*)\))?$', message)
@@ -219,8 +203,8 @@ def test_unknown_config_arg_is_refused_with_the_valid_ones(name):
     assert '\n' not in message
     listed, note = _valid_listed(message)
     assert listed == valid
-    assert note == (f'at most one of {", ".join(one_of)}; {one_of[0]} if none' if one_of
-                    else None)
+    default = '' if name in NO_DEFAULT or not one_of else f'; {one_of[0]} if none'
+    assert note == (f'at most one of {", ".join(one_of)}{default}' if one_of else None)
   with pytest.raises(ValueError, match=r"^unknown config args 'hihg', 'lo' for "):
     load_config(name, 'lo,hihg')
 
@@ -243,5 +227,5 @@ def test_every_valid_config_arg_loads(name):
   for a in valid:
     load_config(name, a)
     load_config(name, f' {a} ,smoke' if a != 'smoke' else a)
-  if one_of:  # no arg means the first of the exclusive ones
+  if one_of and name not in NO_DEFAULT:  # no arg means the first of the exclusive ones
     assert load_config(name, one_of[0]).to_dict() == default.to_dict()
