@@ -47,6 +47,15 @@ class GridError(ValueError):
 # Building specs.
 
 
+def smoke_only(arg: Optional[str], grid_name: str) -> bool:
+  """Whether a grid file's arg is 'smoke' (its only arg); anything else is a GridError."""
+  args = {a.strip() for a in (arg or '').split(',') if a.strip()}
+  unknown = args - {'smoke'}
+  if unknown:
+    raise GridError(f'{grid_name} grid: unknown arg(s) {sorted(unknown)}; valid: smoke')
+  return 'smoke' in args
+
+
 def spec(config: str, arg: Optional[str] = None, strategies=None, seeds=None,
          overrides: Optional[dict] = None, split: bool = True) -> dict:
   """One grid entry. strategies/seeds None: the config's own lists."""

@@ -88,6 +88,15 @@ def test_shipped_grids():
   assert {r.num_rounds for r in imbalance} == {10}
 
 
+@pytest.mark.parametrize('name', ['gaussian', 'mnist_imbalance', 'study'])
+def test_shipped_grids_take_only_smoke(name):
+  for arg in ('smoke', ' smoke '):
+    assert all('smoke' in r['arg'] for r in grid.load_grid(f'launch/grids/{name}.py:{arg}'))
+  with pytest.raises(grid.GridError, match=rf"^{name} grid: unknown arg\(s\) \['big'\]; "
+                                           'valid: smoke$'):
+    grid.load_grid(f'launch/grids/{name}.py:smoke,big')
+
+
 # ----------------------------------------------------------------------------
 # A sweep through submitit's local executor, then a rerun.
 

@@ -8,16 +8,11 @@
 rounds, seeds 0 and 1: 6 runs of a few seconds each).
 """
 
-from jal import config_lib
 from launch import grid
 
 
 def get_grid(arg=None):
-  args = config_lib.parse_arg(arg)
-  unknown = args - {'smoke'}
-  if unknown:
-    raise grid.GridError(f'gaussian grid: unknown arg(s) {sorted(unknown)}; valid: smoke')
-  smoke = 'smoke' in args
+  smoke = grid.smoke_only(arg, 'gaussian')
   return [grid.spec('configs/gaussian.py', 'smoke' if smoke else None,
                     strategies=('random', 'coreset', 'ensembles'),
                     seeds=None if smoke else (0, 1, 2))]

@@ -9,7 +9,6 @@ each. `:smoke` passes the config's smoke arg (2,000 pool images, 2 rounds,
 seed 0: 12 runs of seconds each).
 """
 
-from jal import config_lib
 from launch import grid
 
 DIGITS = (1, 5, 8)
@@ -18,11 +17,7 @@ SEEDS = tuple(range(10))
 
 
 def get_grid(arg=None):
-  args = config_lib.parse_arg(arg)
-  unknown = args - {'smoke'}
-  if unknown:
-    raise grid.GridError(f'mnist_imbalance grid: unknown arg(s) {sorted(unknown)}; valid: smoke')
-  smoke = 'smoke' in args
+  smoke = grid.smoke_only(arg, 'mnist_imbalance')
   return [grid.spec('configs/mnist_imbalance.py', f'digit{d}' + (',smoke' if smoke else ''),
                     strategies=STRATEGIES, seeds=None if smoke else SEEDS)
           for d in DIGITS]

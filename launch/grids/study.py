@@ -11,7 +11,6 @@ with random, coreset and ensembles over 3 seeds.
 exist are left out. Data is read from $JAL_DATA_DIR (exported to the jobs).
 """
 
-from jal import config_lib
 from launch import grid
 
 STRATEGIES = ('random', 'coreset', 'ensembles')
@@ -44,11 +43,7 @@ def _exists(path):
 
 
 def get_grid(arg=None):
-  args = config_lib.parse_arg(arg)
-  unknown = args - {'smoke'}
-  if unknown:
-    raise grid.GridError(f'study grid: unknown arg(s) {sorted(unknown)}; valid: smoke')
-  smoke = 'smoke' in args
+  smoke = grid.smoke_only(arg, 'study')
   specs = []
   for config, setting_arg in SETTINGS:
     if not _exists(config):
