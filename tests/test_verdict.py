@@ -30,7 +30,8 @@ import sys
 
 import pytest
 
-from jal import advise, stats, study, verdict
+from jal import stats, study, verdict
+from jal.label import advise
 from tests.conftest import REPO
 
 T2 = 4.302652729749462  # t_{0.975, 2}
