@@ -1,4 +1,5 @@
-"""jal.bench at its small size: every case yields sane records (no speed targets)."""
+"""jal.bench.cases at its small size: every case yields sane records (no speed
+targets), and `python -m jal.bench` prints them as JSON lines."""
 
 import json
 import math
@@ -8,7 +9,8 @@ import sys
 
 import pytest
 
-from jal import bench
+from jal.bench import cases
+from jal.bench import core
 from tests.conftest import REPO
 
 ENV_KEYS = ('case', 'device', 'backend', 'jax_version', 'size', 'compute_dtype')
@@ -18,7 +20,7 @@ ENV_KEYS = ('case', 'device', 'backend', 'jax_version', 'size', 'compute_dtype')
 def records():
   # ResNet-18 training is left to the full run: its three compilations (N=1,
   # N=2, in turn) take most of a minute on a CPU. LeNet runs the same code.
-  return bench.run(bench.CASES, size='small', train_models=('lenet',))
+  return cases.run(cases.CASES, size='small', train_models=('lenet',), repeats=1)
 
 
 def of(records, case, **match):
@@ -32,7 +34,7 @@ def positive(rec, *keys):
 
 
 def test_every_record_is_json_with_environment(records):
-  assert {r['case'] for r in records} == set(bench.CASES)
+  assert {r['case'] for r in records} == set(cases.CASES)
   for r in records:
     json.dumps(r, allow_nan=False)
     for k in ENV_KEYS:
@@ -72,7 +74,7 @@ def test_ensemble_train(records):
 def test_ensemble_train_auto_only():
   # What a CPU run of ResNet-18 asks for: only the loop's own plan (one
   # dispatch per step), for every N, and its N-scaling.
-  recs = bench.run(('ensemble_train',), size='small', train_models=('lenet',),
+  recs = cases.run(('ensemble_train',), size='small', train_models=('lenet',),
                    train_modes=('auto',), repeats=1)
   auto = of(recs, 'ensemble_train', mode='auto')
   assert [(r['members'], r['plan']) for r in auto] == [(1, IN_TURN_STEP), (2, IN_TURN_STEP)]
@@ -94,7 +96,7 @@ def test_ensemble_train_auto_only():
 ])
 def test_unknown_plan_or_model_is_refused_before_compute(overrides, message):
   with pytest.raises(ValueError, match=re.escape(message)):
-    bench.params_for('small', **overrides)
+    core.params_for('small', **overrides)
 
 
 def test_k_center(records):
@@ -121,7 +123,7 @@ def test_score_pool(records):
 
 def test_round(records):
   recs = of(records, 'round')
-  assert [r['strategy'] for r in recs] == list(bench.ROUND_STRATEGIES)
+  assert [r['strategy'] for r in recs] == list(cases.ROUND_STRATEGIES)
   for r in recs:
     assert (r['pool'], r['test'], r['n_labeled']) == (300, 100, 100)
     assert r['plan'] == IN_TURN_STEP   # the config's ResNet-18 on a CPU
@@ -132,10 +134,10 @@ def test_round(records):
 
 
 def test_imbalance_counts_match_the_real_task():
-  full = bench.load_config('imbalance')
-  assert bench.imbalance_counts(full.data) == {'train': (40_000, 2_105), 'test': (8_000, 2_000)}
-  smoke = bench.load_config('imbalance', 'smoke')
-  counts = bench.imbalance_counts(smoke.data)
+  full = cases.load_config('imbalance')
+  assert cases.imbalance_counts(full.data) == {'train': (40_000, 2_105), 'test': (8_000, 2_000)}
+  smoke = cases.load_config('imbalance', 'smoke')
+  counts = cases.imbalance_counts(smoke.data)
   assert sum(counts['train']) == 300 and sum(counts['test']) == 100
 
 

@@ -1,4 +1,5 @@
-"""jal.bench_torch: the PyTorch side computes what jal computes (skipped without torch).
+"""jal.bench.torch_models and torch_cases: the PyTorch side computes what jal
+computes, and the cases time both sides (skipped without torch).
 
 Given jal's weights, the PyTorch LeNet and ResNet-18 give jal's logits, and
 a few optimiser steps of each recipe give jal's losses: the architectures,
@@ -18,11 +19,12 @@ import pytest
 torch = pytest.importorskip('torch')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jal import bench_torch as bt
 from jal import data as data_lib
 from jal import models
 from jal import resnet
 from jal import train
+from jal.bench import torch_cases as tc
+from jal.bench import torch_models as tm
 from tests.conftest import load_config
 
 _RNG = np.random.default_rng(0)
@@ -66,10 +68,10 @@ def nchw(x):
 @pytest.mark.parametrize('name,width', [('lenet', None), ('resnet18', 8), ('resnet18', 64)])
 def test_parameter_counts_equal_jal(name, width):
   if name == 'lenet':
-    jal_model, shape, torch_model = models.LeNet(10), (1, 28, 28, 1), bt.LeNet(10)
+    jal_model, shape, torch_model = models.LeNet(10), (1, 28, 28, 1), tm.LeNet(10)
   else:
     jal_model, shape, torch_model = (resnet.ResNet18(10, width=width), (1, 32, 32, 3),
-                                     bt.ResNet18(10, width))
+                                     tm.ResNet18(10, width))
   shapes = jax.eval_shape(jal_model.init, jax.random.PRNGKey(0), jnp.zeros(shape))
   assert sum(p.numel() for p in torch_model.parameters()) == count(shapes['params'])
   # BatchNorm's running averages: flax batch_stats, torch buffers.
@@ -82,11 +84,11 @@ def test_lenet_logits_equal_jal_given_its_weights():
   model = models.LeNet(10)
   variables = random_variables(model, x.shape, 1)
   logits, emb = jax.jit(model.apply)(variables, x)
-  torch_model = bt.load_flax_variables(bt.LeNet(10), variables).eval()
-  for fmt in bt.FORMATS:
+  torch_model = tm.load_flax_variables(tm.LeNet(10), variables).eval()
+  for fmt in tm.FORMATS:
     with torch.inference_mode():
-      t_logits, t_emb = torch_model.to(memory_format=bt._MEMORY_FORMATS[fmt])(
-          nchw(x).contiguous(memory_format=bt._MEMORY_FORMATS[fmt]))
+      t_logits, t_emb = torch_model.to(memory_format=tm._MEMORY_FORMATS[fmt])(
+          nchw(x).contiguous(memory_format=tm._MEMORY_FORMATS[fmt]))
     np.testing.assert_allclose(t_logits.numpy(), logits, atol=1e-4)
     np.testing.assert_allclose(t_emb.numpy(), emb, atol=1e-4)
 
@@ -96,7 +98,7 @@ def test_resnet18_eval_logits_equal_jal_given_its_weights():
   model = resnet.ResNet18(10, width=8)
   variables = random_variables(model, x.shape, 2)
   logits, emb = jax.jit(model.apply)(variables, x)
-  torch_model = bt.load_flax_variables(bt.ResNet18(10, 8), variables).eval()
+  torch_model = tm.load_flax_variables(tm.ResNet18(10, 8), variables).eval()
   with torch.inference_mode():
     t_logits, t_emb = torch_model(nchw(x))
   np.testing.assert_allclose(t_logits.numpy(), logits, atol=1e-4)
@@ -112,7 +114,7 @@ def test_resnet18_batchnorm_momentum_is_jal():
   variables = random_variables(model, x.shape, 4)
   _, updated = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
       variables, x)
-  torch_model = bt.load_flax_variables(bt.ResNet18(10, 8), variables).train()
+  torch_model = tm.load_flax_variables(tm.ResNet18(10, 8), variables).train()
   torch_model(nchw(x))
   stats = updated['batch_stats']['bn1']
   np.testing.assert_allclose(torch_model.bn1.running_mean.numpy(), stats['mean'], atol=1e-6)
@@ -123,10 +125,10 @@ def test_resnet18_batchnorm_momentum_is_jal():
 
 
 @pytest.mark.parametrize('recipe,jal_model,torch_model', [
-    (bt.lenet_mnist(), models.LeNet(10), bt.LeNet(10)),
+    (tm.lenet_mnist(), models.LeNet(10), tm.LeNet(10)),
     # A larger weight decay than the recipe's 5e-4, to be seen in three steps.
-    (bt.resnet_cifar(width=8, learning_rate=0.01, weight_decay=0.05),
-     resnet.ResNet18(10, width=8), bt.ResNet18(10, 8)),
+    (tm.resnet_cifar(width=8, learning_rate=0.01, weight_decay=0.05),
+     resnet.ResNet18(10, width=8), tm.ResNet18(10, 8)),
 ])
 def test_training_steps_equal_jal(recipe, jal_model, torch_model):
   """Three steps from the same weights on a masked batch: Adam (LeNet) and SGD Nesterov
@@ -138,7 +140,7 @@ def test_training_steps_equal_jal(recipe, jal_model, torch_model):
   mask = np.arange(n) < n - 2
   spec = train.InputSpec(recipe.mean, recipe.std, 'none')
   xj = train.prepare_inputs(jnp.asarray(x), spec)
-  xt = bt.to_inputs(torch.from_numpy(x), recipe, 'contiguous')
+  xt = tm.to_inputs(torch.from_numpy(x), recipe, 'contiguous')
   np.testing.assert_allclose(xt.permute(0, 2, 3, 1).numpy(), xj, atol=1e-6)
   variables = random_variables(jal_model, xj.shape, 6)
   tx = train.make_optimizer(ml_collections.ConfigDict(dict(
@@ -146,17 +148,17 @@ def test_training_steps_equal_jal(recipe, jal_model, torch_model):
       weight_decay=recipe.weight_decay, momentum=recipe.momentum)))
   model_state = {k: v for k, v in variables.items() if k != 'params'}
   state = train.TrainState(variables['params'], model_state, tx.init(variables['params']))
-  bt.load_flax_variables(torch_model, variables).train()
-  opt, sched = bt.make_optimizer(recipe, torch_model, steps)
+  tm.load_flax_variables(torch_model, variables).train()
+  opt, sched = tm.make_optimizer(recipe, torch_model, steps)
   step = jax.jit(functools.partial(train.train_step, jal_model, tx))
   for s in range(steps):
     lr = recipe.learning_rate * float(train.lr_factor(recipe.schedule, s, steps))
     assert lr == pytest.approx(sched.get_last_lr()[0])
     state, loss = step(state, xj, jnp.asarray(y), jnp.asarray(mask), lr)
-    t_loss = bt.train_step(torch_model, opt, sched, xt, torch.from_numpy(y).long(),
+    t_loss = tm.train_step(torch_model, opt, sched, xt, torch.from_numpy(y).long(),
                            torch.from_numpy(mask))
     assert float(t_loss) == pytest.approx(float(loss), rel=1e-4)
-  trained = dict(bt.load_flax_variables(type(torch_model)(*_args(torch_model)),
+  trained = dict(tm.load_flax_variables(type(torch_model)(*_args(torch_model)),
                                         {'params': state.params, **state.model_state})
                  .named_parameters())
   for name, p in torch_model.named_parameters():
@@ -165,13 +167,13 @@ def test_training_steps_equal_jal(recipe, jal_model, torch_model):
 
 
 def _args(torch_model):
-  return (10,) if isinstance(torch_model, bt.LeNet) else (10, torch_model.conv1.out_channels)
+  return (10,) if isinstance(torch_model, tm.LeNet) else (10, torch_model.conv1.out_channels)
 
 
 def test_crop_flip_takes_a_crop_of_the_padded_image_flipped_or_not():
   b, pad = 64, 4
   x = torch.from_numpy(np.random.default_rng(7).integers(1, 256, (b, 6, 5, 3), dtype=np.uint8))
-  out = bt.crop_flip(x, torch.Generator().manual_seed(0), pad)
+  out = tm.crop_flip(x, torch.Generator().manual_seed(0), pad)
   assert out.shape == x.shape and out.dtype == torch.uint8
   padded = torch.nn.functional.pad(x, (0, 0, pad, pad, pad, pad))
   seen = set()
@@ -187,25 +189,25 @@ def test_crop_flip_takes_a_crop_of_the_padded_image_flipped_or_not():
 
 
 def test_epoch_batches_cycle_the_labeled_set_and_mask_the_filler():
-  positions, mask = bt.epoch_batches(10, 4, torch.Generator().manual_seed(0))
+  positions, mask = tm.epoch_batches(10, 4, torch.Generator().manual_seed(0))
   assert positions.shape == mask.shape == (3, 4)
   assert sorted(positions.flatten()[:10].tolist()) == list(range(10))
   assert mask.flatten().tolist() == [True] * 10 + [False] * 2
   # Fewer than a batch: the whole batch cycles through the few labeled.
-  positions, mask = bt.epoch_batches(3, 8, torch.Generator().manual_seed(0))
+  positions, mask = tm.epoch_batches(3, 8, torch.Generator().manual_seed(0))
   assert positions.shape == (1, 8) and mask.sum() == 3
   assert positions[0, 3:6].tolist() == positions[0, :3].tolist()
-  assert bt.epochs_for(10, 64, 20, 300) == train.epochs_for(10, 64, 20, 300) == 300
-  assert bt.epochs_for(6000, 64, 20, 300) == train.epochs_for(6000, 64, 20, 300) == 20
+  assert tm.epochs_for(10, 64, 20, 300) == train.epochs_for(10, 64, 20, 300) == 300
+  assert tm.epochs_for(6000, 64, 20, 300) == train.epochs_for(6000, 64, 20, 300) == 20
 
 
 def test_variation_ratio_and_top_k_with_random_ties():
   logits = torch.tensor(_RNG.normal(size=(5, 40, 10)), dtype=torch.float32)
-  np.testing.assert_allclose(bt.variation_ratio(logits).numpy(),
+  np.testing.assert_allclose(tm.variation_ratio(logits).numpy(),
                              jal_variation_ratio(logits.numpy()), atol=1e-6)
   scores = torch.tensor([0.0, 0.8, 0.8, 0.8, 0.4, 0.9, 0.8])
   eligible = torch.tensor([True, True, True, True, True, False, True])
-  picks = [tuple(bt.top_k_with_random_ties(scores, eligible, 3, torch.Generator().manual_seed(s))
+  picks = [tuple(tm.top_k_with_random_ties(scores, eligible, 3, torch.Generator().manual_seed(s))
                  .tolist()) for s in range(20)]
   assert all(set(p) <= {1, 2, 3, 6} and len(set(p)) == 3 for p in picks)
   assert len(set(picks)) > 1   # ties in a random order, not by index
@@ -225,12 +227,12 @@ def test_run_round_follows_the_loop_protocol():
       x_test=rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8),
       y_test=rng.integers(0, 10, (30,)).astype(np.int32), num_classes=10,
       class_names=tuple('0123456789'), mean=data_lib.MNIST_MEAN, std=data_lib.MNIST_STD)
-  config = bt.load_mnist_config('smoke')
+  config = tm.load_mnist_config('smoke')
   config.num_rounds = 1
   config.warmup_size = config.query_size = 5
   config.eval_batch_size = 32
   config.train.members, config.train.epochs, config.train.min_steps = 2, 2, 3
-  summary = bt.run_round(config, dataset, 'channels_last')
+  summary = tm.run_round(config, dataset, 'channels_last')
   r0, r1 = summary['rounds']
   assert (r0['n_labeled'], r1['n_labeled']) == (5, 10)
   assert r0['train_steps'] == r1['train_steps'] == 3   # min_steps, one batch an epoch
@@ -240,14 +242,14 @@ def test_run_round_follows_the_loop_protocol():
   assert 0 <= summary['accuracy'] <= 1
 
 
-TINY = bt.Shapes(members=2, lenet_batch=4, lenet_steps=2, resnet_width=4, resnet_batch=2,
+TINY = tc.Shapes(members=2, lenet_batch=4, lenet_steps=2, resnet_width=4, resnet_batch=2,
                  resnet_steps=1, pool=24, score_chunk=8)
 
 
 def test_versus_records_have_every_side_and_sane_numbers():
   cases = ('lenet_ensemble_train', 'lenet_score_pool')
-  records = bt.versus(bt.jal_cases(TINY, cases), bt.torch_cases(TINY, cases), repeats=2,
-                      info=bt.case_info(TINY))
+  records = tc.versus(tc.jal_cases(TINY, cases), tc.torch_cases(TINY, cases), repeats=2,
+                      info=tc.case_info(TINY))
   assert [r['case'] for r in records] == list(cases)
   for r in records:
     for side in ('jal', 'torch_contiguous', 'torch_channels_last'):
@@ -255,7 +257,7 @@ def test_versus_records_have_every_side_and_sane_numbers():
         v = r[f'{side}_{key}']
         assert math.isfinite(v) and v > 0, (side, key, r)
       assert r[f'{side}_seconds_min'] <= r[f'{side}_seconds'] <= r[f'{side}_seconds_max']
-    assert r['torch_best_format'] in bt.FORMATS
+    assert r['torch_best_format'] in tm.FORMATS
     assert r['torch_seconds'] == min(r['torch_contiguous_seconds'],
                                      r['torch_channels_last_seconds'])
     assert r['ratio'] == pytest.approx(r['jal_seconds'] / r['torch_seconds'])
@@ -269,7 +271,7 @@ def test_versus_keeps_the_medians_of_what_calls_return():
   returned = iter([9.0, 3.0, 2.0, 5.0])   # the warm-up call's, then the timed calls'
   jal = {'c': lambda: {'train_seconds': next(returned), 'note': 'text is left out'}}
   tor = {'c': {'contiguous': lambda: {'train_seconds': 0.5}}}
-  (rec,) = bt.versus(jal, tor, repeats=3, warmup=1)
+  (rec,) = tc.versus(jal, tor, repeats=3, warmup=1)
   assert rec['jal_train_seconds'] == 3.0
   assert 'jal_note' not in rec
   assert rec['torch_contiguous_train_seconds'] == 0.5
@@ -277,12 +279,12 @@ def test_versus_keeps_the_medians_of_what_calls_return():
 
 
 def test_shapes_follow_jal_bench_params():
-  from jal import bench  # pylint: disable=g-import-not-at-top
-  s = bt.shapes_for(bench.params_for('small'), data_dir='/data')
+  from jal.bench import core  # pylint: disable=g-import-not-at-top
+  s = tc.shapes_for(core.params_for('small'), data_dir='/data')
   assert (s.members, s.lenet_batch, s.lenet_steps, s.resnet_width, s.resnet_batch, s.pool) == (
       2, 16, 4, 8, 8, 256)
   assert (s.round_config, s.data_dir) == ('smoke', '/data')
-  full = bt.shapes_for(bench.params_for('full'))
+  full = tc.shapes_for(core.params_for('full'))
   assert (full.members, full.lenet_batch, full.resnet_batch, full.score_chunk) == (5, 64, 128, 1000)
   # Pool scoring runs in the chunks the MNIST loop scores in.
   assert full.score_chunk == load_config('mnist', 'low').eval_batch_size

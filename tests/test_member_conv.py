@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jal import bench, config_lib, member_conv, models, profiling, resnet, train
+from jal import config_lib, member_conv, models, resnet, train
+from jal.bench import core as bench_core
+from jal.bench import profiling
 
 MEMBERS = 3
 
@@ -107,4 +109,4 @@ def test_config_and_model_plumbing():
   del old.model['member_conv']
   assert config_lib.identity(old) == config_lib.identity(config_lib.base_config())
   with pytest.raises(ValueError, match="unknown member_conv 'bogus'"):
-    bench.params_for('small', member_conv='bogus')
+    bench_core.params_for('small', member_conv='bogus')

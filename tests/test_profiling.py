@@ -1,4 +1,4 @@
-"""jal.profiling: HLO parsing and op classification on hand-written HLO, and a
+"""jal.bench.profiling: HLO parsing and op classification on hand-written HLO, and a
 real jax.profiler trace of a vmapped convolution on the CPU."""
 
 import collections
@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jal import bench
-from jal import profiling
+from jal.bench import cases
+from jal.bench import profiling
 
 # The shapes of what XLA prints (compiled.as_text()): a GPU module with cuDNN
 # custom-calls, a cuBLAS gemm, a fusion wrapping a grouped convolution, a
@@ -140,7 +140,7 @@ def test_missing_trace_is_a_clear_error(tmp_path):
 
 
 def test_bench_profile_dir_adds_a_profile_record_per_timed_program(tmp_path):
-  recs = bench.run(('k_center',), size='small', profile_dir=str(tmp_path))
+  recs = cases.run(('k_center',), size='small', profile_dir=str(tmp_path))
   timing, prof = recs
   assert timing['case'] == prof['case'] == 'k_center' and 'mode' not in timing
   assert prof['mode'] == 'profile' and prof['label'] == 'k_center_2000x64'

@@ -17,8 +17,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jal import bench, config_lib, data, experiment, infer, kernels, models, sharding, strategies
+from jal import config_lib, data, experiment, infer, kernels, models, sharding, strategies
 from jal import train
+from jal.bench import cases as bench_cases
+from jal.bench import core as bench_core
 from tests.conftest import REPO
 from tests.test_experiment import smoke
 from tests.test_kernels import CANDIDATE_LABELED, CANDIDATE_PTS, CANDIDATES
@@ -213,8 +215,9 @@ def test_step_dispatch_with_several_devices_is_refused(tmp_path):
 
 @multi
 def test_bench_splits_over_devices():
-  records = bench.run(('ensemble_train', 'k_center'), size='small', train_models=('lenet',),
-                      devices=4)
+  records = bench_cases.run(('ensemble_train', 'k_center'), size='small',
+                            train_models=('lenet',), train_modes=('sharded',), members=(2,),
+                            repeats=1, devices=4)
   (kc,) = [r for r in records if r['case'] == 'k_center']
   assert kc['devices'] == 4 and kc['device_count'] == 4 and kc['seconds'] > 0
   (sharded,) = [r for r in records if r.get('mode') == 'sharded']
@@ -223,7 +226,7 @@ def test_bench_splits_over_devices():
   assert sharded['compile_timing'] == 'jit lower().compile()'
   assert sharded['images_per_second'] > 0
   with pytest.raises(ValueError, match='devices=5: between 1 and the 4 visible'):
-    bench.params_for('small', devices=5)
+    bench_core.params_for('small', devices=5)
 
 
 @multi

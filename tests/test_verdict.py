@@ -1,4 +1,4 @@
-"""jal.verdict on hand-made workdirs whose per-seed improvements are known.
+"""jal.report.verdict on hand-made workdirs whose per-seed improvements are known.
 
 Each workdir has rounds 0..2; random's metric at seed k, round r is
 0.5 + 0.1 r + 0.01 k and a strategy's is random's plus d[k] at rounds 1 and
@@ -30,8 +30,9 @@ import sys
 
 import pytest
 
-from jal import stats, study, verdict
+from jal import stats, study
 from jal.label import advise
+from jal.report import verdict
 from tests.conftest import REPO
 
 T2 = 4.302652729749462  # t_{0.975, 2}

@@ -24,5 +24,5 @@ Modules:
     evidence.py   the regimes, and jal's measured tables as evidence for advise
 
 The research loop (`jal.experiment`, `jal.main`) never imports this package;
-`jal.verdict` reads `evidence.setting_features` to place results/ folders.
+`jal.report.verdict` reads `evidence.setting_features` to place results/ folders.
 """

@@ -11,7 +11,7 @@ balanced (`IMBALANCE_RATIO`), pretrained or trained from scratch.
 Each subfolder of results/ with config.json and metrics.jsonl is one measured
 setting; its rows are those of report/improvement.csv (cited by file and
 line), else `jal.report`'s analysis of metrics.jsonl. `setting_features`
-places a results folder in a regime (`jal.verdict` uses it too).
+places a results folder in a regime (`jal.report.verdict` uses it too).
 """
 
 import csv
@@ -183,8 +183,8 @@ def _evidence_from_metrics(folder, feats, results_dir) -> list[Evidence]:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-  """One row of the verdict table (jal.verdict's verdict.csv): a row of the
-  study's tables (or one beyond them), the study's value, jal's and the verdict."""
+  """One row of the verdict table (jal.report.verdict's verdict.csv): a row
+  of the study's tables (or one beyond them), the study's value, jal's and the verdict."""
   source: str
   row: dict
 

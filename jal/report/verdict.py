@@ -40,13 +40,14 @@ import os
 import re
 from typing import NamedTuple, Optional
 
-from jal import report
 from jal import stats
 from jal import study
+from jal.report import analysis
+from jal.report import loading
 
 START, END = '<!-- verdict:start -->', '<!-- verdict:end -->'
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       'configs')
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = os.path.join(_REPO, 'configs')
 
 
 class Shape(NamedTuple):
@@ -138,7 +139,7 @@ def split_label(spec: str) -> tuple[str, str]:
 
 
 def _groups(specs):
-  """[(label, report._Setting)] for the workdirs, grouped by label, then by setting."""
+  """[(label, loading.Setting)] for the workdirs, grouped by label, then by setting."""
   by_label = {}
   for spec in specs:
     label, path = split_label(os.fspath(spec))
@@ -146,7 +147,7 @@ def _groups(specs):
       raise FileNotFoundError(f'no such workdir: {path}')
     by_label.setdefault(label, []).append(path)
   return [(label, s) for label, paths in by_label.items()
-          for s in report.load_settings(paths)]
+          for s in loading.load_settings(paths)]
 
 
 def _empty(section, setting, strategy, run=''):
@@ -157,10 +158,10 @@ def _empty(section, setting, strategy, run=''):
 
 
 def _measure(row, setting, metric, confidence):
-  """Fills row's jal columns from `report.analyse`; returns the analysis or None."""
+  """Fills row's jal columns from `analysis.analyse`; returns the analysis or None."""
   row['workdirs'] = ' '.join(setting.workdirs)
   try:
-    res = report.analyse(setting, metric, 'random', 't', confidence, {})
+    res = analysis.analyse(setting, metric, 'random', 't', confidence, {})
   except ValueError as e:
     row.update(verdict='not run here', reason=str(e))
     return None
@@ -195,7 +196,7 @@ def _study_row(name, strategy, label, setting, confidence):
   if res is None or row['verdict']:
     return row
   row['verdict'] = verdict(row['study_value'], row['jal_lo'], row['jal_hi'])
-  comparison = report._compare_with_study(res, 't', confidence)  # pylint: disable=protected-access
+  comparison = analysis.compare_with_study(res, 't', confidence)
   mine = [n for n in res['notes'] if n.startswith(f'{strategy}:')]
   row['reason'] = ' '.join([n[0].upper() + n[1:] for n in comparison['notes']] + mine)
   return row
@@ -208,8 +209,8 @@ def _beyond_rows(label, setting, confidence):
   feats = evidence.setting_features(setting.workdirs[0]) or {}
   rows = []
   try:
-    strategies = list(report.analyse(setting, None, 'random', 't', confidence,
-                                     {})['improvement']) or ['']
+    strategies = list(analysis.analyse(setting, None, 'random', 't', confidence,
+                                       {})['improvement']) or ['']
   except ValueError:
     strategies = ['']  # _measure says why
   for strategy in strategies:
