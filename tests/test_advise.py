@@ -1,4 +1,4 @@
-"""`jal.advise` on synthetic label files with known imbalance and on results tables."""
+"""`jal.label.advise` on synthetic label files with known imbalance and on results tables."""
 
 import csv
 import json
@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from jal import advise, label, stats
+from jal import stats
+from jal.label import advise, project
 from tests.conftest import REPO
 
 HEADER = ('setting,name,query_size,metric,strategy,baseline,mean,lo,hi,half_width,n_seeds,'
@@ -188,7 +189,7 @@ def test_workdir_gives_query_pretraining_and_trend(tmp_path):
        'strategy': 'ensembles', 'batch': ['x'] * 40, 'predicted_counts': {'a': 70, 'b': 30}}]
   state = {'version': 1, 'classes': ['a', 'b'], 'labels': {f'f{i}': 'ab'[i % 2] for i in range(60)},
            'config': {'model': {'pretrained_path': '/w/r18.pth'}}, 'calls': calls}
-  (w / label.STATE_FILE).write_text(json.dumps(state))
+  (w / project.STATE_FILE).write_text(json.dumps(state))
   text, adv, sit = advise.advise(workdir=str(w), results_dir=str(tmp_path / 'none'))
   assert (sit.query, sit.pretrained, sit.counts) == (40, True, {'a': 30, 'b': 30})
   assert sit.history == [(30, 0.5, 0.33, 0.67), (60, 0.9, 0.8, 0.95)]
@@ -228,12 +229,12 @@ def test_cites_the_repository_tables_with_their_own_numbers(tmp_path):
 
 def test_cli(tmp_path):
   labels = _labels_file(tmp_path / 'l.csv', {'a': 95, 'b': 5})
-  proc = subprocess.run([sys.executable, '-m', 'jal.advise', f'--labels={labels}', '--query=50',
-                         f'--results={tmp_path / "none"}'],
+  proc = subprocess.run([sys.executable, '-m', 'jal.label.advise', f'--labels={labels}',
+                         '--query=50', f'--results={tmp_path / "none"}'],
                         capture_output=True, text=True, cwd=REPO, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert 'Recommendation: ensembles (--strategy=ensembles)' in proc.stdout
-  proc = subprocess.run([sys.executable, '-m', 'jal.advise'], capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, '-m', 'jal.label.advise'], capture_output=True, text=True,
                         cwd=REPO, timeout=120)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (

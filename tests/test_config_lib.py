@@ -10,8 +10,8 @@ import ml_collections
 import pytest
 
 from jal import config_lib
-from jal import label
 from jal import strategies
+from jal.label import project
 from jal.strategies import batch_bald, kmeans, mc_dropout, options, probcover, typiclust
 from tests.conftest import CONFIG_ARGS, load_config
 
@@ -150,12 +150,12 @@ def _identity_hash(spec):
   """The identity a workdir of `spec` ('name:args') is recognised by: jal.label's for label."""
   name, arg = spec.split(':')
   config = load_config(name, arg or None)
-  identity = (label.config_identity(config) if name == 'label' else
+  identity = (project.config_identity(config) if name == 'label' else
               config_lib.identity(config))
   return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# sha256 of `config_lib.identity` (jal.label's `config_identity` for label;
+# sha256 of `config_lib.identity` (`jal.label.project.config_identity` for label;
 # JSON, sorted keys) of each config and args, computed with the code of
 # commit 700e728, before the strategies declared their options (imbalance:cpu,
 # added after it, from the config a running workdir of e247d48 stored): a workdir any

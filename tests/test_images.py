@@ -1,4 +1,4 @@
-"""`jal.images.screen`: what may be read from a folder, decided before anything is decoded.
+"""`jal.label.images.screen`: what may be read from a folder, decided before anything is decoded.
 
 Files that would block (a FIFO, /dev/zero) are part of these tests: every call
 that could touch them runs under `deadline`, so a regression fails instead of
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from jal import images
+from jal.label import images
 
 BIG = 10**9  # a size cap that no test file reaches
 

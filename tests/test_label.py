@@ -18,7 +18,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from jal import data, images as images_lib, label
+from jal import data
+from jal.label import images as images_lib
+from jal.label import project as project_lib
+from jal.label import session
 from tests.conftest import REPO, load_config, shared_data_dir
 from tests.test_images import deadline, write_blank_png
 
@@ -70,8 +73,8 @@ def _state(workdir):
 
 
 def _run(images, labels_path, workdir, **kwargs):
-  return label.run(smoke(), str(images), str(labels_path), str(workdir),
-                   **{'query': QUERY, **kwargs})
+  return session.run(smoke(), str(images), str(labels_path), str(workdir),
+                     **{'query': QUERY, **kwargs})
 
 
 # ----------------------------------------------------------------------------
@@ -195,7 +198,7 @@ def test_changed_labels_vanished_and_altered_images_are_reported(project, tmp_pa
   Image.fromarray(255 - np.asarray(Image.open(img2 / altered))).save(img2 / altered)
 
   # The state remembers the folder's old files and labels; point it at the copies.
-  entry = label.run(smoke(), str(img2), str(lab2), str(w2), query=QUERY)
+  entry = session.run(smoke(), str(img2), str(lab2), str(w2), query=QUERY)
   ch = entry['changes']
   assert ch['labels_changed'] == [[relabeled, rows[0]['label'], new_label]]
   assert ch['labels_removed'] == [[removed, rows[1]['label']]]
@@ -231,13 +234,13 @@ def small(tmp_path):
 
 
 def refused_then_skipped(small, match):
-  """Runs label.run on the `small` folder: refused with `match`, then run with
+  """Runs session.run on the `small` folder: refused with `match`, then run with
   --skip_unreadable; returns that second call's entry."""
   images, labels_path, workdir = small
   with pytest.raises(ValueError, match=match):
-    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
-  return label.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
-                   classes=['x', 'y'], skip_unreadable=True)
+    session.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
+  return session.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
+                     classes=['x', 'y'], skip_unreadable=True)
 
 
 def test_unreadable_image_is_named_or_skipped_with_the_flag(small):
@@ -296,28 +299,28 @@ def test_caps_on_pixels_and_file_size_fail_before_any_hashing(small, monkeypatch
   with pytest.raises(ValueError, match=r'^1 unreadable image\(s\) in .*: huge\.png '
                                        r'\(400,000,000 pixels, over the --max_pixels cap of '
                                        r'50,000,000\); pass --skip_unreadable'):
-    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
+    session.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
   over = 'bytes, over the --max_file_mb cap of 0.001 MB'
   with pytest.raises(ValueError, match=re.escape(
       f'huge.png ({sizes["huge.png"]} {over}), noise.png ({sizes["noise.png"]} {over}); pass')):
-    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'],
-              max_file_mb=0.001)
+    session.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'],
+                max_file_mb=0.001)
   with pytest.raises(ValueError, match=r'--max_pixels must be positive'):
-    label.run(smoke(), str(images), str(labels_path), str(workdir), max_pixels=0)
+    session.run(smoke(), str(images), str(labels_path), str(workdir), max_pixels=0)
   assert not workdir.exists()
 
 
 def test_unknown_label_lists_the_valid_ones(small):
   images, labels_path, workdir = small
-  label.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
+  session.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
   assert _state(workdir)['classes'] == ['x', 'y']
   labels_path.write_text('filename,label\na0.png,x\na1.png,z\n')
   with pytest.raises(ValueError, match=r"line 3: unknown label 'z' for a1\.png; valid: x, y"):
-    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3)
+    session.run(smoke(), str(images), str(labels_path), str(workdir), query=3)
   # Nor can a later call change the class list.
   with pytest.raises(ValueError, match=r"differs from the class list fixed at the first call"):
-    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
-              classes=['x', 'y', 'z'])
+    session.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
+                classes=['x', 'y', 'z'])
 
 
 def test_csv_naming_missing_files(small):
@@ -325,7 +328,7 @@ def test_csv_naming_missing_files(small):
   labels_path.write_text('filename,label\na0.png,x\nnope.png,y\na1.png,y\ngone.jpg,x\n')
   with pytest.raises(ValueError, match=r'names 2 file\(s\) not in .*: nope\.png \(line 3\), '
                                        r'gone\.jpg \(line 5\)$'):
-    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3)
+    session.run(smoke(), str(images), str(labels_path), str(workdir), query=3)
 
 
 def test_duplicate_rows_with_conflicting_labels(small):
@@ -333,10 +336,10 @@ def test_duplicate_rows_with_conflicting_labels(small):
   labels_path.write_text('filename,label\na0.png,x\na1.png,y\n./a0.png,y\n')
   with pytest.raises(ValueError, match=r"a0\.png has conflicting labels 'x' \(line 2\) and "
                                        r"'y' \(line 4\)"):
-    label.run(smoke(), str(images), str(labels_path), str(workdir), query=3)
+    session.run(smoke(), str(images), str(labels_path), str(workdir), query=3)
   # Agreeing duplicates and blank labels are fine.
   labels_path.write_text('filename,label\na0.png,x\na1.png,y\na0.png,x\na2.png,\n')
-  assert label.read_labels(str(labels_path)).labels == {'a0.png': 'x', 'a1.png': 'y'}
+  assert project_lib.read_labels(str(labels_path)).labels == {'a0.png': 'x', 'a1.png': 'y'}
 
 
 def test_folder_without_images(tmp_path):
@@ -345,11 +348,11 @@ def test_folder_without_images(tmp_path):
   (tmp_path / 'labels.csv').write_text('filename,label\n')
   with pytest.raises(ValueError, match=r'^no images in .*empty: expected files ending in '
                                        r'\.png, \.jpg, \.jpeg'):
-    label.run(smoke(), str(tmp_path / 'empty'), str(tmp_path / 'labels.csv'),
-              str(tmp_path / 'w'))
+    session.run(smoke(), str(tmp_path / 'empty'), str(tmp_path / 'labels.csv'),
+                str(tmp_path / 'w'))
   with pytest.raises(FileNotFoundError, match=r'^image folder not found'):
-    label.run(smoke(), str(tmp_path / 'nope'), str(tmp_path / 'labels.csv'),
-              str(tmp_path / 'w'))
+    session.run(smoke(), str(tmp_path / 'nope'), str(tmp_path / 'labels.csv'),
+                str(tmp_path / 'w'))
 
 
 def test_other_bad_labels_files(small):
@@ -357,12 +360,12 @@ def test_other_bad_labels_files(small):
   labels_path.write_text('name,class\na0.png,x\n')
   with pytest.raises(ValueError, match=r'must start with the header filename,label; got '
                                        r'name,class'):
-    label.run(smoke(), str(images), str(labels_path), str(workdir))
+    session.run(smoke(), str(images), str(labels_path), str(workdir))
   labels_path.write_text('filename,label\na0.png,x\n')
   with pytest.raises(ValueError, match=r"labels of one class only \('x'\)"):
-    label.run(smoke(), str(images), str(labels_path), str(workdir))
+    session.run(smoke(), str(images), str(labels_path), str(workdir))
   with pytest.raises(FileNotFoundError, match=r'labels file not found'):
-    label.run(smoke(), str(images), str(labels_path) + '.missing', str(workdir))
+    session.run(smoke(), str(images), str(labels_path) + '.missing', str(workdir))
 
 
 def test_cli_prints_one_line_errors(small):
@@ -407,14 +410,14 @@ def test_validation_splits_holdout_and_folds():
   v = ml_collections.ConfigDict(dict(holdout_fraction=0.2, holdout_min_labels=200,
                                      min_per_class=5, folds=3, confidence=0.95))
   y = np.repeat(np.arange(4), [100, 60, 30, 10])
-  method, splits = label.validation_splits(y, v, seed=0)
+  method, splits = session.validation_splits(y, v, seed=0)
   assert method == 'holdout' and len(splits) == 1
   tr, held = splits[0]
   assert np.bincount(y[held]).tolist() == [20, 12, 6, 2]  # round(0.2 n_c), half up
   assert sorted(np.concatenate([tr, held]).tolist()) == list(range(200))
   # Too few labels: 3 stratified folds that partition the labels.
   y = np.repeat(np.arange(3), [7, 5, 2])
-  method, splits = label.validation_splits(y, v, seed=1)
+  method, splits = session.validation_splits(y, v, seed=1)
   assert method == 'cv' and len(splits) == 3
   held = np.concatenate([h for _, h in splits])
   assert sorted(held.tolist()) == list(range(14))
@@ -422,14 +425,14 @@ def test_validation_splits_holdout_and_folds():
   for tr, h in splits:
     assert not set(tr) & set(h) and tr.size + h.size == 14
     assert np.bincount(y[h], minlength=3).max() - np.bincount(y[h], minlength=3).min() <= 2
-  assert label.validation_splits(np.array([0]), v, 0) == ('none', [])
-  assert label.validation_splits(np.array([0, 1]), v, 0)[0] == 'cv'
+  assert session.validation_splits(np.array([0]), v, 0) == ('none', [])
+  assert session.validation_splits(np.array([0, 1]), v, 0)[0] == 'cv'
 
 
 def test_validation_estimate_numbers():
   y = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
   p = np.array([0, 0, 0, 1, 1, 0, 2, 2, 2, 2])
-  v = label.validation_estimate(y, p, 4, 0.95)
+  v = session.validation_estimate(y, p, 4, 0.95)
   assert (v['correct'], v['n'], v['accuracy']) == (8, 10, 0.8)
   assert v['lo'] == pytest.approx(0.4902, abs=1e-4) and v['hi'] == pytest.approx(0.9433, abs=1e-4)
   assert v['per_class_total'] == [4, 2, 4, 0] and v['per_class_correct'] == [3, 1, 4, 0]
@@ -440,14 +443,14 @@ def test_changes_since_pure():
   state = {'images': {'a': {'sha256': '1'}, 'b': {'sha256': '2'}, 'c': {'sha256': '3'}},
            'labels': {'a': 'x', 'b': 'y'}, 'calls': [{'batch': ['c']}]}
   prints = {'a': {'sha256': '1'}, 'c': {'sha256': '9'}, 'd': {'sha256': '4'}}
-  ch = label.changes_since(state, prints, {'a': 'y', 'c': 'x'})
+  ch = project_lib.changes_since(state, prints, {'a': 'y', 'c': 'x'})
   assert ch == {'images_vanished': [['b', 'y']], 'images_changed': [['c', 'x']],
                 'labels_changed': [['a', 'x', 'y']], 'labels_removed': [],
                 'new_images': 1, 'new_labels': 1, 'batch_labeled': 1, 'batch_size': 1}
 
 
 def test_images_of_any_size_and_mode_are_resized_and_cached(tmp_path, monkeypatch):
-  from jal import images
+  from jal.label import images
   folder = tmp_path / 'imgs'
   (folder / 'sub').mkdir(parents=True)
   (folder / '.hidden').mkdir()

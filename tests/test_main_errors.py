@@ -179,7 +179,8 @@ def test_report_on_a_missing_workdir(tmp_path):
 
 
 def test_advise_error_is_printed_once(tmp_path):
-  assert_one_line(run([f'--labels={tmp_path}/labels.csv', '--query=5'], module='jal.advise'),
+  assert_one_line(run([f'--labels={tmp_path}/labels.csv', '--query=5'],
+                      module='jal.label.advise'),
                   f'error: labels file not found: {tmp_path}/labels.csv (create it with the '
                   'header line filename,label)')
 

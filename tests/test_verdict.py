@@ -30,7 +30,8 @@ import sys
 
 import pytest
 
-from jal import advise, stats, study
+from jal import stats, study
+from jal.label import advise
 from jal.report import verdict
 from tests.conftest import REPO
 

@@ -51,7 +51,7 @@ CONFIGS = os.path.join(_REPO, 'configs')
 
 
 class Shape(NamedTuple):
-  """What `jal.advise` needs to place a study setting in a regime, and why it
+  """What `jal.label.advise` needs to place a study setting in a regime, and why it
   has not run here (None: nothing stops it; it simply was not given)."""
   num_classes: int
   imbalanced: bool
@@ -203,10 +203,10 @@ def _study_row(name, strategy, label, setting, confidence):
 
 
 def _beyond_rows(label, setting, confidence):
-  from jal import advise  # pylint: disable=g-import-not-at-top
+  from jal.label import evidence  # pylint: disable=g-import-not-at-top
   related = related_setting(setting.name)
   numbers = study.lookup(related) if related else None
-  feats = advise._setting_features(setting.workdirs[0]) or {}  # pylint: disable=protected-access
+  feats = evidence.setting_features(setting.workdirs[0]) or {}
   rows = []
   try:
     strategies = list(analysis.analyse(setting, None, 'random', 't', confidence,
@@ -218,7 +218,7 @@ def _beyond_rows(label, setting, confidence):
     row.update(query_size=setting.query_size, related_setting=related or '',
                departs=departs(setting.name, setting.config),
                num_classes=feats.get('num_classes', ''),
-               imbalanced=feats.get('imbalance_ratio', 1.0) >= advise.IMBALANCE_RATIO,
+               imbalanced=feats.get('imbalance_ratio', 1.0) >= evidence.IMBALANCE_RATIO,
                pretrained=feats.get('pretrained', ''))
     if numbers:
       table, _, where = numbers.improvement_label.partition(', ')

@@ -1,79 +1,42 @@
-r"""Label a folder of images with active learning, one batch per call.
+r"""One call of `python -m jal.label`: validate, train, score, write next_batch.csv.
 
-    python -m jal.label --images=DIR --labels=labels.csv --workdir=W --query=50
-    # label the files listed in W/next_batch.csv: add `filename,label` rows
-    # to labels.csv, then run the same command again.
+    entry = session.run(config, 'photos/', 'labels.csv', 'W', query=50)
+    print(entry['summary'])   # what the command prints
 
-Each call reads DIR and labels.csv afresh, estimates the accuracy of the
-configured ensemble (configs/label.py unless --config) on held-out labels,
-trains it on every label, scores the unlabeled images with --strategy and
-writes `W/next_batch.csv`, best first:
-
-    filename,score,rank,predicted,confidence
-
-`score` is what the strategy ranks by (variation ratio for `ensembles`, the
-uncertainty score for the single-model and ensemble uncertainty strategies);
-strategies that pick a set rather than rank by a score (`random`,
-`coreset`, hybrids) get the ensemble's variation ratio, for information.
-`predicted` and `confidence` are the ensemble's guess (mean softmax) as a
-hint for the annotator. With no label at all the first batch is random.
-
-labels.csv has the header `filename,label`; filenames are relative to DIR as
-next_batch.csv writes them; a row with an empty label counts as unlabeled;
-repeated rows must agree. The class list is fixed at the first call that
-sees labels: `--classes` (or `config.classes`) in that order, else the
-labels then present, sorted. A later label outside it is an error; to add a
-class, start a new --workdir with --classes naming every class.
-
-W holds `state.json` (the class list, every image's size, mtime and
-SHA-256, the labels seen at the last call, and one history entry per call:
-labeled counts, validation estimate, timings, the batch written),
-`next_batch.csv`, and a cache of decoded images. Both files are written
-atomically. Each call compares DIR and labels.csv with the state and reports
-labels that changed or vanished, images that vanished or whose bytes
-changed; it then uses only what DIR and labels.csv hold now. Random keys
-come from `config.seed` and a digest of the inputs, so the same inputs give
-the same next_batch.csv, and a call with nothing changed does no work and
-reprints the last summary.
+`run` checks every input before any decoding or training, estimates the
+configured ensemble's accuracy on held-out labels (`validation_splits`,
+`estimate_accuracy`), trains it on every label and lets the strategy pick
+the next batch (`model_batch`). Random keys come from `config.seed` and a
+digest of the inputs, so the same inputs give the same next_batch.csv, and
+a call with nothing changed does no work. The command's docstring
+(jal/label/__main__.py, its --help) describes the call and its files;
+`jal.label.project` reads and writes them.
 """
 
 import copy
-import csv
-import dataclasses
 import hashlib
-import io
 import json
 import os
-import re
-import sys
 import time
 import zlib
 from typing import Any
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jal import checkpoints
 from jal import config_lib
 from jal import data as data_lib
 from jal import experiment
-from jal import images as images_lib
 from jal import kernels
 from jal import stats
 from jal import strategies as strategies_lib
+from jal.label import images as images_lib
+from jal.label import project
 from jal.strategies import uncertainty
 
-STATE_FILE = 'state.json'
-BATCH_FILE = 'next_batch.csv'
-_STATE_VERSION = 1
-_MAX_NAMED = 5
-# Config fields that may change between calls of one project.
-_PER_CALL_FIELDS = ('query_size', 'strategy', 'strategy_options', 'images.num_workers')
 # Purposes folded into a call's key.
 _FIT, _VALIDATION, _SELECT = 1, 2, 3
 
@@ -88,207 +51,6 @@ _SCORES = {
     'ensemble_entropy': ('entropy of the mean prediction', uncertainty.ensemble_entropy),
     'ensemble_bald': ('BALD mutual information', uncertainty.bald),
 }
-
-
-def _named(items) -> str:
-  items = list(items)
-  more = f', ... ({len(items)} in all)' if len(items) > _MAX_NAMED else ''
-  return ', '.join(str(i) for i in items[:_MAX_NAMED]) + more
-
-
-def _natural_key(label: str):
-  """Sorts '2' before '10' when labels are integers, else alphabetically."""
-  return (0, int(label), '') if re.fullmatch(r'-?\d+', label) else (1, 0, label)
-
-
-# ----------------------------------------------------------------------------
-# Reading labels.csv.
-
-
-@dataclasses.dataclass(frozen=True)
-class Labels:
-  """The labels of labels.csv.
-
-  Attributes:
-    labels: filename -> label, one entry per labeled file.
-    lines: filename -> the line of its (first) row, for messages.
-  """
-  labels: dict[str, str]
-  lines: dict[str, int]
-
-
-def _clean_name(name: str) -> str:
-  name = name.strip().replace('\\', '/')
-  while name.startswith('./'):
-    name = name[2:]
-  return name
-
-
-def read_labels(path: str) -> Labels:
-  """Parses a `filename,label` CSV.
-
-  Extra columns are ignored; rows with an empty label are unlabeled files.
-  The same file twice with the same label is one label.
-
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: no header, a row without a filename, or one file with two
-      different labels.
-  """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'labels file not found: {path} (create it with the header line '
-                            'filename,label)')
-  with open(path, 'rb') as f:
-    raw = f.read()
-  try:
-    text = raw.decode('utf-8-sig')
-  except UnicodeDecodeError as e:
-    raise ValueError(f'{path} is not UTF-8 text: {e}') from e
-  reader = csv.reader(io.StringIO(text))
-  header = [h.strip().lower() for h in next(reader, [])]
-  if 'filename' not in header or 'label' not in header:
-    raise ValueError(f'{path} must start with the header filename,label; got '
-                     f'{",".join(header) or "an empty file"}')
-  fcol, lcol = header.index('filename'), header.index('label')
-  labels, lines = {}, {}
-  for line, row in enumerate(reader, start=2):
-    if not any(cell.strip() for cell in row):
-      continue
-    name = _clean_name(row[fcol]) if fcol < len(row) else ''
-    label = row[lcol].strip() if lcol < len(row) else ''
-    if not name:
-      raise ValueError(f'{path} line {line}: no filename')
-    if not label:
-      continue
-    if name in labels and labels[name] != label:
-      raise ValueError(f'{path}: {name} has conflicting labels {labels[name]!r} (line '
-                       f'{lines[name]}) and {label!r} (line {line}); keep one row per file')
-    if name not in labels:
-      labels[name], lines[name] = label, line
-  return Labels(labels, lines)
-
-
-def resolve_classes(stored, requested, labels: Labels, csv_path: str) -> list[str] | None:
-  """The project's class list.
-
-  Args:
-    stored: the list in the workdir's state, or None before it is fixed.
-    requested: --classes or config.classes, or None.
-    labels: this call's labels.
-    csv_path: for messages.
-
-  Returns:
-    The class names in order, or None while there is neither a label nor a
-    requested list.
-
-  Raises:
-    ValueError: a requested list that differs from the stored one, repeats
-      a name or has fewer than 2 classes; a label outside the list.
-  """
-  requested = [str(c).strip() for c in requested] if requested else None
-  if requested is not None:
-    if len(set(requested)) != len(requested) or len(requested) < 2:
-      raise ValueError(f'--classes must name at least 2 distinct classes, got {requested}')
-    if stored is not None and requested != list(stored):
-      raise ValueError(f'--classes {requested} differs from the class list fixed at the first '
-                       f'call ({list(stored)}); start a new --workdir to change it')
-  classes = list(stored) if stored is not None else requested
-  if classes is None:
-    if not labels.labels:
-      return None
-    classes = sorted(set(labels.labels.values()), key=_natural_key)
-    if len(classes) < 2:
-      raise ValueError(f'{csv_path} has labels of one class only ({classes[0]!r}); label an '
-                       'image of another class or pass --classes naming every class')
-  valid = set(classes)
-  for name, label in labels.labels.items():
-    if label not in valid:
-      raise ValueError(f'{csv_path} line {labels.lines[name]}: unknown label {label!r} for '
-                       f'{name}; valid: {", ".join(classes)} (fixed at the first call)')
-  return classes
-
-
-def check_files(labels: Labels, names: list[str], csv_path: str, folder: str) -> None:
-  """Raises ValueError if labels.csv names files that are not in the folder."""
-  present = set(names)
-  missing = [n for n in labels.labels if n not in present]
-  if missing:
-    missing.sort(key=lambda n: labels.lines[n])
-    raise ValueError(f'{csv_path} names {len(missing)} file(s) not in {folder}: '
-                     f'{_named(f"{n} (line {labels.lines[n]})" for n in missing)}')
-
-
-# ----------------------------------------------------------------------------
-# Images: fingerprints and changes since the last call.
-
-
-def fingerprints(folder: str, names: list[str], previous: dict) -> dict[str, dict]:
-  """`{name: {size, mtime_ns, sha256}}`; a file with the size and mtime it
-  had at the last call keeps its stored hash without being read."""
-  out = {}
-  for name in names:
-    path = os.path.join(folder, name)
-    size, mtime = images_lib.file_stat(path)
-    old = previous.get(name)
-    if old and old['size'] == size and old['mtime_ns'] == mtime:
-      out[name] = old
-    else:
-      out[name] = {'size': size, 'mtime_ns': mtime, 'sha256': images_lib.sha256(path)}
-  return out
-
-
-def changes_since(state: dict | None, prints: dict[str, dict],
-                  labels: dict[str, str]) -> dict[str, Any]:
-  """What differs from the last call: the user is told all of it.
-
-  Returns:
-    dict with lists `images_vanished` ([name, old label or None]),
-    `images_changed` ([name, label or None]: same name, other bytes),
-    `labels_changed` ([name, old, new]), `labels_removed` ([name, old]:
-    the row is gone, the image is still there), and counts `new_images`,
-    `new_labels`, `batch_labeled` (of the last batch, how many now have a
-    label) and `batch_size`.
-  """
-  if state is None:
-    return {'images_vanished': [], 'images_changed': [], 'labels_changed': [],
-            'labels_removed': [], 'new_images': len(prints), 'new_labels': len(labels),
-            'batch_labeled': 0, 'batch_size': 0}
-  old_images, old_labels = state['images'], state['labels']
-  batch = state['calls'][-1]['batch'] if state['calls'] else []
-  return {
-      'images_vanished': [[n, old_labels.get(n)] for n in sorted(old_images)
-                          if n not in prints],
-      'images_changed': [[n, labels.get(n)] for n in sorted(prints)
-                         if n in old_images and old_images[n]['sha256'] != prints[n]['sha256']],
-      'labels_changed': [[n, old_labels[n], labels[n]] for n in sorted(labels)
-                         if n in old_labels and old_labels[n] != labels[n]],
-      'labels_removed': [[n, old_labels[n]] for n in sorted(old_labels)
-                         if n not in labels and n in prints],
-      'new_images': sum(n not in old_images for n in prints),
-      'new_labels': sum(n not in old_labels for n in labels),
-      'batch_labeled': sum(n in labels for n in batch),
-      'batch_size': len(batch),
-  }
-
-
-def change_lines(changes: dict[str, Any]) -> list[str]:
-  """One human-readable line per kind of change that happened."""
-  out = []
-  if changes['images_vanished']:
-    out.append(f'{len(changes["images_vanished"])} image(s) vanished from the folder: '
-               + _named(n if l is None else f'{n} (was labeled {l})'
-                        for n, l in changes['images_vanished']))
-  if changes['images_changed']:
-    out.append(f'{len(changes["images_changed"])} image(s) have new content under the same '
-               'name: ' + _named(n if l is None else f'{n} (labeled {l}: check the label)'
-                                 for n, l in changes['images_changed']))
-  if changes['labels_changed']:
-    out.append(f'{len(changes["labels_changed"])} label(s) changed: '
-               + _named(f'{n} {a} -> {b}' for n, a, b in changes['labels_changed']))
-  if changes['labels_removed']:
-    out.append(f'{len(changes["labels_removed"])} label(s) removed from the labels file: '
-               + _named(f'{n} (was {l})' for n, l in changes['labels_removed']))
-  return out
 
 
 # ----------------------------------------------------------------------------
@@ -375,18 +137,6 @@ def _key_int(digest: str) -> int:
   return zlib.crc32(digest.encode()) & 0x7FFFFFFF
 
 
-def config_identity(config) -> dict:
-  """The config as a dict, minus the fields that may change between calls."""
-  d = json.loads(config.to_json_best_effort(sort_keys=True))
-  for field in _PER_CALL_FIELDS:
-    node = d
-    *path, last = field.split('.')
-    for p in path:
-      node = node.get(p, {})
-    node.pop(last, None)
-  return d
-
-
 def _pool_stats(x: np.ndarray, config) -> tuple[tuple, tuple]:
   """Per-channel mean and std on the 0-1 scale: the config's, else the pool's.
 
@@ -400,27 +150,6 @@ def _pool_stats(x: np.ndarray, config) -> tuple[tuple, tuple]:
   mean = tuple(round(float(v), 2) for v in flat.mean(0))
   std = tuple(max(round(float(v), 2), 0.01) for v in flat.std(0))
   return mean, std
-
-
-def load_state(workdir: str) -> dict | None:
-  path = os.path.join(workdir, STATE_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    state = json.load(f)
-  if state.get('version') != _STATE_VERSION:
-    raise ValueError(f'{path} has state version {state.get("version")}, expected '
-                     f'{_STATE_VERSION}; use another --workdir')
-  return state
-
-
-def _write_batch(path: str, rows: list[dict]) -> None:
-  buf = io.StringIO()
-  writer = csv.writer(buf, lineterminator='\n')
-  writer.writerow(['filename', 'score', 'rank', 'predicted', 'confidence'])
-  for r in rows:
-    writer.writerow([r['filename'], r['score'], r['rank'], r['predicted'], r['confidence']])
-  checkpoints.atomic_write(path, buf.getvalue())
 
 
 def _validate_config(config, strategy) -> None:
@@ -447,8 +176,8 @@ def _refuse_or_skip(folder: str, bad: list[tuple[str, str]], skip_unreadable: bo
   """Raises a one-line ValueError naming the unreadable files, unless skipping."""
   if bad and not skip_unreadable:
     raise ValueError(f'{len(bad)} unreadable image(s) in {folder}: '
-                     f'{_named(f"{n} ({e})" for n, e in bad)}; pass --skip_unreadable to '
-                     'leave them out')
+                     f'{project.named(f"{n} ({e})" for n, e in bad)}; pass '
+                     '--skip_unreadable to leave them out')
   for n, e in bad:
     logging.warning('Skipping unreadable image %s (%s).', n, e)
 
@@ -629,22 +358,22 @@ def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, wo
 
   # Inputs: all checks run before any decoding or training.
   names = images_lib.list_images(images_dir)
-  labels = read_labels(labels_path)
-  state = load_state(workdir)
-  identity = config_identity(config)
+  labels = project.read_labels(labels_path)
+  state = project.load_state(workdir)
+  identity = project.config_identity(config)
   if state is not None and state['config'] != identity:
     raise ValueError(f'{workdir} was made with another config '
                      f'({config_lib.diff(state["config"], identity)}); pass the same --config '
                      'and overrides, or use another --workdir')
-  check_files(labels, names, labels_path, images_dir)
-  klasses = resolve_classes(state and state.get('classes'), classes or config.get('classes'),
-                            labels, labels_path)
+  project.check_files(labels, names, labels_path, images_dir)
+  klasses = project.resolve_classes(state and state.get('classes'),
+                                    classes or config.get('classes'), labels, labels_path)
   names, screened_out = _screen_images(images_dir, names, config, max_file_mb, max_pixels,
                                        skip_unreadable)
   os.makedirs(workdir, exist_ok=True)
-  prints = fingerprints(images_dir, names, state['images'] if state else {})
-  changes = changes_since(state, prints, labels.labels)
-  for line in change_lines(changes):
+  prints = project.fingerprints(images_dir, names, state['images'] if state else {})
+  changes = project.changes_since(state, prints, labels.labels)
+  for line in project.change_lines(changes):
     logging.warning('Since the last call: %s', line)
   # The model depends on the data and config; the batch also on the strategy.
   model_digest = _digest({'labels': labels.labels, 'classes': klasses, 'config': identity,
@@ -653,7 +382,7 @@ def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, wo
   inputs_digest = _digest({'model': model_digest, 'query': config.query_size,
                            'strategy': config.strategy,
                            'options': config.strategy_options.to_dict()})
-  batch_path = os.path.join(workdir, BATCH_FILE)
+  batch_path = os.path.join(workdir, project.BATCH_FILE)
   if (state and state['calls'] and state['calls'][-1]['inputs_digest'] == inputs_digest
       and os.path.exists(batch_path)):
     logging.info('Nothing changed since call %d: %s is current.', len(state['calls']),
@@ -699,7 +428,7 @@ def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, wo
              'predicted': klasses[pred[i]], 'confidence': f'{probs[i].max():.4f}'}
             for r, i in enumerate(out['picks'])]
 
-  _write_batch(batch_path, rows)
+  project.write_batch(batch_path, rows)
   seconds['total'] = time.perf_counter() - t0
   entry = {
       'call': (len(state['calls']) if state else 0) + 1,
@@ -713,113 +442,9 @@ def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, wo
       'inputs_digest': inputs_digest,
   }
   calls = (state['calls'] if state else []) + [entry]
-  entry['summary'] = summary(entry, calls, images_dir, batch_path)
-  new_state = {'version': _STATE_VERSION, 'images_dir': os.path.abspath(images_dir),
-               'labels_path': os.path.abspath(labels_path), 'config': identity,
-               'classes': klasses, 'images': prints,
-               'labels': {n: labels.labels[n] for n in sorted(labels.labels)}, 'calls': calls}
-  checkpoints.atomic_write(os.path.join(workdir, STATE_FILE),
-                           json.dumps(new_state, indent=1, sort_keys=True) + '\n')
+  entry['summary'] = project.summary(entry, calls, images_dir, batch_path)
+  project.write_state(workdir, {
+      'images_dir': os.path.abspath(images_dir), 'labels_path': os.path.abspath(labels_path),
+      'config': identity, 'classes': klasses, 'images': prints,
+      'labels': {n: labels.labels[n] for n in sorted(labels.labels)}, 'calls': calls})
   return entry
-
-
-# ----------------------------------------------------------------------------
-# What the person sees.
-
-
-def _counts_text(counts: dict[str, int]) -> str:
-  return ', '.join(f'{c}: {n}' for c, n in counts.items()) or 'none'
-
-
-def validation_text(v: dict | None) -> str:
-  if v is None:
-    return 'none (fewer than 2 labels)'
-  how = ('a stratified held-out part' if v['method'] == 'holdout'
-         else f'{v["folds"]}-fold stratified cross-validation')
-  return (f'accuracy {v["accuracy"]:.3f} [{v["lo"]:.3f}, {v["hi"]:.3f}] '
-          f'({100 * v["confidence"]:.0f}% Wilson interval, {v["correct"]}/{v["n"]} held-out '
-          f'labels, {how}); balanced accuracy {v["balanced_accuracy"]:.3f}')
-
-
-def summary(entry: dict, calls: list[dict], images_dir: str, batch_path: str) -> str:
-  """The text a call prints: counts, changes, validation, batch, time."""
-  ch = entry['changes']
-  lines = [f'jal.label call {entry["call"]}: {entry["n_images"]} images in {images_dir}'
-           + (f' ({len(entry["skipped"])} unreadable, skipped)' if entry['skipped'] else '')]
-  since = (f' (+{ch["new_labels"]} new' + (f'; {ch["batch_labeled"]} of the '
-                                           f'{ch["batch_size"]} files of the last batch'
-                                           if ch['batch_size'] else '') + ')'
-           if entry['call'] > 1 else '')
-  lines.append(f'Labeled: {entry["n_labeled"]}{since}; per class: '
-               f'{_counts_text(entry["counts"])}')
-  if entry['call'] > 1:
-    found = change_lines(ch)
-    lines.append('Changes since the last call: ' + ('none' if not found else found[0]))
-    lines += ['  ' + l for l in found[1:]]
-  lines.append(f'Validation: {validation_text(entry["validation"])}')
-  if entry['batch']:
-    lines.append(f'Next batch: {len(entry["batch"])} files chosen by {entry["strategy"]}, '
-                 f'score = {entry["score"]} -> {batch_path}')
-  else:
-    lines.append(f'Next batch: none, every image is labeled ({batch_path} is empty)')
-  if entry['predicted_counts']:
-    lines.append(f'Predicted classes of the unlabeled images: '
-                 f'{_counts_text(entry["predicted_counts"])}')
-  s = entry['seconds']
-  lines.append(f'Time: {s["total"]:.1f} s (decode {s["decode"]:.1f} s, validation '
-               f'{s["validation"]:.1f} s, final fit {s["fit"]:.1f} s, scoring and selection '
-               f'{s["score_select"]:.1f} s)')
-  if len(calls) > 1:
-    hist = [f'{c["n_labeled"]}:' + (f'{c["validation"]["accuracy"]:.3f}' if c['validation']
-                                     else '-') for c in calls]
-    lines.append('History (labels:accuracy): ' + ' -> '.join(hist))
-  return '\n'.join(lines) + '\n'
-
-
-# ----------------------------------------------------------------------------
-# Command line.
-
-
-def _default_config_path() -> str:
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      'label.py')
-
-
-def _define_flags():
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('images', None, 'Folder of PNG/JPEG images (searched recursively).')
-  flags.DEFINE_string('labels', None, 'CSV with the header filename,label.')
-  flags.DEFINE_string('workdir', None, 'Folder for the state and next_batch.csv.')
-  flags.DEFINE_integer('query', None, 'Images to ask for (default config.query_size).')
-  flags.DEFINE_string('strategy', None, 'Strategy name (default config.strategy).')
-  flags.DEFINE_list('classes', None, 'Class names, fixing the class list at the first call.')
-  flags.DEFINE_bool('skip_unreadable', False, 'Leave unreadable images out instead of failing.')
-  flags.DEFINE_float('max_file_mb', images_lib.DEFAULT_MAX_FILE_MB,
-                     'Refuse image files larger than this many MB (10^6 bytes).')
-  flags.DEFINE_integer('max_pixels', images_lib.DEFAULT_MAX_PIXELS,
-                       'Refuse images that decode to more pixels than this (JPEGs at the '
-                       'reduced scale they are decoded at).')
-  config_flags.DEFINE_config_file('config', _default_config_path(), 'Config file.',
-                                  lock_config=True)
-  flags.mark_flags_as_required(['images', 'labels', 'workdir'])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from jal import logs, runtime, workdir  # pylint: disable=g-import-not-at-top,g-multiple-import
-  logs.quiet_libraries()
-  runtime.configure()
-  f = flags.FLAGS
-  with logs.one_line_errors('interrupted; rerun the same command'):
-    with workdir.claimed(f.workdir):
-      entry = run(f.config, f.images, f.labels, f.workdir, query=f.query, strategy=f.strategy,
-                  classes=f.classes, skip_unreadable=f.skip_unreadable,
-                  max_file_mb=f.max_file_mb, max_pixels=f.max_pixels)
-  sys.stdout.write(entry['summary'])
-
-
-if __name__ == '__main__':
-  _define_flags()
-  from jal import logs as _logs  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=_logs.parse_flags)
