@@ -25,8 +25,9 @@ from jal import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, valid=('low', 'high', 'pretrained', 'smoke'),
-                              one_of=('low', 'high'), where=__file__)
+  args = config_lib.parse_arg(
+      arg, valid=('low', 'high', 'pretrained', 'smoke'), one_of=('low', 'high'), where=__file__
+  )
   c = config_lib.base_config()
   high = 'high' in args
   c.name = 'cifar100_high' if high else 'cifar100_low'

@@ -47,12 +47,18 @@ from jal import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, valid=('pretrained', 'cpu', 'smoke'), where=__file__,
-                              one_of=('pretrained', 'cpu'), one_of_default=False)
+  args = config_lib.parse_arg(
+      arg,
+      valid=('pretrained', 'cpu', 'smoke'),
+      where=__file__,
+      one_of=('pretrained', 'cpu'),
+      one_of_default=False,
+  )
   c = config_lib.base_config()
   c.name = 'imbalance'
-  c.data = dict(name='cifar10', positive_classes=(1, 9), minority_fraction=0.05,
-                imbalanced_split='train')
+  c.data = dict(
+      name='cifar10', positive_classes=(1, 9), minority_fraction=0.05, imbalanced_split='train'
+  )
   c.query_size = 50
   c.warmup_size = 50
   c.num_rounds = 10
@@ -73,7 +79,7 @@ def _cpu_scale(c, smoke: bool):
   c.seeds = (0,) if smoke else (0, 1, 2, 3, 4)
   c.train.optimizer = 'adam'
   c.train.learning_rate = 1e-3
-  c.train.momentum = 0.9       # base_config's value; Adam does not read it
+  c.train.momentum = 0.9  # base_config's value; Adam does not read it
   c.train.weight_decay = 0.0
   c.train.schedule = 'constant'
   if not smoke:

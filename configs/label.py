@@ -45,32 +45,40 @@ from jal import data
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, valid=('gray', 'rgb', 'pretrained', 'smoke'),
-                              one_of=('gray', 'rgb', 'pretrained'), where=__file__)
+  args = config_lib.parse_arg(
+      arg,
+      valid=('gray', 'rgb', 'pretrained', 'smoke'),
+      one_of=('gray', 'rgb', 'pretrained'),
+      where=__file__,
+  )
   placeholder = ml_collections.config_dict.placeholder
   base = config_lib.base_config()
   c = ml_collections.ConfigDict()
   c.name = 'label'
-  c.seed = 0                      # root of every random stream
-  c.strategy = 'ensembles'        # --strategy overrides
+  c.seed = 0  # root of every random stream
+  c.strategy = 'ensembles'  # --strategy overrides
   c.strategy_options = base.strategy_options
-  c.query_size = 50               # --query overrides
+  c.query_size = 50  # --query overrides
   c.classes = placeholder(tuple)  # class names in order; else --classes or labels.csv
   c.eval_batch_size = 1000
-  c.images = ml_collections.ConfigDict(dict(
-      size=28,                    # images are resized to size x size
-      channels=1,                 # 1: grayscale, 3: RGB
-      mean=placeholder(tuple),    # per-channel, 0-1 scale; None: the folder's own
-      std=placeholder(tuple),
-      num_workers=4,              # decoding threads
-  ))
-  c.validation = ml_collections.ConfigDict(dict(
-      holdout_fraction=0.2,
-      holdout_min_labels=200,
-      min_per_class=5,
-      folds=3,
-      confidence=0.95,
-  ))
+  c.images = ml_collections.ConfigDict(
+      dict(
+          size=28,  # images are resized to size x size
+          channels=1,  # 1: grayscale, 3: RGB
+          mean=placeholder(tuple),  # per-channel, 0-1 scale; None: the folder's own
+          std=placeholder(tuple),
+          num_workers=4,  # decoding threads
+      )
+  )
+  c.validation = ml_collections.ConfigDict(
+      dict(
+          holdout_fraction=0.2,
+          holdout_min_labels=200,
+          min_per_class=5,
+          folds=3,
+          confidence=0.95,
+      )
+  )
   c.model = base.model
   c.train = base.train
   c.model.name = 'lenet'

@@ -20,8 +20,9 @@ from jal import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, valid=('low', 'high', 'smoke'), one_of=('low', 'high'),
-                              where=__file__)
+  args = config_lib.parse_arg(
+      arg, valid=('low', 'high', 'smoke'), one_of=('low', 'high'), where=__file__
+  )
   c = config_lib.base_config()
   high = 'high' in args
   c.name = 'mnist_high' if high else 'mnist_low'

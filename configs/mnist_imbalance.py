@@ -38,11 +38,12 @@ DIGITS = tuple(f'digit{d}' for d in range(10))
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, valid=DIGITS + ('smoke',), one_of=DIGITS, where=__file__)
-  digit = int(next((a for a in args if a in DIGITS), DIGITS[0])[len('digit'):])
+  digit = int(next((a for a in args if a in DIGITS), DIGITS[0])[len('digit') :])
   c = config_lib.base_config()
   c.name = f'mnist_imbalance_digit{digit}'
-  c.data = dict(name='mnist', positive_classes=(digit,), minority_fraction=0.05,
-                imbalanced_split='train')
+  c.data = dict(
+      name='mnist', positive_classes=(digit,), minority_fraction=0.05, imbalanced_split='train'
+  )
   c.strategies = ('random', 'coreset', 'ensembles', 'balanced_uncertainty')
   c.query_size = 50
   c.warmup_size = 50

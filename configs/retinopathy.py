@@ -25,8 +25,13 @@ def get_config(arg=None):
   args = config_lib.parse_arg(arg, valid=('smoke',), where=__file__) | {'pretrained'}
   c = config_lib.base_config()
   c.name = 'retinopathy'
-  c.data = dict(name='retinopathy', image_size=224, positive_classes=(2, 3, 4),
-                minority_fraction=0.05, imbalanced_split='train')
+  c.data = dict(
+      name='retinopathy',
+      image_size=224,
+      positive_classes=(2, 3, 4),
+      minority_fraction=0.05,
+      imbalanced_split='train',
+  )
   c.query_size = 20
   c.warmup_size = 20
   c.num_rounds = 10

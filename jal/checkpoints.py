@@ -50,6 +50,7 @@ class LoopState:
   fields. A checkpoint holds the fields under these names (`_ARRAYS` as
   orbax arrays, `_RECORDS` as JSON, `round` as the step number).
   """
+
   label_round: np.ndarray
   key: np.ndarray
   round: int = flax.struct.field(pytree_node=False)
@@ -152,8 +153,10 @@ def _seal(directory: str) -> None:
   damaged file, tensorstore fails with a line of a thousand characters and
   leaves reads in flight that print 'Event loop is closed' tracebacks later.
   """
-  atomic_write(os.path.join(directory, _SEAL),
-               json.dumps(_file_digests(directory), sort_keys=True, indent=0) + '\n')
+  atomic_write(
+      os.path.join(directory, _SEAL),
+      json.dumps(_file_digests(directory), sort_keys=True, indent=0) + '\n',
+  )
 
 
 def _check_seal(directory: str) -> None:
@@ -172,8 +175,9 @@ def _check_seal(directory: str) -> None:
     raise DamagedCheckpoint(f'files differ from their {_SEAL}: {", ".join(changed[:2])}{more}')
 
 
-def _manager(directory: str, keep: int, items: dict[str, tuple[type, type]]
-             ) -> ocp.CheckpointManager:
+def _manager(
+    directory: str, keep: int, items: dict[str, tuple[type, type]]
+) -> ocp.CheckpointManager:
   """A synchronous CheckpointManager of `directory` keeping its `keep` latest steps.
 
   `items` maps each item's name to its (save, restore) `ocp.args` types, e.g.
@@ -186,10 +190,15 @@ def _manager(directory: str, keep: int, items: dict[str, tuple[type, type]]
   for name, arg_types in items.items():
     for args in arg_types:
       registry.add(name, args)
-  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-      enable_async_checkpointing=False, cleanup_tmp_directories=True),
-      handler_registry=registry)
+  return ocp.CheckpointManager(
+      directory,
+      options=ocp.CheckpointManagerOptions(
+          preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+          enable_async_checkpointing=False,
+          cleanup_tmp_directories=True,
+      ),
+      handler_registry=registry,
+  )
 
 
 def _move_aside(path: str) -> str:
@@ -244,11 +253,16 @@ class RoundCheckpoints:
 
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
-    self.set_aside = 0   # damaged steps moved aside
+    self.set_aside = 0  # damaged steps moved aside
     self._set_aside_unsealed()
-    self.manager = _manager(self.directory, 2, {
-        'arrays': (ocp.args.StandardSave, ocp.args.StandardRestore),
-        'history': (ocp.args.JsonSave, ocp.args.JsonRestore)})
+    self.manager = _manager(
+        self.directory,
+        2,
+        {
+            'arrays': (ocp.args.StandardSave, ocp.args.StandardRestore),
+            'history': (ocp.args.JsonSave, ocp.args.JsonRestore),
+        },
+    )
 
   def _set_aside_unsealed(self) -> None:
     """Moves aside the steps whose files differ from their seal, before orbax opens the folder
@@ -266,8 +280,12 @@ class RoundCheckpoints:
   def _set_aside(self, path: str, error: Exception) -> None:
     aside = _move_aside(path)
     self.set_aside += 1
-    logging.warning('checkpoint %s is damaged (%s); moved it to %s', path, _one_line(error),
-                    os.path.basename(aside))
+    logging.warning(
+        'checkpoint %s is damaged (%s); moved it to %s',
+        path,
+        _one_line(error),
+        os.path.basename(aside),
+    )
 
   @property
   def fit_directory(self) -> str:
@@ -295,18 +313,21 @@ class RoundCheckpoints:
         self._set_aside(path, e)
         damaged = True
     if damaged:
-      self.manager.reload()   # forgets the steps moved aside
+      self.manager.reload()  # forgets the steps moved aside
     if state is None and self.set_aside:
-      logging.warning('no intact checkpoint left in %s: starting the run over from round 0',
-                      self.directory)
-      self.set_aside = 0   # said once
+      logging.warning(
+          'no intact checkpoint left in %s: starting the run over from round 0', self.directory
+      )
+      self.set_aside = 0  # said once
     return state
 
   def _restore(self, step: int) -> LoopState:
     path = os.path.join(self.directory, str(step))
     _check_seal(path)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        arrays=ocp.args.StandardRestore(), history=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(arrays=ocp.args.StandardRestore(), history=ocp.args.JsonRestore()),
+    )
     arrays = {k: np.asarray(restored.arrays[k]) for k in _ARRAYS}
     records = dict(restored.history)
     claimed = records.pop('sha256', None)
@@ -322,16 +343,21 @@ class RoundCheckpoints:
     arrays = {k: np.asarray(getattr(state, k)) for k in _ARRAYS}
     records = {k: getattr(state, k) for k in _RECORDS}
     history = {**records, 'sha256': _loop_state_digest(records, arrays)}
-    self.manager.save(state.round, args=ocp.args.Composite(
-        arrays=ocp.args.StandardSave(arrays), history=ocp.args.JsonSave(history)))
+    self.manager.save(
+        state.round,
+        args=ocp.args.Composite(
+            arrays=ocp.args.StandardSave(arrays), history=ocp.args.JsonSave(history)
+        ),
+    )
     self.manager.wait_until_finished()
     _seal(os.path.join(self.directory, str(state.round)))
 
 
 def fit_tag(round_: int, labeled_idx: np.ndarray, key) -> str:
   """Names one fit: its round and a digest of its labeled set and root key."""
-  digest = hashlib.sha256(np.asarray(labeled_idx, np.int32).tobytes()
-                          + np.asarray(key).tobytes()).hexdigest()[:16]
+  digest = hashlib.sha256(
+      np.asarray(labeled_idx, np.int32).tobytes() + np.asarray(key).tobytes()
+  ).hexdigest()[:16]
   return f'round {round_} {digest}'
 
 
@@ -374,9 +400,14 @@ class FitProgress:
   @property
   def manager(self):
     if self._manager is None:
-      self._manager = _manager(os.path.join(self.directory, 'progress'), 1, {
-          'state': (ocp.args.StandardSave, ocp.args.StandardRestore),
-          'position': (ocp.args.JsonSave, ocp.args.JsonRestore)})
+      self._manager = _manager(
+          os.path.join(self.directory, 'progress'),
+          1,
+          {
+              'state': (ocp.args.StandardSave, ocp.args.StandardRestore),
+              'position': (ocp.args.JsonSave, ocp.args.JsonRestore),
+          },
+      )
     return self._manager
 
   def _group_path(self, i: int) -> str:
@@ -390,8 +421,12 @@ class FitProgress:
     except Exception as e:  # pylint: disable=broad-exception-caught
       if not _is_damage(e):
         raise
-      logging.warning('dropped the damaged fit progress in %s (%s); training the fit (%s) from '
-                      'scratch', self.directory, _one_line(e), self.tag)
+      logging.warning(
+          'dropped the damaged fit progress in %s (%s); training the fit (%s) from ' 'scratch',
+          self.directory,
+          _one_line(e),
+          self.tag,
+      )
       self.clear()
       return None
 
@@ -400,8 +435,9 @@ class FitProgress:
     if step is None:
       return None
     _check_seal(os.path.join(self.directory, 'progress', str(step)))
-    pos = self.manager.restore(step, args=ocp.args.Composite(
-        position=ocp.args.JsonRestore())).position
+    pos = self.manager.restore(
+        step, args=ocp.args.Composite(position=ocp.args.JsonRestore())
+    ).position
     if pos['tag'] != self.tag:
       logging.debug('dropping the saved progress of another fit (%s)', pos['tag'])
       self.clear()
@@ -409,31 +445,47 @@ class FitProgress:
     for i in range(pos['group']):
       _check_seal(self._group_path(i))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    state = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract))).state
+    state = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    ).state
     with ocp.StandardCheckpointer() as ckptr:
       finished = [ckptr.restore(self._group_path(i), abstract) for i in range(pos['group'])]
     self.saved_groups = pos['group']
     self.resumed = True
     # Saves made before this field existed lack it: their time is not known.
     self.resumed_seconds = float(pos.get('elapsed_seconds', 0.0))
-    logging.info('resuming the fit (%s) at group %d, step %d, after %.0f s of training',
-                 self.tag, pos['group'], pos['step'], self.resumed_seconds)
+    logging.info(
+        'resuming the fit (%s) at group %d, step %d, after %.0f s of training',
+        self.tag,
+        pos['group'],
+        pos['step'],
+        self.resumed_seconds,
+    )
     return pos['group'], pos['step'], finished, state
 
   def after_step(self, group: int, step: int, finished: list, state) -> None:
     if self.clock() - self.last_save < self.every:
       return
-    self._save(group, step, finished, state,
-               f'the fit in progress ({self.tag}): group {group}, {step} steps done')
+    self._save(
+        group,
+        step,
+        finished,
+        state,
+        f'the fit in progress ({self.tag}): group {group}, {step} steps done',
+    )
 
   def fit_done(self, finished: list) -> None:
     """Saves every group's final state, whatever the interval: a run killed
     after the fit but before the round's loop state is saved (in evaluation
     or scoring, which take most of an hour for a CIFAR pool on a CPU) then
     resumes without training again."""
-    self._save(len(finished), 0, finished, finished[-1],
-               f'the finished fit ({self.tag}): {len(finished)} groups')
+    self._save(
+        len(finished),
+        0,
+        finished,
+        finished[-1],
+        f'the finished fit ({self.tag}): {len(finished)} groups',
+    )
 
   def _save(self, group: int, step: int, finished: list, state, what: str) -> None:
     if jax.process_index() == 0:
@@ -441,13 +493,21 @@ class FitProgress:
       with ocp.StandardCheckpointer() as ckptr:
         for i in new:
           ckptr.save(self._group_path(i), finished[i], force=True)
-      for i in new:   # once the asynchronous saves are done, at the `with`'s end
+      for i in new:  # once the asynchronous saves are done, at the `with`'s end
         _seal(self._group_path(i))
-      position = {'tag': self.tag, 'group': group, 'step': step,
-                  'elapsed_seconds': self.resumed_seconds + self.clock() - self.started}
+      position = {
+          'tag': self.tag,
+          'group': group,
+          'step': step,
+          'elapsed_seconds': self.resumed_seconds + self.clock() - self.started,
+      }
       n = group * 10**9 + step
-      self.manager.save(n, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)))
+      self.manager.save(
+          n,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)
+          ),
+      )
       self.manager.wait_until_finished()
       _seal(os.path.join(self.directory, 'progress', str(n)))
       logging.debug('saved %s', what)

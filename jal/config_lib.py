@@ -35,6 +35,7 @@ class Settings:
     embedding_source: `strategy_options.embeddings`: 'model' (member 0's,
       each round), 'pretrained' or the path of a .npy file.
   """
+
   strategies: tuple[str, ...]
   seeds: tuple[int, ...]
   embedding_source: str
@@ -47,8 +48,11 @@ class Settings:
 
 def parse(config) -> Settings:
   """`Settings` of a config; `validate` checks it first and returns this."""
-  return Settings(strategies=tuple(_strategy_names(config)), seeds=tuple(_seed_list(config)),
-                  embedding_source=embedding_source(config))
+  return Settings(
+      strategies=tuple(_strategy_names(config)),
+      seeds=tuple(_seed_list(config)),
+      embedding_source=embedding_source(config),
+  )
 
 
 def _strategy_names(config) -> list[str]:
@@ -62,15 +66,17 @@ def _seed_list(config) -> list[int]:
   try:
     return [int(s) for s in config.seeds]
   except (TypeError, ValueError):
-    raise ValueError(f'config.seeds must be a non-empty list of distinct ints, '
-                     f'got {list(config.seeds)}') from None
+    raise ValueError(
+        f'config.seeds must be a non-empty list of distinct ints, ' f'got {list(config.seeds)}'
+    ) from None
 
 
 def _positive(name, value, allow_zero=False):
   ok = value >= 0 if allow_zero else value > 0
   if not ok:
-    raise ValueError(f'config.{name} must be {"non-negative" if allow_zero else "positive"}, '
-                     f'got {value}')
+    raise ValueError(
+        f'config.{name} must be {"non-negative" if allow_zero else "positive"}, ' f'got {value}'
+    )
 
 
 # Where `strategy_options.embeddings` takes strategies' embeddings from; any
@@ -92,13 +98,17 @@ def _validate_embedding_source(config) -> None:
   if source == 'pretrained' and not config.model.get('pretrained_path'):
     raise ValueError("strategy_options.embeddings='pretrained' needs config.model.pretrained_path")
   if source == 'pretrained' and config.model.get('stem') != 'imagenet':
-    raise ValueError("strategy_options.embeddings='pretrained' needs config.model.stem='imagenet' "
-                     "(the CIFAR stem's conv1 is not in the weights)")
+    raise ValueError(
+        "strategy_options.embeddings='pretrained' needs config.model.stem='imagenet' "
+        "(the CIFAR stem's conv1 is not in the weights)"
+    )
   if source in EMBEDDING_SOURCES:
     return
   if not str(source).endswith('.npy'):
-    raise ValueError(f"unknown strategy_options.embeddings '{source}'; valid: "
-                     f"{', '.join(EMBEDDING_SOURCES)}, or the path of a .npy file")
+    raise ValueError(
+        f"unknown strategy_options.embeddings '{source}'; valid: "
+        f"{', '.join(EMBEDDING_SOURCES)}, or the path of a .npy file"
+    )
   if not os.path.isfile(source):
     raise FileNotFoundError(f'strategy_options.embeddings file not found: {source}')
 
@@ -109,8 +119,11 @@ def _float_fields(node, prefix: str = ''):
     if isinstance(value, (dict, ml_collections.ConfigDict)):
       yield from _float_fields(value, f'{prefix}{name}.')
     elif isinstance(value, (tuple, list)):
-      yield from ((f'{prefix}{name}[{i}]', v) for i, v in enumerate(value)
-                  if isinstance(v, (float, np.floating)))
+      yield from (
+          (f'{prefix}{name}[{i}]', v)
+          for i, v in enumerate(value)
+          if isinstance(v, (float, np.floating))
+      )
     elif isinstance(value, (float, np.floating)):
       yield f'{prefix}{name}', value
 
@@ -135,8 +148,9 @@ def validate(config) -> Settings:
   _validate_embedding_source(config)
   names = _strategy_names(config)
   if not names:
-    raise ValueError('config.strategies is empty; valid: '
-                     + ', '.join(sorted(strategies_lib.STRATEGIES)))
+    raise ValueError(
+        'config.strategies is empty; valid: ' + ', '.join(sorted(strategies_lib.STRATEGIES))
+    )
   for n in names:
     strategies_lib.get_strategy(n)
   if len(set(names)) != len(names):
@@ -145,11 +159,13 @@ def validate(config) -> Settings:
   if not seeds or len(set(seeds)) != len(seeds):
     raise ValueError(f'config.seeds must be a non-empty list of distinct ints, got {seeds}')
   if config.data.name not in data_lib.DATASETS:
-    raise ValueError(f"unknown dataset '{config.data.name}'; valid: "
-                     f"{', '.join(sorted(data_lib.DATASETS))}")
+    raise ValueError(
+        f"unknown dataset '{config.data.name}'; valid: " f"{', '.join(sorted(data_lib.DATASETS))}"
+    )
   if config.model.name not in models.MODELS:
-    raise ValueError(f"unknown model '{config.model.name}'; valid: "
-                     f"{', '.join(sorted(models.MODELS))}")
+    raise ValueError(
+        f"unknown model '{config.model.name}'; valid: " f"{', '.join(sorted(models.MODELS))}"
+    )
   for field in ('query_size', 'warmup_size', 'num_rounds', 'eval_batch_size'):
     _positive(field, config[field])
   tc = config.train
@@ -159,28 +175,36 @@ def validate(config) -> Settings:
   _positive('fit_checkpoint_seconds', config.get('fit_checkpoint_seconds', 0.0), allow_zero=True)
   _positive('train.weight_decay', tc.weight_decay, allow_zero=True)
   if config.get('sharding', 'auto') not in sharding.SETTINGS:
-    raise ValueError(f"unknown sharding '{config.sharding}'; valid: "
-                     f"{', '.join(sharding.SETTINGS)}")
-  for field, valid in (('optimizer', train.OPTIMIZERS), ('schedule', train.SCHEDULES),
-                       ('augment', train.AUGMENTATIONS),
-                       ('members_plan', ('auto',) + train.MEMBERS),
-                       ('dispatch', ('auto',) + train.DISPATCHES)):
+    raise ValueError(
+        f"unknown sharding '{config.sharding}'; valid: " f"{', '.join(sharding.SETTINGS)}"
+    )
+  for field, valid in (
+      ('optimizer', train.OPTIMIZERS),
+      ('schedule', train.SCHEDULES),
+      ('augment', train.AUGMENTATIONS),
+      ('members_plan', ('auto',) + train.MEMBERS),
+      ('dispatch', ('auto',) + train.DISPATCHES),
+  ):
     if tc[field] not in valid:
       raise ValueError(f"unknown train.{field} '{tc[field]}'; valid: {', '.join(valid)}")
-  if (config.get('sharding', 'auto') == 'auto' and jax.device_count() > 1
-      and tc.dispatch == 'step'):
-    raise ValueError(f"train.dispatch='step' runs on one device; with {jax.device_count()} "
-                     "devices use 'program' or 'auto', or sharding='none'")
+  if config.get('sharding', 'auto') == 'auto' and jax.device_count() > 1 and tc.dispatch == 'step':
+    raise ValueError(
+        f"train.dispatch='step' runs on one device; with {jax.device_count()} "
+        "devices use 'program' or 'auto', or sharding='none'"
+    )
   models.check_member_conv(config.model.name, config.model.get('member_conv'))
   models.conv_pool_form(config.model.get('conv_pool', 'auto'))
   path = config.model.get('pretrained_path')
   if path:
     if config.model.name != 'resnet18':
-      raise ValueError(f"config.model.pretrained_path needs model 'resnet18', "
-                       f"got '{config.model.name}'")
+      raise ValueError(
+          f"config.model.pretrained_path needs model 'resnet18', " f"got '{config.model.name}'"
+      )
     if not os.path.isfile(path):
-      raise FileNotFoundError(f'pretrained weights not found: {path} (a torchvision ResNet-18 '
-                              'state dict as .pth, .npz or .safetensors)')
+      raise FileNotFoundError(
+          f'pretrained weights not found: {path} (a torchvision ResNet-18 '
+          'state dict as .pth, .npz or .safetensors)'
+      )
   for n in names:
     need = strategies_lib.get_strategy(n).min_members
     if tc.members < need:
@@ -191,8 +215,10 @@ def validate(config) -> Settings:
   for n in names:
     strategy = strategies_lib.get_strategy(n)
     if strategy.needs_dropout and not dropout > 0:
-      raise ValueError(f"strategy '{n}' needs config.model.dropout > 0 (Monte Carlo dropout "
-                       f"passes), got {dropout}")
+      raise ValueError(
+          f"strategy '{n}' needs config.model.dropout > 0 (Monte Carlo dropout "
+          f'passes), got {dropout}'
+      )
     strategy.check_options(config.strategy_options)
   check_finite(config)
   return parse(config)
@@ -205,30 +231,41 @@ def validate_against_data(config, dataset: data_lib.Dataset) -> None:
   if source not in EMBEDDING_SOURCES:
     shape = np.load(source, mmap_mode='r').shape
     if len(shape) != 2 or shape[0] != n:
-      raise ValueError(f'strategy_options.embeddings {source} has shape {shape}; it needs one '
-                       f'row per pool point, [{n}, d]')
+      raise ValueError(
+          f'strategy_options.embeddings {source} has shape {shape}; it needs one '
+          f'row per pool point, [{n}, d]'
+      )
   if config.warmup_size > n:
     raise ValueError(f'config.warmup_size={config.warmup_size} is larger than the pool ({n})')
   total = config.warmup_size + config.num_rounds * config.query_size
   if total > n:
-    raise ValueError(f'warmup_size + num_rounds * query_size = {total} is larger than the pool '
-                     f'({n}); lower config.num_rounds or config.query_size')
+    raise ValueError(
+        f'warmup_size + num_rounds * query_size = {total} is larger than the pool '
+        f'({n}); lower config.num_rounds or config.query_size'
+    )
 
 
 def _with_defaults(d: dict, defaults: dict) -> dict:
   """`d` overlaid on `defaults`: fields absent from `d` take their default."""
   out = dict(defaults)
   for k, v in d.items():
-    out[k] = _with_defaults(v, defaults[k]) if (
-        isinstance(v, dict) and isinstance(defaults.get(k), dict)) else v
+    out[k] = (
+        _with_defaults(v, defaults[k])
+        if (isinstance(v, dict) and isinstance(defaults.get(k), dict))
+        else v
+    )
   return out
 
 
 # Workdirs written before `train.members_plan` and `train.dispatch` hold one
 # `train.loop`; each of its values is one pair of theirs.
-_LOOP_AS_PLAN = {'auto': ('auto', 'auto'), 'scan': ('vmap', 'program'),
-                 'map': ('in_turn', 'program'), 'step': ('vmap', 'step'),
-                 'member_step': ('in_turn', 'step')}
+_LOOP_AS_PLAN = {
+    'auto': ('auto', 'auto'),
+    'scan': ('vmap', 'program'),
+    'map': ('in_turn', 'program'),
+    'step': ('vmap', 'step'),
+    'member_step': ('in_turn', 'step'),
+}
 
 
 def identity(config) -> dict:
@@ -242,8 +279,7 @@ def identity(config) -> dict:
   d = json.loads(config.to_json_best_effort(sort_keys=True))
   train_fields = d.get('train', {})
   if train_fields.get('loop') in _LOOP_AS_PLAN:
-    train_fields['members_plan'], train_fields['dispatch'] = _LOOP_AS_PLAN[
-        train_fields.pop('loop')]
+    train_fields['members_plan'], train_fields['dispatch'] = _LOOP_AS_PLAN[train_fields.pop('loop')]
   d = _with_defaults(d, json.loads(base_config().to_json_best_effort(sort_keys=True)))
   for k in _NON_IDENTITY:
     d.pop(k, None)
@@ -280,8 +316,11 @@ def _strategy_options() -> ml_collections.ConfigDict:
   so = ml_collections.ConfigDict()
   so.embeddings = 'model'
   for name, option in strategies_lib.OPTIONS.items():
-    so[name] = (ml_collections.config_dict.placeholder(option.kind) if option.default is None
-                else option.default)
+    so[name] = (
+        ml_collections.config_dict.placeholder(option.kind)
+        if option.default is None
+        else option.default
+    )
   return so
 
 
@@ -290,8 +329,8 @@ def base_config() -> ml_collections.ConfigDict:
   placeholder = ml_collections.config_dict.placeholder
   c = ml_collections.ConfigDict()
   c.name = 'experiment'
-  c.seed = 0                     # root of every random stream
-  c.seeds = (0, 1, 2)            # one run per seed and strategy
+  c.seed = 0  # root of every random stream
+  c.seeds = (0, 1, 2)  # one run per seed and strategy
   c.strategies = ('random', 'coreset', 'ensembles')
   c.strategy_options = _strategy_options()
   c.data_dir = placeholder(str)  # else $JAL_DATA_DIR
@@ -302,43 +341,47 @@ def base_config() -> ml_collections.ConfigDict:
   # (jal.sharding); 'none': one device.
   c.sharding = 'auto'
   c.data = ml_collections.ConfigDict({'name': 'gaussian_blobs'})
-  c.model = ml_collections.ConfigDict(dict(
-      name='mlp',
-      compute_dtype='auto',            # bfloat16 on GPU/TPU, float32 on CPU
-      dropout=0.0,                     # rate in [0, 1); > 0 for MC dropout strategies
-      hidden=placeholder(tuple),       # mlp
-      stem=placeholder(str),           # resnet18: 'cifar' or 'imagenet'
-      width=placeholder(int),          # resnet18: first-stage channels (64)
-      pretrained_path=placeholder(str),  # resnet18: torchvision state dict
-      # Convnets: how vmapped members' convolutions run, 'grouped' (XLA's
-      # vmap), 'wgrad_in_turn' or 'in_turn' (jal.member_conv).
-      member_conv='grouped',
-      # lenet: how each convolution and its max-pool are computed: 'auto'
-      # ('space_to_depth' on CPU, 'direct' elsewhere), 'direct' or
-      # 'space_to_depth' (jal.models.ConvMaxPool). The same function.
-      conv_pool='auto',
-  ))
+  c.model = ml_collections.ConfigDict(
+      dict(
+          name='mlp',
+          compute_dtype='auto',  # bfloat16 on GPU/TPU, float32 on CPU
+          dropout=0.0,  # rate in [0, 1); > 0 for MC dropout strategies
+          hidden=placeholder(tuple),  # mlp
+          stem=placeholder(str),  # resnet18: 'cifar' or 'imagenet'
+          width=placeholder(int),  # resnet18: first-stage channels (64)
+          pretrained_path=placeholder(str),  # resnet18: torchvision state dict
+          # Convnets: how vmapped members' convolutions run, 'grouped' (XLA's
+          # vmap), 'wgrad_in_turn' or 'in_turn' (jal.member_conv).
+          member_conv='grouped',
+          # lenet: how each convolution and its max-pool are computed: 'auto'
+          # ('space_to_depth' on CPU, 'direct' elsewhere), 'direct' or
+          # 'space_to_depth' (jal.models.ConvMaxPool). The same function.
+          conv_pool='auto',
+      )
+  )
   c.warmup_size = 5
   c.query_size = 5
   c.num_rounds = 3
   c.eval_batch_size = 1000
-  c.train = ml_collections.ConfigDict(dict(
-      members=5,            # ensemble size
-      batch_size=32,
-      epochs=50,
-      min_steps=0,          # more epochs while the labeled set is small
-      optimizer='adam',
-      learning_rate=1e-3,
-      weight_decay=0.0,
-      momentum=0.9,
-      schedule='constant',
-      augment='none',
-      # How the members train (train.resolve_plan): 'vmap' or 'in_turn', and
-      # 'program' (one compiled program per fit) or 'step' (one dispatch per
-      # step, resumable mid-fit); 'auto' picks per backend and model.
-      members_plan='auto',
-      dispatch='auto',
-  ))
+  c.train = ml_collections.ConfigDict(
+      dict(
+          members=5,  # ensemble size
+          batch_size=32,
+          epochs=50,
+          min_steps=0,  # more epochs while the labeled set is small
+          optimizer='adam',
+          learning_rate=1e-3,
+          weight_decay=0.0,
+          momentum=0.9,
+          schedule='constant',
+          augment='none',
+          # How the members train (train.resolve_plan): 'vmap' or 'in_turn', and
+          # 'program' (one compiled program per fit) or 'step' (one dispatch per
+          # step, resumable mid-fit); 'auto' picks per backend and model.
+          members_plan='auto',
+          dispatch='auto',
+      )
+  )
   return c
 
 
@@ -377,15 +420,21 @@ def parse_arg(arg, valid=None, one_of=(), where='the config', one_of_default=Tru
     return args
   name = os.path.join(*os.path.normpath(where).split(os.sep)[-2:])
   default = f'; {one_of[0]} if none' if one_of and one_of_default else ''
-  accepted = ', '.join(valid) + (f' (at most one of {", ".join(one_of)}{default})' if one_of else '')
+  accepted = ', '.join(valid) + (
+      f' (at most one of {", ".join(one_of)}{default})' if one_of else ''
+  )
   unknown = sorted(args - set(valid))
   if unknown:
-    raise ValueError(f'unknown config arg{"s" if len(unknown) > 1 else ""} '
-                     f'{", ".join(repr(a) for a in unknown)} for {name}; valid: {accepted}')
+    raise ValueError(
+        f'unknown config arg{"s" if len(unknown) > 1 else ""} '
+        f'{", ".join(repr(a) for a in unknown)} for {name}; valid: {accepted}'
+    )
   both = [a for a in one_of if a in args]
   if len(both) > 1:
-    raise ValueError(f'config args {" and ".join(repr(a) for a in both)} of {name} exclude each '
-                     f'other; valid: {accepted}')
+    raise ValueError(
+        f'config args {" and ".join(repr(a) for a in both)} of {name} exclude each '
+        f'other; valid: {accepted}'
+    )
   return args
 
 

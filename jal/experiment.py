@@ -79,8 +79,9 @@ def seed_key(root_seed: int, seed: int):
 
 def warmup_indices(key, n: int, size: int) -> np.ndarray:
   """The warmup set: `size` distinct pool indices, sorted. Strategy-free."""
-  return np.sort(np.asarray(jax.random.choice(
-      jax.random.fold_in(key, _WARMUP), n, (size,), replace=False)))
+  return np.sort(
+      np.asarray(jax.random.choice(jax.random.fold_in(key, _WARMUP), n, (size,), replace=False))
+  )
 
 
 def member_keys(key, round_: int, members: int):
@@ -128,17 +129,24 @@ class Experiment:
   returned; None parses `config`).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
-               settings: config_lib.Settings | None = None):
-    runtime.count_compile_time()   # timings' *_compile_seconds (commands start it earlier)
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      dataset: data_lib.Dataset,
+      settings: config_lib.Settings | None = None,
+  ):
+    runtime.count_compile_time()  # timings' *_compile_seconds (commands start it earlier)
     self.config = config
     self.settings = config_lib.parse(config) if settings is None else settings
     self.dataset = dataset
     # Several devices: members and pools are split over a mesh (jal.sharding),
     # and the data sit whole on every device.
     self.mesh = sharding.mesh_for(config.get('sharding', 'auto'))
-    place = (jax.device_put if self.mesh is None else
-             functools.partial(jax.device_put, device=sharding.replicated(self.mesh)))
+    place = (
+        jax.device_put
+        if self.mesh is None
+        else functools.partial(jax.device_put, device=sharding.replicated(self.mesh))
+    )
     self.x_train = place(dataset.x_train)
     self.y_train = place(dataset.y_train.astype(np.int32))
     self.x_test = place(dataset.x_test)
@@ -146,14 +154,16 @@ class Experiment:
     self.n = int(dataset.x_train.shape[0])
     self.model = models.get_model(config.model, dataset.num_classes)
     self.trainer = train.Trainer.from_config(
-        config.train, self.model,
-        train.InputSpec(dataset.mean, dataset.std, config.train.augment))
+        config.train, self.model, train.InputSpec(dataset.mean, dataset.std, config.train.augment)
+    )
     self.eval_spec = train.InputSpec(dataset.mean, dataset.std, 'none')
-    self.init_overrides = jax.device_put(pretrained_overrides(
-        self.model, config.model, self.x_train[:1], self.eval_spec))
+    self.init_overrides = jax.device_put(
+        pretrained_overrides(self.model, config.model, self.x_train[:1], self.eval_spec)
+    )
     # Resolved once: fits and predictions run the members as it says.
-    self.plan = train.resolve_plan(config.train.members_plan, config.train.dispatch,
-                                   self.trainer, self.x_train[:1], self.mesh)
+    self.plan = train.resolve_plan(
+        config.train.members_plan, config.train.dispatch, self.trainer, self.x_train[:1], self.mesh
+    )
     logging.info('training plan: %s', self.plan.describe())
 
   @functools.cached_property
@@ -172,21 +182,29 @@ class Experiment:
       flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes))
       unloaded = [p for p in flat if p not in self.init_overrides and p[:2] != ('params', 'fc')]
       if unloaded:
-        raise ValueError(f'strategy_options.embeddings=pretrained: {unloaded[0]} is not in '
-                         f'{self.config.model.pretrained_path}')
+        raise ValueError(
+            f'strategy_options.embeddings=pretrained: {unloaded[0]} is not in '
+            f'{self.config.model.pretrained_path}'
+        )
       # The head (fc) is not loaded when the class count differs: zeros, unused here.
       variables = flax.traverse_util.unflatten_dict(
-          {p: self.init_overrides.get(p, np.zeros(s.shape, s.dtype)) for p, s in flat.items()})
+          {p: self.init_overrides.get(p, np.zeros(s.shape, s.dtype)) for p, s in flat.items()}
+      )
       states = train.TrainState(
           params=jax.tree.map(lambda a: a[None], variables['params']),
-          model_state={k: jax.tree.map(lambda a: a[None], v)
-                       for k, v in variables.items() if k != 'params'}, opt_state=None)
+          model_state={
+              k: jax.tree.map(lambda a: a[None], v) for k, v in variables.items() if k != 'params'
+          },
+          opt_state=None,
+      )
       emb = self.predict(states, self.x_train, True).embeddings
     else:
       emb = np.load(source)
       if emb.ndim != 2 or emb.shape[0] != self.n:
-        raise ValueError(f'strategy_options.embeddings {source} has shape {emb.shape}; '
-                         f'needs [{self.n}, d], one row per pool point')
+        raise ValueError(
+            f'strategy_options.embeddings {source} has shape {emb.shape}; '
+            f'needs [{self.n}, d], one row per pool point'
+        )
     logging.info('fixed embeddings (%s): %s', source, tuple(emb.shape))
     return jax.device_put(jnp.asarray(emb, jnp.float32))
 
@@ -207,16 +225,25 @@ class Experiment:
     idx[:num] = labeled_idx
     epochs = train.epochs_for(num, tc.batch_size, tc.epochs, tc.min_steps)
     states = train.fit(
-        self.trainer, member_keys(key, round_, tc.members), self.x_train, self.y_train,
-        jnp.asarray(idx), jnp.int32(num), jnp.int32(epochs), plan=self.plan,
+        self.trainer,
+        member_keys(key, round_, tc.members),
+        self.x_train,
+        self.y_train,
+        jnp.asarray(idx),
+        jnp.int32(num),
+        jnp.int32(epochs),
+        plan=self.plan,
         init_overrides=self.init_overrides,
-        checkpoint=checkpoint if self.plan.dispatch == 'step' else None, mesh=self.mesh)
+        checkpoint=checkpoint if self.plan.dispatch == 'step' else None,
+        mesh=self.mesh,
+    )
     self.check_trained(states, labeled_idx, f'round {round_}')
     return states
 
   def _diverged(self, detail: str, where: str | None = None) -> Diverged:
-    return Diverged(f'{detail}; lower config.train.learning_rate '
-                    f'({self.config.train.learning_rate})', where)
+    return Diverged(
+        f'{detail}; lower config.train.learning_rate ' f'({self.config.train.learning_rate})', where
+    )
 
   def check_trained(self, states, labeled_idx: np.ndarray, where: str) -> None:
     """Raises Diverged if the fit left non-finite parameters, or logits or a
@@ -226,14 +253,23 @@ class Experiment:
       raise self._diverged('the parameters are not finite', where)
     logits = self.predict(states, self.x_train, False, indices=labeled_idx).logits
     detail = metrics_lib.divergence(
-        np.asarray(logits), np.asarray(self.dataset.y_train)[labeled_idx], 'labeled')
+        np.asarray(logits), np.asarray(self.dataset.y_train)[labeled_idx], 'labeled'
+    )
     if detail:
       raise self._diverged(detail, where)
 
   def predict(self, states, x, with_embeddings: bool, indices=None):
-    return infer.predict(self.model, self.eval_spec, self.config.eval_batch_size,
-                         with_embeddings, states, x, in_turn=infer.members_in_turn(self.plan),
-                         mesh=self.mesh, indices=indices)
+    return infer.predict(
+        self.model,
+        self.eval_spec,
+        self.config.eval_batch_size,
+        with_embeddings,
+        states,
+        x,
+        in_turn=infer.members_in_turn(self.plan),
+        mesh=self.mesh,
+        indices=indices,
+    )
 
   def evaluate(self, states) -> dict[str, float]:
     """Test metrics of the ensemble (mean softmax) and of its members.
@@ -267,28 +303,41 @@ class Experiment:
       run = states if base.LOGITS in needs else jax.tree.map(lambda a: a[:1], states)
       preds = self.predict(run, self.x_train, base.EMBEDDINGS in model_needs)
       inputs = inputs._replace(
-          logits=preds.logits if base.LOGITS in needs else None,
-          embeddings=preds.embeddings)
+          logits=preds.logits if base.LOGITS in needs else None, embeddings=preds.embeddings
+      )
     if fixed:
       inputs = inputs._replace(embeddings=self.fixed_embeddings)
     if needs & {base.CLASSIFIER, base.MC_LOGITS}:
       member0 = jax.tree.map(lambda a: a[0], states)
     if base.CLASSIFIER in needs:
-      inputs = inputs._replace(classifier=base.Classifier(
-          model=self.model, spec=self.eval_spec,
-          variables={'params': member0.params, **member0.model_state},
-          x=self.x_train, chunk_size=self.config.eval_batch_size))
+      inputs = inputs._replace(
+          classifier=base.Classifier(
+              model=self.model,
+              spec=self.eval_spec,
+              variables={'params': member0.params, **member0.model_state},
+              x=self.x_train,
+              chunk_size=self.config.eval_batch_size,
+          )
+      )
     if base.MC_LOGITS in needs:
-      inputs = inputs._replace(mc_logits=infer.mc_predict(
-          self.model, self.eval_spec, self.config.eval_batch_size,
-          mc_dropout.mc_samples_of(self.config.strategy_options, strategy.name), member0,
-          self.x_train, jax.random.fold_in(key, _MC_PASSES)))
+      inputs = inputs._replace(
+          mc_logits=infer.mc_predict(
+              self.model,
+              self.eval_spec,
+              self.config.eval_batch_size,
+              mc_dropout.mc_samples_of(self.config.strategy_options, strategy.name),
+              member0,
+              self.x_train,
+              jax.random.fold_in(key, _MC_PASSES),
+          )
+      )
     return jax.block_until_ready(inputs)
 
   def select(self, strategy, inputs: strategies_lib.Inputs, key) -> np.ndarray:
     """Runs `strategy` on scored inputs; returns the picked indices, validated."""
-    picks = np.asarray(strategy.select(inputs, self.config.query_size, key,
-                                       self.config.strategy_options))
+    picks = np.asarray(
+        strategy.select(inputs, self.config.query_size, key, self.config.strategy_options)
+    )
     labeled = np.asarray(inputs.labeled)
     if len(np.unique(picks)) != len(picks) or labeled[picks].any():
       raise RuntimeError(f'strategy {strategy.name} picked labeled or repeated points: {picks}')
@@ -297,8 +346,11 @@ class Experiment:
 
 def variable_shapes(model, sample_x, spec):
   """The model's variables as ShapeDtypeStructs, without running an initialiser."""
-  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                        train.prepare_inputs(sample_x, spec))
+  return jax.eval_shape(
+      functools.partial(model.init, train=False),
+      jax.random.PRNGKey(0),
+      train.prepare_inputs(sample_x, spec),
+  )
 
 
 def pretrained_overrides(model, model_config, sample_x, spec):
@@ -334,17 +386,28 @@ def initial_state(exp: Experiment, strategy_name: str, seed: int) -> checkpoints
   label_round = np.full((exp.n,), -1, np.int32)
   label_round[warmup] = 0
   return checkpoints.LoopState(
-      label_round=label_round, key=key, round=-1, metrics=[], timings=[],
-      selections=[{'strategy': strategy_name, 'seed': seed, 'round': 0,
-                   'indices': warmup.tolist()}])
+      label_round=label_round,
+      key=key,
+      round=-1,
+      metrics=[],
+      timings=[],
+      selections=[
+          {'strategy': strategy_name, 'seed': seed, 'round': 0, 'indices': warmup.tolist()}
+      ],
+  )
 
 
 # The parts of a round, timed in timings.jsonl as `<part>_seconds` and `<part>_compile_seconds`.
 ROUND_PARTS = ('train', 'eval', 'score', 'select')
 
 
-def run_round(exp: Experiment, strategy, seed: int, state: checkpoints.LoopState,
-              fit_progress: checkpoints.FitProgress | None = None) -> checkpoints.LoopState:
+def run_round(
+    exp: Experiment,
+    strategy,
+    seed: int,
+    state: checkpoints.LoopState,
+    fit_progress: checkpoints.FitProgress | None = None,
+) -> checkpoints.LoopState:
   """Runs round `state.round + 1` of one (strategy, seed) run; returns the state after it.
 
   A round trains a fresh ensemble on the labeled points, evaluates it on the
@@ -376,7 +439,8 @@ def run_round(exp: Experiment, strategy, seed: int, state: checkpoints.LoopState
   if exp.dataset.positive_class is not None and r > 0:
     queried = next(s['indices'] for s in state.selections if s['round'] == r)
     row['minority_fraction_queried'] = metrics_lib.minority_fraction_queried(
-        exp.dataset.y_train, queried, exp.dataset.positive_class)
+        exp.dataset.y_train, queried, exp.dataset.positive_class
+    )
   watch.lap('eval')
   label_round, selections = state.label_round, state.selections
   if r < exp.config.num_rounds:
@@ -393,12 +457,24 @@ def run_round(exp: Experiment, strategy, seed: int, state: checkpoints.LoopState
     # Trained by several processes: the seconds of each are summed.
     timing['train_seconds'] += fit_progress.resumed_seconds
     timing['train_resumed'] = True
-  return state.replace(label_round=label_round, round=r, metrics=state.metrics + [row],
-                       selections=selections, timings=state.timings + [timing])
+  return state.replace(
+      label_round=label_round,
+      round=r,
+      metrics=state.metrics + [row],
+      selections=selections,
+      timings=state.timings + [timing],
+  )
 
 
-def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: checkpoints.RoundCheckpoints,
-            progress, on_round=None, stop_after_round=None) -> checkpoints.LoopState:
+def run_one(
+    exp: Experiment,
+    strategy_name: str,
+    seed: int,
+    ckpt: checkpoints.RoundCheckpoints,
+    progress,
+    on_round=None,
+    stop_after_round=None,
+) -> checkpoints.LoopState:
   """Runs (or resumes) one strategy at one seed to the last round.
 
   After each round (`run_round`) the state is saved, and then the round's
@@ -426,16 +502,20 @@ def run_one(exp: Experiment, strategy_name: str, seed: int, ckpt: checkpoints.Ro
   while state.round < config.num_rounds:
     r = state.round + 1
     fit_progress = checkpoints.FitProgress(
-        ckpt.fit_directory, checkpoints.fit_tag(r, np.flatnonzero(state.labeled), state.key),
-        config.fit_checkpoint_seconds)
+        ckpt.fit_directory,
+        checkpoints.fit_tag(r, np.flatnonzero(state.labeled), state.key),
+        config.fit_checkpoint_seconds,
+    )
     state = run_round(exp, strategy, seed, state, fit_progress)
     if jax.process_index() == 0:
       ckpt.save(state)
     fit_progress.clear()
     row = state.metrics[-1]
     headline = report.headline_metric([row])
-    progress.update(f'{strategy_name} seed {seed} round {r}: n_labeled={row["n_labeled"]} '
-                    f'{headline}={row[headline]:.4f}')
+    progress.update(
+        f'{strategy_name} seed {seed} round {r}: n_labeled={row["n_labeled"]} '
+        f'{headline}={row[headline]:.4f}'
+    )
     if on_round is not None:
       on_round(state)
     if stop_after_round is not None and r >= stop_after_round:
@@ -455,8 +535,14 @@ class Progress:
     elapsed = time.perf_counter() - self.t0
     rate = elapsed / max(self.done - self.start_done, 1)
     eta = rate * (self.total - self.done)
-    logging.info('[%d/%d rounds | %s elapsed | ETA %s] %s', self.done, self.total,
-                 _fmt_seconds(elapsed), _fmt_seconds(eta), message)
+    logging.info(
+        '[%d/%d rounds | %s elapsed | ETA %s] %s',
+        self.done,
+        self.total,
+        _fmt_seconds(elapsed),
+        _fmt_seconds(eta),
+        message,
+    )
 
 
 def _fmt_seconds(s: float) -> str:
@@ -479,8 +565,9 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
       stored = config_lib.identity(ml_collections.ConfigDict(json.load(f)))
     if stored != current:
       diff = config_lib.diff(stored, current)
-      raise ValueError(f'workdir {workdir} holds a different experiment ({diff}); '
-                       'use another --workdir')
+      raise ValueError(
+          f'workdir {workdir} holds a different experiment ({diff}); ' 'use another --workdir'
+      )
   elif jax.process_index() == 0:
     checkpoints.atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
@@ -494,8 +581,9 @@ def write_outputs(workdir: str, config, settings: config_lib.Settings, states: d
   if jax.process_index() == 0:
     write = checkpoints.atomic_write
     write(os.path.join(workdir, 'metrics.jsonl'), _jsonl(rows))
-    write(os.path.join(workdir, 'selections.jsonl'),
-          _jsonl(s for st in done for s in st.selections))
+    write(
+        os.path.join(workdir, 'selections.jsonl'), _jsonl(s for st in done for s in st.selections)
+    )
     write(os.path.join(workdir, 'timings.jsonl'), _jsonl(t for st in done for t in st.timings))
     write(os.path.join(workdir, 'results.md'), table)
   return table
@@ -504,14 +592,16 @@ def write_outputs(workdir: str, config, settings: config_lib.Settings, states: d
 def load_and_check(config):
   """Validates the config, loads the data, and validates sizes against it."""
   config_lib.validate(config)
-  dataset = data_lib.load_dataset(config.data, data_dir=data_lib.resolve_data_dir(config.data_dir),
-                                  seed=config.seed)
+  dataset = data_lib.load_dataset(
+      config.data, data_dir=data_lib.resolve_data_dir(config.data_dir), seed=config.seed
+  )
   config_lib.validate_against_data(config, dataset)
   return dataset
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_after_round=None) -> str:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, stop_after_round=None
+) -> str:
   """Runs every (strategy, seed) of `config` in `workdir`, resuming if possible.
 
   Args:
@@ -527,29 +617,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     jal.workdir.WorkdirBusy: another process holds the workdir (refused
       before its config.json is read or written).
   """
-  settings = config_lib.validate(config)   # needs no workdir: a bad config leaves none behind
+  settings = config_lib.validate(config)  # needs no workdir: a bad config leaves none behind
   # Process 0 writes the workdir (see jal.workdir): it alone holds the lock.
   with workdir_lib.claimed(workdir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(config, settings, workdir, stop_after_round)
 
 
-def _train_and_evaluate(config, settings: config_lib.Settings, workdir: str,
-                        stop_after_round) -> str:
+def _train_and_evaluate(
+    config, settings: config_lib.Settings, workdir: str, stop_after_round
+) -> str:
   """`train_and_evaluate` once the workdir is this process's."""
   dataset = load_and_check(config)
   prepare_workdir(workdir, config)
   exp = Experiment(config, dataset, settings)
   runs = settings.runs
-  ckpts = {r: checkpoints.RoundCheckpoints(
-               os.path.join(workdir, 'checkpoints', f'{r[0]}_seed{r[1]}')) for r in runs}
+  ckpts = {
+      r: checkpoints.RoundCheckpoints(os.path.join(workdir, 'checkpoints', f'{r[0]}_seed{r[1]}'))
+      for r in runs
+  }
   states = {r: st for r, st in ((r, c.latest()) for r, c in ckpts.items()) if st is not None}
   done = sum(st.round + 1 for st in states.values())
   progress = Progress(len(runs) * (config.num_rounds + 1), done)
   if done:
     logging.info('Resuming: %d of %d rounds already done in %s', done, progress.total, workdir)
   for run in runs:
+
     def on_round(state, run=run):
       states[run] = state
       write_outputs(workdir, config, settings, states)
+
     states[run] = run_one(exp, run[0], run[1], ckpts[run], progress, on_round, stop_after_round)
   return write_outputs(workdir, config, settings, states)

@@ -27,6 +27,7 @@ class Predictions(NamedTuple):
     logits: f32[m, n, c], every member's logits.
     embeddings: f32[n, d] of member 0, or None if not requested.
   """
+
   logits: Any
   embeddings: Any
 
@@ -45,17 +46,27 @@ def members_in_turn(plan) -> bool:
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _predict_chunk(model, spec, with_embeddings, states, x, idx):
   """Outputs of every member on `x[idx]`: (f32[m, b, c], f32[b, d] or None)."""
+
   def member_apply(params, model_state, xb):
     return model.apply({'params': params, **model_state}, xb, train=False)
 
   xb = prepare_inputs(x[idx], spec)
-  logits, emb = jax.vmap(member_apply, in_axes=(0, 0, None))(
-      states.params, states.model_state, xb)
+  logits, emb = jax.vmap(member_apply, in_axes=(0, 0, None))(states.params, states.model_state, xb)
   return logits, (emb[0] if with_embeddings else None)
 
 
-def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x, *,
-            in_turn: bool = False, mesh=None, indices=None) -> Predictions:
+def predict(
+    model,
+    spec,
+    chunk_size,
+    with_embeddings,
+    states: TrainState,
+    x,
+    *,
+    in_turn: bool = False,
+    mesh=None,
+    indices=None,
+) -> Predictions:
   """Evaluation-mode outputs of an ensemble on all of `x`, in chunks.
 
   Each chunk is gathered from `x` by index on device (no copy of x) and run
@@ -83,10 +94,19 @@ def predict(model, spec, chunk_size, with_embeddings, states: TrainState, x, *,
   """
   m = jax.tree.leaves(states.params)[0].shape[0]
   if in_turn and m > 1:
-    parts = [predict(model, spec, chunk_size, with_embeddings and i == 0,
-                     jax.tree.map(lambda a, i=i: a[i:i + 1], states), x, mesh=mesh,
-                     indices=indices)
-             for i in range(m)]
+    parts = [
+        predict(
+            model,
+            spec,
+            chunk_size,
+            with_embeddings and i == 0,
+            jax.tree.map(lambda a, i=i: a[i : i + 1], states),
+            x,
+            mesh=mesh,
+            indices=indices,
+        )
+        for i in range(m)
+    ]
     return Predictions(jnp.concatenate([p.logits for p in parts], axis=0), parts[0].embeddings)
   place = lambda idx: idx
   if mesh is not None:
@@ -122,8 +142,9 @@ def _mc_chunk(model, spec, num_samples, state, x, idx, key):
   xb = prepare_inputs(x[idx], spec)
 
   def one_pass(t):
-    logits, _ = model.apply(variables, xb, train=False, mc=True,
-                            rngs={'dropout': jax.random.fold_in(key, t)})
+    logits, _ = model.apply(
+        variables, xb, train=False, mc=True, rngs={'dropout': jax.random.fold_in(key, t)}
+    )
     return logits
 
   return jax.lax.map(one_pass, jnp.arange(num_samples))

@@ -118,8 +118,7 @@ def k_center_greedy(embeddings, labeled, k, mesh=None, candidates=None):
   """
   embeddings = jnp.asarray(embeddings, jnp.float32)
   labeled = jnp.asarray(labeled, bool)
-  candidates = (jnp.ones_like(labeled) if candidates is None
-                else jnp.asarray(candidates, bool))
+  candidates = jnp.ones_like(labeled) if candidates is None else jnp.asarray(candidates, bool)
   if mesh is None or mesh.size == 1:
     return _k_center_picks(embeddings, labeled, candidates, k, None)
   axis = mesh.axis_names[0]
@@ -127,11 +126,19 @@ def k_center_greedy(embeddings, labeled, k, mesh=None, candidates=None):
   n = embeddings.shape[0]
   pad = -(-n // mesh.size) * mesh.size - n
   # Padding rows are neither labeled (never centres) nor candidates (never picked).
-  args = (jnp.pad(embeddings, ((0, pad), (0, 0))), jnp.pad(labeled, (0, pad)),
-          jnp.pad(candidates, (0, pad)))
+  args = (
+      jnp.pad(embeddings, ((0, pad), (0, 0))),
+      jnp.pad(labeled, (0, pad)),
+      jnp.pad(candidates, (0, pad)),
+  )
   local = functools.partial(_k_center_picks, k=k, axis=axis)
-  return jax.shard_map(local, mesh=mesh, in_specs=(split,) * 3,
-                       out_specs=jax.sharding.PartitionSpec(), check_vma=False)(*args)
+  return jax.shard_map(
+      local,
+      mesh=mesh,
+      in_specs=(split,) * 3,
+      out_specs=jax.sharding.PartitionSpec(),
+      check_vma=False,
+  )(*args)
 
 
 def _k_center_picks(embeddings, labeled, candidates, k, axis):
@@ -308,8 +315,11 @@ def d2_seeding(sq_dists_to, eligible, key, k, first):
     j = jax.random.categorical(jax.random.fold_in(key, i), logits).astype(jnp.int32)
     return (jnp.minimum(min_d, sq_dists_to(j)), open_.at[j].set(False), seeds.at[i].set(j))
 
-  init = (sq_dists_to(first), eligible.at[first].set(False),
-          jnp.zeros((k,), jnp.int32).at[0].set(first))
+  init = (
+      sq_dists_to(first),
+      eligible.at[first].set(False),
+      jnp.zeros((k,), jnp.int32).at[0].set(first),
+  )
   return jax.lax.fori_loop(1, k, body, init)[2]
 
 
@@ -338,8 +348,7 @@ def kmeans(x, k, key, iters, mask=None):
   sq = jnp.sum(x * x, axis=-1)
   first_key, seed_key = jax.random.split(key)
   first = jax.random.categorical(first_key, jnp.where(mask, 0.0, -jnp.inf)).astype(jnp.int32)
-  seeds = d2_seeding(lambda j: sq_dists_to(x, sq, x[j][None, :])[:, 0], mask, seed_key,
-                     k, first)
+  seeds = d2_seeding(lambda j: sq_dists_to(x, sq, x[j][None, :])[:, 0], mask, seed_key, k, first)
   w = mask.astype(jnp.float32)
 
   def lloyd(_, centers):

@@ -113,7 +113,7 @@ def _config_location(frames: list[tuple[str, int]]) -> tuple[str, int] | None:
   loader = [i for i, (f, _) in enumerate(frames) if _in_config_flags(f)]
   if not loader:
     return None
-  after = [(f, n) for f, n in frames[loader[-1] + 1:] if not f.startswith('<frozen')]
+  after = [(f, n) for f, n in frames[loader[-1] + 1 :] if not f.startswith('<frozen')]
   if not after or _LIBRARY in after[0][0]:
     return None
   path = after[0][0]
@@ -133,8 +133,14 @@ def _override_line(e: Exception, argv: list[str]) -> str | None:
   None if no override in `argv` names that field."""
   lines = [l.strip() for l in str(e.args[0] if e.args else e).splitlines() if l.strip()]
   name = lines[0].strip('\'"') if lines else ''
-  flag = next((a.split('=')[0] for a in argv[1:]
-               if re.match(r'--?\w+\.', a) and name in a.split('=')[0].split('.')[1:]), None)
+  flag = next(
+      (
+          a.split('=')[0]
+          for a in argv[1:]
+          if re.match(r'--?\w+\.', a) and name in a.split('=')[0].split('.')[1:]
+      ),
+      None,
+  )
   if flag is None:
     return None
   hint = ''.join(f'; {l}' for l in lines[1:])

@@ -25,12 +25,16 @@ from jal import logs
 from jal import runtime
 from jal import sharding
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
 _DISTRIBUTED = flags.DEFINE_boolean(
-    'distributed', False, 'Call jax.distributed.initialize() first (multi-host runs; the '
-    'coordinator and process ids come from the environment, e.g. SLURM).')
+    'distributed',
+    False,
+    'Call jax.distributed.initialize() first (multi-host runs; the '
+    'coordinator and process ids come from the environment, e.g. SLURM).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -38,9 +42,11 @@ def results_lines(workdir: str) -> str:
   """What the run ends with, after the table: where the results are, and the
   command for figures and confidence intervals."""
   w = os.path.abspath(workdir)
-  return (f'\nResults: {os.path.join(w, "results.md")}\n'
-          f'Figures and confidence intervals: python -m jal.report '
-          f'--workdir={shlex.quote(w)} --out={shlex.quote(os.path.join(w, "report"))}\n')
+  return (
+      f'\nResults: {os.path.join(w, "results.md")}\n'
+      f'Figures and confidence intervals: python -m jal.report '
+      f'--workdir={shlex.quote(w)} --out={shlex.quote(os.path.join(w, "report"))}\n'
+  )
 
 
 def main(argv):

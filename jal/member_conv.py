@@ -52,8 +52,7 @@ def in_turn(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
 
   @f.def_vmap
   def _rule(axis_size, in_batched, *args):
-    items = [f(*[a[i] if b else a for a, b in zip(args, in_batched)])
-             for i in range(axis_size)]
+    items = [f(*[a[i] if b else a for a, b in zip(args, in_batched)]) for i in range(axis_size)]
     return jnp.stack(items), True
 
   return f
@@ -61,9 +60,17 @@ def in_turn(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
 
 def _conv(static, lhs, rhs):
   strides, padding, lhs_dil, rhs_dil, dims, groups, precision = static
-  return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation=lhs_dil,
-                                  rhs_dilation=rhs_dil, dimension_numbers=dims,
-                                  feature_group_count=groups, precision=precision)
+  return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      strides,
+      padding,
+      lhs_dilation=lhs_dil,
+      rhs_dilation=rhs_dil,
+      dimension_numbers=dims,
+      feature_group_count=groups,
+      precision=precision,
+  )
 
 
 def _input_grad(static, lhs, rhs, g):
@@ -123,14 +130,31 @@ def conv_general_dilated(kind: str) -> Callable[..., jax.Array] | None:
 
 
 def _make(kind: str):
-  def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-           dimension_numbers=None, feature_group_count=1, precision=None,
-           preferred_element_type=None):
+  def conv(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=None,
+      rhs_dilation=None,
+      dimension_numbers=None,
+      feature_group_count=1,
+      precision=None,
+      preferred_element_type=None,
+  ):
     if preferred_element_type is not None:
       raise ValueError('member_conv: preferred_element_type is not supported')
-    static = (_hashable(window_strides), _hashable(padding), _hashable(lhs_dilation),
-              _hashable(rhs_dilation), dimension_numbers, feature_group_count, precision)
+    static = (
+        _hashable(window_strides),
+        _hashable(padding),
+        _hashable(lhs_dilation),
+        _hashable(rhs_dilation),
+        dimension_numbers,
+        feature_group_count,
+        precision,
+    )
     return _custom_conv(kind, static)(lhs, rhs)
+
   conv.__name__ = f'conv_general_dilated_{kind}'
   return conv
 

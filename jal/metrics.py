@@ -60,8 +60,9 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
   return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def classification_metrics(member_logits: np.ndarray, labels: np.ndarray,
-                           positive_class=None) -> dict[str, float]:
+def classification_metrics(
+    member_logits: np.ndarray, labels: np.ndarray, positive_class=None
+) -> dict[str, float]:
   """Metrics of the ensemble's mean softmax and of its single members.
 
   Args:
@@ -82,8 +83,10 @@ def classification_metrics(member_logits: np.ndarray, labels: np.ndarray,
   out = {
       'accuracy': float(correct.mean()),
       'member_accuracy': float((member_logits.argmax(-1) == labels[None]).mean()),
-      'per_class_accuracy': [float(correct[labels == c].mean()) if (labels == c).any()
-                             else None for c in range(member_logits.shape[-1])],
+      'per_class_accuracy': [
+          float(correct[labels == c].mean()) if (labels == c).any() else None
+          for c in range(member_logits.shape[-1])
+      ],
   }
   if positive_class is not None:
     out['average_precision'] = average_precision(mean[:, positive_class], labels == positive_class)
@@ -133,8 +136,10 @@ def divergence(member_logits: np.ndarray, labels=None, where: str = 'test') -> s
     losses = member_losses(z, labels)
     worst, chance = int(np.argmax(losses)), math.log(z.shape[-1])
     if losses[worst] > LOSS_LIMIT * chance:
-      return (f'the {where}-set loss is {losses[worst]:.2g} (member {worst}; chance is '
-              f'{chance:.2f}, limit {LOSS_LIMIT:g}x chance)')
+      return (
+          f'the {where}-set loss is {losses[worst]:.2g} (member {worst}; chance is '
+          f'{chance:.2f}, limit {LOSS_LIMIT:g}x chance)'
+      )
   peak = float(np.abs(z).max(initial=0.0))
   if peak > LOGIT_LIMIT:
     return f'the {where}-set logits reach {peak:.2g} (limit {LOGIT_LIMIT:.0e})'

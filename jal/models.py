@@ -41,8 +41,7 @@ def _dropout(x, rate: float, train: bool, mc: bool):
   """
   if not rate:
     return x
-  return nn.Dropout(rate, broadcast_dims=(0,) if mc else (),
-                    deterministic=not (train or mc))(x)
+  return nn.Dropout(rate, broadcast_dims=(0,) if mc else (), deterministic=not (train or mc))(x)
 
 
 class MLP(nn.Module):
@@ -51,6 +50,7 @@ class MLP(nn.Module):
   Dropout, if any, follows each hidden activation; the embedding is the last
   hidden activation before it.
   """
+
   num_classes: int
   hidden: Sequence[int] = (64, 64)
   dtype: Any = jnp.float32
@@ -94,7 +94,7 @@ def phase_kernel(kernel):
   """
   k, _, c, o = kernel.shape
   q = k // 2 + 1
-  select = np.zeros((q, 2, 2, k), np.float32)   # [block, input phase, output phase, tap]
+  select = np.zeros((q, 2, 2, k), np.float32)  # [block, input phase, output phase, tap]
   for blk, r, a in np.ndindex(q, 2, 2):
     if 0 <= 2 * blk + r - a < k:
       select[blk, r, a, 2 * blk + r - a] = 1.0
@@ -119,20 +119,23 @@ class ConvMaxPool(nn.Module):
                       pixels and drops the pool's select-and-scatter backward
                       (LeNet on MNIST on a 2-core CPU: results/bench_cpu).
   """
+
   features: int
   kernel_size: int
-  padding: str          # 'SAME' or 'VALID'
+  padding: str  # 'SAME' or 'VALID'
   form: str = 'direct'
   dtype: Any = jnp.float32
-  conv_general_dilated: Any = None   # jal.member_conv's, or None for lax's
+  conv_general_dilated: Any = None  # jal.member_conv's, or None for lax's
 
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (k, k, x.shape[-1], self.features), jnp.float32).astype(self.dtype)
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,),
-                      jnp.float32).astype(self.dtype)
+    kernel = self.param(
+        'kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32
+    ).astype(self.dtype)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(
+        self.dtype
+    )
     conv = self.conv_general_dilated or jax.lax.conv_general_dilated
     dims = ('NHWC', 'HWIO', 'NHWC')
     if self.form == 'direct':
@@ -140,12 +143,13 @@ class ConvMaxPool(nn.Module):
       return nn.max_pool(y, (2, 2), strides=(2, 2)) + bias
     if self.padding == 'SAME':
       x = jnp.pad(x, ((0, 0), (k // 2, (k - 1) // 2), (k // 2, (k - 1) // 2), (0, 0)))
-    ho, wo = (x.shape[1] - k + 1) // 2, (x.shape[2] - k + 1) // 2   # pooled size
+    ho, wo = (x.shape[1] - k + 1) // 2, (x.shape[2] - k + 1) // 2  # pooled size
     q = k // 2 + 1
-    h, w = 2 * (ho + q - 1), 2 * (wo + q - 1)                     # input pixels read
+    h, w = 2 * (ho + q - 1), 2 * (wo + q - 1)  # input pixels read
     x = jnp.pad(x, ((0, 0), (0, max(h - x.shape[1], 0)), (0, max(w - x.shape[2], 0)), (0, 0)))
-    y = conv(space_to_depth(x[:, :h, :w]), phase_kernel(kernel), (1, 1), 'VALID',
-             dimension_numbers=dims)
+    y = conv(
+        space_to_depth(x[:, :h, :w]), phase_kernel(kernel), (1, 1), 'VALID', dimension_numbers=dims
+    )
     return y.reshape(*y.shape[:3], 4, self.features).max(axis=3) + bias
 
 
@@ -171,17 +175,21 @@ class LeNet(nn.Module):
   any, follows the two hidden Dense layers (so the second one also drops the
   head's input); the embedding is taken before it.
   """
+
   num_classes: int
   dtype: Any = jnp.float32
   dropout: float = 0.0
-  member_conv: str = 'grouped'   # how vmapped members' convs run: jal.member_conv
-  conv_pool: str = 'direct'      # ConvMaxPool's form
+  member_conv: str = 'grouped'  # how vmapped members' convs run: jal.member_conv
+  conv_pool: str = 'direct'  # ConvMaxPool's form
 
   @nn.compact
   def __call__(self, x, train: bool = False, mc: bool = False):
     block = functools.partial(
-        ConvMaxPool, form=self.conv_pool, dtype=self.dtype,
-        conv_general_dilated=member_conv_lib.conv_general_dilated(self.member_conv))
+        ConvMaxPool,
+        form=self.conv_pool,
+        dtype=self.dtype,
+        conv_general_dilated=member_conv_lib.conv_general_dilated(self.member_conv),
+    )
     x = x.astype(self.dtype)
     x = nn.relu(block(6, 5, 'SAME', name='Conv_0')(x))
     x = nn.relu(block(16, 5, 'VALID', name='Conv_1')(x))
@@ -194,11 +202,17 @@ class LeNet(nn.Module):
     return logits.astype(jnp.float32), emb.astype(jnp.float32)
 
 
-def _resnet18(num_classes, dtype, dropout=0.0, stem='cifar', width=64,
-              member_conv='grouped'):
+def _resnet18(num_classes, dtype, dropout=0.0, stem='cifar', width=64, member_conv='grouped'):
   from jal import resnet  # pylint: disable=g-import-not-at-top
-  return resnet.ResNet18(num_classes=num_classes, stem=stem, width=width, dtype=dtype,
-                         dropout=dropout, member_conv=member_conv)
+
+  return resnet.ResNet18(
+      num_classes=num_classes,
+      stem=stem,
+      width=width,
+      dtype=dtype,
+      dropout=dropout,
+      member_conv=member_conv,
+  )
 
 
 def _mlp(num_classes, dtype, dropout=0.0, hidden=(64, 64)):
@@ -206,21 +220,29 @@ def _mlp(num_classes, dtype, dropout=0.0, hidden=(64, 64)):
 
 
 def _lenet(num_classes, dtype, dropout=0.0, member_conv='grouped', conv_pool='auto'):
-  return LeNet(num_classes=num_classes, dtype=dtype, dropout=dropout, member_conv=member_conv,
-               conv_pool=conv_pool_form(conv_pool))
+  return LeNet(
+      num_classes=num_classes,
+      dtype=dtype,
+      dropout=dropout,
+      member_conv=member_conv,
+      conv_pool=conv_pool_form(conv_pool),
+  )
 
 
 MODELS = {'mlp': _mlp, 'lenet': _lenet, 'resnet18': _resnet18}
-CONVNETS = ('lenet', 'resnet18')   # the models that take `member_conv`
+CONVNETS = ('lenet', 'resnet18')  # the models that take `member_conv`
 
 
 def check_member_conv(model_name: str, kind: str | None) -> str:
   """`kind` ('grouped' if None) if known and `model_name` has convolutions."""
   kind = member_conv_lib.check(kind or 'grouped')
   if kind != 'grouped' and model_name not in CONVNETS:
-    raise ValueError(f"config.model.member_conv='{kind}' needs a convnet "
-                     f"({', '.join(CONVNETS)}), got '{model_name}'")
+    raise ValueError(
+        f"config.model.member_conv='{kind}' needs a convnet "
+        f"({', '.join(CONVNETS)}), got '{model_name}'"
+    )
   return kind
+
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'auto': None}
 

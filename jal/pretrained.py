@@ -68,24 +68,28 @@ def load_state_dict(path: str) -> StateDict:
     try:
       from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
     except ImportError:
-      raise ImportError(f'pretrained weights: reading {path} needs the '
-                        '`safetensors` package (pip install safetensors)'
-                        ) from None
+      raise ImportError(
+          f'pretrained weights: reading {path} needs the '
+          '`safetensors` package (pip install safetensors)'
+      ) from None
     return dict(st_numpy.load_file(path))
   if ext in ('.pth', '.pt'):
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError:
-      raise ImportError(f'pretrained weights: reading {path} needs torch; '
-                        'install torch or convert the file to .npz or '
-                        '.safetensors') from None
+      raise ImportError(
+          f'pretrained weights: reading {path} needs torch; '
+          'install torch or convert the file to .npz or '
+          '.safetensors'
+      ) from None
     sd = torch.load(path, map_location='cpu', weights_only=True)
     if isinstance(sd, dict) and 'state_dict' in sd:
       sd = sd['state_dict']
-    return {k: v.detach().cpu().numpy() for k, v in sd.items()
-            if isinstance(v, torch.Tensor)}
-  raise ValueError(f'pretrained weights: unsupported file extension {ext!r} '
-                   f'for {path}; expected .npz, .safetensors, .pth or .pt')
+    return {k: v.detach().cpu().numpy() for k, v in sd.items() if isinstance(v, torch.Tensor)}
+  raise ValueError(
+      f'pretrained weights: unsupported file extension {ext!r} '
+      f'for {path}; expected .npz, .safetensors, .pth or .pt'
+  )
 
 
 def _torch_name(collection: str, path: tuple[str, ...]) -> str:
@@ -94,23 +98,25 @@ def _torch_name(collection: str, path: tuple[str, ...]) -> str:
   E.g. ('params', ('layer2_0', 'downsample_conv', 'kernel')) ->
   'layer2.0.downsample.0.weight'.
   """
+
   def fail():
-    return ValueError('pretrained weights: cannot map flax variable '
-                      f'{collection}/{"/".join(path)} to a torchvision name')
+    return ValueError(
+        'pretrained weights: cannot map flax variable '
+        f'{collection}/{"/".join(path)} to a torchvision name'
+    )
 
   *modules, leaf = path
   if not modules:
     raise fail()
   prefix = []
   if modules[0].startswith('layer') and len(modules) == 2:
-    stage, _, block = modules[0][len('layer'):].partition('_')
+    stage, _, block = modules[0][len('layer') :].partition('_')
     prefix = [f'layer{stage}', block]
     modules = modules[1:]
   if len(modules) != 1:
     raise fail()
   module = modules[0]
-  module = {'downsample_conv': 'downsample.0',
-            'downsample_bn': 'downsample.1'}.get(module, module)
+  module = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}.get(module, module)
 
   if collection == 'params' and leaf == 'kernel':
     torch_leaf = 'weight'
@@ -158,27 +164,32 @@ def _check_keys(state_dict: StateDict, expected: set[str]) -> None:
     raise ValueError('pretrained weights: ' + '; '.join(msgs))
 
 
-def _keep_template(key: str, value: np.ndarray, template: np.ndarray, *,
-                   stem: str, fc_out: int) -> bool:
+def _keep_template(
+    key: str, value: np.ndarray, template: np.ndarray, *, stem: str, fc_out: int
+) -> bool:
   """Whether `key` deliberately keeps the template tensor (cifar conv1, fc)."""
   if key == 'conv1.weight' and stem == 'cifar':
     o, i, kh, kw = _torch_shape(template.shape)
     if (kh, kw) != (3, 3) or value.shape[:2] != (o, i):
-      raise ValueError(f"pretrained weights: stem='cifar' expects a 3x3 "
-                       f'conv1 with {(o, i)} out/in channels, got template '
-                       f'{(o, i, kh, kw)} and {key} {tuple(value.shape)}')
+      raise ValueError(
+          f"pretrained weights: stem='cifar' expects a 3x3 "
+          f'conv1 with {(o, i)} out/in channels, got template '
+          f'{(o, i, kh, kw)} and {key} {tuple(value.shape)}'
+      )
     return True
   if key.startswith('fc.') and value.shape[0] != fc_out:
     want = _torch_shape(template.shape)
     if key == 'fc.weight' and value.shape[1:] != want[1:]:
-      raise ValueError(f'pretrained weights: {key} has shape '
-                       f'{tuple(value.shape)}, expected (*, {want[1]})')
+      raise ValueError(
+          f'pretrained weights: {key} has shape ' f'{tuple(value.shape)}, expected (*, {want[1]})'
+      )
     return True
   return False
 
 
-def convert_torchvision_resnet18(state_dict: StateDict, variables: Variables,
-                                 *, stem: str) -> Variables:
+def convert_torchvision_resnet18(
+    state_dict: StateDict, variables: Variables, *, stem: str
+) -> Variables:
   """Copies a torchvision ResNet-18 state dict onto flax variables.
 
   Args:
@@ -193,13 +204,14 @@ def convert_torchvision_resnet18(state_dict: StateDict, variables: Variables,
     New variables with the same structure and dtypes as `variables`.
   """
   if stem not in STEMS:
-    raise ValueError(f'pretrained weights: unknown stem {stem!r}, '
-                     f'expected one of {STEMS}')
+    raise ValueError(f'pretrained weights: unknown stem {stem!r}, ' f'expected one of {STEMS}')
   variables = flax.core.unfreeze(variables)
   extra = sorted(set(variables) - set(_COLLECTIONS))
   if extra or 'params' not in variables:
-    raise ValueError('pretrained weights: variables must hold exactly '
-                     f'{_COLLECTIONS}, got {sorted(variables)}')
+    raise ValueError(
+        'pretrained weights: variables must hold exactly '
+        f'{_COLLECTIONS}, got {sorted(variables)}'
+    )
 
   leaves = {}  # (collection, path) -> (torch key, template leaf)
   for col in _COLLECTIONS:
@@ -210,9 +222,11 @@ def convert_torchvision_resnet18(state_dict: StateDict, variables: Variables,
 
   fc_bias = variables['params']['fc']['bias']
   if fc_bias.ndim != 1:
-    raise ValueError('pretrained weights: variables look batched (fc/bias '
-                     f'has shape {fc_bias.shape}); convert one member at a '
-                     'time')
+    raise ValueError(
+        'pretrained weights: variables look batched (fc/bias '
+        f'has shape {fc_bias.shape}); convert one member at a '
+        'time'
+    )
   fc_out = fc_bias.shape[0]
   kept = []
   new = {col: {} for col in _COLLECTIONS if col in variables}
@@ -224,23 +238,25 @@ def convert_torchvision_resnet18(state_dict: StateDict, variables: Variables,
       continue
     want = _torch_shape(template.shape)
     if tuple(value.shape) != want:
-      raise ValueError(f'pretrained weights: {key} has shape '
-                       f'{tuple(value.shape)}, expected {want}')
+      raise ValueError(
+          f'pretrained weights: {key} has shape ' f'{tuple(value.shape)}, expected {want}'
+      )
     new[col][path] = jnp.asarray(_to_flax_layout(value), dtype=template.dtype)
 
   if kept:
-    logging.info('pretrained weights: kept freshly initialised %s '
-                 '(stem=%r, %d classes vs %d in the state dict)',
-                 sorted(kept), stem, fc_out, state_dict['fc.bias'].shape[0])
-  logging.info('pretrained weights: loaded %d tensors into ResNet-18',
-               len(leaves) - len(kept))
-  return {col: flax.traverse_util.unflatten_dict(flat)
-          for col, flat in new.items()}
+    logging.info(
+        'pretrained weights: kept freshly initialised %s '
+        '(stem=%r, %d classes vs %d in the state dict)',
+        sorted(kept),
+        stem,
+        fc_out,
+        state_dict['fc.bias'].shape[0],
+    )
+  logging.info('pretrained weights: loaded %d tensors into ResNet-18', len(leaves) - len(kept))
+  return {col: flax.traverse_util.unflatten_dict(flat) for col, flat in new.items()}
 
 
-def load_pretrained(path: str, variables: Variables, *,
-                    stem: str) -> Variables:
+def load_pretrained(path: str, variables: Variables, *, stem: str) -> Variables:
   """`load_state_dict(path)` then `convert_torchvision_resnet18` onto it."""
   logging.info('pretrained weights: reading %s', path)
-  return convert_torchvision_resnet18(load_state_dict(path), variables,
-                                      stem=stem)
+  return convert_torchvision_resnet18(load_state_dict(path), variables, stem=stem)

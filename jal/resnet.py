@@ -59,6 +59,7 @@ class BasicBlock(nn.Module):
     param_dtype: parameter dtype.
     member_conv: how vmapped members' convolutions run (`jal.member_conv`).
   """
+
   features: int
   strides: int = 1
   downsample: bool = False
@@ -70,12 +71,21 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """x: [b, h, w, c] -> [b, h / strides, w / strides, features]."""
     conv = functools.partial(
-        nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+        nn.Conv,
+        use_bias=False,
+        kernel_init=conv_init,
+        dtype=self.dtype,
         param_dtype=self.param_dtype,
-        conv_general_dilated=member_conv_lib.conv_general_dilated(self.member_conv))
+        conv_general_dilated=member_conv_lib.conv_general_dilated(self.member_conv),
+    )
     norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype)
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )
     s = (self.strides, self.strides)
 
     y = conv(self.features, (3, 3), s, padding=_pad(3), name='conv1')(x)
@@ -85,8 +95,7 @@ class BasicBlock(nn.Module):
 
     shortcut = x
     if self.downsample:
-      shortcut = conv(self.features, (1, 1), s, padding=((0, 0), (0, 0)),
-                      name='downsample_conv')(x)
+      shortcut = conv(self.features, (1, 1), s, padding=((0, 0), (0, 0)), name='downsample_conv')(x)
       shortcut = norm(name='downsample_bn')(shortcut)
     return nn.relu(y + shortcut)
 
@@ -105,6 +114,7 @@ class ResNet18(nn.Module):
     member_conv: how the convolutions of vmapped members run: 'grouped'
       (XLA's vmap), 'wgrad_in_turn' or 'in_turn' (see `jal.member_conv`).
   """
+
   # Ensembles train faster one member after another than vmapped on GPUs:
   # train.resolve_plan reads this for members 'auto' (see train.Plan).
   members_in_turn_on_accelerators: ClassVar[bool] = True
@@ -118,8 +128,9 @@ class ResNet18(nn.Module):
   member_conv: str = 'grouped'
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False,
-               mc: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def __call__(
+      self, x: jnp.ndarray, train: bool = False, mc: bool = False
+  ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Forward pass.
 
     Args:
@@ -134,22 +145,33 @@ class ResNet18(nn.Module):
       embedding: f32[b, 8 * width], the globally pooled penultimate features.
     """
     if self.stem not in STEMS:
-      raise ValueError(f'ResNet18: unknown stem {self.stem!r}, '
-                       f'expected one of {STEMS}')
+      raise ValueError(f'ResNet18: unknown stem {self.stem!r}, ' f'expected one of {STEMS}')
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'cifar':
       k, s = 3, 1
     else:
       k, s = 7, 2
     widths = tuple(self.width * w // STAGE_WIDTHS[0] for w in STAGE_WIDTHS)
-    x = nn.Conv(widths[0], (k, k), (s, s), padding=_pad(k),
-                use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                param_dtype=self.param_dtype, name='conv1',
-                conv_general_dilated=member_conv_lib.conv_general_dilated(
-                    self.member_conv))(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                     epsilon=BN_EPSILON, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='bn1')(x)
+    x = nn.Conv(
+        widths[0],
+        (k, k),
+        (s, s),
+        padding=_pad(k),
+        use_bias=False,
+        kernel_init=conv_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='conv1',
+        conv_general_dilated=member_conv_lib.conv_general_dilated(self.member_conv),
+    )(x)
+    x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='bn1',
+    )(x)
     x = nn.relu(x)
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
@@ -158,16 +180,23 @@ class ResNet18(nn.Module):
     for i, (n_blocks, width) in enumerate(zip(STAGE_SIZES, widths)):
       for j in range(n_blocks):
         first = i > 0 and j == 0
-        x = BasicBlock(width, strides=2 if first else 1, downsample=first,
-                       dtype=self.dtype, param_dtype=self.param_dtype,
-                       member_conv=self.member_conv,
-                       name=f'layer{i + 1}_{j}')(x, train=train)
+        x = BasicBlock(
+            width,
+            strides=2 if first else 1,
+            downsample=first,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            member_conv=self.member_conv,
+            name=f'layer{i + 1}_{j}',
+        )(x, train=train)
 
     embedding = jnp.mean(x, axis=(1, 2))
     head_in = embedding
     if self.dropout:
-      head_in = nn.Dropout(self.dropout, broadcast_dims=(0,) if mc else (),
-                           deterministic=not (train or mc))(embedding)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name='fc')(head_in)
+      head_in = nn.Dropout(
+          self.dropout, broadcast_dims=(0,) if mc else (), deterministic=not (train or mc)
+      )(embedding)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc')(
+        head_in
+    )
     return logits.astype(jnp.float32), embedding.astype(jnp.float32)

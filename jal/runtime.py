@@ -136,8 +136,9 @@ def enable_compilation_cache(directory: str | None) -> str | None:
   try:
     os.makedirs(directory, exist_ok=True)
   except OSError as e:
-    logging.warning('compilation cache off: cannot create %s (%s); set %s', directory,
-                    e.strerror or e, ENV)
+    logging.warning(
+        'compilation cache off: cannot create %s (%s); set %s', directory, e.strerror or e, ENV
+    )
     return None
   jax.config.update('jax_compilation_cache_dir', directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
@@ -147,6 +148,7 @@ def enable_compilation_cache(directory: str | None) -> str | None:
 
 def _backend_started() -> bool:
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+
   return bool(xla_bridge._backends)  # pylint: disable=protected-access
 
 
@@ -170,6 +172,7 @@ def set_cpu_xla_flags() -> bool:
   accelerator machine they reach only the host's own CPU programs.
   """
   import jaxlib  # pylint: disable=g-import-not-at-top
+
   if _backend_started():
     return False
   version = tuple(int(v) for v in jaxlib.__version__.split('.')[:2])

@@ -34,8 +34,7 @@ SETTINGS = ('auto', 'none')
 def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh with axis `DEVICES` over `devices` (default: all devices)."""
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (DEVICES,), axis_types=(AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh((len(devices),), (DEVICES,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def mesh_for(setting: str) -> Mesh | None:
@@ -45,8 +44,9 @@ def mesh_for(setting: str) -> Mesh | None:
   if setting == 'none' or jax.device_count() == 1:
     return None
   mesh = make_mesh()
-  logging.info('sharding members and pools over %d devices (%s)', mesh.size,
-               jax.devices()[0].platform)
+  logging.info(
+      'sharding members and pools over %d devices (%s)', mesh.size, jax.devices()[0].platform
+  )
   return mesh
 
 
@@ -73,6 +73,10 @@ def initialize_distributed() -> None:
   host's devices and only process 0 writes outputs.
   """
   jax.distributed.initialize()
-  logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+      'jax.distributed: process %d of %d, %d local / %d global devices',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )

@@ -27,6 +27,7 @@ def _scipy_stats():
   """scipy.stats, imported at first use: the loop imports jal.report for its
   results.md table, and with it this module, without needing SciPy."""
   import scipy.stats  # pylint: disable=g-import-not-at-top
+
   return scipy.stats
 
 
@@ -61,8 +62,7 @@ def t_quantile(p, df):
 def _finite_1d(x, name):
   x = np.asarray(x, dtype=np.float64)
   if x.ndim != 1:
-    raise ValueError(f'{name}: expected a 1-D array over seeds, got shape '
-                     f'{x.shape}')
+    raise ValueError(f'{name}: expected a 1-D array over seeds, got shape ' f'{x.shape}')
   return x[~np.isnan(x)]
 
 
@@ -85,8 +85,7 @@ def t_interval(x, confidence=0.95):
   mean = float(np.mean(x))
   if n == 1:
     return mean, math.nan, math.nan
-  half = (t_quantile(0.5 * (1.0 + confidence), n - 1) *
-          float(np.std(x, ddof=1)) / math.sqrt(n))
+  half = t_quantile(0.5 * (1.0 + confidence), n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
   return mean, mean - half, mean + half
 
 
@@ -108,12 +107,16 @@ def wilson_interval(successes, trials, confidence=0.95):
     (k / n, lo, hi) as floats; all nan when n is 0.
   """
   if trials < 0 or not 0 <= successes <= trials:
-    raise ValueError(f'wilson_interval: need 0 <= successes <= trials, got '
-                     f'{successes} of {trials}')
+    raise ValueError(
+        f'wilson_interval: need 0 <= successes <= trials, got ' f'{successes} of {trials}'
+    )
   if trials == 0:
     return math.nan, math.nan, math.nan
-  ci = _scipy_stats().binomtest(int(successes), int(trials)).proportion_ci(
-      confidence_level=confidence, method='wilson')
+  ci = (
+      _scipy_stats()
+      .binomtest(int(successes), int(trials))
+      .proportion_ci(confidence_level=confidence, method='wilson')
+  )
   return successes / trials, max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
@@ -144,9 +147,14 @@ def bootstrap_interval(x, confidence=0.95, num_resamples=10000, seed=0):
   mean = float(np.mean(x))
   if n == 1:
     return mean, math.nan, math.nan
-  res = _scipy_stats().bootstrap((x,), np.mean, n_resamples=num_resamples,
-                              confidence_level=confidence, method='percentile',
-                              rng=np.random.default_rng(seed))
+  res = _scipy_stats().bootstrap(
+      (x,),
+      np.mean,
+      n_resamples=num_resamples,
+      confidence_level=confidence,
+      method='percentile',
+      rng=np.random.default_rng(seed),
+  )
   return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -170,10 +178,10 @@ def interval_per_round(values, confidence=0.95, method='t', **kwargs):
   """
   values = np.asarray(values, dtype=np.float64)
   if values.ndim != 2:
-    raise ValueError(f'interval_per_round: expected f[s, r], got shape '
-                     f'{values.shape}')
-  out = np.array([interval(values[:, j], confidence, method, **kwargs)
-                  for j in range(values.shape[1])]).reshape(-1, 3)
+    raise ValueError(f'interval_per_round: expected f[s, r], got shape ' f'{values.shape}')
+  out = np.array(
+      [interval(values[:, j], confidence, method, **kwargs) for j in range(values.shape[1])]
+  ).reshape(-1, 3)
   n = np.sum(~np.isnan(values), axis=0)
   return out[:, 0], out[:, 1], out[:, 2], n
 
@@ -251,20 +259,23 @@ def paired_improvement(curves, baseline='random', seeds=None):
       differ, or the number of rounds differs.
   """
   if baseline not in curves:
-    raise ValueError(f'paired_improvement: baseline {baseline!r} not among '
-                     f'strategies {sorted(curves)}')
+    raise ValueError(
+        f'paired_improvement: baseline {baseline!r} not among ' f'strategies {sorted(curves)}'
+    )
 
   def aligned(name):
     values = np.asarray(curves[name], dtype=np.float64)
     if values.ndim != 2:
-      raise ValueError(f'paired_improvement: {name!r} must be f[s, r], got '
-                       f'shape {values.shape}')
+      raise ValueError(
+          f'paired_improvement: {name!r} must be f[s, r], got ' f'shape {values.shape}'
+      )
     if seeds is None:
       return values, None
     s = np.asarray(seeds[name])
     if s.shape != (values.shape[0],):
-      raise ValueError(f'paired_improvement: {name!r} has {values.shape[0]} '
-                       f'rows but {s.size} seeds')
+      raise ValueError(
+          f'paired_improvement: {name!r} has {values.shape[0]} ' f'rows but {s.size} seeds'
+      )
     order = np.argsort(s, kind='stable')
     return values[order], s[order]
 
@@ -275,16 +286,22 @@ def paired_improvement(curves, baseline='random', seeds=None):
       continue
     values, own_seeds = aligned(name)
     if seeds is not None and not np.array_equal(own_seeds, base_seeds):
-      raise ValueError(f'paired_improvement: {name!r} has seeds '
-                       f'{own_seeds.tolist()} but baseline {baseline!r} has '
-                       f'{base_seeds.tolist()}; pair runs on the same seeds')
+      raise ValueError(
+          f'paired_improvement: {name!r} has seeds '
+          f'{own_seeds.tolist()} but baseline {baseline!r} has '
+          f'{base_seeds.tolist()}; pair runs on the same seeds'
+      )
     if values.shape[0] != base.shape[0]:
-      raise ValueError(f'paired_improvement: {name!r} has {values.shape[0]} '
-                       f'seeds but baseline {baseline!r} has {base.shape[0]}; '
-                       f'pair runs on the same seeds')
+      raise ValueError(
+          f'paired_improvement: {name!r} has {values.shape[0]} '
+          f'seeds but baseline {baseline!r} has {base.shape[0]}; '
+          f'pair runs on the same seeds'
+      )
     if values.shape[1] != base.shape[1]:
-      raise ValueError(f'paired_improvement: {name!r} has {values.shape[1]} '
-                       f'rounds but baseline {baseline!r} has {base.shape[1]}')
+      raise ValueError(
+          f'paired_improvement: {name!r} has {values.shape[1]} '
+          f'rounds but baseline {baseline!r} has {base.shape[1]}'
+      )
     out[name] = values - base
   return out
 
@@ -305,8 +322,10 @@ def average_improvement(diff, skip_warmup=True):
   diff = np.asarray(diff, dtype=np.float64)
   cols = diff[..., 1:] if skip_warmup else diff
   if cols.shape[-1] == 0:
-    raise ValueError('average_improvement: no selection rounds to average '
-                     f'(shape {diff.shape}, skip_warmup={skip_warmup})')
+    raise ValueError(
+        'average_improvement: no selection rounds to average '
+        f'(shape {diff.shape}, skip_warmup={skip_warmup})'
+    )
   return cols.mean(axis=-1)
 
 
@@ -326,11 +345,12 @@ def area_under_curve(n_labeled, values, normalize=True):
   n = np.asarray(n_labeled, dtype=np.float64)
   v = np.asarray(values, dtype=np.float64)
   if n.ndim != 1 or v.shape[-1] != n.size:
-    raise ValueError(f'area_under_curve: n_labeled {n.shape} does not match '
-                     f'values {v.shape} on the last axis')
+    raise ValueError(
+        f'area_under_curve: n_labeled {n.shape} does not match '
+        f'values {v.shape} on the last axis'
+    )
   if n.size > 1 and np.any(np.diff(n) <= 0):
-    raise ValueError(f'area_under_curve: n_labeled must increase strictly, got '
-                     f'{n.tolist()}')
+    raise ValueError(f'area_under_curve: n_labeled must increase strictly, got ' f'{n.tolist()}')
   if n.size == 1:
     return v[..., 0] if normalize else np.zeros(v.shape[:-1])
   area = np.trapezoid(v, n, axis=-1)

@@ -49,8 +49,7 @@ import dataclasses
 import types
 from typing import Mapping, Optional, Tuple
 
-SOURCE = ('the study (/work/shared/seed/000_1e591b277944731f.txt), '
-          'chapters 3-4')
+SOURCE = 'the study (/work/shared/seed/000_1e591b277944731f.txt), ' 'chapters 3-4'
 NUM_SEEDS = 3  # Section 3.2: "We run each active strategy with 3 random seeds".
 
 
@@ -72,6 +71,7 @@ class StudyNumbers:
     per_selection_label: where `per_selection` comes from, or None.
     num_seeds: seeds behind each published mean (the study gives no interval).
   """
+
   setting: str
   metric: str
   unit: str
@@ -97,68 +97,110 @@ _TABLE_3_1 = {
 
 def _derived_from_table_3_1():
   base = _TABLE_3_1['random']
-  return {s: round(sum(a - b for a, b in zip(v, base)) / len(base), 10)
-          for s, v in _TABLE_3_1.items() if s != 'random'}
+  return {
+      s: round(sum(a - b for a, b in zip(v, base)) / len(base), 10)
+      for s, v in _TABLE_3_1.items()
+      if s != 'random'
+  }
 
 
-def _entry(setting, table, row, query_size, coreset, ensembles,
-           metric='accuracy'):
+def _entry(setting, table, row, query_size, coreset, ensembles, metric='accuracy'):
   return StudyNumbers(
-      setting=setting, metric=metric,
+      setting=setting,
+      metric=metric,
       unit='pp' if metric == 'accuracy' else 'AP',
-      improvement=types.MappingProxyType(
-          {'coreset': coreset, 'ensembles': ensembles}),
-      improvement_label=f'{table}, {row}', query_size=query_size)
+      improvement=types.MappingProxyType({'coreset': coreset, 'ensembles': ensembles}),
+      improvement_label=f'{table}, {row}',
+      query_size=query_size,
+  )
 
 
 _STUDY = {
     'gaussian': StudyNumbers(
-        setting='gaussian', metric='accuracy', unit='pp',
+        setting='gaussian',
+        metric='accuracy',
+        unit='pp',
         improvement=types.MappingProxyType(_derived_from_table_3_1()),
-        improvement_label=('Table 3.1, 2D Gaussian, derived: mean over '
-                           'selections 1-3 of strategy − random'),
+        improvement_label=(
+            'Table 3.1, 2D Gaussian, derived: mean over ' 'selections 1-3 of strategy − random'
+        ),
         query_size=5,
         per_selection=types.MappingProxyType(_TABLE_3_1),
-        per_selection_label='Table 3.1, 2D Gaussian'),
-    'mnist_low': _entry('mnist_low', 'Table 3.2', 'MNIST, low query size',
-                        10, -13.388, 4.584),
-    'mnist_high': _entry('mnist_high', 'Table 3.2', 'MNIST, high query size',
-                         600, 0.725, 1.547),
+        per_selection_label='Table 3.1, 2D Gaussian',
+    ),
+    'mnist_low': _entry('mnist_low', 'Table 3.2', 'MNIST, low query size', 10, -13.388, 4.584),
+    'mnist_high': _entry('mnist_high', 'Table 3.2', 'MNIST, high query size', 600, 0.725, 1.547),
     'cifar10_2class_low': _entry(
-        'cifar10_2class_low', 'Table 3.2', 'CIFAR-10 2-class, low query size',
-        10, -3.158, 1.338),
+        'cifar10_2class_low', 'Table 3.2', 'CIFAR-10 2-class, low query size', 10, -3.158, 1.338
+    ),
     'cifar10_2class_high': _entry(
-        'cifar10_2class_high', 'Table 3.2',
-        'CIFAR-10 2-class, high query size', 500, -0.178, 0.667),
-    'cifar100_low': _entry('cifar100_low', 'Table 4.1',
-                           'CIFAR-100 vanilla, low query size', 50, -0.309,
-                           -0.564),
-    'cifar100_high': _entry('cifar100_high', 'Table 4.1',
-                            'CIFAR-100 vanilla, high query size', 2500, 0.556,
-                            -0.167),
+        'cifar10_2class_high', 'Table 3.2', 'CIFAR-10 2-class, high query size', 500, -0.178, 0.667
+    ),
+    'cifar100_low': _entry(
+        'cifar100_low', 'Table 4.1', 'CIFAR-100 vanilla, low query size', 50, -0.309, -0.564
+    ),
+    'cifar100_high': _entry(
+        'cifar100_high', 'Table 4.1', 'CIFAR-100 vanilla, high query size', 2500, 0.556, -0.167
+    ),
     'cifar100_low_pretrained': _entry(
-        'cifar100_low_pretrained', 'Table 4.1',
-        'CIFAR-100 ImageNet pretrained, low query size', 50, -7.126, -0.002),
+        'cifar100_low_pretrained',
+        'Table 4.1',
+        'CIFAR-100 ImageNet pretrained, low query size',
+        50,
+        -7.126,
+        -0.002,
+    ),
     'cifar100_high_pretrained': _entry(
-        'cifar100_high_pretrained', 'Table 4.1',
-        'CIFAR-100 ImageNet pretrained, high query size', 2500, 0.553,
-        -0.221),
+        'cifar100_high_pretrained',
+        'Table 4.1',
+        'CIFAR-100 ImageNet pretrained, high query size',
+        2500,
+        0.553,
+        -0.221,
+    ),
     'cifar100_high_warmup_low': _entry(
-        'cifar100_high_warmup_low', 'Table 4.1',
-        'CIFAR-100 high warmup, low query size', 50, 0.340, 0.350),
+        'cifar100_high_warmup_low',
+        'Table 4.1',
+        'CIFAR-100 high warmup, low query size',
+        50,
+        0.340,
+        0.350,
+    ),
     'cifar100_high_warmup_high': _entry(
-        'cifar100_high_warmup_high', 'Table 4.1',
-        'CIFAR-100 high warmup, high query size', 500, 0.174, -0.162),
-    'imbalance': _entry('imbalance', 'Table 4.2',
-                        'vanilla CIFAR-10 (1:19 imbalance)', 50, -0.0015,
-                        0.0325, metric='average_precision'),
+        'cifar100_high_warmup_high',
+        'Table 4.1',
+        'CIFAR-100 high warmup, high query size',
+        500,
+        0.174,
+        -0.162,
+    ),
+    'imbalance': _entry(
+        'imbalance',
+        'Table 4.2',
+        'vanilla CIFAR-10 (1:19 imbalance)',
+        50,
+        -0.0015,
+        0.0325,
+        metric='average_precision',
+    ),
     'imbalance_pretrained': _entry(
-        'imbalance_pretrained', 'Table 4.2',
-        'ImageNet pretrained CIFAR-10 (1:19 imbalance)', 50, 0.0198, 0.1200,
-        metric='average_precision'),
-    'retinopathy': _entry('retinopathy', 'Table 4.2',
-                          'ImageNet pretrained diabetic retinopathy', 20,
-                          -0.0001, 0.0019, metric='average_precision'),
+        'imbalance_pretrained',
+        'Table 4.2',
+        'ImageNet pretrained CIFAR-10 (1:19 imbalance)',
+        50,
+        0.0198,
+        0.1200,
+        metric='average_precision',
+    ),
+    'retinopathy': _entry(
+        'retinopathy',
+        'Table 4.2',
+        'ImageNet pretrained diabetic retinopathy',
+        20,
+        -0.0001,
+        0.0019,
+        metric='average_precision',
+    ),
 }
 
 SETTINGS = tuple(_STUDY)

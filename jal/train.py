@@ -63,6 +63,7 @@ class TrainState(NamedTuple):
     opt_state: optax state of `inject_hyperparams(...)`, so the learning rate
       can follow a schedule whose length is only known at run time.
   """
+
   params: Any
   model_state: Any
   opt_state: Any
@@ -79,6 +80,7 @@ class InputSpec:
     augment: 'none' or 'crop_flip' (random 4-pixel-padded crop + horizontal
       flip, applied to training batches only).
   """
+
   mean: tuple[float, ...] | None = None
   std: tuple[float, ...] | None = None
   augment: str = 'none'
@@ -142,9 +144,12 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
     train_config: ConfigDict with `optimizer` ('adam', 'adamw', 'sgd'),
       `learning_rate`, optional `weight_decay` and `momentum`.
   """
-  return _optimizer(train_config.optimizer, float(train_config.learning_rate),
-                    float(train_config.get('weight_decay', 0.0) or 0.0),
-                    float(train_config.get('momentum', 0.9)))
+  return _optimizer(
+      train_config.optimizer,
+      float(train_config.learning_rate),
+      float(train_config.get('weight_decay', 0.0) or 0.0),
+      float(train_config.get('momentum', 0.9)),
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,8 +161,9 @@ def _optimizer(name, lr, wd, momentum):
   if name == 'sgd':
 
     def sgd(learning_rate):
-      return optax.chain(optax.add_decayed_weights(wd),
-                         optax.sgd(learning_rate, momentum=momentum, nesterov=True))
+      return optax.chain(
+          optax.add_decayed_weights(wd), optax.sgd(learning_rate, momentum=momentum, nesterov=True)
+      )
 
     return optax.inject_hyperparams(sgd)(learning_rate=lr)
   raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
@@ -239,16 +245,19 @@ def train_step(model, tx, state: TrainState, x, y, mask, learning_rate, dropout_
   def loss_fn(params):
     variables = {'params': params, **state.model_state}
     if mutable:
-      (logits, _), new_model_state = model.apply(variables, x, train=True, mutable=mutable,
-                                                 **apply_kwargs)
+      (logits, _), new_model_state = model.apply(
+          variables, x, train=True, mutable=mutable, **apply_kwargs
+      )
     else:
       logits, _ = model.apply(variables, x, train=True, **apply_kwargs)
       new_model_state = state.model_state
     return masked_cross_entropy(logits, y, mask), new_model_state
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  hyperparams = {**state.opt_state.hyperparams,
-                 'learning_rate': jnp.asarray(learning_rate, jnp.float32)}
+  hyperparams = {
+      **state.opt_state.hyperparams,
+      'learning_rate': jnp.asarray(learning_rate, jnp.float32),
+  }
   opt_state = state.opt_state._replace(hyperparams=hyperparams)
   updates, opt_state = tx.update(grads, opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -297,6 +306,7 @@ class Trainer:
     schedule: learning-rate schedule, one of SCHEDULES.
     learning_rate: the base learning rate, scaled by `lr_factor` each step.
   """
+
   model: Any
   tx: optax.GradientTransformation
   spec: InputSpec
@@ -307,8 +317,14 @@ class Trainer:
   @classmethod
   def from_config(cls, train_config, model, spec: InputSpec) -> 'Trainer':
     """The Trainer of `config.train` (optimizer from `make_optimizer`)."""
-    return cls(model, make_optimizer(train_config), spec, int(train_config.batch_size),
-               train_config.schedule, float(train_config.learning_rate))
+    return cls(
+        model,
+        make_optimizer(train_config),
+        spec,
+        int(train_config.batch_size),
+        train_config.schedule,
+        float(train_config.learning_rate),
+    )
 
 
 MEMBERS = ('vmap', 'in_turn')
@@ -343,6 +359,7 @@ class Plan:
       `shard_map`, each device training its share as `members` says (m
       members cost ceil(m / D) members' time); 'program' dispatch only.
   """
+
   members: str = 'vmap'
   dispatch: str = 'program'
   devices: int = 1
@@ -353,8 +370,10 @@ class Plan:
     if not isinstance(self.devices, int) or self.devices < 1:
       raise ValueError(f'devices must be a positive int, got {self.devices!r}')
     if self.devices > 1 and self.dispatch != 'program':
-      raise ValueError(f"dispatch '{self.dispatch}' runs on one device; with {self.devices} "
-                       "devices use 'program'")
+      raise ValueError(
+          f"dispatch '{self.dispatch}' runs on one device; with {self.devices} "
+          "devices use 'program'"
+      )
 
   def describe(self) -> str:
     """One line for the run log, e.g. 'members in turn, one dispatch per step, 1 device'."""
@@ -374,8 +393,13 @@ def _has_convolutions(model, shape, dtype) -> bool:
   return 'conv_general_dilated' in str(jaxpr)
 
 
-def resolve_plan(members: str = 'auto', dispatch: str = 'auto', trainer: Trainer | None = None,
-                 sample_x=None, mesh=None) -> Plan:
+def resolve_plan(
+    members: str = 'auto',
+    dispatch: str = 'auto',
+    trainer: Trainer | None = None,
+    sample_x=None,
+    mesh=None,
+) -> Plan:
   """The Plan of a run, from `config.train.members_plan` and `.dispatch`.
 
   'auto' follows the measurements in `Plan`'s docstring. On one CPU device:
@@ -408,8 +432,9 @@ def resolve_plan(members: str = 'auto', dispatch: str = 'auto', trainer: Trainer
     elif model is None:
       in_turn = False
     elif sample_x is None:
-      raise ValueError("members 'auto' on a CPU needs sample_x, to see whether the model "
-                       'has convolutions')
+      raise ValueError(
+          "members 'auto' on a CPU needs sample_x, to see whether the model " 'has convolutions'
+      )
     else:
       in_turn = _has_convolutions(model, (1,) + tuple(sample_x.shape[1:]), jnp.float32)
     members = 'in_turn' if in_turn else 'vmap'
@@ -438,12 +463,14 @@ def _epoch_batches(shuffle_key, e, idx, num_valid, batch_size):
   """
   capacity = idx.shape[0]
   positions = jnp.arange(capacity)
-  priority = jnp.where(positions < num_valid,
-                       jax.random.uniform(jax.random.fold_in(shuffle_key, e), (capacity,)), 2.0)
+  priority = jnp.where(
+      positions < num_valid,
+      jax.random.uniform(jax.random.fold_in(shuffle_key, e), (capacity,)),
+      2.0,
+  )
   order = jnp.argsort(priority)
   filled = order[positions % jnp.maximum(num_valid, 1)]
-  return (idx[filled].reshape(-1, batch_size),
-          (positions < num_valid).reshape(-1, batch_size))
+  return (idx[filled].reshape(-1, batch_size), (positions < num_valid).reshape(-1, batch_size))
 
 
 def _slot_update(trainer: Trainer, state, aug_key, x, y, batch_idx, mask, step, total_steps):
@@ -455,10 +482,10 @@ def _slot_update(trainer: Trainer, state, aug_key, x, y, batch_idx, mask, step, 
   step_key = jax.random.fold_in(aug_key, step)
   xb = prepare_inputs(x[batch_idx], trainer.spec, step_key)
   lr = trainer.learning_rate * lr_factor(trainer.schedule, step, total_steps)
-  dropout_key = (jax.random.fold_in(step_key, _DROPOUT_STREAM)
-                 if models.has_dropout(trainer.model) else None)
-  return train_step(trainer.model, trainer.tx, state, xb, y[batch_idx], mask, lr,
-                    dropout_key)[0]
+  dropout_key = (
+      jax.random.fold_in(step_key, _DROPOUT_STREAM) if models.has_dropout(trainer.model) else None
+  )
+  return train_step(trainer.model, trainer.tx, state, xb, y[batch_idx], mask, lr, dropout_key)[0]
 
 
 def _steps_per_epoch(num_valid, batch_size):
@@ -482,8 +509,9 @@ def init_member(trainer: Trainer, key, x, init_overrides=None) -> TrainState:
   """
   init_key = _split_member_key(key)[0]
   rbg = jax.random.wrap_key_data(jax.random.bits(init_key, (4,), jnp.uint32), impl='rbg')
-  return init_state(trainer.model, trainer.tx, rbg, prepare_inputs(x[:1], trainer.spec),
-                    init_overrides)
+  return init_state(
+      trainer.model, trainer.tx, rbg, prepare_inputs(x[:1], trainer.spec), init_overrides
+  )
 
 
 def train_member(trainer: Trainer, state, key, x, y, idx, num_valid, num_epochs) -> TrainState:
@@ -512,8 +540,9 @@ def train_member(trainer: Trainer, state, key, x, y, idx, num_valid, num_epochs)
 
     def slot(state, inputs):
       s, batch_idx, mask = inputs
-      run = lambda st: _slot_update(trainer, st, aug_key, x, y, batch_idx, mask,
-                                    e * steps_per_epoch + s, total_steps)
+      run = lambda st: _slot_update(
+          trainer, st, aug_key, x, y, batch_idx, mask, e * steps_per_epoch + s, total_steps
+      )
       return jax.lax.cond(s < steps_per_epoch, run, lambda st: st, state), None
 
     state, _ = jax.lax.scan(slot, state, (jnp.arange(batches.shape[0]), batches, masks))
@@ -522,8 +551,9 @@ def train_member(trainer: Trainer, state, key, x, y, idx, num_valid, num_epochs)
   return jax.lax.fori_loop(0, num_epochs, epoch, state)
 
 
-def fit_member(trainer: Trainer, key, x, y, idx, num_valid, num_epochs,
-               init_overrides=None) -> TrainState:
+def fit_member(
+    trainer: Trainer, key, x, y, idx, num_valid, num_epochs, init_overrides=None
+) -> TrainState:
   """Trains one fresh member from `key`: `init_member` then `train_member`. Pure.
 
   The single-member kernel (jit it with `static_argnums=0`); `fit` trains an
@@ -574,9 +604,20 @@ class FitCheckpointer(Protocol):
     and the fit returns `finished` without training."""
 
 
-def fit(trainer: Trainer, keys, x, y, idx, num_valid, num_epochs, *, plan: Plan,
-        init_overrides=None, checkpoint: FitCheckpointer | None = None,
-        mesh=None) -> TrainState:
+def fit(
+    trainer: Trainer,
+    keys,
+    x,
+    y,
+    idx,
+    num_valid,
+    num_epochs,
+    *,
+    plan: Plan,
+    init_overrides=None,
+    checkpoint: FitCheckpointer | None = None,
+    mesh=None,
+) -> TrainState:
   """Trains one fresh member per key, as `plan` says; member i equals `fit_member`
   with `keys[i]` (to float tolerance, whatever the plan).
 
@@ -609,8 +650,10 @@ def fit(trainer: Trainer, keys, x, y, idx, num_valid, num_epochs, *, plan: Plan,
   """
   devices = 1 if mesh is None else mesh.size
   if devices != plan.devices:
-    raise ValueError(f'the plan is for {plan.devices} device(s) but the mesh has {devices}; '
-                     'resolve the plan with this mesh')
+    raise ValueError(
+        f'the plan is for {plan.devices} device(s) but the mesh has {devices}; '
+        'resolve the plan with this mesh'
+    )
   if checkpoint is not None and plan.dispatch != 'step':
     raise ValueError(f"a checkpoint needs dispatch 'step', the plan has '{plan.dispatch}'")
   in_turn = plan.members == 'in_turn'
@@ -633,7 +676,8 @@ def _program_vmapped(trainer, keys, x, y, idx, num_valid, num_epochs, init_overr
   states = init_ensemble(trainer, keys, x, init_overrides)
   one = functools.partial(train_member, trainer)
   return jax.vmap(one, in_axes=(0, 0, None, None, None, None, None))(
-      states, keys, x, y, idx, num_valid, num_epochs)
+      states, keys, x, y, idx, num_valid, num_epochs
+  )
 
 
 def _program_in_turn(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides):
@@ -648,8 +692,7 @@ def _fit_program(trainer, in_turn, keys, x, y, idx, num_valid, num_epochs, init_
   return body(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides)
 
 
-def _fit_sharded(trainer, in_turn, mesh, keys, x, y, idx, num_valid, num_epochs,
-                 init_overrides):
+def _fit_sharded(trainer, in_turn, mesh, keys, x, y, idx, num_valid, num_epochs, init_overrides):
   """Dispatch 'program' with the members split over the devices of `mesh`.
 
   Each device runs the one-device program on its share of the members
@@ -661,19 +704,25 @@ def _fit_sharded(trainer, in_turn, mesh, keys, x, y, idx, num_valid, num_epochs,
   m = keys.shape[0]
   pad = -(-m // mesh.size) * mesh.size - m
   keys = jnp.concatenate([keys, keys[jnp.arange(pad) % m]]) if pad else keys
-  states = _fit_program_sharded(trainer, in_turn, mesh, keys, x, y, idx, num_valid, num_epochs,
-                                init_overrides)
+  states = _fit_program_sharded(
+      trainer, in_turn, mesh, keys, x, y, idx, num_valid, num_epochs, init_overrides
+  )
   return jax.tree.map(lambda a: a[:m], states) if pad else states
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _fit_program_sharded(trainer, in_turn, mesh, keys, x, y, idx, num_valid, num_epochs,
-                         init_overrides):
+def _fit_program_sharded(
+    trainer, in_turn, mesh, keys, x, y, idx, num_valid, num_epochs, init_overrides
+):
   split, whole = jax.sharding.PartitionSpec(mesh.axis_names[0]), jax.sharding.PartitionSpec()
   body = _program_in_turn if in_turn else _program_vmapped
-  return jax.shard_map(functools.partial(body, trainer), mesh=mesh,
-                       in_specs=(split,) + (whole,) * 6, out_specs=split, check_vma=False)(
-                           keys, x, y, idx, num_valid, num_epochs, init_overrides)
+  return jax.shard_map(
+      functools.partial(body, trainer),
+      mesh=mesh,
+      in_specs=(split,) + (whole,) * 6,
+      out_specs=split,
+      check_vma=False,
+  )(keys, x, y, idx, num_valid, num_epochs, init_overrides)
 
 
 # --------------------------------------------------------------------------
@@ -681,8 +730,15 @@ def _fit_program_sharded(trainer, in_turn, mesh, keys, x, y, idx, num_valid, num
 # --------------------------------------------------------------------------
 
 
-def _fit_groups(num_groups, init_fn, epoch_fn, step_fn, steps_per_epoch, num_epochs,
-                checkpoint: FitCheckpointer | None):
+def _fit_groups(
+    num_groups,
+    init_fn,
+    epoch_fn,
+    step_fn,
+    steps_per_epoch,
+    num_epochs,
+    checkpoint: FitCheckpointer | None,
+):
   """Runs a 'step' fit's loop: groups in turn, epochs, then steps.
 
   Args:
@@ -724,8 +780,7 @@ def _fit_groups(num_groups, init_fn, epoch_fn, step_fn, steps_per_epoch, num_epo
   return finished
 
 
-def _fit_steps_vmapped(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides,
-                       checkpoint):
+def _fit_steps_vmapped(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides, checkpoint):
   """Dispatch 'step', members 'vmap': one group of all members."""
   num_valid, num_epochs = int(num_valid), int(num_epochs)
   steps_per_epoch = _steps_per_epoch(num_valid, trainer.batch_size)
@@ -736,28 +791,38 @@ def _fit_steps_vmapped(trainer, keys, x, y, idx, num_valid, num_epochs, init_ove
     return _vmapped_slot(trainer, states, keys, x, y, batch, mask, jnp.int32(step), total)
 
   return _fit_groups(
-      1, lambda g: init_ensemble(trainer, keys, x, init_overrides),
-      lambda g, e: _vmapped_epoch_batches(trainer.batch_size, keys, jnp.int32(e), idx,
-                                          jnp.int32(num_valid)),
-      step_fn, steps_per_epoch, num_epochs, checkpoint)[0]
+      1,
+      lambda g: init_ensemble(trainer, keys, x, init_overrides),
+      lambda g, e: _vmapped_epoch_batches(
+          trainer.batch_size, keys, jnp.int32(e), idx, jnp.int32(num_valid)
+      ),
+      step_fn,
+      steps_per_epoch,
+      num_epochs,
+      checkpoint,
+  )[0]
 
 
-def _fit_steps_in_turn(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides,
-                       checkpoint):
+def _fit_steps_in_turn(trainer, keys, x, y, idx, num_valid, num_epochs, init_overrides, checkpoint):
   """Dispatch 'step', members 'in_turn': one group per member."""
   num_valid, num_epochs = int(num_valid), int(num_epochs)
   steps_per_epoch = _steps_per_epoch(num_valid, trainer.batch_size)
   total = jnp.int32(steps_per_epoch * num_epochs)
 
   def step_fn(g, state, epoch, s, step):
-    return _member_slot(trainer, state, keys[g], x, y, *epoch, jnp.int32(s), jnp.int32(step),
-                        total)
+    return _member_slot(trainer, state, keys[g], x, y, *epoch, jnp.int32(s), jnp.int32(step), total)
 
   members = _fit_groups(
-      keys.shape[0], lambda g: _init_one(trainer, keys[g], x, init_overrides),
-      lambda g, e: _member_epoch_batches(trainer.batch_size, keys[g], jnp.int32(e), idx,
-                                         jnp.int32(num_valid)),
-      step_fn, steps_per_epoch, num_epochs, checkpoint)
+      keys.shape[0],
+      lambda g: _init_one(trainer, keys[g], x, init_overrides),
+      lambda g, e: _member_epoch_batches(
+          trainer.batch_size, keys[g], jnp.int32(e), idx, jnp.int32(num_valid)
+      ),
+      step_fn,
+      steps_per_epoch,
+      num_epochs,
+      checkpoint,
+  )
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
 
 
@@ -777,8 +842,8 @@ def _take_slot(batches, masks, s):
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
 def _vmapped_slot(trainer, states, keys, x, y, batch, mask, step, total_steps):
   def one(state, key, b, m):
-    return _slot_update(trainer, state, _split_member_key(key)[2], x, y, b, m, step,
-                        total_steps)
+    return _slot_update(trainer, state, _split_member_key(key)[2], x, y, b, m, step, total_steps)
+
   return jax.vmap(one)(states, keys, batch, mask)
 
 
@@ -794,5 +859,6 @@ def _member_epoch_batches(batch_size, key, e, idx, num_valid):
 
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
 def _member_slot(trainer, state, key, x, y, batches, masks, s, step, total_steps):
-  return _slot_update(trainer, state, _split_member_key(key)[2], x, y, batches[s], masks[s],
-                      step, total_steps)
+  return _slot_update(
+      trainer, state, _split_member_key(key)[2], x, y, batches[s], masks[s], step, total_steps
+  )

@@ -48,9 +48,12 @@ def holder() -> dict:
   """Who this process is, as recorded in a lock file."""
   argv = list(getattr(sys, 'orig_argv', None) or [sys.executable] + sys.argv)
   argv[0] = os.path.basename(argv[0])
-  return {'pid': os.getpid(), 'host': socket.gethostname(),
-          'started': time.strftime('%Y-%m-%d %H:%M:%S'),
-          'command': ' '.join(shlex.quote(a) for a in argv)}
+  return {
+      'pid': os.getpid(),
+      'host': socket.gethostname(),
+      'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+      'command': ' '.join(shlex.quote(a) for a in argv),
+  }
 
 
 def busy_message(path: str, what: str, info: dict | None) -> str:
@@ -59,8 +62,10 @@ def busy_message(path: str, what: str, info: dict | None) -> str:
     who = 'another process (it has not written who it is yet)'
   else:
     command = ' '.join(str(info.get('command', '?')).split())  # one line
-    who = (f'pid {info.get("pid", "?")} on host {info.get("host", "?")} '
-           f'(started {info.get("started", "?")}: {command})')
+    who = (
+        f'pid {info.get("pid", "?")} on host {info.get("host", "?")} '
+        f'(started {info.get("started", "?")}: {command})'
+    )
   return f'{what} {path} is in use by {who}; wait for it to end or stop it, then rerun'
 
 
@@ -99,8 +104,12 @@ def _lock_fd(path: str, what: str) -> int | None:
     except OSError as e:
       os.close(fd)
       if e.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-        logging.warning('%s %s: no file lock on this file system (%s); make sure no other '
-                        'process uses it', what, path, e.strerror)
+        logging.warning(
+            '%s %s: no file lock on this file system (%s); make sure no other ' 'process uses it',
+            what,
+            path,
+            e.strerror,
+        )
         return None
       raise
     # A holder that removed its empty folder unlinked the file we locked: start again.
@@ -185,8 +194,12 @@ def remove_leftovers(path: str) -> list[str]:
           os.remove(os.path.join(parent, f))
         removed.append(os.path.join(parent, f))
   if removed:
-    logging.debug('removed %d leftover(s) of a killed run in %s: %s', len(removed), path,
-                  ', '.join(os.path.relpath(p, path) for p in removed))
+    logging.debug(
+        'removed %d leftover(s) of a killed run in %s: %s',
+        len(removed),
+        path,
+        ', '.join(os.path.relpath(p, path) for p in removed),
+    )
   return removed
 
 

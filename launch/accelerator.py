@@ -40,8 +40,7 @@ import time
 from typing import NamedTuple, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL_FILES = ('config.json', 'metrics.jsonl', 'selections.jsonl', 'timings.jsonl',
-               'results.md')
+SMALL_FILES = ('config.json', 'metrics.jsonl', 'selections.jsonl', 'timings.jsonl', 'results.md')
 LOG = 'chunks.jsonl'
 
 
@@ -50,7 +49,7 @@ class ChunkError(ValueError):
 
 
 class Setting(NamedTuple):
-  name: str    # the workdir's name under --root (the config's `name`)
+  name: str  # the workdir's name under --root (the config's `name`)
   config: str  # relative to the repository
   arg: Optional[str]
 
@@ -62,14 +61,24 @@ SETTINGS = (
 )
 
 
-def command(setting: Setting, workdir: str, smoke: bool, fit_checkpoint_seconds: float,
-            data_dir: Optional[str] = None, extra: Sequence[str] = ()) -> list[str]:
+def command(
+    setting: Setting,
+    workdir: str,
+    smoke: bool,
+    fit_checkpoint_seconds: float,
+    data_dir: Optional[str] = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
   """The `python -m jal.main` command line of one setting's process."""
   arg = ','.join(a for a in (setting.arg, 'smoke' if smoke else None) if a)
-  cmd = [sys.executable, '-m', 'jal.main',
-         f'--config={os.path.join(REPO, setting.config)}' + (f':{arg}' if arg else ''),
-         f'--workdir={os.path.abspath(workdir)}',
-         f'--config.fit_checkpoint_seconds={fit_checkpoint_seconds:g}']
+  cmd = [
+      sys.executable,
+      '-m',
+      'jal.main',
+      f'--config={os.path.join(REPO, setting.config)}' + (f':{arg}' if arg else ''),
+      f'--workdir={os.path.abspath(workdir)}',
+      f'--config.fit_checkpoint_seconds={fit_checkpoint_seconds:g}',
+  ]
   if data_dir:
     cmd.append(f'--config.data_dir={os.path.abspath(data_dir)}')
   return cmd + list(extra)
@@ -103,9 +112,15 @@ def _default_sigint():
   signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def run_process(cmd: Sequence[str], seconds: float, log_path: str, grace: float = 30.0,
-                rows_of: Optional[str] = None, stop_at_rows: int = 0,
-                poll: float = 0.2) -> tuple[str, int]:
+def run_process(
+    cmd: Sequence[str],
+    seconds: float,
+    log_path: str,
+    grace: float = 30.0,
+    rows_of: Optional[str] = None,
+    stop_at_rows: int = 0,
+    poll: float = 0.2,
+) -> tuple[str, int]:
   """Runs `cmd` for at most `seconds`, then stops it as Ctrl-C would.
 
   SIGINT at `seconds - grace`, SIGTERM at `seconds - grace / 3`, SIGKILL at
@@ -121,8 +136,14 @@ def run_process(cmd: Sequence[str], seconds: float, log_path: str, grace: float 
   sent = None
   with open(log_path, 'a') as log:
     # pylint: disable-next=subprocess-popen-preexec-fn
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=_default_sigint, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_default_sigint,
+        start_new_session=True,
+    )
     try:
       while proc.poll() is None:
         elapsed = time.monotonic() - start
@@ -189,10 +210,19 @@ def _record(root: str, out: str, rec: dict) -> None:
       f.write(json.dumps(rec) + '\n')
 
 
-def run_chunks(root: str, out: str, chunk_seconds: float = 540.0, chunks: int = 1,
-               smoke: bool = False, only: Sequence[str] = (), data_dir: Optional[str] = None,
-               extra: Sequence[str] = (), grace: Optional[float] = None,
-               stop_at_rows: int = 0, say=print) -> list[dict]:
+def run_chunks(
+    root: str,
+    out: str,
+    chunk_seconds: float = 540.0,
+    chunks: int = 1,
+    smoke: bool = False,
+    only: Sequence[str] = (),
+    data_dir: Optional[str] = None,
+    extra: Sequence[str] = (),
+    grace: Optional[float] = None,
+    stop_at_rows: int = 0,
+    say=print,
+) -> list[dict]:
   """Runs chunks until `chunks` are done (0: until every setting is finished).
 
   Args:
@@ -245,21 +275,31 @@ def run_chunks(root: str, out: str, chunk_seconds: float = 540.0, chunks: int = 
       log_path = os.path.join(root, f'{setting.name}.log')
       say(f'{setting.name}: {" ".join(cmd[1:])} (at most {left:.0f} s)')
       outcome, rc = run_process(cmd, left, log_path, grace, workdir, stop_at_rows)
-      rec = {'setting': setting.name, 'chunk': done_chunks, 'outcome': outcome,
-             'returncode': rc, 'seconds': round(time.monotonic() - t0, 1),
-             'rows_before': rows0, 'rows_after': _rows(workdir)}
+      rec = {
+          'setting': setting.name,
+          'chunk': done_chunks,
+          'outcome': outcome,
+          'returncode': rc,
+          'seconds': round(time.monotonic() - t0, 1),
+          'rows_before': rows0,
+          'rows_after': _rows(workdir),
+      }
       _record(root, out, rec)
       records.append(rec)
       copy_small_files(workdir, os.path.join(out, setting.name))
       shutil.copy2(log_path, os.path.join(out, setting.name, 'jal.log'))
-      say(f'{setting.name}: {outcome} after {rec["seconds"]} s, metrics rows '
-          f'{rows0} -> {rec["rows_after"]}')
+      say(
+          f'{setting.name}: {outcome} after {rec["seconds"]} s, metrics rows '
+          f'{rows0} -> {rec["rows_after"]}'
+      )
       if outcome == 'failed':
         raise ChunkError(f'{setting.name}: jal.main exited {rc}: {_tail(log_path)}')
       if outcome != 'finished':
         if _fingerprint(workdir) == before:
-          raise ChunkError(f'{setting.name}: a {left:.0f} s process made no progress; '
-                           'give a longer --chunk_seconds')
+          raise ChunkError(
+              f'{setting.name}: a {left:.0f} s process made no progress; '
+              'give a longer --chunk_seconds'
+          )
         break  # the chunk's time is up
     done_chunks += 1
   with contextlib.suppress(FileNotFoundError):
@@ -269,14 +309,19 @@ def run_chunks(root: str, out: str, chunk_seconds: float = 540.0, chunks: int = 
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('root', os.path.join(REPO, 'workdirs', 'accelerator'),
-                      'One workdir per setting; keep it between calls to resume.')
+
+  flags.DEFINE_string(
+      'root',
+      os.path.join(REPO, 'workdirs', 'accelerator'),
+      'One workdir per setting; keep it between calls to resume.',
+  )
   flags.DEFINE_string('out', None, 'Where the small files go (e.g. $OUT on a device machine).')
   flags.DEFINE_float('chunk_seconds', 540.0, 'Wall time of one chunk, everything included.')
   flags.DEFINE_integer('chunks', 1, 'Chunks in this call; 0: until every setting is done.')
   flags.DEFINE_bool('smoke', False, 'Pass `smoke` to the configs (a CPU test).')
-  flags.DEFINE_list('only', [], f'Settings to run (default all: '
-                    f'{",".join(s.name for s in SETTINGS)}).')
+  flags.DEFINE_list(
+      'only', [], f'Settings to run (default all: ' f'{",".join(s.name for s in SETTINGS)}).'
+  )
   flags.DEFINE_string('data_dir', None, 'CIFAR-10 folder parent; default $JAL_DATA_DIR.')
   flags.DEFINE_multi_string('jal_flag', [], 'More jal.main flags, e.g. --jal_flag=--config.seeds=0')
   flags.mark_flags_as_required(['out'])
@@ -285,16 +330,27 @@ def _define_flags():
 def main(argv):
   from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
   from jal import logs  # pylint: disable=g-import-not-at-top
+
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   with logs.one_line_errors('interrupted; rerun the same command to resume'):
-    run_chunks(f.root, f.out, f.chunk_seconds, f.chunks, f.smoke, f.only, f.data_dir,
-               f.jal_flag, say=lambda m: print(m, flush=True))
+    run_chunks(
+        f.root,
+        f.out,
+        f.chunk_seconds,
+        f.chunks,
+        f.smoke,
+        f.only,
+        f.data_dir,
+        f.jal_flag,
+        say=lambda m: print(m, flush=True),
+    )
 
 
 if __name__ == '__main__':
   from absl import app as _app  # pylint: disable=g-import-not-at-top
   from jal import logs as _logs  # pylint: disable=g-import-not-at-top
+
   _define_flags()
   _app.run(main, flags_parser=_logs.parse_flags)

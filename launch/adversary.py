@@ -57,11 +57,19 @@ def _run(args: list[str], timeout: float = _TIMEOUT_S, cwd=REPO) -> subprocess.C
   env = dict(os.environ, PYTHONUNBUFFERED='1')
   env.pop('JAL_DATA_DIR', None)  # probes name their own data
   try:
-    return subprocess.run([sys.executable, '-m', *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, '-m', *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
   except subprocess.TimeoutExpired as e:
-    return subprocess.CompletedProcess(e.cmd, None, _text(e.stdout), _text(e.stderr) +
-                                       f'\n(killed after {timeout:.0f} s)')
+    return subprocess.CompletedProcess(
+        e.cmd, None, _text(e.stdout), _text(e.stderr) + f'\n(killed after {timeout:.0f} s)'
+    )
 
 
 def _text(out) -> str:
@@ -83,8 +91,11 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> Outcome
   if proc.returncode == 0:
     return Outcome(False, f'exit 0; last line: {line[:200]}')
   if 'Traceback' in out:
-    return Outcome(False, f'a traceback of {out.count(chr(10))} lines; last: '
-                          f'{out.strip().splitlines()[-1][:200]}')
+    return Outcome(
+        False,
+        f'a traceback of {out.count(chr(10))} lines; last: '
+        f'{out.strip().splitlines()[-1][:200]}',
+    )
   if len(errors) != 1:
     return Outcome(False, f'{len(errors)} error lines: {" | ".join(e[:120] for e in errors)}')
   missing = [n for n in needles if n not in line]
@@ -113,11 +124,23 @@ def probe_pickle(tmp: pathlib.Path) -> Outcome:
   folder.mkdir(parents=True)
   batch = {b'data': bytes(3072), b'labels': [0], b'extra': _Payload(f'touch {marker}')}
   (folder / 'data_batch_1').write_bytes(pickle.dumps(batch, protocol=2))
-  for name in ('data_batch_2', 'data_batch_3', 'data_batch_4', 'data_batch_5', 'test_batch',
-               'batches.meta'):
+  for name in (
+      'data_batch_2',
+      'data_batch_3',
+      'data_batch_4',
+      'data_batch_5',
+      'test_batch',
+      'batches.meta',
+  ):
     (folder / name).write_bytes(b'')
-  proc = _run(['jal.main', '--config=configs/imbalance.py:smoke', f'--workdir={tmp / "w"}',
-               f'--config.data_dir={tmp / "data"}'])
+  proc = _run(
+      [
+          'jal.main',
+          '--config=configs/imbalance.py:smoke',
+          f'--workdir={tmp / "w"}',
+          f'--config.data_dir={tmp / "data"}',
+      ]
+  )
   if marker.exists():
     return Outcome(False, 'the payload ran (the marker file exists)')
   return _one_line_error(proc, 'data_batch_1')
@@ -134,10 +157,18 @@ def _wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout: float) -> boo
 
 def probe_lock(tmp: pathlib.Path) -> Outcome:
   work = tmp / 'w'
-  base = ['jal.main', '--config=configs/gaussian.py', f'--workdir={work}',
-          '--config.seeds=0,1,2,3,4,5,6,7,8,9']
-  first = subprocess.Popen([sys.executable, '-m', *base, '--config.train.learning_rate=0.01'],
-                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  base = [
+      'jal.main',
+      '--config=configs/gaussian.py',
+      f'--workdir={work}',
+      '--config.seeds=0,1,2,3,4,5,6,7,8,9',
+  ]
+  first = subprocess.Popen(
+      [sys.executable, '-m', *base, '--config.train.learning_rate=0.01'],
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   try:
     if not _wait_for(work / 'config.json', first, _TIMEOUT_S):
       return Outcome(False, 'the first run never wrote config.json')
@@ -148,8 +179,9 @@ def probe_lock(tmp: pathlib.Path) -> Outcome:
     if not result.passed:
       return Outcome(False, f'the second run on the busy workdir: {result.detail}')
     if not still_running:
-      return Outcome(False, 'the first run ended before the second was refused; rerun with more '
-                            'seeds')
+      return Outcome(
+          False, 'the first run ended before the second was refused; rerun with more ' 'seeds'
+      )
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait()
@@ -172,13 +204,26 @@ def probe_config_arg(tmp: pathlib.Path) -> Outcome:
 
 
 def probe_divergence(tmp: pathlib.Path) -> Outcome:
-  proc = _run(['jal.main', '--config=configs/gaussian.py:smoke', f'--workdir={tmp / "w"}',
-               '--config.strategies=coreset', '--config.train.learning_rate=1e6'])
+  proc = _run(
+      [
+          'jal.main',
+          '--config=configs/gaussian.py:smoke',
+          f'--workdir={tmp / "w"}',
+          '--config.strategies=coreset',
+          '--config.train.learning_rate=1e6',
+      ]
+  )
   diverged = _one_line_error(proc, 'diverged', 'seed', 'round')
   if not diverged.passed:
     return diverged
-  proc = _run(['jal.main', '--config=configs/gaussian.py:smoke', f'--workdir={tmp / "inf"}',
-               '--config.train.learning_rate=inf'])
+  proc = _run(
+      [
+          'jal.main',
+          '--config=configs/gaussian.py:smoke',
+          f'--workdir={tmp / "inf"}',
+          '--config.train.learning_rate=inf',
+      ]
+  )
   refused = _one_line_error(proc, 'learning_rate')
   if not refused.passed:
     return Outcome(False, f'learning_rate=inf: {refused.detail}')
@@ -189,6 +234,7 @@ def probe_divergence(tmp: pathlib.Path) -> Outcome:
 
 def _label_folder(tmp: pathlib.Path) -> pathlib.Path:
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   images = tmp / 'images'
   images.mkdir()
   for i in range(4):
@@ -199,14 +245,25 @@ def _label_folder(tmp: pathlib.Path) -> pathlib.Path:
 
 def probe_dev_zero(tmp: pathlib.Path) -> Outcome:
   details = []
-  for name, make in (('x.png', lambda p: p.symlink_to('/dev/zero')),
-                     ('y.png', lambda p: os.mkfifo(p))):
+  for name, make in (
+      ('x.png', lambda p: p.symlink_to('/dev/zero')),
+      ('y.png', lambda p: os.mkfifo(p)),
+  ):
     case = tmp / name.split('.')[0]
     case.mkdir()
     images = _label_folder(case)
     make(images / name)
-    proc = _run(['jal.label', f'--images={images}', f'--labels={case / "labels.csv"}',
-                 f'--workdir={case / "w"}', '--query=2', '--classes=a,b'], timeout=120)
+    proc = _run(
+        [
+            'jal.label',
+            f'--images={images}',
+            f'--labels={case / "labels.csv"}',
+            f'--workdir={case / "w"}',
+            '--query=2',
+            '--classes=a,b',
+        ],
+        timeout=120,
+    )
     result = _one_line_error(proc, name)
     if not result.passed:
       return Outcome(False, f'{name}: {result.detail}')
@@ -226,8 +283,12 @@ def _flip_bytes(step_dir: pathlib.Path) -> int:
 
 
 def probe_bitflip(tmp: pathlib.Path) -> Outcome:
-  base = ['jal.main', '--config=configs/gaussian.py:smoke', '--config.seeds=0',
-          '--config.strategies=random']
+  base = [
+      'jal.main',
+      '--config=configs/gaussian.py:smoke',
+      '--config.seeds=0',
+      '--config.strategies=random',
+  ]
   reference = _run(base + [f'--workdir={tmp / "ref"}'])
   if reference.returncode != 0:
     return Outcome(False, f'the reference run failed: {reference.stderr[-300:]}')
@@ -240,21 +301,30 @@ def probe_bitflip(tmp: pathlib.Path) -> Outcome:
   flipped = _flip_bytes(latest)
   rerun = _run(base + [f'--workdir={work}'])
   if rerun.returncode != 0:
-    return Outcome(False, f'the rerun failed (exit {rerun.returncode}): '
-                          f'{rerun.stderr.strip().splitlines()[-1][:200]}')
+    return Outcome(
+        False,
+        f'the rerun failed (exit {rerun.returncode}): '
+        f'{rerun.stderr.strip().splitlines()[-1][:200]}',
+    )
   warned = [l for l in rerun.stderr.splitlines() if str(latest) in l and 'damaged' in l]
   if not warned:
     return Outcome(False, f'the rerun never named the damaged step {latest}')
   # absl's INFO lines aside, the one warning is all the rerun prints.
   said = [l for l in rerun.stderr.splitlines() if l.strip() and not re.match(r'I\d{4} ', l)]
   if said != warned[:1]:
-    return Outcome(False, f'the rerun printed {len(said)} lines besides INFO: '
-                          f'{" | ".join(l[:120] for l in said)}')
+    return Outcome(
+        False,
+        f'the rerun printed {len(said)} lines besides INFO: '
+        f'{" | ".join(l[:120] for l in said)}',
+    )
   for name in ('metrics.jsonl', 'selections.jsonl'):
     if (work / name).read_bytes() != (tmp / 'ref' / name).read_bytes():
       return Outcome(False, f'{name} differs from the uninterrupted run')
-  return Outcome(True, f'{flipped} files flipped in step {latest.name}; warned: '
-                       f'{warned[0][-160:]}; metrics and selections byte-equal')
+  return Outcome(
+      True,
+      f'{flipped} files flipped in step {latest.name}; warned: '
+      f'{warned[0][-160:]}; metrics and selections byte-equal',
+  )
 
 
 PROBES: dict[str, Callable[[pathlib.Path], Outcome]] = {
@@ -280,8 +350,11 @@ def run_probes(names: list[str], root: pathlib.Path) -> dict[str, Outcome]:
     except Exception as e:  # pylint: disable=broad-except
       outcome = Outcome(False, f'the probe itself failed: {type(e).__name__}: {e}')
     outcomes[name] = outcome
-    print(f'{"PASS" if outcome.passed else "FAIL"} {name} ({time.monotonic() - t0:.0f} s): '
-          f'{outcome.detail}', flush=True)
+    print(
+        f'{"PASS" if outcome.passed else "FAIL"} {name} ({time.monotonic() - t0:.0f} s): '
+        f'{outcome.detail}',
+        flush=True,
+    )
   return outcomes
 
 
@@ -294,8 +367,10 @@ def main(argv):
   root = pathlib.Path(_ROOT.value or tempfile.mkdtemp(prefix='jal_adversary_'))
   outcomes = run_probes(names, root)
   failed = [n for n, o in outcomes.items() if not o.passed]
-  print(f'probes: {len(outcomes) - len(failed)} of {len(outcomes)} held'
-        + (f'; failed: {", ".join(failed)}' if failed else ''))
+  print(
+      f'probes: {len(outcomes) - len(failed)} of {len(outcomes)} held'
+      + (f'; failed: {", ".join(failed)}' if failed else '')
+  )
   sys.exit(1 if failed else 0)
 
 

@@ -56,8 +56,14 @@ def smoke_only(arg: Optional[str], grid_name: str) -> bool:
   return 'smoke' in args
 
 
-def spec(config: str, arg: Optional[str] = None, strategies=None, seeds=None,
-         overrides: Optional[dict] = None, split: bool = True) -> dict:
+def spec(
+    config: str,
+    arg: Optional[str] = None,
+    strategies=None,
+    seeds=None,
+    overrides: Optional[dict] = None,
+    split: bool = True,
+) -> dict:
   """One grid entry. strategies/seeds None: the config's own lists."""
   o = dict(overrides or {})
   if strategies is not None:
@@ -149,8 +155,9 @@ def _flatten(overrides: dict, prefix: str = '') -> dict:
   return out
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
-                    where: str = 'config') -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: dict, where: str = 'config'
+) -> ml_collections.ConfigDict:
   """Sets dotted fields of `config` (unlocked); unknown fields are an error."""
   for key, value in _flatten(overrides).items():
     node = config
@@ -167,15 +174,17 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
       try:
         node[last] = value
       except (TypeError, ValueError) as e:
-        raise GridError(f'{where}: cannot set {key}={value!r} '
-                        f'({str(e).splitlines()[0]})') from None
+        raise GridError(
+            f'{where}: cannot set {key}={value!r} ' f'({str(e).splitlines()[0]})'
+        ) from None
   return config
 
 
 def build_config(config_path: str, arg: Optional[str], overrides: dict):
   """The config of one run: file + arg + overrides."""
-  return apply_overrides(load_config(config_path, arg), overrides,
-                         f'{config_path}{":" + arg if arg else ""}')
+  return apply_overrides(
+      load_config(config_path, arg), overrides, f'{config_path}{":" + arg if arg else ""}'
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -185,11 +194,12 @@ def build_config(config_path: str, arg: Optional[str], overrides: dict):
 @dataclasses.dataclass(frozen=True, eq=True)
 class Run:
   """One (config, arg, overrides) -> one workdir `<root>/<name>`."""
+
   name: str
-  config: str        # as the grid gave it
-  config_path: str   # absolute
+  config: str  # as the grid gave it
+  config_path: str  # absolute
   arg: Optional[str]
-  overrides: dict    # flattened, sorted; always holds strategies and seeds
+  overrides: dict  # flattened, sorted; always holds strategies and seeds
   strategies: tuple
   seeds: tuple
   num_rounds: int
@@ -199,8 +209,13 @@ class Run:
 
   def job(self, root: str) -> dict:
     """Everything a job needs, as a plain (picklable) dict."""
-    return {'name': self.name, 'config_path': self.config_path, 'arg': self.arg,
-            'overrides': dict(self.overrides), 'workdir': os.path.abspath(self.workdir(root))}
+    return {
+        'name': self.name,
+        'config_path': self.config_path,
+        'arg': self.arg,
+        'overrides': dict(self.overrides),
+        'workdir': os.path.abspath(self.workdir(root)),
+    }
 
   def flag_string(self) -> str:
     """The `--config=... --config.k=v` part of a `python -m jal.main` command."""
@@ -247,6 +262,7 @@ def expand(specs) -> list[Run]:
   exist, strategy names are known), so bad grids fail before any compute.
   """
   from jal import config_lib  # pylint: disable=g-import-not-at-top
+
   runs = []
   for i, entry in enumerate(specs):
     entry = _check_spec(entry, i)
@@ -264,8 +280,10 @@ def expand(specs) -> list[Run]:
     except GridError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      raise GridError(f'{where}: could not build the config '
-                      f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from None
+      raise GridError(
+          f'{where}: could not build the config '
+          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+      ) from None
     if entry.get('split', True):
       groups = [((s,), (seed,)) for s in strategies for seed in seeds]
     else:
@@ -278,8 +296,9 @@ def expand(specs) -> list[Run]:
         config_lib.validate(config)
       except ValueError as e:
         raise GridError(f'{where}: {str(e).splitlines()[0]}') from None
-      runs.append(Run(run_name(path, arg, o), entry['config'], path, arg, o, ss, sd,
-                      int(config.num_rounds)))
+      runs.append(
+          Run(run_name(path, arg, o), entry['config'], path, arg, o, ss, sd, int(config.num_rounds))
+      )
   names = [r.name for r in runs]
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes:
@@ -309,6 +328,7 @@ def workdir_state(run: Run, root: str) -> tuple[str, str]:
     GridError: the workdir holds a different experiment.
   """
   from jal import config_lib  # pylint: disable=g-import-not-at-top
+
   workdir = run.workdir(root)
   config_json = os.path.join(workdir, 'config.json')
   ckpts = os.path.join(workdir, 'checkpoints')
@@ -324,8 +344,10 @@ def workdir_state(run: Run, root: str) -> tuple[str, str]:
     raise GridError(f'workdir {workdir}: unreadable config.json ({e})') from None
   current = config_lib.identity(config)
   if stored != current:
-    raise GridError(f'workdir {workdir} holds a different experiment '
-                    f'({config_lib.diff(stored, current)}); use another --root')
+    raise GridError(
+        f'workdir {workdir} holds a different experiment '
+        f'({config_lib.diff(stored, current)}); use another --root'
+    )
   done = set()
   metrics = os.path.join(workdir, 'metrics.jsonl')
   if os.path.exists(metrics):
@@ -336,8 +358,9 @@ def workdir_state(run: Run, root: str) -> tuple[str, str]:
           done.add((str(row['strategy']), int(row['seed']), int(row['round'])))
         except (ValueError, KeyError, TypeError):
           continue  # a torn last line: the run is not finished
-  want = {(s, seed, r) for s in run.strategies for seed in run.seeds
-          for r in range(run.num_rounds + 1)}
+  want = {
+      (s, seed, r) for s in run.strategies for seed in run.seeds for r in range(run.num_rounds + 1)
+  }
   have = len(want & done)
   detail = f'{have}/{len(want)} rounds'
   return ('finished' if have == len(want) else 'partial'), detail
@@ -354,6 +377,7 @@ def run_one(job: dict) -> dict:
   job). Returns {'name', 'workdir', 'table'}.
   """
   from jal import experiment, logs, sharding  # pylint: disable=g-import-not-at-top
+
   logs.quiet_libraries()
   if job.get('distributed'):  # one process per host (see sweep's --slurm_nodes)
     sharding.initialize_distributed()

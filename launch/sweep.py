@@ -51,22 +51,23 @@ class SweepError(GridError):
 @dataclasses.dataclass
 class ClusterOptions:
   """Resources of each submitit job (slurm; timeout and GPUs also for local)."""
+
   partition: Optional[str] = None
-  gpus_per_node: Optional[int] = None   # None: 1 on slurm, 0 on submitit_local
-  time_min: int = 240                   # per job; a requeued job resumes
+  gpus_per_node: Optional[int] = None  # None: 1 on slurm, 0 on submitit_local
+  time_min: int = 240  # per job; a requeued job resumes
   cpus_per_task: Optional[int] = None
   mem_gb: Optional[int] = None
   account: Optional[str] = None
-  nodes: int = 1                        # slurm: >1 runs each job on that many hosts
+  nodes: int = 1  # slurm: >1 runs each job on that many hosts
 
 
 @dataclasses.dataclass
 class SweepResult:
-  runs: list                 # [Run], grid order
-  actions: dict              # name -> 'skipped' | 'resumed' | 'started'
-  failed: dict               # name -> one-line reason
-  workdirs: list             # the workdirs merged into the report
-  report: Optional[str]      # path of report.md, None if nothing to merge
+  runs: list  # [Run], grid order
+  actions: dict  # name -> 'skipped' | 'resumed' | 'started'
+  failed: dict  # name -> one-line reason
+  workdirs: list  # the workdirs merged into the report
+  report: Optional[str]  # path of report.md, None if nothing to merge
   root: str = ''
 
   @property
@@ -87,8 +88,9 @@ def import_submitit(executor: str):
   try:
     import submitit  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise SweepError(f'executor {executor} needs submitit, which is not installed '
-                     '(pip install submitit)') from None
+    raise SweepError(
+        f'executor {executor} needs submitit, which is not installed ' '(pip install submitit)'
+    ) from None
   return submitit
 
 
@@ -98,8 +100,10 @@ def check_executor(executor: str, dry_run: bool = False) -> None:
   if executor != 'local':
     import_submitit(executor)
   if executor == 'slurm' and not dry_run and not (shutil.which('srun') and shutil.which('sbatch')):
-    raise SweepError('executor slurm needs srun and sbatch on PATH; run the sweep on a SLURM '
-                     'login node (or use --executor=submitit_local)')
+    raise SweepError(
+        'executor slurm needs srun and sbatch on PATH; run the sweep on a SLURM '
+        'login node (or use --executor=submitit_local)'
+    )
 
 
 def plan(grid: str, root: str) -> tuple[list, dict, dict]:
@@ -139,6 +143,7 @@ def _repo_importable():
 
 def _run_in_process(runs, root):
   from jal import logs  # pylint: disable=g-import-not-at-top
+
   failed = {}
   for i, run in enumerate(runs, 1):
     _say(f'[{i}/{len(runs)}] running {run.name}')
@@ -159,8 +164,13 @@ def _log_path(root, run):
 
 def jal_main_command(run: Run, root: str) -> list[str]:
   """The `python -m jal.main` command line of one run."""
-  return [sys.executable, '-m', 'jal.main', *grid_lib.jal_main_flags(run),
-          f'--workdir={os.path.abspath(run.workdir(root))}']
+  return [
+      sys.executable,
+      '-m',
+      'jal.main',
+      *grid_lib.jal_main_flags(run),
+      f'--workdir={os.path.abspath(run.workdir(root))}',
+  ]
 
 
 def _run_subprocesses(runs, root, max_parallel, devices=()):
@@ -182,8 +192,13 @@ def _run_subprocesses(runs, root, max_parallel, devices=()):
       if device is not None:
         env['CUDA_VISIBLE_DEVICES'] = device
       log = open(_log_path(root, run), 'a')  # pylint: disable=consider-using-with
-      proc = subprocess.Popen(jal_main_command(run, root), stdout=log, env=env,
-                              stderr=subprocess.STDOUT, cwd=str(grid_lib.REPO))
+      proc = subprocess.Popen(
+          jal_main_command(run, root),
+          stdout=log,
+          env=env,
+          stderr=subprocess.STDOUT,
+          cwd=str(grid_lib.REPO),
+      )
       on = f', device {device}' if device is not None else ''
       _say(f'started {run.name} (pid {proc.pid}{on}, log {_log_path(root, run)})')
       running[run.name] = (proc, log, run, device)
@@ -215,6 +230,7 @@ def _job_failure(e, job) -> str:
 def _run_submitit(runs, root, cluster, max_parallel, options, folder):
   submitit = import_submitit('slurm' if cluster == 'slurm' else 'submitit_local')
   from launch import job as job_lib  # pylint: disable=g-import-not-at-top
+
   try:
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
   except RuntimeError as e:
@@ -223,10 +239,12 @@ def _run_submitit(runs, root, cluster, max_parallel, options, folder):
   if cluster == 'slurm':
     params['gpus_per_node'] = 1 if options.gpus_per_node is None else options.gpus_per_node
     params['slurm_array_parallelism'] = max_parallel or len(runs)
-    for key, value in (('slurm_partition', options.partition),
-                       ('cpus_per_task', options.cpus_per_task),
-                       ('mem_gb', options.mem_gb),
-                       ('slurm_account', options.account)):
+    for key, value in (
+        ('slurm_partition', options.partition),
+        ('cpus_per_task', options.cpus_per_task),
+        ('mem_gb', options.mem_gb),
+        ('slurm_account', options.account),
+    ):
       if value is not None:
         params[key] = value
     if options.nodes > 1:
@@ -237,8 +255,7 @@ def _run_submitit(runs, root, cluster, max_parallel, options, folder):
     params['gpus_per_node'] = options.gpus_per_node or 0
   executor.update_parameters(**params)
   fn = job_lib.RunJob()
-  jobs = [{**r.job(root), 'distributed': cluster == 'slurm' and options.nodes > 1}
-          for r in runs]
+  jobs = [{**r.job(root), 'distributed': cluster == 'slurm' and options.nodes > 1} for r in runs]
   failed = {}
 
   def collect(run, job):
@@ -277,10 +294,17 @@ def _run_submitit(runs, root, cluster, max_parallel, options, folder):
 # The sweep.
 
 
-def run_sweep(grid: str, root: str, executor: str = 'local', max_parallel: int = 0,
-              report_out: Optional[str] = None, options: Optional[ClusterOptions] = None,
-              submitit_folder: Optional[str] = None, dry_run: bool = False,
-              devices: Sequence[str] = ()) -> SweepResult:
+def run_sweep(
+    grid: str,
+    root: str,
+    executor: str = 'local',
+    max_parallel: int = 0,
+    report_out: Optional[str] = None,
+    options: Optional[ClusterOptions] = None,
+    submitit_folder: Optional[str] = None,
+    dry_run: bool = False,
+    devices: Sequence[str] = (),
+) -> SweepResult:
   """Runs (or resumes, or skips) every run of a grid, then merges the report.
 
   Args:
@@ -318,8 +342,7 @@ def run_sweep(grid: str, root: str, executor: str = 'local', max_parallel: int =
   # One sweep per root at a time (a second is refused at once); each run
   # locks its own workdir (jal.workdir), whichever executor runs it.
   with workdir_lib.locked(root, 'sweep root'):
-    return _sweep(grid, root, executor, max_parallel, report_out, options, submitit_folder,
-                  devices)
+    return _sweep(grid, root, executor, max_parallel, report_out, options, submitit_folder, devices)
 
 
 def _announce(grid: str, root: str, executor: str):
@@ -329,13 +352,16 @@ def _announce(grid: str, root: str, executor: str):
     detail = f' ({details[run.name]})' if details[run.name] else ''
     _say(f'{actions[run.name]:8s} {run.name}{detail}')
   counts = collections.Counter(actions.values())
-  _say(f'{len(runs)} run(s): {counts["skipped"]} skipped (finished), '
-       f'{counts["resumed"]} to resume, {counts["started"]} to start; executor {executor}')
+  _say(
+      f'{len(runs)} run(s): {counts["skipped"]} skipped (finished), '
+      f'{counts["resumed"]} to resume, {counts["started"]} to start; executor {executor}'
+  )
   return runs, actions
 
 
-def _sweep(grid, root, executor, max_parallel, report_out, options, submitit_folder,
-           devices) -> SweepResult:
+def _sweep(
+    grid, root, executor, max_parallel, report_out, options, submitit_folder, devices
+) -> SweepResult:
   """`run_sweep` once the root is this process's."""
   runs, actions = _announce(grid, root, executor)
   todo = [r for r in runs if actions[r.name] != 'skipped']
@@ -347,16 +373,25 @@ def _sweep(grid, root, executor, max_parallel, report_out, options, submitit_fol
       elif executor == 'local':
         failed = _run_subprocesses(todo, root, max_parallel, tuple(devices))
       else:
-        failed = _run_submitit(todo, root, 'slurm' if executor == 'slurm' else 'local',
-                               max_parallel, options,
-                               submitit_folder or os.path.join(root, 'submitit', '%j'))
+        failed = _run_submitit(
+            todo,
+            root,
+            'slurm' if executor == 'slurm' else 'local',
+            max_parallel,
+            options,
+            submitit_folder or os.path.join(root, 'submitit', '%j'),
+        )
 
-  workdirs = [r.workdir(root) for r in runs
-              if os.path.exists(os.path.join(r.workdir(root), 'metrics.jsonl'))
-              and os.path.getsize(os.path.join(r.workdir(root), 'metrics.jsonl'))]
+  workdirs = [
+      r.workdir(root)
+      for r in runs
+      if os.path.exists(os.path.join(r.workdir(root), 'metrics.jsonl'))
+      and os.path.getsize(os.path.join(r.workdir(root), 'metrics.jsonl'))
+  ]
   report = None
   if workdirs:
     from jal import report as report_lib  # pylint: disable=g-import-not-at-top
+
     out = os.path.abspath(report_out or os.path.join(root, 'report'))
     try:
       report_lib.write_report(workdirs, out)
@@ -380,50 +415,86 @@ def _define_flags():
   # Defined only when run as a program, so importing launch.sweep next to other
   # entry points never clashes with their flags.
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string('grid', None, 'Grid file, path[:arg], e.g. launch/grids/gaussian.py:smoke.')
   flags.DEFINE_string('root', None, 'Directory holding one workdir per run.')
   flags.DEFINE_string('executor', 'local', f'One of: {", ".join(EXECUTORS)}.')
-  flags.DEFINE_integer('max_parallel', 0, 'Runs at a time; 0: the executor default '
-                       '(local 1, submitit_local CPU count, slurm all).')
+  flags.DEFINE_integer(
+      'max_parallel',
+      0,
+      'Runs at a time; 0: the executor default ' '(local 1, submitit_local CPU count, slurm all).',
+  )
   flags.DEFINE_string('report_out', None, 'Merged report directory; default <root>/report.')
   flags.DEFINE_string('submitit_folder', None, 'submitit logs; default <root>/submitit/%j.')
   flags.DEFINE_boolean('dry_run', False, 'Only print what would run.')
-  flags.DEFINE_list('devices', [], 'Local accelerator ids (e.g. 0,1,2,3): the local '
-                    'executor runs one job per device, each seeing only its own.')
+  flags.DEFINE_list(
+      'devices',
+      [],
+      'Local accelerator ids (e.g. 0,1,2,3): the local '
+      'executor runs one job per device, each seeing only its own.',
+  )
   flags.DEFINE_string('slurm_partition', None, 'SLURM partition.')
   flags.DEFINE_string('slurm_account', None, 'SLURM account.')
-  flags.DEFINE_integer('slurm_gpus_per_node', None,
-                       'GPUs per job (default 1 on slurm, 0 on submitit_local).')
-  flags.DEFINE_integer('slurm_time_min', 240, 'Time limit of each job, minutes (also '
-                       'submitit_local); a job that hits it is requeued and resumes.')
+  flags.DEFINE_integer(
+      'slurm_gpus_per_node', None, 'GPUs per job (default 1 on slurm, 0 on submitit_local).'
+  )
+  flags.DEFINE_integer(
+      'slurm_time_min',
+      240,
+      'Time limit of each job, minutes (also '
+      'submitit_local); a job that hits it is requeued and resumes.',
+  )
   flags.DEFINE_integer('slurm_cpus_per_task', None, 'CPUs per job.')
   flags.DEFINE_integer('slurm_mem_gb', None, 'Memory per job, GB.')
-  flags.DEFINE_integer('slurm_nodes', 1, 'Hosts per job; above 1 each job runs one process per '
-                       'host with jax.distributed and shards members and pools over all GPUs.')
+  flags.DEFINE_integer(
+      'slurm_nodes',
+      1,
+      'Hosts per job; above 1 each job runs one process per '
+      'host with jax.distributed and shards members and pools over all GPUs.',
+  )
   flags.mark_flags_as_required(['grid', 'root'])
 
 
 def main(argv):
   from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  options = ClusterOptions(partition=f.slurm_partition, gpus_per_node=f.slurm_gpus_per_node,
-                           time_min=f.slurm_time_min, cpus_per_task=f.slurm_cpus_per_task,
-                           mem_gb=f.slurm_mem_gb, account=f.slurm_account,
-                           nodes=f.slurm_nodes)
+  options = ClusterOptions(
+      partition=f.slurm_partition,
+      gpus_per_node=f.slurm_gpus_per_node,
+      time_min=f.slurm_time_min,
+      cpus_per_task=f.slurm_cpus_per_task,
+      mem_gb=f.slurm_mem_gb,
+      account=f.slurm_account,
+      nodes=f.slurm_nodes,
+  )
   from jal import logs, runtime  # pylint: disable=g-import-not-at-top,g-multiple-import
+
   runtime.configure()
   with logs.one_line_errors():
-    result = run_sweep(f.grid, f.root, f.executor, f.max_parallel, f.report_out, options,
-                       f.submitit_folder, f.dry_run, f.devices)
+    result = run_sweep(
+        f.grid,
+        f.root,
+        f.executor,
+        f.max_parallel,
+        f.report_out,
+        options,
+        f.submitit_folder,
+        f.dry_run,
+        f.devices,
+    )
   if result.failed:
-    sys.exit(f'error: {len(result.failed)} of {len(result.runs)} run(s) failed: '
-             + '; '.join(f'{k} ({v})' for k, v in result.failed.items()))
+    sys.exit(
+        f'error: {len(result.failed)} of {len(result.runs)} run(s) failed: '
+        + '; '.join(f'{k} ({v})' for k, v in result.failed.items())
+    )
 
 
 if __name__ == '__main__':
   from absl import app as _app  # pylint: disable=g-import-not-at-top
   from jal import logs as _logs  # pylint: disable=g-import-not-at-top
+
   _define_flags()
   _app.run(main, flags_parser=_logs.parse_flags)

@@ -30,13 +30,19 @@ VARIANTS = {
     'default': '',
     'nhwc': '--xla_gpu_force_conv_nhwc=true',
     'nchw': '--xla_gpu_force_conv_nchw=true',
-    'command_buffers': ('--xla_gpu_enable_command_buffer='
-                        'FUSION,CUBLAS,CUDNN,CUSTOM_CALL,WHILE,CONDITIONAL'),
+    'command_buffers': (
+        '--xla_gpu_enable_command_buffer=' 'FUSION,CUBLAS,CUDNN,CUSTOM_CALL,WHILE,CONDITIONAL'
+    ),
     'no_autotune': '--xla_gpu_autotune_level=0',
 }
 _KEY_FIELDS = ('case', 'model', 'mode', 'members', 'member_conv', 'n', 'd', 'k', 'strategy')
-_FIGURES = ('images_per_second', 'seconds', 'seconds_over_bandwidth_bound',
-            'train_seconds', 'score_seconds')
+_FIGURES = (
+    'images_per_second',
+    'seconds',
+    'seconds_over_bandwidth_bound',
+    'train_seconds',
+    'score_seconds',
+)
 
 
 def parse_variants(names: Iterable[str], extra: Iterable[str] = ()) -> dict[str, str]:
@@ -71,7 +77,8 @@ def summarise(by_variant: dict[str, list[dict]]) -> list[dict[str, Any]]:
         top = sorted(rec['by_category_fraction'].items(), key=lambda kv: -kv[1])[:3]
         row.setdefault('op_time', {})[variant] = {
             'categories': {k: round(v, 4) for k, v in top},
-            'op_seconds_over_call_seconds': round(rec['op_seconds_over_call_seconds'], 4)}
+            'op_seconds_over_call_seconds': round(rec['op_seconds_over_call_seconds'], 4),
+        }
       else:
         for fig in _FIGURES:
           if fig in rec:
@@ -79,8 +86,9 @@ def summarise(by_variant: dict[str, list[dict]]) -> list[dict[str, Any]]:
   return list(rows.values())
 
 
-def run_variant(name: str, flags: str, out: pathlib.Path, bench_args: list[str],
-                profile: bool) -> list[dict]:
+def run_variant(
+    name: str, flags: str, out: pathlib.Path, bench_args: list[str], profile: bool
+) -> list[dict]:
   """Runs jal.bench with XLA_FLAGS=`flags`; returns its records (also in out/name.jsonl)."""
   env = dict(os.environ)
   env['XLA_FLAGS'] = ' '.join(f for f in (env.get('XLA_FLAGS', ''), flags) if f)
@@ -97,6 +105,7 @@ def run_variant(name: str, flags: str, out: pathlib.Path, bench_args: list[str],
 
 def main(argv: list[str]) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   fl = flags.FLAGS
   bench_args = argv[1:]
   try:
@@ -112,8 +121,8 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   from absl import app, flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('out', None, 'Folder for each variant\'s records and traces.',
-                      required=True)
+
+  flags.DEFINE_string('out', None, "Folder for each variant's records and traces.", required=True)
   flags.DEFINE_list('variants', list(VARIANTS), f'Variants: {", ".join(VARIANTS)}.')
   flags.DEFINE_multi_string('extra_variant', None, 'Another variant, as name:XLA_FLAGS.')
   flags.DEFINE_bool('profile', False, 'Also trace each timed program (jal.bench --profile_dir).')

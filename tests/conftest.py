@@ -20,8 +20,10 @@ CONFIG_ARGS = {
     'cifar100': (('low', 'high', 'pretrained', 'smoke'), ('low', 'high')),
     'cifar100_high_warmup': (('low', 'high', 'smoke'), ('low', 'high')),
     'imbalance': (('pretrained', 'cpu', 'smoke'), ('pretrained', 'cpu')),
-    'mnist_imbalance': (tuple(f'digit{d}' for d in range(10)) + ('smoke',),
-                        tuple(f'digit{d}' for d in range(10))),
+    'mnist_imbalance': (
+        tuple(f'digit{d}' for d in range(10)) + ('smoke',),
+        tuple(f'digit{d}' for d in range(10)),
+    ),
     'retinopathy': (('smoke',), ()),
     'label': (('gray', 'rgb', 'pretrained', 'smoke'), ('gray', 'rgb', 'pretrained')),
 }
@@ -33,8 +35,9 @@ def pytest_configure(config):
   the commands tests run as subprocesses (which inherit the environment) load
   the programs another has compiled. Results do not depend on it (jal.runtime)."""
   del config
-  os.environ.setdefault(runtime.ENV, os.path.join(tempfile.gettempdir(),
-                                                  f'jal-tests-xla-{os.getuid()}'))
+  os.environ.setdefault(
+      runtime.ENV, os.path.join(tempfile.gettempdir(), f'jal-tests-xla-{os.getuid()}')
+  )
   runtime.configure()
 
 
@@ -57,6 +60,7 @@ def data_dir():
 def load_config(name, arg=None):
   """`get_config(arg)` of configs/<name>.py, as the --config flag loads it."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   spec = importlib.util.spec_from_file_location(f'config_{name}', REPO / 'configs' / f'{name}.py')
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)

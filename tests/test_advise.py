@@ -13,8 +13,10 @@ from jal import stats
 from jal.label import advise, project
 from tests.conftest import REPO
 
-HEADER = ('setting,name,query_size,metric,strategy,baseline,mean,lo,hi,half_width,n_seeds,'
-          'confidence,ci_method,excludes_zero,seeds,per_seed')
+HEADER = (
+    'setting,name,query_size,metric,strategy,baseline,mean,lo,hi,half_width,n_seeds,'
+    'confidence,ci_method,excludes_zero,seeds,per_seed'
+)
 
 
 def _labels_file(path: pathlib.Path, counts: dict[str, int]) -> str:
@@ -25,25 +27,52 @@ def _labels_file(path: pathlib.Path, counts: dict[str, int]) -> str:
   return str(path)
 
 
-def _fake_result(root: pathlib.Path, name: str, *, query: int, classes: int,
-                 rows: list[tuple], minority_fraction=None, pretrained=False, report=True):
+def _fake_result(
+    root: pathlib.Path,
+    name: str,
+    *,
+    query: int,
+    classes: int,
+    rows: list[tuple],
+    minority_fraction=None,
+    pretrained=False,
+    report=True,
+):
   """A results folder as jal writes it; rows: (strategy, metric, mean, lo, hi, n_seeds)."""
   folder = root / name
   (folder / 'report').mkdir(parents=True)
   data = {'name': 'cifar10'}
   if minority_fraction:
     data.update(positive_classes=[1, 9], minority_fraction=minority_fraction)
-  config = {'name': name, 'query_size': query, 'data': data,
-            'model': {'name': 'resnet18', 'pretrained_path': '/w/r18.pth' if pretrained else None,
-                      'stem': 'imagenet' if pretrained else 'cifar'}}
+  config = {
+      'name': name,
+      'query_size': query,
+      'data': data,
+      'model': {
+          'name': 'resnet18',
+          'pretrained_path': '/w/r18.pth' if pretrained else None,
+          'stem': 'imagenet' if pretrained else 'cifar',
+      },
+  }
   (folder / 'config.json').write_text(json.dumps(config))
-  (folder / 'metrics.jsonl').write_text(json.dumps(
-      {'strategy': 'random', 'seed': 0, 'round': 0, 'n_labeled': query, 'accuracy': 0.5,
-       'per_class_accuracy': [0.5] * classes}) + '\n')
+  (folder / 'metrics.jsonl').write_text(
+      json.dumps(
+          {
+              'strategy': 'random',
+              'seed': 0,
+              'round': 0,
+              'n_labeled': query,
+              'accuracy': 0.5,
+              'per_class_accuracy': [0.5] * classes,
+          }
+      )
+      + '\n'
+  )
   if report:
     lines = [HEADER] + [
         f'{name}_q{query},{name},{query},{metric},{s},random,{m},{lo},{hi},,{n},0.95,t,,0 1 2,'
-        for s, metric, m, lo, hi, n in rows]
+        for s, metric, m, lo, hi, n in rows
+    ]
     (folder / 'report' / 'improvement.csv').write_text('\n'.join(lines) + '\n')
   return folder
 
@@ -64,12 +93,14 @@ def test_wilson_interval_known_values():
 
 def test_class_balance_of_synthetic_label_files(tmp_path):
   # 1:19, binary: imbalanced, and 100 labels show it.
-  sit = advise.situation_from_labels(_labels_file(tmp_path / 'a.csv', {'neg': 95, 'pos': 5}),
-                                     None, None)
+  sit = advise.situation_from_labels(
+      _labels_file(tmp_path / 'a.csv', {'neg': 95, 'pos': 5}), None, None
+  )
   b = sit.balance()
   assert (b['smallest'], b['smallest_count'], b['largest_count'], b['ratio']) == ('pos', 5, 95, 19)
-  assert (b['share'], b['share_lo'], b['share_hi']) == pytest.approx((0.05, 0.021543, 0.11175),
-                                                                     abs=1e-5)
+  assert (b['share'], b['share_lo'], b['share_hi']) == pytest.approx(
+      (0.05, 0.021543, 0.11175), abs=1e-5
+  )
   assert b['imbalanced'] and sit.regime().imbalanced
   assert sit.query == advise.DEFAULT_QUERY and sit.query_per_class() == 25.0
   # 10 balanced classes of 30, one of 6: 1:5, shown with 276 labels.
@@ -100,26 +131,44 @@ def test_validation_trend():
 
 def test_measured_gain_in_the_same_regime_recommends_it(tmp_path):
   results = tmp_path / 'results'
-  _fake_result(results, 'bal_high', query=500, classes=10, rows=[
-      ('coreset', 'accuracy', 0.008, 0.006, 0.010, 3),
-      ('ensembles', 'accuracy', 0.013, 0.012, 0.014, 3)])
+  _fake_result(
+      results,
+      'bal_high',
+      query=500,
+      classes=10,
+      rows=[
+          ('coreset', 'accuracy', 0.008, 0.006, 0.010, 3),
+          ('ensembles', 'accuracy', 0.013, 0.012, 0.014, 3),
+      ],
+  )
   labels = _labels_file(tmp_path / 'l.csv', {str(i): 20 for i in range(10)})
   text, adv, sit = advise.advise(labels, query=500, results_dir=str(results))
   assert sit.regime() == advise.Regime(False, False, False)
   assert (adv.strategy, adv.basis) == ('ensembles', 'measured')
-  assert [e.source for e in adv.cited] == ['results/bal_high/report/improvement.csv:2',
-                                           'results/bal_high/report/improvement.csv:3']
+  assert [e.source for e in adv.cited] == [
+      'results/bal_high/report/improvement.csv:2',
+      'results/bal_high/report/improvement.csv:3',
+  ]
   assert 'Recommendation: ensembles' in text
-  assert ('results/bal_high/report/improvement.csv:3: bal_high_q500 (cifar10, query 500, '
-          'high query, balanced, from scratch): ensembles vs random +1.30 pp, 95% CI '
-          '[+1.20, +1.40], 3 seeds -> better than random') in text
+  assert (
+      'results/bal_high/report/improvement.csv:3: bal_high_q500 (cifar10, query 500, '
+      'high query, balanced, from scratch): ensembles vs random +1.30 pp, 95% CI '
+      '[+1.20, +1.40], 3 seeds -> better than random'
+  ) in text
 
 
 def test_low_query_rules_out_coreset_and_inconclusive_rows_say_so(tmp_path):
   results = tmp_path / 'results'
-  _fake_result(results, 'bal_low', query=10, classes=10, rows=[
-      ('coreset', 'accuracy', -0.06, -0.11, -0.01, 3),
-      ('ensembles', 'accuracy', -0.003, -0.09, 0.08, 3)])
+  _fake_result(
+      results,
+      'bal_low',
+      query=10,
+      classes=10,
+      rows=[
+          ('coreset', 'accuracy', -0.06, -0.11, -0.01, 3),
+          ('ensembles', 'accuracy', -0.003, -0.09, 0.08, 3),
+      ],
+  )
   labels = _labels_file(tmp_path / 'l.csv', {str(i): 3 for i in range(10)})
   text, adv, _ = advise.advise(labels, query=10, results_dir=str(results))
   assert (adv.strategy, adv.basis) == ('random', 'default')
@@ -132,14 +181,25 @@ def test_low_query_rules_out_coreset_and_inconclusive_rows_say_so(tmp_path):
 
 def test_imbalance_favours_ensembles_on_the_study_finding_when_tables_are_inconclusive(tmp_path):
   results = tmp_path / 'results'
-  _fake_result(results, 'imb', query=50, classes=2, minority_fraction=0.05, report=False,
-               rows=[])
+  _fake_result(results, 'imb', query=50, classes=2, minority_fraction=0.05, report=False, rows=[])
   # One seed in metrics.jsonl only: jal.report gives a mean and no interval.
-  rows = [{'strategy': s, 'seed': 0, 'round': r, 'n_labeled': 50 * (r + 1),
-           'accuracy': 0.8, 'average_precision': ap, 'per_class_accuracy': [0.9, 0.2]}
-          for s, aps in (('random', (0.30, 0.50, 0.55)), ('ensembles', (0.30, 0.45, 0.60)),
-                         ('coreset', (0.30, 0.40, 0.45)))
-          for r, ap in enumerate(aps)]
+  rows = [
+      {
+          'strategy': s,
+          'seed': 0,
+          'round': r,
+          'n_labeled': 50 * (r + 1),
+          'accuracy': 0.8,
+          'average_precision': ap,
+          'per_class_accuracy': [0.9, 0.2],
+      }
+      for s, aps in (
+          ('random', (0.30, 0.50, 0.55)),
+          ('ensembles', (0.30, 0.45, 0.60)),
+          ('coreset', (0.30, 0.40, 0.45)),
+      )
+      for r, ap in enumerate(aps)
+  ]
   (results / 'imb' / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
   labels = _labels_file(tmp_path / 'l.csv', {'rest': 95, 'minority': 5})
   text, adv, sit = advise.advise(labels, query=50, results_dir=str(results))
@@ -155,8 +215,14 @@ def test_imbalance_favours_ensembles_on_the_study_finding_when_tables_are_inconc
 
 def test_imbalanced_but_ensembles_measured_worse_is_not_recommended(tmp_path):
   results = tmp_path / 'results'
-  _fake_result(results, 'imb', query=50, classes=2, minority_fraction=0.05, rows=[
-      ('ensembles', 'average_precision', -0.05, -0.08, -0.02, 5)])
+  _fake_result(
+      results,
+      'imb',
+      query=50,
+      classes=2,
+      minority_fraction=0.05,
+      rows=[('ensembles', 'average_precision', -0.05, -0.08, -0.02, 5)],
+  )
   labels = _labels_file(tmp_path / 'l.csv', {'rest': 190, 'minority': 10})
   _, adv, _ = advise.advise(labels, query=50, results_dir=str(results))
   assert adv.strategy == 'random'
@@ -165,9 +231,16 @@ def test_imbalanced_but_ensembles_measured_worse_is_not_recommended(tmp_path):
 
 def test_pretrained_rules_out_coreset_and_other_regimes_are_not_relied_on(tmp_path):
   results = tmp_path / 'results'
-  _fake_result(results, 'bal_high', query=500, classes=10, rows=[
-      ('coreset', 'accuracy', 0.008, 0.006, 0.010, 3),
-      ('ensembles', 'accuracy', 0.013, 0.012, 0.014, 3)])
+  _fake_result(
+      results,
+      'bal_high',
+      query=500,
+      classes=10,
+      rows=[
+          ('coreset', 'accuracy', 0.008, 0.006, 0.010, 3),
+          ('ensembles', 'accuracy', 0.013, 0.012, 0.014, 3),
+      ],
+  )
   labels = _labels_file(tmp_path / 'l.csv', {str(i): 20 for i in range(10)})
   text, adv, _ = advise.advise(labels, query=500, pretrained=True, results_dir=str(results))
   assert (adv.strategy, adv.basis) == ('random', 'default')
@@ -181,14 +254,38 @@ def test_workdir_gives_query_pretraining_and_trend(tmp_path):
   w = tmp_path / 'w'
   w.mkdir()
   calls = [
-      {'n_labeled': 0, 'validation': None, 'query': 30, 'strategy': 'random (no labels yet)',
-       'batch': ['x'] * 30, 'predicted_counts': {}},
-      {'n_labeled': 30, 'validation': {'accuracy': 0.5, 'lo': 0.33, 'hi': 0.67}, 'query': 30,
-       'strategy': 'ensembles', 'batch': ['x'] * 30, 'predicted_counts': {}},
-      {'n_labeled': 60, 'validation': {'accuracy': 0.9, 'lo': 0.8, 'hi': 0.95}, 'query': 40,
-       'strategy': 'ensembles', 'batch': ['x'] * 40, 'predicted_counts': {'a': 70, 'b': 30}}]
-  state = {'version': 1, 'classes': ['a', 'b'], 'labels': {f'f{i}': 'ab'[i % 2] for i in range(60)},
-           'config': {'model': {'pretrained_path': '/w/r18.pth'}}, 'calls': calls}
+      {
+          'n_labeled': 0,
+          'validation': None,
+          'query': 30,
+          'strategy': 'random (no labels yet)',
+          'batch': ['x'] * 30,
+          'predicted_counts': {},
+      },
+      {
+          'n_labeled': 30,
+          'validation': {'accuracy': 0.5, 'lo': 0.33, 'hi': 0.67},
+          'query': 30,
+          'strategy': 'ensembles',
+          'batch': ['x'] * 30,
+          'predicted_counts': {},
+      },
+      {
+          'n_labeled': 60,
+          'validation': {'accuracy': 0.9, 'lo': 0.8, 'hi': 0.95},
+          'query': 40,
+          'strategy': 'ensembles',
+          'batch': ['x'] * 40,
+          'predicted_counts': {'a': 70, 'b': 30},
+      },
+  ]
+  state = {
+      'version': 1,
+      'classes': ['a', 'b'],
+      'labels': {f'f{i}': 'ab'[i % 2] for i in range(60)},
+      'config': {'model': {'pretrained_path': '/w/r18.pth'}},
+      'calls': calls,
+  }
   (w / project.STATE_FILE).write_text(json.dumps(state))
   text, adv, sit = advise.advise(workdir=str(w), results_dir=str(tmp_path / 'none'))
   assert (sit.query, sit.pretrained, sit.counts) == (40, True, {'a': 30, 'b': 30})
@@ -217,25 +314,44 @@ def test_cites_the_repository_tables_with_their_own_numbers(tmp_path):
       row = list(csv.DictReader(f))[int(line) - 2]
     assert row['strategy'] == e.strategy
     assert (e.mean, e.lo, e.hi) == (float(row['mean']), float(row['lo']), float(row['hi']))
-    expect = ('better' if float(row['lo']) > 0 else 'worse' if float(row['hi']) < 0
-              else 'inconclusive')
+    expect = (
+        'better' if float(row['lo']) > 0 else 'worse' if float(row['hi']) < 0 else 'inconclusive'
+    )
     assert e.verdict == expect and (row['excludes_zero'] == 'yes') == (expect != 'inconclusive')
     assert e.text() in text
     rows_read += 1
   assert rows_read >= 1
-  assert adv.basis != 'measured' or all(e.verdict == 'better' for e in adv.cited
-                                        if e.strategy == adv.strategy)
+  assert adv.basis != 'measured' or all(
+      e.verdict == 'better' for e in adv.cited if e.strategy == adv.strategy
+  )
 
 
 def test_cli(tmp_path):
   labels = _labels_file(tmp_path / 'l.csv', {'a': 95, 'b': 5})
-  proc = subprocess.run([sys.executable, '-m', 'jal.label.advise', f'--labels={labels}',
-                         '--query=50', f'--results={tmp_path / "none"}'],
-                        capture_output=True, text=True, cwd=REPO, timeout=120)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'jal.label.advise',
+          f'--labels={labels}',
+          '--query=50',
+          f'--results={tmp_path / "none"}',
+      ],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr
   assert 'Recommendation: ensembles (--strategy=ensembles)' in proc.stdout
-  proc = subprocess.run([sys.executable, '-m', 'jal.label.advise'], capture_output=True, text=True,
-                        cwd=REPO, timeout=120)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jal.label.advise'],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      timeout=120,
+  )
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
-      'error: give --labels=labels.csv or --workdir=W (of jal.label)')
+      'error: give --labels=labels.csv or --workdir=W (of jal.label)'
+  )

@@ -24,8 +24,7 @@ def records():
 
 
 def of(records, case, **match):
-  return [r for r in records if r['case'] == case
-          and all(r.get(k) == v for k, v in match.items())]
+  return [r for r in records if r['case'] == case and all(r.get(k) == v for k, v in match.items())]
 
 
 def positive(rec, *keys):
@@ -65,35 +64,47 @@ def test_ensemble_train(records):
   assert auto['members'] == 2
   positive(auto, 'images_per_second')
   assert summary['auto_over_in_turn_ratio'] == pytest.approx(
-      auto['images_per_second'] / in_turn['images_per_second'])
+      auto['images_per_second'] / in_turn['images_per_second']
+  )
   assert summary['members_mode'] == 'vmap_program'
   assert summary['aggregate_images_per_second_ratio'] == pytest.approx(
-      vmap[1]['images_per_second'] / vmap[0]['images_per_second'])
+      vmap[1]['images_per_second'] / vmap[0]['images_per_second']
+  )
 
 
 def test_ensemble_train_auto_only():
   # What a CPU run of ResNet-18 asks for: only the loop's own plan (one
   # dispatch per step), for every N, and its N-scaling.
-  recs = cases.run(('ensemble_train',), size='small', train_models=('lenet',),
-                   train_modes=('auto',), repeats=1)
+  recs = cases.run(
+      ('ensemble_train',), size='small', train_models=('lenet',), train_modes=('auto',), repeats=1
+  )
   auto = of(recs, 'ensemble_train', mode='auto')
   assert [(r['members'], r['plan']) for r in auto] == [(1, IN_TURN_STEP), (2, IN_TURN_STEP)]
   (summary,) = of(recs, 'ensemble_train', mode='summary')
-  assert (summary['members_mode'], summary['members_numerator'],
-          summary['members_denominator']) == ('auto', 2, 1)
+  assert (
+      summary['members_mode'],
+      summary['members_numerator'],
+      summary['members_denominator'],
+  ) == ('auto', 2, 1)
   assert summary['aggregate_images_per_second_ratio'] == pytest.approx(
-      auto[1]['images_per_second'] / auto[0]['images_per_second'])
+      auto[1]['images_per_second'] / auto[0]['images_per_second']
+  )
   assert 'vmap_over_in_turn_ratio' not in summary
   assert len(recs) == 3
   # N=2 reuses N=1's compiled step: timing noise, never a negative compile.
   assert all(r['compile_seconds'] >= 0 for r in auto)
 
 
-@pytest.mark.parametrize('overrides, message', [
-    (dict(train_modes=('auto', 'eager')), "unknown ['eager']; valid: vmap_program, "
-                                           'in_turn_program, sharded, auto'),
-    (dict(train_models=('vgg',)), "unknown ['vgg']; valid: resnet18, lenet"),
-])
+@pytest.mark.parametrize(
+    'overrides, message',
+    [
+        (
+            dict(train_modes=('auto', 'eager')),
+            "unknown ['eager']; valid: vmap_program, " 'in_turn_program, sharded, auto',
+        ),
+        (dict(train_models=('vgg',)), "unknown ['vgg']; valid: resnet18, lenet"),
+    ],
+)
 def test_unknown_plan_or_model_is_refused_before_compute(overrides, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     core.params_for('small', **overrides)
@@ -102,12 +113,19 @@ def test_unknown_plan_or_model_is_refused_before_compute(overrides, message):
 def test_k_center(records):
   (r,) = of(records, 'k_center')
   assert (r['n'], r['d'], r['labeled'], r['k']) == (2_000, 64, 100, 50)
-  positive(r, 'seconds', 'compile_seconds', 'bandwidth_bytes_per_second', 'bound_seconds',
-           'seconds_over_bandwidth_bound')
+  positive(
+      r,
+      'seconds',
+      'compile_seconds',
+      'bandwidth_bytes_per_second',
+      'bound_seconds',
+      'seconds_over_bandwidth_bound',
+  )
   # Beating the bandwidth bound 20x would mean a broken measurement.
   assert r['seconds_over_bandwidth_bound'] > 0.05
   assert r['bound_seconds'] == pytest.approx(
-      r['n'] * r['d'] * 4 * r['k'] / r['bandwidth_bytes_per_second'])
+      r['n'] * r['d'] * 4 * r['k'] / r['bandwidth_bytes_per_second']
+  )
 
 
 def test_score_pool(records):
@@ -115,10 +133,9 @@ def test_score_pool(records):
   assert sorted(r['members'] for r in recs) == [1, 2]
   for r in recs:
     assert r['pool'] == 256
-    positive(r, 'images_per_second', 'member_images_per_second', 'seconds',
-             'first_call_seconds')
+    positive(r, 'images_per_second', 'member_images_per_second', 'seconds', 'first_call_seconds')
     assert r['compile_seconds'] >= 0
-    assert r['members_in_turn']   # as the loop's plan runs ResNet-18 on a CPU
+    assert r['members_in_turn']  # as the loop's plan runs ResNet-18 on a CPU
 
 
 def test_round(records):
@@ -126,11 +143,20 @@ def test_round(records):
   assert [r['strategy'] for r in recs] == list(cases.ROUND_STRATEGIES)
   for r in recs:
     assert (r['pool'], r['test'], r['n_labeled']) == (300, 100, 100)
-    assert r['plan'] == IN_TURN_STEP   # the config's ResNet-18 on a CPU
-    positive(r, 'train_seconds', 'eval_seconds', 'score_seconds', 'select_seconds',
-             'round_seconds', 'round0_seconds', 'round0_train_seconds')
+    assert r['plan'] == IN_TURN_STEP  # the config's ResNet-18 on a CPU
+    positive(
+        r,
+        'train_seconds',
+        'eval_seconds',
+        'score_seconds',
+        'select_seconds',
+        'round_seconds',
+        'round0_seconds',
+        'round0_train_seconds',
+    )
     assert r['round_seconds'] == pytest.approx(
-        r['train_seconds'] + r['eval_seconds'] + r['score_seconds'] + r['select_seconds'])
+        r['train_seconds'] + r['eval_seconds'] + r['score_seconds'] + r['select_seconds']
+    )
 
 
 def test_imbalance_counts_match_the_real_task():
@@ -142,8 +168,14 @@ def test_imbalance_counts_match_the_real_task():
 
 
 def test_cli_prints_only_json_lines():
-  proc = subprocess.run([sys.executable, '-m', 'jal.bench', '--cases=k_center', '--size=small'],
-                        cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jal.bench', '--cases=k_center', '--size=small'],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=True,
+  )
   lines = proc.stdout.splitlines()
   assert lines
   for line in lines:

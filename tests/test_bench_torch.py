@@ -51,7 +51,7 @@ def random_variables(model, shape, seed):
       a = rng.normal(0, math.sqrt(2 / np.prod(v.shape[:-1])), v.shape)
     elif k[-1] == 'var':
       a = rng.uniform(0.5, 1.5, v.shape)
-    else:   # biases, BatchNorm scales and means
+    else:  # biases, BatchNorm scales and means
       a = rng.normal(float(k[-1] == 'scale'), 0.2, v.shape)
     flat[k] = jnp.asarray(a, jnp.float32)
   return flax.traverse_util.unflatten_dict(flat)
@@ -70,8 +70,11 @@ def test_parameter_counts_equal_jal(name, width):
   if name == 'lenet':
     jal_model, shape, torch_model = models.LeNet(10), (1, 28, 28, 1), tm.LeNet(10)
   else:
-    jal_model, shape, torch_model = (resnet.ResNet18(10, width=width), (1, 32, 32, 3),
-                                     tm.ResNet18(10, width))
+    jal_model, shape, torch_model = (
+        resnet.ResNet18(10, width=width),
+        (1, 32, 32, 3),
+        tm.ResNet18(10, width),
+    )
   shapes = jax.eval_shape(jal_model.init, jax.random.PRNGKey(0), jnp.zeros(shape))
   assert sum(p.numel() for p in torch_model.parameters()) == count(shapes['params'])
   # BatchNorm's running averages: flax batch_stats, torch buffers.
@@ -88,7 +91,8 @@ def test_lenet_logits_equal_jal_given_its_weights():
   for fmt in tm.FORMATS:
     with torch.inference_mode():
       t_logits, t_emb = torch_model.to(memory_format=tm._MEMORY_FORMATS[fmt])(
-          nchw(x).contiguous(memory_format=tm._MEMORY_FORMATS[fmt]))
+          nchw(x).contiguous(memory_format=tm._MEMORY_FORMATS[fmt])
+      )
     np.testing.assert_allclose(t_logits.numpy(), logits, atol=1e-4)
     np.testing.assert_allclose(t_emb.numpy(), emb, atol=1e-4)
 
@@ -113,23 +117,34 @@ def test_resnet18_batchnorm_momentum_is_jal():
   model = resnet.ResNet18(10, width=8)
   variables = random_variables(model, x.shape, 4)
   _, updated = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
-      variables, x)
+      variables, x
+  )
   torch_model = tm.load_flax_variables(tm.ResNet18(10, 8), variables).train()
   torch_model(nchw(x))
   stats = updated['batch_stats']['bn1']
   np.testing.assert_allclose(torch_model.bn1.running_mean.numpy(), stats['mean'], atol=1e-6)
   n = b * 32 * 32
   var0 = np.asarray(variables['batch_stats']['bn1']['var'])
-  np.testing.assert_allclose((torch_model.bn1.running_var.numpy() - 0.9 * var0) * (n - 1) / n,
-                             np.asarray(stats['var']) - 0.9 * var0, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+      (torch_model.bn1.running_var.numpy() - 0.9 * var0) * (n - 1) / n,
+      np.asarray(stats['var']) - 0.9 * var0,
+      rtol=1e-4,
+      atol=1e-6,
+  )
 
 
-@pytest.mark.parametrize('recipe,jal_model,torch_model', [
-    (tm.lenet_mnist(), models.LeNet(10), tm.LeNet(10)),
-    # A larger weight decay than the recipe's 5e-4, to be seen in three steps.
-    (tm.resnet_cifar(width=8, learning_rate=0.01, weight_decay=0.05),
-     resnet.ResNet18(10, width=8), tm.ResNet18(10, 8)),
-])
+@pytest.mark.parametrize(
+    'recipe,jal_model,torch_model',
+    [
+        (tm.lenet_mnist(), models.LeNet(10), tm.LeNet(10)),
+        # A larger weight decay than the recipe's 5e-4, to be seen in three steps.
+        (
+            tm.resnet_cifar(width=8, learning_rate=0.01, weight_decay=0.05),
+            resnet.ResNet18(10, width=8),
+            tm.ResNet18(10, 8),
+        ),
+    ],
+)
 def test_training_steps_equal_jal(recipe, jal_model, torch_model):
   """Three steps from the same weights on a masked batch: Adam (LeNet) and SGD Nesterov
   + weight decay on a cosine schedule (ResNet-18) give jal's losses and parameters."""
@@ -143,9 +158,16 @@ def test_training_steps_equal_jal(recipe, jal_model, torch_model):
   xt = tm.to_inputs(torch.from_numpy(x), recipe, 'contiguous')
   np.testing.assert_allclose(xt.permute(0, 2, 3, 1).numpy(), xj, atol=1e-6)
   variables = random_variables(jal_model, xj.shape, 6)
-  tx = train.make_optimizer(ml_collections.ConfigDict(dict(
-      optimizer=recipe.optimizer, learning_rate=recipe.learning_rate,
-      weight_decay=recipe.weight_decay, momentum=recipe.momentum)))
+  tx = train.make_optimizer(
+      ml_collections.ConfigDict(
+          dict(
+              optimizer=recipe.optimizer,
+              learning_rate=recipe.learning_rate,
+              weight_decay=recipe.weight_decay,
+              momentum=recipe.momentum,
+          )
+      )
+  )
   model_state = {k: v for k, v in variables.items() if k != 'params'}
   state = train.TrainState(variables['params'], model_state, tx.init(variables['params']))
   tm.load_flax_variables(torch_model, variables).train()
@@ -155,15 +177,19 @@ def test_training_steps_equal_jal(recipe, jal_model, torch_model):
     lr = recipe.learning_rate * float(train.lr_factor(recipe.schedule, s, steps))
     assert lr == pytest.approx(sched.get_last_lr()[0])
     state, loss = step(state, xj, jnp.asarray(y), jnp.asarray(mask), lr)
-    t_loss = tm.train_step(torch_model, opt, sched, xt, torch.from_numpy(y).long(),
-                           torch.from_numpy(mask))
+    t_loss = tm.train_step(
+        torch_model, opt, sched, xt, torch.from_numpy(y).long(), torch.from_numpy(mask)
+    )
     assert float(t_loss) == pytest.approx(float(loss), rel=1e-4)
-  trained = dict(tm.load_flax_variables(type(torch_model)(*_args(torch_model)),
-                                        {'params': state.params, **state.model_state})
-                 .named_parameters())
+  trained = dict(
+      tm.load_flax_variables(
+          type(torch_model)(*_args(torch_model)), {'params': state.params, **state.model_state}
+      ).named_parameters()
+  )
   for name, p in torch_model.named_parameters():
-    np.testing.assert_allclose(p.detach().numpy(), trained[name].detach().numpy(), atol=2e-5,
-                               err_msg=name)
+    np.testing.assert_allclose(
+        p.detach().numpy(), trained[name].detach().numpy(), atol=2e-5, err_msg=name
+    )
 
 
 def _args(torch_model):
@@ -178,10 +204,15 @@ def test_crop_flip_takes_a_crop_of_the_padded_image_flipped_or_not():
   padded = torch.nn.functional.pad(x, (0, 0, pad, pad, pad, pad))
   seen = set()
   for i in range(b):
-    found = [(dy, dx, f) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
-             for f in (False, True)
-             if torch.equal(out[i], (lambda c, f=f: c.flip(1) if f else c)(
-                 padded[i, dy:dy + 6, dx:dx + 5]))]
+    found = [
+        (dy, dx, f)
+        for dy in range(2 * pad + 1)
+        for dx in range(2 * pad + 1)
+        for f in (False, True)
+        if torch.equal(
+            out[i], (lambda c, f=f: c.flip(1) if f else c)(padded[i, dy : dy + 6, dx : dx + 5])
+        )
+    ]
     assert found, i
     seen.update(found)
   assert {f for _, _, f in seen} == {False, True}
@@ -203,18 +234,24 @@ def test_epoch_batches_cycle_the_labeled_set_and_mask_the_filler():
 
 def test_variation_ratio_and_top_k_with_random_ties():
   logits = torch.tensor(_RNG.normal(size=(5, 40, 10)), dtype=torch.float32)
-  np.testing.assert_allclose(tm.variation_ratio(logits).numpy(),
-                             jal_variation_ratio(logits.numpy()), atol=1e-6)
+  np.testing.assert_allclose(
+      tm.variation_ratio(logits).numpy(), jal_variation_ratio(logits.numpy()), atol=1e-6
+  )
   scores = torch.tensor([0.0, 0.8, 0.8, 0.8, 0.4, 0.9, 0.8])
   eligible = torch.tensor([True, True, True, True, True, False, True])
-  picks = [tuple(tm.top_k_with_random_ties(scores, eligible, 3, torch.Generator().manual_seed(s))
-                 .tolist()) for s in range(20)]
+  picks = [
+      tuple(
+          tm.top_k_with_random_ties(scores, eligible, 3, torch.Generator().manual_seed(s)).tolist()
+      )
+      for s in range(20)
+  ]
   assert all(set(p) <= {1, 2, 3, 6} and len(set(p)) == 3 for p in picks)
-  assert len(set(picks)) > 1   # ties in a random order, not by index
+  assert len(set(picks)) > 1  # ties in a random order, not by index
 
 
 def jal_variation_ratio(logits):
   from jal import kernels  # pylint: disable=g-import-not-at-top
+
   return np.asarray(kernels.variation_ratio(jnp.asarray(logits)))
 
 
@@ -222,11 +259,16 @@ def test_run_round_follows_the_loop_protocol():
   """Warmup, fit / check / evaluate / score / select, then the last fit and evaluation."""
   rng = np.random.default_rng(8)
   dataset = data_lib.Dataset(
-      name='tiny', x_train=rng.integers(0, 256, (120, 28, 28, 1), dtype=np.uint8),
+      name='tiny',
+      x_train=rng.integers(0, 256, (120, 28, 28, 1), dtype=np.uint8),
       y_train=rng.integers(0, 10, (120,)).astype(np.int32),
       x_test=rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8),
-      y_test=rng.integers(0, 10, (30,)).astype(np.int32), num_classes=10,
-      class_names=tuple('0123456789'), mean=data_lib.MNIST_MEAN, std=data_lib.MNIST_STD)
+      y_test=rng.integers(0, 10, (30,)).astype(np.int32),
+      num_classes=10,
+      class_names=tuple('0123456789'),
+      mean=data_lib.MNIST_MEAN,
+      std=data_lib.MNIST_STD,
+  )
   config = tm.load_mnist_config('smoke')
   config.num_rounds = 1
   config.warmup_size = config.query_size = 5
@@ -235,21 +277,31 @@ def test_run_round_follows_the_loop_protocol():
   summary = tm.run_round(config, dataset, 'channels_last')
   r0, r1 = summary['rounds']
   assert (r0['n_labeled'], r1['n_labeled']) == (5, 10)
-  assert r0['train_steps'] == r1['train_steps'] == 3   # min_steps, one batch an epoch
+  assert r0['train_steps'] == r1['train_steps'] == 3  # min_steps, one batch an epoch
   assert r0['score_seconds'] > 0 and r1['score_seconds'] == 0
-  assert summary['rounds_seconds'] == pytest.approx(sum(
-      summary[k] for k in ('train_seconds', 'eval_seconds', 'score_seconds', 'select_seconds')))
+  assert summary['rounds_seconds'] == pytest.approx(
+      sum(summary[k] for k in ('train_seconds', 'eval_seconds', 'score_seconds', 'select_seconds'))
+  )
   assert 0 <= summary['accuracy'] <= 1
 
 
-TINY = tc.Shapes(members=2, lenet_batch=4, lenet_steps=2, resnet_width=4, resnet_batch=2,
-                 resnet_steps=1, pool=24, score_chunk=8)
+TINY = tc.Shapes(
+    members=2,
+    lenet_batch=4,
+    lenet_steps=2,
+    resnet_width=4,
+    resnet_batch=2,
+    resnet_steps=1,
+    pool=24,
+    score_chunk=8,
+)
 
 
 def test_versus_records_have_every_side_and_sane_numbers():
   cases = ('lenet_ensemble_train', 'lenet_score_pool')
-  records = tc.versus(tc.jal_cases(TINY, cases), tc.torch_cases(TINY, cases), repeats=2,
-                      info=tc.case_info(TINY))
+  records = tc.versus(
+      tc.jal_cases(TINY, cases), tc.torch_cases(TINY, cases), repeats=2, info=tc.case_info(TINY)
+  )
   assert [r['case'] for r in records] == list(cases)
   for r in records:
     for side in ('jal', 'torch_contiguous', 'torch_channels_last'):
@@ -258,8 +310,9 @@ def test_versus_records_have_every_side_and_sane_numbers():
         assert math.isfinite(v) and v > 0, (side, key, r)
       assert r[f'{side}_seconds_min'] <= r[f'{side}_seconds'] <= r[f'{side}_seconds_max']
     assert r['torch_best_format'] in tm.FORMATS
-    assert r['torch_seconds'] == min(r['torch_contiguous_seconds'],
-                                     r['torch_channels_last_seconds'])
+    assert r['torch_seconds'] == min(
+        r['torch_contiguous_seconds'], r['torch_channels_last_seconds']
+    )
     assert r['ratio'] == pytest.approx(r['jal_seconds'] / r['torch_seconds'])
     assert 0 < r['pair_ratio_min'] <= r['pair_ratio_median'] <= r['pair_ratio_max']
     assert r['repeats'] == 2 and r['vs'] == 'torch' and r['work']
@@ -268,7 +321,7 @@ def test_versus_records_have_every_side_and_sane_numbers():
 
 def test_versus_keeps_the_medians_of_what_calls_return():
   """The round's calls return their phases: each side's median of each is recorded."""
-  returned = iter([9.0, 3.0, 2.0, 5.0])   # the warm-up call's, then the timed calls'
+  returned = iter([9.0, 3.0, 2.0, 5.0])  # the warm-up call's, then the timed calls'
   jal = {'c': lambda: {'train_seconds': next(returned), 'note': 'text is left out'}}
   tor = {'c': {'contiguous': lambda: {'train_seconds': 0.5}}}
   (rec,) = tc.versus(jal, tor, repeats=3, warmup=1)
@@ -280,9 +333,16 @@ def test_versus_keeps_the_medians_of_what_calls_return():
 
 def test_shapes_follow_jal_bench_params():
   from jal.bench import core  # pylint: disable=g-import-not-at-top
+
   s = tc.shapes_for(core.params_for('small'), data_dir='/data')
   assert (s.members, s.lenet_batch, s.lenet_steps, s.resnet_width, s.resnet_batch, s.pool) == (
-      2, 16, 4, 8, 8, 256)
+      2,
+      16,
+      4,
+      8,
+      8,
+      256,
+  )
   assert (s.round_config, s.data_dir) == ('smoke', '/data')
   full = tc.shapes_for(core.params_for('full'))
   assert (full.members, full.lenet_batch, full.resnet_batch, full.score_chunk) == (5, 64, 128, 1000)

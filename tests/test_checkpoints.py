@@ -39,7 +39,7 @@ def flip(path: pathlib.Path) -> None:
   """Inverts 4 bytes in the middle of the file."""
   data = bytearray(path.read_bytes())
   mid = len(data) // 2
-  data[mid:mid + 4] = bytes(b ^ 0xFF for b in data[mid:mid + 4])
+  data[mid : mid + 4] = bytes(b ^ 0xFF for b in data[mid : mid + 4])
   path.write_bytes(bytes(data))
 
 
@@ -89,10 +89,19 @@ def edit_a_metric_and_drop_the_seal(step):
   (step / 'sha256sums.json').unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize('damage', [flip_array_data, flip_history, truncate_history,
-                                    edit_a_metric, edit_a_metric_and_drop_the_seal])
+@pytest.mark.parametrize(
+    'damage',
+    [
+        flip_array_data,
+        flip_history,
+        truncate_history,
+        edit_a_metric,
+        edit_a_metric_and_drop_the_seal,
+    ],
+)
 def test_damaged_latest_step_is_moved_aside_and_rounds_after_it_retrained(
-    reference, tmp_path, caplog, damage):
+    reference, tmp_path, caplog, damage
+):
   workdir = stopped_after_round_1(tmp_path)
   step = run_dir(workdir) / '1'
   damage(step)
@@ -143,7 +152,8 @@ BEFORE_LOOP_STATE = pathlib.Path(__file__).parent / 'fixtures' / 'before_loop_st
 
 
 def test_checkpoints_saved_before_loop_state_resume_to_the_same_results(
-    reference, tmp_path, caplog):
+    reference, tmp_path, caplog
+):
   workdir = tmp_path / 'w'
   shutil.copytree(BEFORE_LOOP_STATE, workdir)
   saved = checkpoints.RoundCheckpoints(str(run_dir(workdir))).latest()
@@ -160,8 +170,10 @@ def test_checkpoints_saved_before_loop_state_resume_to_the_same_results(
   assert read(workdir, 'selections.jsonl') == read(reference, 'selections.jsonl')
   ours = [json.loads(line) for line in read(reference, 'metrics.jsonl').splitlines()]
   if ours[:2] != saved.metrics:
-    pytest.skip('this platform trains the smoke MLP to other numbers than the fixture was '
-                'made with; only the selections were compared')
+    pytest.skip(
+        'this platform trains the smoke MLP to other numbers than the fixture was '
+        'made with; only the selections were compared'
+    )
   assert read(workdir, 'metrics.jsonl') == read(reference, 'metrics.jsonl')
 
 
@@ -174,13 +186,18 @@ def loop_state(round_):
   label_round = np.full((40,), -1, np.int32)
   selections = []
   for r in range(round_ + 2):
-    label_round[3 * r:3 * r + 3] = r
-    selections.append({'strategy': 's', 'seed': 0, 'round': r,
-                       'indices': list(range(3 * r, 3 * r + 3))})
+    label_round[3 * r : 3 * r + 3] = r
+    selections.append(
+        {'strategy': 's', 'seed': 0, 'round': r, 'indices': list(range(3 * r, 3 * r + 3))}
+    )
   return checkpoints.LoopState(
-      label_round=label_round, key=KEY, round=round_, selections=selections,
+      label_round=label_round,
+      key=KEY,
+      round=round_,
+      selections=selections,
       metrics=[{'round': r, 'accuracy': 0.5 + r / 7} for r in range(round_ + 1)],
-      timings=[{'round': r, 'train_seconds': 1.5} for r in range(round_ + 1)])
+      timings=[{'round': r, 'train_seconds': 1.5} for r in range(round_ + 1)],
+  )
 
 
 @pytest.fixture
@@ -194,8 +211,9 @@ def two_steps(tmp_path):
 
 @pytest.mark.parametrize('how', ['flip', 'truncate', 'delete'])
 def test_any_damaged_file_falls_back_to_the_step_before(two_steps, tmp_path, how, caplog):
-  files = sorted(p.relative_to(two_steps / '1') for p in (two_steps / '1').rglob('*')
-                 if p.is_file())
+  files = sorted(
+      p.relative_to(two_steps / '1') for p in (two_steps / '1').rglob('*') if p.is_file()
+  )
   assert len(files) > 10
   for name in files:
     directory = tmp_path / 'damaged' / str(name)
@@ -204,14 +222,14 @@ def test_any_damaged_file_falls_back_to_the_step_before(two_steps, tmp_path, how
     if how == 'flip':
       flip(path)
     elif how == 'truncate':
-      path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     else:
       path.unlink()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
       state = checkpoints.RoundCheckpoints(str(directory)).latest()
     if str(name) == 'sha256sums.json' and how == 'delete':
-      assert state.round == 1   # unsealed: its contents are checked, and intact
+      assert state.round == 1  # unsealed: its contents are checked, and intact
       continue
     assert state.round == 0, name
     assert np.array_equal(state.label_round, loop_state(0).label_round)
@@ -256,6 +274,7 @@ def test_other_errors_in_restore_are_not_taken_for_damage(two_steps, monkeypatch
 
 # The fit in progress.
 
+
 def flip_state_data(progress):
   for p in progress.rglob('*'):
     if p.is_file() and p.parent.name == 'd':
@@ -269,7 +288,8 @@ def truncate_position(progress):
 
 @pytest.mark.parametrize('damage', [flip_state_data, truncate_position])
 def test_damaged_fit_progress_is_dropped_and_the_round_retrained(
-    reference, tmp_path, monkeypatch, caplog, damage):
+    reference, tmp_path, monkeypatch, caplog, damage
+):
   original = checkpoints.FitProgress.after_step
 
   def dies_in_round_0(self, group, step, finished, state):
@@ -306,9 +326,9 @@ def test_fit_checkpoints_log_at_info_only_a_resumed_fit(tmp_path, caplog):
     saving.after_step(0, 1, [], state)
     saving.fit_done([state])
     checkpoints.FitProgress(directory, 'round 1 aaa', 0).restore(state)
-    checkpoints.FitProgress(directory, 'round 2 bbb', 0).restore(state)   # another fit's
-  ours = [(r.levelno, r.getMessage()) for r in caplog.records
-          if r.pathname == checkpoints.__file__]
+    checkpoints.FitProgress(directory, 'round 2 bbb', 0).restore(state)  # another fit's
+  ours = [(r.levelno, r.getMessage()) for r in caplog.records if r.pathname == checkpoints.__file__]
   assert [m for level, m in ours if level >= logging.INFO] == [
-      'resuming the fit (round 1 aaa) at group 1, step 0, after 0 s of training']
+      'resuming the fit (round 1 aaa) at group 1, step 0, after 0 s of training'
+  ]
   assert {m.split(' ')[0] for level, m in ours if level == logging.DEBUG} == {'saved', 'dropping'}

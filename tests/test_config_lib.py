@@ -66,8 +66,10 @@ def test_strategy_options_are_the_declared_ones_with_the_old_values():
 
 def test_a_shared_option_is_declared_once():
   by_name = lambda *names: {strategies.get_strategy(n) for n in names}
-  for option, users in ((kmeans.ITERS, ('kmeans', 'typiclust', 'probcover')),
-                        (mc_dropout.MC_SAMPLES, ('mc_dropout', 'mc_dropout_bald', 'batch_bald'))):
+  for option, users in (
+      (kmeans.ITERS, ('kmeans', 'typiclust', 'probcover')),
+      (mc_dropout.MC_SAMPLES, ('mc_dropout', 'mc_dropout_bald', 'batch_bald')),
+  ):
     assert {s for s in strategies.STRATEGIES.values() if option in s.options} == by_name(*users)
     assert strategies.OPTIONS[option.name] is option
   # Each strategy's reader falls back on that one default.
@@ -76,21 +78,28 @@ def test_a_shared_option_is_declared_once():
   assert mc_dropout.mc_samples_of(None) == 25 and batch_bald.settings_of(None) == (10_000, 1_000)
   # A second declaration of a field would give it a second default: refused.
   twin = options.positive_int('kmeans_iters', 30, 'Lloyd iterations')
-  registry = {'kmeans': kmeans.STRATEGY,
-              'twin': strategies.Strategy('twin', kmeans.select, options=(twin,))}
+  registry = {
+      'kmeans': kmeans.STRATEGY,
+      'twin': strategies.Strategy('twin', kmeans.select, options=(twin,)),
+  }
   with pytest.raises(ValueError) as e:
     strategies._declared_options(registry)  # pylint: disable=protected-access
-  assert str(e.value) == ("strategy_options.kmeans_iters is declared twice (by 'twin' and "
-                          'another strategy); declare it once and share it')
+  assert str(e.value) == (
+      "strategy_options.kmeans_iters is declared twice (by 'twin' and "
+      'another strategy); declare it once and share it'
+  )
 
 
-@pytest.mark.parametrize('option,value,message', [
-    (kmeans.ITERS, 2.0, 'kmeans_iters must be a positive int, got 2.0'),
-    (kmeans.ITERS, True, 'kmeans_iters must be a positive int, got True'),
-    (probcover.ALPHA, 'high', "probcover_alpha must be a number in (0, 1], got 'high'"),
-    (probcover.ALPHA, float('nan'), 'probcover_alpha must be a number in (0, 1], got nan'),
-    (probcover.DELTA, -0.5, 'probcover_delta must be a finite number > 0, got -0.5'),
-])
+@pytest.mark.parametrize(
+    'option,value,message',
+    [
+        (kmeans.ITERS, 2.0, 'kmeans_iters must be a positive int, got 2.0'),
+        (kmeans.ITERS, True, 'kmeans_iters must be a positive int, got True'),
+        (probcover.ALPHA, 'high', "probcover_alpha must be a number in (0, 1], got 'high'"),
+        (probcover.ALPHA, float('nan'), 'probcover_alpha must be a number in (0, 1], got nan'),
+        (probcover.DELTA, -0.5, 'probcover_delta must be a finite number > 0, got -0.5'),
+    ],
+)
 def test_option_read_refuses_a_bad_value_in_one_line(option, value, message):
   with pytest.raises(ValueError) as e:
     option.read(ml_collections.ConfigDict({option.name: value}), 'probcover')
@@ -101,7 +110,7 @@ def test_option_read_gives_the_declared_default_and_the_value_as_its_kind():
   assert probcover.ALPHA.read(None, 'probcover') == 0.95
   assert probcover.ALPHA.read({'probcover_alpha': 1}, 'probcover') == 1.0
   assert isinstance(probcover.ALPHA.read({'probcover_alpha': 1}, 'probcover'), float)
-  assert probcover.DELTA.read({}, 'probcover') is None                # unset placeholder
+  assert probcover.DELTA.read({}, 'probcover') is None  # unset placeholder
   assert probcover.DELTA.read({'probcover_delta': None}, 'probcover') is None
   assert probcover.CLUSTERS.read({'probcover_clusters': 7}, 'probcover') == 7
 
@@ -121,10 +130,17 @@ def test_validate_returns_the_settings_the_loop_reads(tmp_path):
   config.strategies = ('random, coreset', 'ensembles')
   config.seeds = (3, '1')
   settings = config_lib.validate(config)
-  assert settings == config_lib.Settings(strategies=('random', 'coreset', 'ensembles'),
-                                         seeds=(3, 1), embedding_source='model')
-  assert settings.runs == (('random', 3), ('random', 1), ('coreset', 3), ('coreset', 1),
-                           ('ensembles', 3), ('ensembles', 1))
+  assert settings == config_lib.Settings(
+      strategies=('random', 'coreset', 'ensembles'), seeds=(3, 1), embedding_source='model'
+  )
+  assert settings.runs == (
+      ('random', 3),
+      ('random', 1),
+      ('coreset', 3),
+      ('coreset', 1),
+      ('ensembles', 3),
+      ('ensembles', 1),
+  )
   path = tmp_path / 'features.npy'
   path.write_bytes(b'')
   config.strategy_options.embeddings = str(path)
@@ -135,6 +151,7 @@ def test_validate_returns_the_settings_the_loop_reads(tmp_path):
 
 # ----------------------------------------------------------------------------
 # Workdir identity of every shipped config, pinned.
+
 
 # Every configs/*.py, the args it takes, and those that exclude each other.
 def _every_arg(name):
@@ -150,8 +167,7 @@ def _identity_hash(spec):
   """The identity a workdir of `spec` ('name:args') is recognised by: jal.label's for label."""
   name, arg = spec.split(':')
   config = load_config(name, arg or None)
-  identity = (project.config_identity(config) if name == 'label' else
-              config_lib.identity(config))
+  identity = project.config_identity(config) if name == 'label' else config_lib.identity(config)
   return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -41,7 +41,8 @@ def _write_fake_retinopathy(root: pathlib.Path, n=80, seed=0):
   lines = ['image,level']
   for i, g in enumerate(grades):
     Image.new('RGB', (40 + i % 7, 36), (int(g) * 50, 90, 200 - int(g) * 40)).save(
-        folder / f'{i}_left.jpeg')
+        folder / f'{i}_left.jpeg'
+    )
     lines.append(f'{i}_left,{g}')
   (root / 'diabetic_retinopathy' / 'trainLabels.csv').write_text('\n'.join(lines) + '\n')
   return str(root)
@@ -89,8 +90,10 @@ def test_imbalance_cpu_departs_only_in_model_and_training():
   for field in ('data', 'query_size', 'warmup_size', 'num_rounds'):
     assert cpu[field] == study[field], field
   assert (cpu.train.members, cpu.train.augment) == (study.train.members, study.train.augment)
-  with pytest.raises(ValueError, match=r"^config args 'pretrained' and 'cpu' of "
-                                       r"configs/imbalance.py exclude each other"):
+  with pytest.raises(
+      ValueError,
+      match=r"^config args 'pretrained' and 'cpu' of " r'configs/imbalance.py exclude each other',
+  ):
     load_config('imbalance', 'cpu,pretrained')
 
 
@@ -104,20 +107,27 @@ def test_imbalance_smoke_records_ap_and_minority_fraction(arg, tmp_path):
   assert ds.num_classes == 2 and ds.positive_class == 1
   for m in metrics:
     assert 0.0 <= m['average_precision'] <= 1.0
-    sel = [s for s in selections if (s['strategy'], s['seed'], s['round']) ==
-           (m['strategy'], m['seed'], m['round'])][0]
+    sel = [
+        s
+        for s in selections
+        if (s['strategy'], s['seed'], s['round']) == (m['strategy'], m['seed'], m['round'])
+    ][0]
     if m['round'] == 0:
       assert 'minority_fraction_queried' not in m
     else:  # the recorded fraction is the share of positives in that round's queries
       assert m['minority_fraction_queried'] == pytest.approx(
-          np.mean(ds.y_train[sel['indices']] == 1))
+          np.mean(ds.y_train[sel['indices']] == 1)
+      )
   assert 'minority-class test average precision' in table
 
 
-@pytest.mark.parametrize('digit,positives,negatives,test_positives',
-                         [(1, 2803, 53258, 1135), (5, 2873, 54579, 892), (8, 2850, 54149, 974)])
-def test_mnist_imbalance_makes_the_digit_5_percent_of_the_pool(digit, positives, negatives,
-                                                               test_positives, data_dir):
+@pytest.mark.parametrize(
+    'digit,positives,negatives,test_positives',
+    [(1, 2803, 53258, 1135), (5, 2873, 54579, 892), (8, 2850, 54149, 974)],
+)
+def test_mnist_imbalance_makes_the_digit_5_percent_of_the_pool(
+    digit, positives, negatives, test_positives, data_dir
+):
   c = load_config('mnist_imbalance', f'digit{digit}')
   assert c.name == f'mnist_imbalance_digit{digit}'
   ds = data.load_dataset(c.data, data_dir=data_dir, seed=c.seed)
@@ -136,8 +146,9 @@ def test_cifar10_2class_smoke(tmp_path):
   assert all(len(m['per_class_accuracy']) == 2 for m in metrics)
 
 
-@pytest.mark.parametrize('name,arg', [('cifar100', 'low,smoke'),
-                                      ('cifar100_high_warmup', 'low,smoke')])
+@pytest.mark.parametrize(
+    'name,arg', [('cifar100', 'low,smoke'), ('cifar100_high_warmup', 'low,smoke')]
+)
 def test_cifar100_smokes_on_made_up_cifar100(name, arg, tmp_path):
   c = load_config(name, arg)
   c.data_dir = _write_fake_cifar(tmp_path / 'data', 100)
@@ -157,8 +168,10 @@ def test_cifar100_pretrained_smoke_loads_the_weights(weights, tmp_path):
   sd = random_state_dict(0)
   over = exp.init_overrides
   # Every backbone tensor comes from the state dict; the 100-way head does not.
-  np.testing.assert_array_equal(over[('params', 'layer3_1', 'conv2', 'kernel')],
-                                sd['layer3.1.conv2.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      over[('params', 'layer3_1', 'conv2', 'kernel')],
+      sd['layer3.1.conv2.weight'].transpose(2, 3, 1, 0),
+  )
   np.testing.assert_array_equal(over[('batch_stats', 'bn1', 'var')], sd['bn1.running_var'])
   assert not any(k[1] == 'fc' for k in over)
   assert len(over) == 122 - 2 - 20  # all but fc.{weight,bias} and num_batches_tracked
@@ -215,8 +228,10 @@ def test_mutually_exclusive_config_args_are_refused(name):
   with pytest.raises(ValueError) as e:
     load_config(name, f'{one_of[-1]},smoke,{one_of[0]}')
   message = str(e.value)
-  assert message.startswith(f"config args '{one_of[0]}' and '{one_of[-1]}' of configs/{name}.py "
-                            'exclude each other; valid: ')
+  assert message.startswith(
+      f"config args '{one_of[0]}' and '{one_of[-1]}' of configs/{name}.py "
+      'exclude each other; valid: '
+  )
   assert _valid_listed(message)[0] == valid and '\n' not in message
 
 

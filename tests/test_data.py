@@ -17,15 +17,23 @@ import pytest
 from jal import data
 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_SHARED = os.environ.get('JAL_DATA_DIR') or str(
-    _REPO_ROOT.parent / 'shared' / 'data')
+_SHARED = os.environ.get('JAL_DATA_DIR') or str(_REPO_ROOT.parent / 'shared' / 'data')
 
 # From /work/shared/data/SOURCES.md.
-MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851,
-                      5949]
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-CIFAR10_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
-                 'frog', 'horse', 'ship', 'truck')
+CIFAR10_NAMES = (
+    'airplane',
+    'automobile',
+    'bird',
+    'cat',
+    'deer',
+    'dog',
+    'frog',
+    'horse',
+    'ship',
+    'truck',
+)
 CIFAR10_TRAIN_MEAN_255 = (125.27, 122.93, 113.86)
 
 
@@ -53,8 +61,10 @@ def cifar10():
 @pytest.fixture
 def no_network(monkeypatch):
   """Any attempt to open a network connection fails the test."""
+
   def refuse(*args, **kwargs):
     raise AssertionError(f'network access attempted: {args}')
+
   monkeypatch.setattr(socket.socket, 'connect', refuse)
   monkeypatch.setattr(socket, 'create_connection', refuse)
 
@@ -66,8 +76,7 @@ def no_network(monkeypatch):
 
 def _write_idx(path, array):
   array = np.asarray(array, np.uint8)
-  header = bytes([0, 0, 8, array.ndim]) + b''.join(
-      int(d).to_bytes(4, 'big') for d in array.shape)
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
   opener = gzip.open if str(path).endswith('.gz') else open
   with opener(path, 'wb') as f:
     f.write(header + array.tobytes())
@@ -81,13 +90,13 @@ def _to_rows(x):
 def _known_pattern_rows():
   """Two rows whose decoding is known without any reshape logic."""
   row0 = np.concatenate([np.full(1024, c, np.uint8) for c in (0, 1, 2)])
-  row1 = np.concatenate([np.arange(1024) % 256, np.zeros(2048)]).astype(
-      np.uint8)
+  row1 = np.concatenate([np.arange(1024) % 256, np.zeros(2048)]).astype(np.uint8)
   return np.stack([row0, row1])
 
 
-def _fake_cifar_files(num_classes, label_key, names_key, batch_names,
-                      test_name, meta_name, n_per_batch=3, seed=0):
+def _fake_cifar_files(
+    num_classes, label_key, names_key, batch_names, test_name, meta_name, n_per_batch=3, seed=0
+):
   """Genuine-style pickles (bytes keys). Returns ({fname: bytes}, x/y dict)."""
   rng = np.random.default_rng(seed)
   files, xs, ys = {}, [], []
@@ -98,9 +107,12 @@ def _fake_cifar_files(num_classes, label_key, names_key, batch_names,
       rows[:2] = _known_pattern_rows()
       x[:2] = rows[:2].reshape(2, 3, 32, 32).transpose(0, 2, 3, 1)
     y = [int(v) for v in rng.integers(0, num_classes, n_per_batch)]
-    d = {b'batch_label': f'fake {fname}'.encode(), label_key.encode(): y,
-         b'data': rows,
-         b'filenames': [f'{fname}_{j}.png'.encode() for j in range(len(y))]}
+    d = {
+        b'batch_label': f'fake {fname}'.encode(),
+        label_key.encode(): y,
+        b'data': rows,
+        b'filenames': [f'{fname}_{j}.png'.encode() for j in range(len(y))],
+    }
     if label_key == 'fine_labels':
       d[b'coarse_labels'] = [v // 5 for v in y]
     files[fname] = pickle.dumps(d, protocol=2)
@@ -108,22 +120,30 @@ def _fake_cifar_files(num_classes, label_key, names_key, batch_names,
     ys.append(np.asarray(y, np.int32))
   names = [f'class_{c}'.encode() for c in range(num_classes)]
   files[meta_name] = pickle.dumps({names_key.encode(): names}, protocol=2)
-  arrays = dict(x_train=np.concatenate(xs[:-1]), y_train=np.concatenate(ys[:-1]),
-                x_test=xs[-1], y_test=ys[-1])
+  arrays = dict(
+      x_train=np.concatenate(xs[:-1]), y_train=np.concatenate(ys[:-1]), x_test=xs[-1], y_test=ys[-1]
+  )
   return files, arrays
 
 
 def fake_cifar10_files(n_per_batch=3):
   """CIFAR-10's folder files: 5 training batches and a test batch of `n_per_batch`."""
-  return _fake_cifar_files(10, 'labels', 'label_names',
-                           tuple(f'data_batch_{i}' for i in range(1, 6)),
-                           'test_batch', 'batches.meta', n_per_batch=n_per_batch)
+  return _fake_cifar_files(
+      10,
+      'labels',
+      'label_names',
+      tuple(f'data_batch_{i}' for i in range(1, 6)),
+      'test_batch',
+      'batches.meta',
+      n_per_batch=n_per_batch,
+  )
 
 
 def fake_cifar100_files(n_per_batch=7):
   """CIFAR-100's folder files: `train` and `test` of `n_per_batch` each."""
-  return _fake_cifar_files(100, 'fine_labels', 'fine_label_names', ('train',),
-                           'test', 'meta', n_per_batch=n_per_batch)
+  return _fake_cifar_files(
+      100, 'fine_labels', 'fine_label_names', ('train',), 'test', 'meta', n_per_batch=n_per_batch
+  )
 
 
 def write_folder(directory, files):
@@ -165,12 +185,23 @@ def test_mnist_real(mnist):
 
 
 def test_mnist_npz_loads_identically(mnist, tmp_path):
-  arrays = dict(x_train=mnist.x_train[:50, ..., 0], y_train=mnist.y_train[:50],
-                x_test=mnist.x_test[:20, ..., 0], y_test=mnist.y_test[:20])
+  arrays = dict(
+      x_train=mnist.x_train[:50, ..., 0],
+      y_train=mnist.y_train[:50],
+      x_test=mnist.x_test[:20, ..., 0],
+      y_test=mnist.y_test[:20],
+  )
   np.savez(tmp_path / 'mnist.npz', **arrays)
   ds = data.load_dataset(_cfg(name='mnist'), data_dir=str(tmp_path))
-  _assert_same(ds, dict(x_train=mnist.x_train[:50], y_train=mnist.y_train[:50],
-                        x_test=mnist.x_test[:20], y_test=mnist.y_test[:20]))
+  _assert_same(
+      ds,
+      dict(
+          x_train=mnist.x_train[:50],
+          y_train=mnist.y_train[:50],
+          x_test=mnist.x_test[:20],
+          y_test=mnist.y_test[:20],
+      ),
+  )
 
 
 def test_mnist_plain_idx_in_subdir(mnist, tmp_path):
@@ -181,14 +212,25 @@ def test_mnist_plain_idx_in_subdir(mnist, tmp_path):
   _write_idx(sub / 't10k-images-idx3-ubyte', mnist.x_test[:10, ..., 0])
   _write_idx(sub / 't10k-labels-idx1-ubyte.gz', mnist.y_test[:10])  # Mixed.
   ds = data.load_dataset(_cfg(name='mnist'), data_dir=str(tmp_path))
-  _assert_same(ds, dict(x_train=mnist.x_train[:30], y_train=mnist.y_train[:30],
-                        x_test=mnist.x_test[:10], y_test=mnist.y_test[:10]))
+  _assert_same(
+      ds,
+      dict(
+          x_train=mnist.x_train[:30],
+          y_train=mnist.y_train[:30],
+          x_test=mnist.x_test[:10],
+          y_test=mnist.y_test[:10],
+      ),
+  )
 
 
 def test_mnist_data_dir_from_env(mnist, tmp_path, monkeypatch):
-  np.savez(tmp_path / 'mnist.npz', x_train=mnist.x_train[:4, ..., 0],
-           y_train=mnist.y_train[:4], x_test=mnist.x_test[:2, ..., 0],
-           y_test=mnist.y_test[:2])
+  np.savez(
+      tmp_path / 'mnist.npz',
+      x_train=mnist.x_train[:4, ..., 0],
+      y_train=mnist.y_train[:4],
+      x_test=mnist.x_test[:2, ..., 0],
+      y_test=mnist.y_test[:2],
+  )
   monkeypatch.setenv('JAL_DATA_DIR', str(tmp_path))
   assert data.resolve_data_dir(None) == str(tmp_path)
   assert data.resolve_data_dir('/given') == '/given'
@@ -200,11 +242,9 @@ def test_mnist_data_dir_from_env(mnist, tmp_path, monkeypatch):
 
 def _write_small_idx_set(directory):
   rng = np.random.default_rng(0)
-  _write_idx(directory / 'train-images-idx3-ubyte.gz',
-             rng.integers(0, 256, (5, 28, 28)))
+  _write_idx(directory / 'train-images-idx3-ubyte.gz', rng.integers(0, 256, (5, 28, 28)))
   _write_idx(directory / 'train-labels-idx1-ubyte.gz', np.arange(5))
-  _write_idx(directory / 't10k-images-idx3-ubyte.gz',
-             rng.integers(0, 256, (3, 28, 28)))
+  _write_idx(directory / 't10k-images-idx3-ubyte.gz', rng.integers(0, 256, (3, 28, 28)))
   _write_idx(directory / 't10k-labels-idx1-ubyte.gz', np.arange(3))
 
 
@@ -213,9 +253,12 @@ def test_corrupt_idx_magic(tmp_path):
   bad = tmp_path / 'train-labels-idx1-ubyte.gz'
   with gzip.open(bad, 'wb') as f:
     f.write(bytes([0, 0, 8, 3]) + (5).to_bytes(4, 'big') + bytes(5))
-  with pytest.raises(ValueError, match=r'corrupt idx file .*'
-                     r'train-labels-idx1-ubyte\.gz: magic number 0x00000803, '
-                     r'expected 0x00000801') as e:
+  with pytest.raises(
+      ValueError,
+      match=r'corrupt idx file .*'
+      r'train-labels-idx1-ubyte\.gz: magic number 0x00000803, '
+      r'expected 0x00000801',
+  ) as e:
     data.load_dataset(_cfg(name='mnist'), data_dir=str(tmp_path))
   assert '\n' not in str(e.value)
 
@@ -224,8 +267,7 @@ def test_corrupt_idx_truncated_and_bad_gzip(tmp_path):
   _write_small_idx_set(tmp_path)
   path = tmp_path / 't10k-images-idx3-ubyte.gz'
   with gzip.open(path, 'wb') as f:
-    f.write(bytes([0, 0, 8, 3]) + b''.join(
-        d.to_bytes(4, 'big') for d in (3, 28, 28)) + bytes(100))
+    f.write(bytes([0, 0, 8, 3]) + b''.join(d.to_bytes(4, 'big') for d in (3, 28, 28)) + bytes(100))
   with pytest.raises(ValueError, match='t10k-images-idx3-ubyte.gz: 100 data'):
     data.load_dataset(_cfg(name='mnist'), data_dir=str(tmp_path))
   path.write_bytes(b'not gzip at all')
@@ -248,21 +290,19 @@ def test_cifar10_real(cifar10):
   assert cifar10.class_names == CIFAR10_NAMES
   # Per-channel means (SOURCES.md) only come out right with the
   # channel-major reshape.
-  np.testing.assert_allclose(cifar10.x_train.mean(axis=(0, 1, 2)),
-                             CIFAR10_TRAIN_MEAN_255, atol=0.01)
+  np.testing.assert_allclose(
+      cifar10.x_train.mean(axis=(0, 1, 2)), CIFAR10_TRAIN_MEAN_255, atol=0.01
+  )
   assert cifar10.mean == (0.4914, 0.4822, 0.4465)
   assert cifar10.std == (0.2470, 0.2435, 0.2616)
 
 
 def test_cifar10_first_rows_match_raw_pickle(cifar10):
-  with open(os.path.join(_SHARED, 'cifar-10-batches-py', 'test_batch'),
-            'rb') as f:
+  with open(os.path.join(_SHARED, 'cifar-10-batches-py', 'test_batch'), 'rb') as f:
     raw = pickle.load(f, encoding='bytes')
   rows = raw[b'data'][:3]
-  np.testing.assert_array_equal(cifar10.x_test[:3, :, :, 0], rows[:, :1024]
-                                .reshape(3, 32, 32))
-  np.testing.assert_array_equal(cifar10.x_test[:3, :, :, 2], rows[:, 2048:]
-                                .reshape(3, 32, 32))
+  np.testing.assert_array_equal(cifar10.x_test[:3, :, :, 0], rows[:, :1024].reshape(3, 32, 32))
+  np.testing.assert_array_equal(cifar10.x_test[:3, :, :, 2], rows[:, 2048:].reshape(3, 32, 32))
   assert cifar10.y_test[:10].tolist() == raw[b'labels'][:10]
 
 
@@ -272,8 +312,7 @@ def test_cifar10_fake(tmp_path, layout):
   if layout == 'folder':
     write_folder(tmp_path / 'cifar-10-batches-py', files)
   else:
-    _write_tar_gz(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
-                  files)
+    _write_tar_gz(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py', files)
   ds = data.load_dataset(_cfg(name='cifar10'), data_dir=str(tmp_path))
   _assert_same(ds, arrays)
   assert ds.x_train.shape == (15, 32, 32, 3)
@@ -290,8 +329,7 @@ def test_cifar10_fake(tmp_path, layout):
 def test_cifar_archive_missing_member(tmp_path):
   files, _ = fake_cifar10_files()
   del files['data_batch_3']
-  _write_tar_gz(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
-                files)
+  _write_tar_gz(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py', files)
   with pytest.raises(ValueError, match='lacks data_batch_3'):
     data.load_dataset(_cfg(name='cifar10'), data_dir=str(tmp_path))
 
@@ -314,7 +352,7 @@ def test_cifar_pickle_that_runs_a_command_is_refused(tmp_path, layout):
   batch[b'extra'] = _RunsCommand(f'touch {marker}')
   files['data_batch_1'] = pickle.dumps(batch, protocol=2)
   pickle.loads(files['data_batch_1'])  # The payload is real: plain pickle
-  assert marker.exists()               # runs it.
+  assert marker.exists()  # runs it.
   marker.unlink()
   data_dir = tmp_path / 'data'
   if layout == 'folder':
@@ -322,14 +360,14 @@ def test_cifar_pickle_that_runs_a_command_is_refused(tmp_path, layout):
     source = data_dir / 'cifar-10-batches-py' / 'data_batch_1'
   else:
     data_dir.mkdir()
-    _write_tar_gz(data_dir / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
-                  files)
+    _write_tar_gz(data_dir / 'cifar-10-python.tar.gz', 'cifar-10-batches-py', files)
     source = data_dir / 'cifar-10-python.tar.gz' / 'data_batch_1'
   with pytest.raises(ValueError) as e:
     data.load_dataset(_cfg(name='cifar10'), data_dir=str(data_dir))
   assert str(e.value) == (
       f'refusing to load {source}: it references {os.system.__module__}.system,'
-      ' which a CIFAR pickle never holds')
+      ' which a CIFAR pickle never holds'
+  )
   assert not marker.exists()
 
 
@@ -338,11 +376,9 @@ def test_cifar_repickled_at_any_protocol_loads(tmp_path, protocol):
   # Each protocol names numpy's array constructors differently (_frombuffer
   # at 5) and stores bytes differently (_codecs.encode below 3).
   files, arrays = fake_cifar10_files()
-  files = {f: pickle.dumps(pickle.loads(b), protocol=protocol)
-           for f, b in files.items()}
+  files = {f: pickle.dumps(pickle.loads(b), protocol=protocol) for f, b in files.items()}
   write_folder(tmp_path / 'cifar-10-batches-py', files)
-  _assert_same(data.load_dataset(_cfg(name='cifar10'), data_dir=str(tmp_path)),
-               arrays)
+  _assert_same(data.load_dataset(_cfg(name='cifar10'), data_dir=str(tmp_path)), arrays)
 
 
 class _Calls:
@@ -355,16 +391,23 @@ class _Calls:
     return (self.function, self.args)
 
 
-@pytest.mark.parametrize('value,expected', [
-    (_Calls(codecs.encode, 'abc', 'rot13'), 'corrupt CIFAR pickle .*'
-     r'test_batch: UnpicklingError: _codecs\.encode of str with encoding '
-     "'rot13', not latin1"),
-    (_Calls(np.load, 'x.npy'), r'refusing to load .*test_batch: it references '
-     r'numpy\.load, which'),
-    (_Calls(eval, '1 + 1'), r'refusing .* builtins\.eval, which'),
-])
-def test_cifar_pickle_admits_only_what_the_format_holds(tmp_path, value,
-                                                        expected):
+@pytest.mark.parametrize(
+    'value,expected',
+    [
+        (
+            _Calls(codecs.encode, 'abc', 'rot13'),
+            'corrupt CIFAR pickle .*'
+            r'test_batch: UnpicklingError: _codecs\.encode of str with encoding '
+            "'rot13', not latin1",
+        ),
+        (
+            _Calls(np.load, 'x.npy'),
+            r'refusing to load .*test_batch: it references ' r'numpy\.load, which',
+        ),
+        (_Calls(eval, '1 + 1'), r'refusing .* builtins\.eval, which'),
+    ],
+)
+def test_cifar_pickle_admits_only_what_the_format_holds(tmp_path, value, expected):
   files, _ = fake_cifar10_files()
   batch = pickle.loads(files['test_batch'])
   batch[b'extra'] = value
@@ -386,8 +429,7 @@ def test_cifar100_fake(tmp_path, layout):
   if layout == 'folder':
     write_folder(tmp_path / 'cifar-100-python', files)
   else:
-    _write_tar_gz(tmp_path / 'cifar-100-python.tar.gz', 'cifar-100-python',
-                  files)
+    _write_tar_gz(tmp_path / 'cifar-100-python.tar.gz', 'cifar-100-python', files)
   ds = data.load_dataset(_cfg(name='cifar100'), data_dir=str(tmp_path))
   _assert_same(ds, arrays)
   assert ds.x_train.shape == (7, 32, 32, 3) and ds.x_test.shape[0] == 7
@@ -404,14 +446,10 @@ def test_cifar100_fake(tmp_path, layout):
 
 
 def test_gaussian_blobs():
-  a = data.gaussian_blobs(num_train=4000, num_test=1000, separation=3.0,
-                          std=0.5, seed=3)
-  b = data.gaussian_blobs(num_train=4000, num_test=1000, separation=3.0,
-                          std=0.5, seed=3)
-  c = data.gaussian_blobs(num_train=4000, num_test=1000, separation=3.0,
-                          std=0.5, seed=4)
-  _assert_same(b, dict(x_train=a.x_train, y_train=a.y_train,
-                       x_test=a.x_test, y_test=a.y_test))
+  a = data.gaussian_blobs(num_train=4000, num_test=1000, separation=3.0, std=0.5, seed=3)
+  b = data.gaussian_blobs(num_train=4000, num_test=1000, separation=3.0, std=0.5, seed=3)
+  c = data.gaussian_blobs(num_train=4000, num_test=1000, separation=3.0, std=0.5, seed=4)
+  _assert_same(b, dict(x_train=a.x_train, y_train=a.y_train, x_test=a.x_test, y_test=a.y_test))
   assert not np.array_equal(a.x_train, c.x_train)
   assert not np.array_equal(a.y_train, c.y_train)
   assert a.x_train.shape == (4000, 2) and a.x_train.dtype == np.float32
@@ -429,12 +467,11 @@ def test_gaussian_blobs():
 def test_gaussian_blobs_via_config_uses_seed():
   cfg = _cfg(name='gaussian_blobs', num_train=100, num_test=10)
   a = data.load_dataset(cfg, seed=1)
-  np.testing.assert_array_equal(
-      a.x_train, data.gaussian_blobs(100, 10, seed=1).x_train)
+  np.testing.assert_array_equal(a.x_train, data.gaussian_blobs(100, 10, seed=1).x_train)
   cfg.seed = 7  # An explicit data seed overrides the run seed.
   np.testing.assert_array_equal(
-      data.load_dataset(cfg, seed=1).x_train,
-      data.gaussian_blobs(100, 10, seed=7).x_train)
+      data.load_dataset(cfg, seed=1).x_train, data.gaussian_blobs(100, 10, seed=7).x_train
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -450,10 +487,8 @@ def test_subset_classes_horse_automobile(cifar10):
   assert ds.num_classes == 2 and ds.class_names == ('horse', 'automobile')
   assert ds.mean == cifar10.mean and ds.positive_class is None
   # np.array_equal: assert_array_equal is slow on 10^8 elements.
-  assert np.array_equal(ds.x_train[ds.y_train == 0],
-                        cifar10.x_train[cifar10.y_train == 7])
-  assert np.array_equal(ds.x_test[ds.y_test == 1],
-                        cifar10.x_test[cifar10.y_test == 1])
+  assert np.array_equal(ds.x_train[ds.y_train == 0], cifar10.x_train[cifar10.y_train == 7])
+  assert np.array_equal(ds.x_test[ds.y_test == 1], cifar10.x_test[cifar10.y_test == 1])
   keep = np.isin(cifar10.y_train, [7, 1])
   np.testing.assert_array_equal(ds.y_train, (cifar10.y_train[keep] == 1))
 
@@ -480,27 +515,37 @@ def test_binarize_downsample_car_truck(cifar10):
   assert np.array_equal(again.y_train, ds.y_train)
   other = data.apply_derived(cifar10, cfg, seed=1)
   assert np.bincount(other.y_train).tolist() == [40000, 2105]
-  assert not np.array_equal(other.x_train[other.y_train == 1],
-                            ds.x_train[ds.y_train == 1])
+  assert not np.array_equal(other.x_train[other.y_train == 1], ds.x_train[ds.y_train == 1])
 
 
 def _indexed(n_neg, n_pos, seed=0):
   """Binary dataset whose x[:, 0] is the row's original index."""
-  y = np.random.default_rng(seed).permutation(
-      np.repeat(np.array([0, 1], np.int32), [n_neg, n_pos]))
+  y = np.random.default_rng(seed).permutation(np.repeat(np.array([0, 1], np.int32), [n_neg, n_pos]))
   x = np.stack([np.arange(y.size), np.zeros(y.size)], 1).astype(np.float32)
-  return data.Dataset(name='indexed', x_train=x, y_train=y, x_test=x.copy(),
-                      y_test=y.copy(), num_classes=2, class_names=('a', 'b'),
-                      mean=None, std=None, positive_class=1)
+  return data.Dataset(
+      name='indexed',
+      x_train=x,
+      y_train=y,
+      x_test=x.copy(),
+      y_test=y.copy(),
+      num_classes=2,
+      class_names=('a', 'b'),
+      mean=None,
+      std=None,
+      positive_class=1,
+  )
 
 
-@pytest.mark.parametrize('fraction,n_neg,expected', [
-    (0.05, 40000, 2105),  # 2105.26 -> 2105 (1:19).
-    (0.1, 900, 100),
-    (0.25, 30, 10),
-    (0.3, 10, 4),  # 4.29 -> 4.
-    (0.4, 10, 7),  # 6.67 -> 7.
-])
+@pytest.mark.parametrize(
+    'fraction,n_neg,expected',
+    [
+        (0.05, 40000, 2105),  # 2105.26 -> 2105 (1:19).
+        (0.1, 900, 100),
+        (0.25, 30, 10),
+        (0.3, 10, 4),  # 4.29 -> 4.
+        (0.4, 10, 7),  # 6.67 -> 7.
+    ],
+)
 def test_downsample_rule(fraction, n_neg, expected):
   assert data.downsampled_count(fraction, n_neg) == expected
 
@@ -525,17 +570,23 @@ def test_downsample_order_and_splits():
 
 
 def test_load_dataset_applies_derived_in_order():
-  cfg = _cfg(name='gaussian_blobs', num_train=2000, num_test=400,
-             minority_fraction=0.2, imbalanced_split='both', max_train=500,
-             max_test=300)
+  cfg = _cfg(
+      name='gaussian_blobs',
+      num_train=2000,
+      num_test=400,
+      minority_fraction=0.2,
+      imbalanced_split='both',
+      max_train=500,
+      max_test=300,
+  )
   ds = data.load_dataset(cfg, seed=2)
-  full = data.downsample_class(data.gaussian_blobs(2000, 400, seed=2), 1, 0.2,
-                               seed=2, split='both')
+  full = data.downsample_class(data.gaussian_blobs(2000, 400, seed=2), 1, 0.2, seed=2, split='both')
   assert full.y_train.size == 1250 and full.y_test.size == 250
   np.testing.assert_array_equal(ds.x_train, full.x_train[:500])
   np.testing.assert_array_equal(ds.y_test, full.y_test)  # 250 < max_test.
-  cfg = _cfg(name='gaussian_blobs', num_train=100, num_test=20,
-             classes=[1, 0], positive_classes=[0])
+  cfg = _cfg(
+      name='gaussian_blobs', num_train=100, num_test=20, classes=[1, 0], positive_classes=[0]
+  )
   ds = data.load_dataset(cfg, seed=0)
   base = data.gaussian_blobs(100, 20, seed=0)
   np.testing.assert_array_equal(ds.y_train, base.y_train)  # 1->0->1, 0->1->0.
@@ -561,9 +612,17 @@ def test_derived_errors(cifar10):
   with pytest.raises(ValueError, match='max_train must be a positive int'):
     data.truncate(small, max_train=0)
   with pytest.raises(ValueError, match='y_train must be int32'):
-    data.Dataset('bad', np.zeros((2, 2)), np.zeros(2, np.int64),
-                 np.zeros((1, 2)), np.zeros(1, np.int32), 2, ('a', 'b'),
-                 None, None)
+    data.Dataset(
+        'bad',
+        np.zeros((2, 2)),
+        np.zeros(2, np.int64),
+        np.zeros((1, 2)),
+        np.zeros(1, np.int32),
+        2,
+        ('a', 'b'),
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize('fraction', [0.0, 1.0, 1.5, -0.1, '0.1', True])
@@ -585,18 +644,45 @@ def test_invalid_fraction(fraction, tmp_path):
 def test_unknown_dataset():
   with pytest.raises(ValueError) as e:
     data.load_dataset(_cfg(name='foo'), data_dir=None)
-  assert str(e.value) == ("unknown dataset 'foo'; valid: cifar10, cifar100, "
-                          'gaussian_blobs, mnist, retinopathy')
+  assert str(e.value) == (
+      "unknown dataset 'foo'; valid: cifar10, cifar100, " 'gaussian_blobs, mnist, retinopathy'
+  )
 
 
-@pytest.mark.parametrize('name,expected', [
-    ('mnist', ['MNIST not found', 'mnist.npz', 'train-images-idx3-ubyte.gz',
-               't10k-labels-idx1-ubyte.gz', "tfds 'mnist'"]),
-    ('cifar10', ['CIFAR-10 not found', 'cifar-10-batches-py/', 'data_batch_5',
-                 'cifar-10-python.tar.gz', "tfds 'cifar10'"]),
-    ('cifar100', ['CIFAR-100 not found', 'cifar-100-python/',
-                  'cifar-100-python.tar.gz', "tfds 'cifar100'"]),
-])
+@pytest.mark.parametrize(
+    'name,expected',
+    [
+        (
+            'mnist',
+            [
+                'MNIST not found',
+                'mnist.npz',
+                'train-images-idx3-ubyte.gz',
+                't10k-labels-idx1-ubyte.gz',
+                "tfds 'mnist'",
+            ],
+        ),
+        (
+            'cifar10',
+            [
+                'CIFAR-10 not found',
+                'cifar-10-batches-py/',
+                'data_batch_5',
+                'cifar-10-python.tar.gz',
+                "tfds 'cifar10'",
+            ],
+        ),
+        (
+            'cifar100',
+            [
+                'CIFAR-100 not found',
+                'cifar-100-python/',
+                'cifar-100-python.tar.gz',
+                "tfds 'cifar100'",
+            ],
+        ),
+    ],
+)
 def test_missing_files(name, expected, tmp_path, no_network, caplog):
   empty = tmp_path / 'data'
   empty.mkdir()
@@ -608,8 +694,7 @@ def test_missing_files(name, expected, tmp_path, no_network, caplog):
   assert '\n' not in msg
   # The one-line error is all the user sees: no tfds warning ahead of it
   # ("Variant folder ... has no dataset_info.json").
-  warnings = [r.getMessage() for r in caplog.records
-              if r.levelno >= logging.WARNING]
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
   assert not warnings
   for s in expected + [str(empty), os.path.join(str(empty), name)]:
     assert s in msg, (s, msg)
@@ -617,14 +702,12 @@ def test_missing_files(name, expected, tmp_path, no_network, caplog):
   assert not list(tfds_dir.glob('**/*.array_record*'))
 
 
-def test_tfds_still_warns_about_an_incomplete_folder(tmp_path, no_network,
-                                                    caplog):
+def test_tfds_still_warns_about_an_incomplete_folder(tmp_path, no_network, caplog):
   # An interrupted prepare leaves tfds's variant folder without
   # dataset_info.json: that warning is worth seeing.
   tfds = pytest.importorskip('tensorflow_datasets')
   tfds_dir = tmp_path / 'tfds'
-  pathlib.Path(tfds.builder('mnist', data_dir=str(tfds_dir)).data_dir).mkdir(
-      parents=True)
+  pathlib.Path(tfds.builder('mnist', data_dir=str(tfds_dir)).data_dir).mkdir(parents=True)
   cfg = _cfg(name='mnist', tfds_data_dir=str(tfds_dir))
   with pytest.raises(FileNotFoundError, match='MNIST not found'):
     data.load_dataset(cfg, data_dir=str(tmp_path / 'no_data'))
@@ -647,8 +730,10 @@ class _FakeSource:
     return self.n
 
   def __getitem__(self, i):
-    return {'image': np.full((28, 28, 1), self.offset + i, np.uint8),
-            'label': (self.offset + i) % 10}
+    return {
+        'image': np.full((28, 28, 1), self.offset + i, np.uint8),
+        'label': (self.offset + i) % 10,
+    }
 
 
 class _FakeBuilder:
@@ -658,8 +743,11 @@ class _FakeBuilder:
     self.prepared = prepared
     self.downloads = 0
     self.data_dir = '/fake/tfds'
-    self.info = type('Info', (), {'features': {'label': type(
-        'Label', (), {'names': [str(i) for i in range(10)]})()}})()
+    self.info = type(
+        'Info',
+        (),
+        {'features': {'label': type('Label', (), {'names': [str(i) for i in range(10)]})()}},
+    )()
 
   def is_prepared(self):
     return self.prepared

@@ -72,8 +72,7 @@ def test_smoke_run_writes_every_output(full_run):
   # Every round's timings name the training plan: the MLP on a CPU, vmapped, step by step.
   timings = rows(workdir, 'timings.jsonl')
   assert len(timings) == len(metrics)
-  assert all(t['plan'] == {'members': 'vmap', 'dispatch': 'step', 'devices': 1}
-             for t in timings)
+  assert all(t['plan'] == {'members': 'vmap', 'dispatch': 'step', 'devices': 1} for t in timings)
   # Each part's compile seconds are within its wall seconds (0 where this
   # process had compiled the programs already, e.g. in an earlier test).
   for t in timings:
@@ -88,7 +87,9 @@ def test_coreset_and_ensembles_selections_follow_their_rules(full_run):
   sel = rows(workdir, 'selections.jsonl')
   c = smoke()
   from jal import data  # pylint: disable=g-import-not-at-top
+
   ds = data.load_dataset(c.data, data_dir=None, seed=c.seed)
+
   # Coreset picks spread out: its queries lie farther from the labeled set
   # than random queries do, on average over seeds and rounds.
   def mean_dist(strategy):
@@ -96,16 +97,28 @@ def test_coreset_and_ensembles_selections_follow_their_rules(full_run):
     for s in sel:
       if s['strategy'] != strategy or s['round'] == 0:
         continue
-      before = [i for t in sel if t['strategy'] == strategy and t['seed'] == s['seed']
-                and t['round'] < s['round'] for i in t['indices']]
+      before = [
+          i
+          for t in sel
+          if t['strategy'] == strategy and t['seed'] == s['seed'] and t['round'] < s['round']
+          for i in t['indices']
+      ]
       d = np.linalg.norm(ds.x_train[s['indices']][:, None] - ds.x_train[before][None], axis=-1)
       out.append(d.min(axis=1).mean())
     return np.mean(out)
+
   assert mean_dist('coreset') > mean_dist('random')
+
   # Ensembles picks near the boundary x=0 compared with random.
   def mean_abs_x(strategy):
-    return np.mean([np.abs(ds.x_train[s['indices'], 0]).mean() for s in sel
-                    if s['strategy'] == strategy and s['round'] > 0])
+    return np.mean(
+        [
+            np.abs(ds.x_train[s['indices'], 0]).mean()
+            for s in sel
+            if s['strategy'] == strategy and s['round'] > 0
+        ]
+    )
+
   assert mean_abs_x('ensembles') < mean_abs_x('random')
 
 
@@ -133,11 +146,17 @@ def test_rerun_of_finished_run_does_no_work(full_run):
 
 def test_kill_9_mid_run_then_resume_equals_uninterrupted(full_run, tmp_path):
   workdir, _ = full_run
-  cmd = [sys.executable, '-m', 'jal.main', f'--config={REPO}/configs/gaussian.py:smoke',
-         f'--workdir={tmp_path}']
+  cmd = [
+      sys.executable,
+      '-m',
+      'jal.main',
+      f'--config={REPO}/configs/gaussian.py:smoke',
+      f'--workdir={tmp_path}',
+  ]
   env = {**os.environ, 'PYTHONPATH': str(REPO)}
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+      cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   # Kill it as soon as the first coreset round is checkpointed: in the middle
   # of the run, after some runs finished and before others started.
   target = pathlib.Path(tmp_path) / 'checkpoints' / 'coreset_seed0' / '0'
@@ -154,31 +173,48 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(full_run, tmp_path):
   assert read(tmp_path, 'metrics.jsonl') == read(workdir, 'metrics.jsonl')
   assert read(tmp_path, 'selections.jsonl') == read(workdir, 'selections.jsonl')
   assert [t['plan'] for t in rows(tmp_path, 'timings.jsonl')] == [
-      {'members': 'vmap', 'dispatch': 'step', 'devices': 1}] * 18
+      {'members': 'vmap', 'dispatch': 'step', 'devices': 1}
+  ] * 18
   assert '| ensembles |' in out.stdout
 
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'strategies': ('random', 'bogus')}, f"unknown strategy 'bogus'; valid: {VALID_STRATEGIES}"),
-    ({'data.name': 'imagenet'}, "unknown dataset 'imagenet'; valid: "),
-    ({'model.name': 'vgg'}, "unknown model 'vgg'; valid: lenet, mlp, resnet18"),
-    ({'query_size': 0}, 'config.query_size must be positive, got 0'),
-    ({'num_rounds': -1}, 'config.num_rounds must be positive'),
-    ({'train.members': 0}, 'config.train.members must be positive'),
-    ({'train.learning_rate': -0.1}, 'config.train.learning_rate must be positive'),
-    ({'train.members': 1}, "strategy 'ensembles' needs train.members >= 2"),
-    ({'train.optimizer': 'lion'}, "unknown train.optimizer 'lion'; valid: adam, adamw, sgd"),
-    ({'train.members_plan': 'map'},
-     "unknown train.members_plan 'map'; valid: auto, vmap, in_turn"),
-    ({'train.dispatch': 'scan'}, "unknown train.dispatch 'scan'; valid: auto, program, step"),
-    ({'seeds': (1, 1)}, 'config.seeds must be a non-empty list of distinct ints'),
-    ({'warmup_size': 501}, 'config.warmup_size=501 is larger than the pool (500)'),
-    ({'query_size': 300}, 'warmup_size + num_rounds * query_size = 605 is larger than the pool (500)'),
-    ({'train.learning_rate': float('inf')}, 'config.train.learning_rate must be finite, got inf'),
-    ({'strategy_options.beta': float('nan')},
-     'config.strategy_options.beta must be finite, got nan'),
-    ({'data.std': float('-inf')}, 'config.data.std must be finite, got -inf'),
-])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        (
+            {'strategies': ('random', 'bogus')},
+            f"unknown strategy 'bogus'; valid: {VALID_STRATEGIES}",
+        ),
+        ({'data.name': 'imagenet'}, "unknown dataset 'imagenet'; valid: "),
+        ({'model.name': 'vgg'}, "unknown model 'vgg'; valid: lenet, mlp, resnet18"),
+        ({'query_size': 0}, 'config.query_size must be positive, got 0'),
+        ({'num_rounds': -1}, 'config.num_rounds must be positive'),
+        ({'train.members': 0}, 'config.train.members must be positive'),
+        ({'train.learning_rate': -0.1}, 'config.train.learning_rate must be positive'),
+        ({'train.members': 1}, "strategy 'ensembles' needs train.members >= 2"),
+        ({'train.optimizer': 'lion'}, "unknown train.optimizer 'lion'; valid: adam, adamw, sgd"),
+        (
+            {'train.members_plan': 'map'},
+            "unknown train.members_plan 'map'; valid: auto, vmap, in_turn",
+        ),
+        ({'train.dispatch': 'scan'}, "unknown train.dispatch 'scan'; valid: auto, program, step"),
+        ({'seeds': (1, 1)}, 'config.seeds must be a non-empty list of distinct ints'),
+        ({'warmup_size': 501}, 'config.warmup_size=501 is larger than the pool (500)'),
+        (
+            {'query_size': 300},
+            'warmup_size + num_rounds * query_size = 605 is larger than the pool (500)',
+        ),
+        (
+            {'train.learning_rate': float('inf')},
+            'config.train.learning_rate must be finite, got inf',
+        ),
+        (
+            {'strategy_options.beta': float('nan')},
+            'config.strategy_options.beta must be finite, got nan',
+        ),
+        ({'data.std': float('-inf')}, 'config.data.std must be finite, got -inf'),
+    ],
+)
 def test_bad_config_fails_before_any_compute(overrides, message, tmp_path):
   with pytest.raises(ValueError, match=None) as e:
     experiment.train_and_evaluate(smoke(**overrides), str(tmp_path / 'w'))
@@ -189,8 +225,10 @@ def test_bad_config_fails_before_any_compute(overrides, message, tmp_path):
 def test_diverging_training_stops_with_a_clear_error(tmp_path):
   with pytest.raises(FloatingPointError) as e:
     experiment.train_and_evaluate(smoke(**{'train.learning_rate': 1e30}), str(tmp_path))
-  assert str(e.value) == ('training diverged: random seed 0 round 0: the parameters are not '
-                          'finite; lower config.train.learning_rate (1e+30)')
+  assert str(e.value) == (
+      'training diverged: random seed 0 round 0: the parameters are not '
+      'finite; lower config.train.learning_rate (1e+30)'
+  )
 
 
 def test_exploding_logits_with_finite_parameters_stop_the_run(tmp_path):
@@ -198,9 +236,11 @@ def test_exploding_logits_with_finite_parameters_stop_the_run(tmp_path):
   # (loss 0), but its logits reach ~1e23.
   with pytest.raises(experiment.Diverged) as e:
     experiment.train_and_evaluate(smoke(**{'train.learning_rate': 1e6}), str(tmp_path))
-  m = re.fullmatch(r'training diverged: random seed 0 round 0: the labeled-set logits reach '
-                   r'(\S+) \(limit 1e\+06\); lower config.train.learning_rate \(1000000.0\)',
-                   str(e.value))
+  m = re.fullmatch(
+      r'training diverged: random seed 0 round 0: the labeled-set logits reach '
+      r'(\S+) \(limit 1e\+06\); lower config.train.learning_rate \(1000000.0\)',
+      str(e.value),
+  )
   assert m, str(e.value)
   assert float(m.group(1)) > metrics.LOGIT_LIMIT
   assert not (tmp_path / 'metrics.jsonl').exists()  # no round was recorded
@@ -213,11 +253,14 @@ def test_divergence_criterion():
   assert metrics.divergence(logits, labels, 'labeled') is None
   np.testing.assert_allclose(  # optax's cross-entropy, per member
       metrics.member_losses(logits, labels),
-      optax.softmax_cross_entropy_with_integer_labels(logits, labels[None]).mean(-1), rtol=1e-5)
+      optax.softmax_cross_entropy_with_integer_labels(logits, labels[None]).mean(-1),
+      rtol=1e-5,
+  )
   # Overconfident and wrong: a high loss with logits below their limit.
   wrong = 300.0 * np.eye(10, dtype=np.float32)[(labels + 1) % 10][None].repeat(3, 0)
   assert metrics.divergence(wrong, labels, 'labeled') == (
-      'the labeled-set loss is 3e+02 (member 0; chance is 2.30, limit 100x chance)')
+      'the labeled-set loss is 3e+02 (member 0; chance is 2.30, limit 100x chance)'
+  )
   assert metrics.divergence(wrong) is None  # on the test set only the logits count
   assert metrics.divergence(logits * 1e7) == 'the test-set logits reach 3.9e+07 (limit 1e+06)'
   logits[1, 2, 3] = np.nan
@@ -238,23 +281,29 @@ def test_mnist_diverging_at_a_huge_learning_rate_names_the_run_and_its_loss(data
   c.train.learning_rate = 1e6
   with pytest.raises(experiment.Diverged) as e:
     experiment.train_and_evaluate(c, str(tmp_path))
-  m = re.fullmatch(r'training diverged: ensembles seed 0 round 0: the labeled-set loss is (\S+) '
-                   r'\(member \d; chance is 2.30, limit 100x chance\); lower '
-                   r'config.train.learning_rate \(1000000.0\)', str(e.value))
+  m = re.fullmatch(
+      r'training diverged: ensembles seed 0 round 0: the labeled-set loss is (\S+) '
+      r'\(member \d; chance is 2.30, limit 100x chance\); lower '
+      r'config.train.learning_rate \(1000000.0\)',
+      str(e.value),
+  )
   assert m, str(e.value)
   assert float(m.group(1)) > metrics.LOSS_LIMIT * np.log(10)
 
 
 def test_comma_separated_strategies_are_split():
   settings = config_lib.parse(smoke(strategies=('random,coreset',), seeds=(2, 0)))
-  assert settings == config_lib.Settings(strategies=('random', 'coreset'), seeds=(2, 0),
-                                         embedding_source='model')
+  assert settings == config_lib.Settings(
+      strategies=('random', 'coreset'), seeds=(2, 0), embedding_source='model'
+  )
   assert settings.runs == (('random', 2), ('random', 0), ('coreset', 2), ('coreset', 0))
 
 
 def test_workdir_of_another_experiment_is_refused(full_run):
   workdir, _ = full_run
-  with pytest.raises(ValueError, match='holds a different experiment .*query_size: 5 there vs 4 now'):
+  with pytest.raises(
+      ValueError, match='holds a different experiment .*query_size: 5 there vs 4 now'
+  ):
     experiment.train_and_evaluate(smoke(query_size=4), str(workdir))
   # data_dir does not change results, so it may differ.
   experiment.train_and_evaluate(smoke(data_dir='/elsewhere'), str(workdir))
@@ -268,8 +317,9 @@ def test_workdir_from_before_a_new_field_is_the_same_experiment(tmp_path):
   del stored['model']['dropout']
   # Only the options the smoke config shrinks (see config_lib.shrink_strategy_options).
   defaults = config_lib.base_config().strategy_options
-  stored['strategy_options'] = {k: v for k, v in stored['strategy_options'].items()
-                                if v != defaults[k]}
+  stored['strategy_options'] = {
+      k: v for k, v in stored['strategy_options'].items() if v != defaults[k]
+  }
   assert 'beta' not in stored['strategy_options'] and 'mc_samples' in stored['strategy_options']
   # Before the training plan's two fields: one `train.loop`, here 'auto'.
   del stored['train']['members_plan'], stored['train']['dispatch']
@@ -282,23 +332,45 @@ def test_workdir_from_before_a_new_field_is_the_same_experiment(tmp_path):
   stored['train']['loop'] = 'member_step'
   (tmp_path / 'config.json').write_text(json.dumps(stored))
   experiment.prepare_workdir(
-      str(tmp_path), smoke(**{'train.members_plan': 'in_turn', 'train.dispatch': 'step'}))
+      str(tmp_path), smoke(**{'train.members_plan': 'in_turn', 'train.dispatch': 'step'})
+  )
   with pytest.raises(ValueError, match=r"train.dispatch: 'step' there vs 'auto' now"):
     experiment.prepare_workdir(str(tmp_path), smoke(**{'train.members_plan': 'in_turn'}))
 
 
 def test_cli_reports_errors_in_one_line(tmp_path):
   out = subprocess.run(
-      [sys.executable, '-m', 'jal.main', f'--config={REPO}/configs/gaussian.py:smoke',
-       f'--workdir={tmp_path}', '--config.strategies=random,nope'],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+      [
+          sys.executable,
+          '-m',
+          'jal.main',
+          f'--config={REPO}/configs/gaussian.py:smoke',
+          f'--workdir={tmp_path}',
+          '--config.strategies=random,nope',
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert out.returncode != 0
   assert out.stderr.strip().splitlines()[-1] == (
-      f"error: unknown strategy 'nope'; valid: {VALID_STRATEGIES}")
+      f"error: unknown strategy 'nope'; valid: {VALID_STRATEGIES}"
+  )
   typo = subprocess.run(
-      [sys.executable, '-m', 'jal.main', f'--config={REPO}/configs/gaussian.py:smoke',
-       f'--workdir={tmp_path}', '--config.query_sise=3'],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+      [
+          sys.executable,
+          '-m',
+          'jal.main',
+          f'--config={REPO}/configs/gaussian.py:smoke',
+          f'--workdir={tmp_path}',
+          '--config.query_sise=3',
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert typo.returncode != 0 and 'query_size' in typo.stderr
 
 

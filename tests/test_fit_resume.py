@@ -45,9 +45,17 @@ def problem():
   idx[:20] = np.arange(20)
   keys = jax.random.split(jax.random.PRNGKey(5), 3)
   # 3 members x (3 steps x 2 epochs) = 18 steps when members run in turn.
-  return (train.Trainer(models.LeNet(2), train.make_optimizer(TRAIN), train.InputSpec(), 8,
-                        'cosine', 1e-2),
-          keys, x, jnp.asarray(ds.y_train), jnp.asarray(idx), jnp.int32(20), jnp.int32(2))
+  return (
+      train.Trainer(
+          models.LeNet(2), train.make_optimizer(TRAIN), train.InputSpec(), 8, 'cosine', 1e-2
+      ),
+      keys,
+      x,
+      jnp.asarray(ds.y_train),
+      jnp.asarray(idx),
+      jnp.int32(20),
+      jnp.int32(2),
+  )
 
 
 def _assert_bitwise_equal(a, b):
@@ -55,12 +63,15 @@ def _assert_bitwise_equal(a, b):
   jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
 
 
-@pytest.mark.parametrize('plan,kills', [
-    (IN_TURN, (2,)),        # inside member 0
-    (IN_TURN, (6,)),        # at the end of member 0
-    (IN_TURN, (7, 5, 4)),   # killed three times, across members
-    (VMAP, (4,)),           # one vmapped group, mid-fit
-])
+@pytest.mark.parametrize(
+    'plan,kills',
+    [
+        (IN_TURN, (2,)),  # inside member 0
+        (IN_TURN, (6,)),  # at the end of member 0
+        (IN_TURN, (7, 5, 4)),  # killed three times, across members
+        (VMAP, (4,)),  # one vmapped group, mid-fit
+    ],
+)
 def test_killed_fit_resumes_bitwise_equal(problem, tmp_path, plan, kills):
   uninterrupted = train.fit(*problem, plan=plan)
   directory = str(tmp_path / 'fit')
@@ -103,11 +114,11 @@ class CountSteps(checkpoints.FitProgress):
 @pytest.mark.parametrize('plan', [IN_TURN, VMAP])
 def test_finished_fit_is_restored_without_training(problem, tmp_path, plan):
   directory = str(tmp_path / 'fit')
-  first = train.fit(*problem, plan=plan,
-                    checkpoint=checkpoints.FitProgress(directory, 'tag', 3600))
+  first = train.fit(*problem, plan=plan, checkpoint=checkpoints.FitProgress(directory, 'tag', 3600))
   groups = 3 if plan == IN_TURN else 1
   assert sorted(p.name for p in pathlib.Path(directory).glob('group_*')) == [
-      f'group_{i}' for i in range(groups)]
+      f'group_{i}' for i in range(groups)
+  ]
   CountSteps.steps = 0
   again = train.fit(*problem, plan=plan, checkpoint=CountSteps(directory, 'tag', 3600))
   assert CountSteps.steps == 0
@@ -119,15 +130,18 @@ def test_kill_while_clearing_leaves_no_half_deleted_progress(problem, tmp_path, 
   # with its 'state' but not its 'position', and the resumed run died in
   # restore (KeyError). The delete now happens aside, after an atomic rename.
   directory = str(tmp_path / 'fit')
-  first = train.fit(*problem, plan=IN_TURN, checkpoint=checkpoints.FitProgress(
-      directory, 'round 1 aaa', every_seconds=3600))
+  first = train.fit(
+      *problem,
+      plan=IN_TURN,
+      checkpoint=checkpoints.FitProgress(directory, 'round 1 aaa', every_seconds=3600),
+  )
   rmtree = checkpoints.shutil.rmtree
 
   def dies_mid_delete(path, ignore_errors=False):
     positions = sorted(pathlib.Path(path).glob('progress/*/position'))
     if not positions:
       return rmtree(path, ignore_errors=ignore_errors)
-    rmtree(positions[0])   # the first item deleted, the rest not yet
+    rmtree(positions[0])  # the first item deleted, the rest not yet
     raise Killed
 
   monkeypatch.setattr(checkpoints.shutil, 'rmtree', dies_mid_delete)
@@ -145,8 +159,9 @@ def test_kill_while_clearing_leaves_no_half_deleted_progress(problem, tmp_path, 
 
 def test_saves_wait_for_the_interval(problem, tmp_path):
   now = [0.0]
-  ckpt = checkpoints.FitProgress(str(tmp_path / 'fit'), 'tag', every_seconds=10,
-                                 clock=lambda: now[0])
+  ckpt = checkpoints.FitProgress(
+      str(tmp_path / 'fit'), 'tag', every_seconds=10, clock=lambda: now[0]
+  )
   saved = []
   original = ckpt.manager.save
 
@@ -170,17 +185,15 @@ def test_training_seconds_add_up_across_processes(problem, tmp_path):
   member = jax.tree.map(lambda a: a[0], train.fit(*problem, plan=IN_TURN))
   first = checkpoints.FitProgress(str(tmp_path / 'fit'), 'tag', every_seconds=10, clock=clock)
   now[0] = 112.5
-  first.after_step(0, 4, [], member)              # saved after 12.5 s of training
+  first.after_step(0, 4, [], member)  # saved after 12.5 s of training
   assert (first.resumed, first.resumed_seconds) == (False, 0.0)
-  now[0] = 500.0                                   # killed; a new process starts later
-  second = checkpoints.FitProgress(str(tmp_path / 'fit'), 'tag', every_seconds=10,
-                                   clock=clock)
+  now[0] = 500.0  # killed; a new process starts later
+  second = checkpoints.FitProgress(str(tmp_path / 'fit'), 'tag', every_seconds=10, clock=clock)
   assert second.restore(member)[:2] == (0, 4)
   assert (second.resumed, second.resumed_seconds) == (True, 12.5)
   now[0] = 530.0
-  second.after_step(1, 2, [member], member)       # 12.5 + 30 s
-  third = checkpoints.FitProgress(str(tmp_path / 'fit'), 'tag', every_seconds=10,
-                                  clock=clock)
+  second.after_step(1, 2, [member], member)  # 12.5 + 30 s
+  third = checkpoints.FitProgress(str(tmp_path / 'fit'), 'tag', every_seconds=10, clock=clock)
   assert third.restore(member)[:2] == (1, 2)
   assert third.resumed_seconds == 42.5
 
@@ -213,8 +226,11 @@ def test_run_killed_mid_fit_resumes_equal_to_uninterrupted(tmp_path, monkeypatch
   with pytest.raises(Killed):
     experiment.train_and_evaluate(config, str(workdir))
   progress = workdir / 'checkpoints' / 'fit' / 'ensembles_seed1' / 'progress'
-  saved = [json.loads((p / 'position' / 'metadata').read_text()) for p in progress.iterdir()
-           if p.name.isdigit()]
+  saved = [
+      json.loads((p / 'position' / 'metadata').read_text())
+      for p in progress.iterdir()
+      if p.name.isdigit()
+  ]
   assert [(s['group'], s['step']) for s in saved] == [(0, 7)]
   monkeypatch.setattr(checkpoints.FitProgress, 'after_step', original)
   resumed_from = calls['n']
@@ -237,7 +253,7 @@ def test_run_killed_while_scoring_does_not_train_again(tmp_path, monkeypatch):
 
   def dies_in_round_1(self, *args):
     calls['score'] += 1
-    if calls['score'] == 2:        # round 1's scoring, after its fit
+    if calls['score'] == 2:  # round 1's scoring, after its fit
       raise Killed
     return original(self, *args)
 
@@ -248,8 +264,11 @@ def test_run_killed_while_scoring_does_not_train_again(tmp_path, monkeypatch):
   monkeypatch.setattr(experiment.Experiment, 'score', original)
   steps = []
   after_step = checkpoints.FitProgress.after_step
-  monkeypatch.setattr(checkpoints.FitProgress, 'after_step',
-                      lambda self, *a: steps.append(self.tag) or after_step(self, *a))
+  monkeypatch.setattr(
+      checkpoints.FitProgress,
+      'after_step',
+      lambda self, *a: steps.append(self.tag) or after_step(self, *a),
+  )
   assert experiment.train_and_evaluate(config, str(workdir)) == table
   assert read(workdir, 'metrics.jsonl') == read(tmp_path / 'whole', 'metrics.jsonl')
   assert read(workdir, 'selections.jsonl') == read(tmp_path / 'whole', 'selections.jsonl')
@@ -260,6 +279,7 @@ def test_run_killed_while_scoring_does_not_train_again(tmp_path, monkeypatch):
 
 def test_fit_checkpoint_seconds_is_checked_and_not_part_of_identity(tmp_path):
   from jal import config_lib  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(ValueError, match='config.fit_checkpoint_seconds must be non-negative'):
     config_lib.validate(smoke(fit_checkpoint_seconds=-1.0))
   assert config_lib.identity(smoke(fit_checkpoint_seconds=5.0)) == config_lib.identity(smoke())

@@ -28,8 +28,10 @@ def deadline(seconds: float):
 
   SIGALRM interrupts a blocking open() of a FIFO and a read loop on /dev/zero.
   """
+
   def on_alarm(signum, frame):
     raise TimeoutError(f'still running after {seconds} s: it blocked on a file')
+
   old = signal.signal(signal.SIGALRM, on_alarm)
   signal.setitimer(signal.ITIMER_REAL, seconds)
   try:
@@ -42,16 +44,20 @@ def deadline(seconds: float):
 def write_blank_png(path, width: int, height: int) -> None:
   """A valid 1-bit black PNG of any size, a few hundred KB at most, written
   without holding the image in memory."""
+
   def chunk(kind, data):
     return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
   row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the row's bits
   z = zlib.compressobj(1)
-  idat = b''.join(z.compress(row * min(1000, height - y))
-                  for y in range(0, height, 1000)) + z.flush()
+  idat = (
+      b''.join(z.compress(row * min(1000, height - y)) for y in range(0, height, 1000)) + z.flush()
+  )
   header = struct.pack('>IIBBBBB', width, height, 1, 0, 0, 0, 0)
   with open(path, 'wb') as f:
-    f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', idat)
-            + chunk(b'IEND', b''))
+    f.write(
+        b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', idat) + chunk(b'IEND', b'')
+    )
 
 
 @pytest.fixture
@@ -69,7 +75,7 @@ def test_devices_fifos_and_links_out_of_the_folder_are_refused_unopened(folder, 
   os.symlink('/dev/zero', folder / 'x.png')
   os.mkfifo(folder / 'y.png')
   os.symlink(tmp_path / 'elsewhere' / 'secret.png', folder / 'out.png')
-  os.symlink('a.png', folder / 'in.png')                 # a link inside the folder is fine
+  os.symlink('a.png', folder / 'in.png')  # a link inside the folder is fine
   os.symlink(tmp_path / 'nowhere.png', folder / 'gone.png')
   names = images.list_images(str(folder))
   assert names == ['a.png', 'gone.png', 'in.png', 'out.png', 'x.png', 'y.png']
@@ -81,24 +87,28 @@ def test_devices_fifos_and_links_out_of_the_folder_are_refused_unopened(folder, 
       'y.png': 'a FIFO, not a regular file',
       'out.png': f'a link to {secret}, outside the images folder',
       'gone.png': f'a link to {tmp_path / "nowhere.png"}, os.stat failed: No such file or '
-                  'directory',
+      'directory',
   }
   # Should a file turn into a FIFO after the check, reading it still does not block.
   with deadline(20):
     with pytest.raises(OSError, match='a FIFO, not a regular file'):
       images.sha256(str(folder / 'y.png'))
     x, errors = images.decode([str(folder / 'y.png'), str(folder / 'x.png')], 8, 1)
-  assert errors == ['OSError: a FIFO, not a regular file',
-                    'OSError: a character device, not a regular file']
+  assert errors == [
+      'OSError: a FIFO, not a regular file',
+      'OSError: a character device, not a regular file',
+  ]
 
 
 def test_size_cap_from_stat(folder):
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), np.uint8)).save(
-      folder / 'noise.png')
+      folder / 'noise.png'
+  )
   size = os.path.getsize(folder / 'noise.png')
   assert os.path.getsize(folder / 'a.png') < 1000 < size
   assert images.screen(str(folder), ['a.png', 'noise.png'], 1000, 10**6, 28, 1) == [
-      ('noise.png', f'{size:,} bytes, over the --max_file_mb cap of 0.001 MB')]
+      ('noise.png', f'{size:,} bytes, over the --max_file_mb cap of 0.001 MB')
+  ]
 
 
 def test_pixel_cap_from_the_header_before_pillows_own_limit(folder):
@@ -110,15 +120,19 @@ def test_pixel_cap_from_the_header_before_pillows_own_limit(folder):
   assert os.path.getsize(folder / 'huge.png') < 300_000
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
-    bad = images.screen(str(folder), ['a.png', 'big.png', 'huge.png'], BIG,
-                        images.DEFAULT_MAX_PIXELS, 28, 1)
+    bad = images.screen(
+        str(folder), ['a.png', 'big.png', 'huge.png'], BIG, images.DEFAULT_MAX_PIXELS, 28, 1
+    )
   assert time.perf_counter() - t0 < 10  # nothing was decoded
-  assert bad == [('big.png', '100,000,000 pixels, over the --max_pixels cap of 50,000,000'),
-                 ('huge.png', '400,000,000 pixels, over the --max_pixels cap of 50,000,000')]
+  assert bad == [
+      ('big.png', '100,000,000 pixels, over the --max_pixels cap of 50,000,000'),
+      ('huge.png', '400,000,000 pixels, over the --max_pixels cap of 50,000,000'),
+  ]
   assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
   # A cap above Pillow's own limit: Pillow's limit is reported the same way.
   assert images.screen(str(folder), ['big.png', 'huge.png'], BIG, 500_000_000, 28, 1) == [
-      ('huge.png', "400,000,000 pixels, over Pillow's decompression-bomb limit of 178,956,970")]
+      ('huge.png', "400,000,000 pixels, over Pillow's decompression-bomb limit of 178,956,970")
+  ]
 
 
 def test_jpegs_count_the_pixels_they_are_decoded_at(folder):
@@ -127,10 +141,12 @@ def test_jpegs_count_the_pixels_they_are_decoded_at(folder):
   names = ['g.jpg', 'g.png']
   # At 8x8 the JPEG decodes at 1/8 scale (64 pixels); the PNG decodes whole (4096).
   assert images.screen(str(folder), names, BIG, 1000, 8, 3) == [
-      ('g.png', '4,096 pixels, over the --max_pixels cap of 1,000')]
+      ('g.png', '4,096 pixels, over the --max_pixels cap of 1,000')
+  ]
   assert images.screen(str(folder), names, BIG, 1000, 64, 3) == [
       ('g.jpg', '4,096 pixels, over the --max_pixels cap of 1,000'),
-      ('g.png', '4,096 pixels, over the --max_pixels cap of 1,000')]
+      ('g.png', '4,096 pixels, over the --max_pixels cap of 1,000'),
+  ]
   x, errors = images.decode([str(folder / n) for n in names], 8, 3)
   assert errors == [None, None] and abs(int(x[0, 4, 4, 1]) - 200) < 5
 
@@ -140,4 +156,5 @@ def test_other_formats_and_non_images_are_unreadable(folder):
   (folder / 'text.png').write_bytes(b'not a png at all')
   assert images.screen(str(folder), ['a.png', 'gif.png', 'text.png'], BIG, 10**6, 28, 1) == [
       ('gif.png', 'UnidentifiedImageError: not a PNG or JPEG image'),
-      ('text.png', 'UnidentifiedImageError: not a PNG or JPEG image')]
+      ('text.png', 'UnidentifiedImageError: not a PNG or JPEG image'),
+  ]

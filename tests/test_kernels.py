@@ -64,7 +64,9 @@ def test_k_center_without_labeled_points_starts_at_index_zero():
 
 # A line with centres 0 (index 0) and 20 (index 6, also flagged a candidate),
 # a far non-candidate at 100 (index 1) and a non-candidate at 3 (index 4).
-CANDIDATE_PTS = np.array([[0.], [100.], [2.], [6.], [3.], [9.], [20.], [14.], [12.]], np.float32)
+CANDIDATE_PTS = np.array(
+    [[0.0], [100.0], [2.0], [6.0], [3.0], [9.0], [20.0], [14.0], [12.0]], np.float32
+)
 CANDIDATE_LABELED = np.array([1, 0, 0, 0, 0, 0, 1, 0, 0], bool)
 CANDIDATES = np.array([0, 0, 1, 1, 0, 1, 1, 1, 1], bool)
 
@@ -83,11 +85,13 @@ def test_k_center_candidates_hand_made_points():
   # Nothing labeled: the lowest-index candidate (2) first, then the farthest
   # candidate from it, 20 (index 6).
   np.testing.assert_array_equal(
-      k_center_greedy(CANDIDATE_PTS, np.zeros(9, bool), k=2, candidates=CANDIDATES), [2, 6])
+      k_center_greedy(CANDIDATE_PTS, np.zeros(9, bool), k=2, candidates=CANDIDATES), [2, 6]
+  )
   # Every point a candidate: the same as no mask.
   np.testing.assert_array_equal(
       k_center_greedy(CANDIDATE_PTS, CANDIDATE_LABELED, k=4, candidates=np.ones(9, bool)),
-      k_center_greedy(CANDIDATE_PTS, CANDIDATE_LABELED, k=4))
+      k_center_greedy(CANDIDATE_PTS, CANDIDATE_LABELED, k=4),
+  )
 
 
 def test_k_center_candidates_keep_labeled_centres():
@@ -126,8 +130,12 @@ def test_variation_ratio_exact_values():
 def test_top_k_with_random_ties():
   scores = jnp.array([0.5, 0.2, 0.5, 0.5, 0.9, 0.5, 0.0])
   eligible = jnp.array([True, True, True, True, True, True, False])
-  picks = [tuple(np.asarray(kernels.top_k_with_random_ties(
-      scores, eligible, jax.random.PRNGKey(s), k=3))) for s in range(20)]
+  picks = [
+      tuple(
+          np.asarray(kernels.top_k_with_random_ties(scores, eligible, jax.random.PRNGKey(s), k=3))
+      )
+      for s in range(20)
+  ]
   for p in picks:
     assert p[0] == 4  # the unique maximum comes first
     assert set(p[1:]) <= {0, 2, 3, 5}
@@ -137,6 +145,7 @@ def test_top_k_with_random_ties():
   again = kernels.top_k_with_random_ties(scores, eligible, jax.random.PRNGKey(0), k=3)
   assert tuple(np.asarray(again)) == picks[0]
   # Ineligible points come last even with the highest score.
-  top = kernels.top_k_with_random_ties(jnp.array([9.0, 1.0]), jnp.array([False, True]),
-                                       jax.random.PRNGKey(0), k=1)
+  top = kernels.top_k_with_random_ties(
+      jnp.array([9.0, 1.0]), jnp.array([False, True]), jax.random.PRNGKey(0), k=1
+  )
   assert int(top[0]) == 1

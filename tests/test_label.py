@@ -73,8 +73,9 @@ def _state(workdir):
 
 
 def _run(images, labels_path, workdir, **kwargs):
-  return session.run(smoke(), str(images), str(labels_path), str(workdir),
-                     **{'query': QUERY, **kwargs})
+  return session.run(
+      smoke(), str(images), str(labels_path), str(workdir), **{'query': QUERY, **kwargs}
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -121,9 +122,8 @@ def test_first_batch_is_random_then_the_strategy_ranks_by_its_score(project):
   for rows in batches[1:]:
     scores = [float(r['score']) for r in rows]
     assert scores == sorted(scores, reverse=True)  # ensembles: variation ratio, best first
-    assert all(0.0 <= s <= 0.5 for s in scores)    # 2 members: 0 or 1/2
-    assert all(r['predicted'] in CLASSES and 0.1 <= float(r['confidence']) <= 1.0
-               for r in rows)
+    assert all(0.0 <= s <= 0.5 for s in scores)  # 2 members: 0 or 1/2
+    assert all(r['predicted'] in CLASSES and 0.1 <= float(r['confidence']) <= 1.0 for r in rows)
 
 
 def test_state_survives_between_calls(project):
@@ -191,7 +191,9 @@ def test_changed_labels_vanished_and_altered_images_are_reported(project, tmp_pa
   altered = rows[2]['filename']
   lines = ['filename,label'] + [
       f'{r["filename"]},{new_label if r["filename"] == relabeled else r["label"]}'
-      for r in rows if r['filename'] != removed]
+      for r in rows
+      if r['filename'] != removed
+  ]
   lab2.write_text('\n'.join(lines) + '\n')
   vanished = batches[-1][0]['filename']  # unlabeled
   (img2 / vanished).rename(img2 / 'new.png')  # one image gone, one new: the pool keeps its size
@@ -239,15 +241,25 @@ def refused_then_skipped(small, match):
   images, labels_path, workdir = small
   with pytest.raises(ValueError, match=match):
     session.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
-  return session.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
-                     classes=['x', 'y'], skip_unreadable=True)
+  return session.run(
+      smoke(),
+      str(images),
+      str(labels_path),
+      str(workdir),
+      query=3,
+      classes=['x', 'y'],
+      skip_unreadable=True,
+  )
 
 
 def test_unreadable_image_is_named_or_skipped_with_the_flag(small):
   images, labels_path, workdir = small
   (images / 'broken.png').write_bytes(b'not a png at all')
-  entry = refused_then_skipped(small, r'^1 unreadable image\(s\) in .*: broken\.png '
-                                      r'\(UnidentifiedImageError: .*--skip_unreadable')
+  entry = refused_then_skipped(
+      small,
+      r'^1 unreadable image\(s\) in .*: broken\.png '
+      r'\(UnidentifiedImageError: .*--skip_unreadable',
+  )
   assert entry['skipped'] == ['broken.png'] and entry['n_images'] == 6
   assert '(1 unreadable, skipped)' in entry['summary']
   assert 'broken.png' not in [r['filename'] for r in _batch(workdir)]
@@ -257,9 +269,13 @@ def _never_hash(path):
   raise AssertionError(f'{path} was hashed before the checks ran')
 
 
-@pytest.mark.parametrize('kind,reason', [
-    ('devzero', 'a link to /dev/zero, a character device, not a regular file'),
-    ('fifo', 'a FIFO, not a regular file')])
+@pytest.mark.parametrize(
+    'kind,reason',
+    [
+        ('devzero', 'a link to /dev/zero, a character device, not a regular file'),
+        ('fifo', 'a FIFO, not a regular file'),
+    ],
+)
 def test_files_that_would_block_are_refused_or_skipped(small, kind, reason):
   images, labels_path, workdir = small
   if kind == 'devzero':
@@ -267,9 +283,12 @@ def test_files_that_would_block_are_refused_or_skipped(small, kind, reason):
   else:
     os.mkfifo(images / 'x.png')
   with deadline(60):  # on a regression: fail, not hang
-    entry = refused_then_skipped(small, rf'^1 unreadable image\(s\) in {images}: x\.png '
-                                        rf'\({reason}\); pass --skip_unreadable to leave them '
-                                        'out$')
+    entry = refused_then_skipped(
+        small,
+        rf'^1 unreadable image\(s\) in {images}: x\.png '
+        rf'\({reason}\); pass --skip_unreadable to leave them '
+        'out$',
+    )
   assert entry['skipped'] == ['x.png'] and entry['n_images'] == 6
   assert 'x.png' not in _state(workdir)['images']
 
@@ -281,8 +300,11 @@ def test_links_out_of_the_folder_are_refused_and_never_hashed(small, tmp_path):
   Image.fromarray(np.full((10, 12), 7, np.uint8)).save(secret)
   os.symlink(secret, images / 's.png')
   os.symlink('a0.png', images / 'same.png')  # inside the folder: read as any file
-  entry = refused_then_skipped(small, rf': s\.png \(a link to {os.path.realpath(secret)}, '
-                                      r'outside the images folder\); pass --skip_unreadable')
+  entry = refused_then_skipped(
+      small,
+      rf': s\.png \(a link to {os.path.realpath(secret)}, '
+      r'outside the images folder\); pass --skip_unreadable',
+  )
   assert entry['skipped'] == ['s.png'] and entry['n_images'] == 7
   state = _state(workdir)
   assert 's.png' not in state['images'] and 'same.png' in state['images']
@@ -293,18 +315,33 @@ def test_caps_on_pixels_and_file_size_fail_before_any_hashing(small, monkeypatch
   images, labels_path, workdir = small
   write_blank_png(images / 'huge.png', 20000, 20000)  # 400 MP in 100 KB
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), np.uint8)).save(
-      images / 'noise.png')
+      images / 'noise.png'
+  )
   sizes = {n: f'{os.path.getsize(images / n):,}' for n in ('huge.png', 'noise.png')}
   monkeypatch.setattr(images_lib, 'sha256', _never_hash)
-  with pytest.raises(ValueError, match=r'^1 unreadable image\(s\) in .*: huge\.png '
-                                       r'\(400,000,000 pixels, over the --max_pixels cap of '
-                                       r'50,000,000\); pass --skip_unreadable'):
+  with pytest.raises(
+      ValueError,
+      match=r'^1 unreadable image\(s\) in .*: huge\.png '
+      r'\(400,000,000 pixels, over the --max_pixels cap of '
+      r'50,000,000\); pass --skip_unreadable',
+  ):
     session.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'])
   over = 'bytes, over the --max_file_mb cap of 0.001 MB'
-  with pytest.raises(ValueError, match=re.escape(
-      f'huge.png ({sizes["huge.png"]} {over}), noise.png ({sizes["noise.png"]} {over}); pass')):
-    session.run(smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y'],
-                max_file_mb=0.001)
+  with pytest.raises(
+      ValueError,
+      match=re.escape(
+          f'huge.png ({sizes["huge.png"]} {over}), noise.png ({sizes["noise.png"]} {over}); pass'
+      ),
+  ):
+    session.run(
+        smoke(),
+        str(images),
+        str(labels_path),
+        str(workdir),
+        query=3,
+        classes=['x', 'y'],
+        max_file_mb=0.001,
+    )
   with pytest.raises(ValueError, match=r'--max_pixels must be positive'):
     session.run(smoke(), str(images), str(labels_path), str(workdir), max_pixels=0)
   assert not workdir.exists()
@@ -318,24 +355,28 @@ def test_unknown_label_lists_the_valid_ones(small):
   with pytest.raises(ValueError, match=r"line 3: unknown label 'z' for a1\.png; valid: x, y"):
     session.run(smoke(), str(images), str(labels_path), str(workdir), query=3)
   # Nor can a later call change the class list.
-  with pytest.raises(ValueError, match=r"differs from the class list fixed at the first call"):
-    session.run(smoke(), str(images), str(labels_path), str(workdir), query=3,
-                classes=['x', 'y', 'z'])
+  with pytest.raises(ValueError, match=r'differs from the class list fixed at the first call'):
+    session.run(
+        smoke(), str(images), str(labels_path), str(workdir), query=3, classes=['x', 'y', 'z']
+    )
 
 
 def test_csv_naming_missing_files(small):
   images, labels_path, workdir = small
   labels_path.write_text('filename,label\na0.png,x\nnope.png,y\na1.png,y\ngone.jpg,x\n')
-  with pytest.raises(ValueError, match=r'names 2 file\(s\) not in .*: nope\.png \(line 3\), '
-                                       r'gone\.jpg \(line 5\)$'):
+  with pytest.raises(
+      ValueError,
+      match=r'names 2 file\(s\) not in .*: nope\.png \(line 3\), ' r'gone\.jpg \(line 5\)$',
+  ):
     session.run(smoke(), str(images), str(labels_path), str(workdir), query=3)
 
 
 def test_duplicate_rows_with_conflicting_labels(small):
   images, labels_path, workdir = small
   labels_path.write_text('filename,label\na0.png,x\na1.png,y\n./a0.png,y\n')
-  with pytest.raises(ValueError, match=r"a0\.png has conflicting labels 'x' \(line 2\) and "
-                                       r"'y' \(line 4\)"):
+  with pytest.raises(
+      ValueError, match=r"a0\.png has conflicting labels 'x' \(line 2\) and " r"'y' \(line 4\)"
+  ):
     session.run(smoke(), str(images), str(labels_path), str(workdir), query=3)
   # Agreeing duplicates and blank labels are fine.
   labels_path.write_text('filename,label\na0.png,x\na1.png,y\na0.png,x\na2.png,\n')
@@ -346,20 +387,20 @@ def test_folder_without_images(tmp_path):
   (tmp_path / 'empty').mkdir()
   (tmp_path / 'empty' / 'notes.txt').write_text('no images here')
   (tmp_path / 'labels.csv').write_text('filename,label\n')
-  with pytest.raises(ValueError, match=r'^no images in .*empty: expected files ending in '
-                                       r'\.png, \.jpg, \.jpeg'):
-    session.run(smoke(), str(tmp_path / 'empty'), str(tmp_path / 'labels.csv'),
-                str(tmp_path / 'w'))
+  with pytest.raises(
+      ValueError, match=r'^no images in .*empty: expected files ending in ' r'\.png, \.jpg, \.jpeg'
+  ):
+    session.run(smoke(), str(tmp_path / 'empty'), str(tmp_path / 'labels.csv'), str(tmp_path / 'w'))
   with pytest.raises(FileNotFoundError, match=r'^image folder not found'):
-    session.run(smoke(), str(tmp_path / 'nope'), str(tmp_path / 'labels.csv'),
-                str(tmp_path / 'w'))
+    session.run(smoke(), str(tmp_path / 'nope'), str(tmp_path / 'labels.csv'), str(tmp_path / 'w'))
 
 
 def test_other_bad_labels_files(small):
   images, labels_path, workdir = small
   labels_path.write_text('name,class\na0.png,x\n')
-  with pytest.raises(ValueError, match=r'must start with the header filename,label; got '
-                                       r'name,class'):
+  with pytest.raises(
+      ValueError, match=r'must start with the header filename,label; got ' r'name,class'
+  ):
     session.run(smoke(), str(images), str(labels_path), str(workdir))
   labels_path.write_text('filename,label\na0.png,x\n')
   with pytest.raises(ValueError, match=r"labels of one class only \('x'\)"):
@@ -372,12 +413,24 @@ def test_cli_prints_one_line_errors(small):
   images, labels_path, workdir = small
   labels_path.write_text('filename,label\nnope.png,x\n')
   proc = subprocess.run(
-      [sys.executable, '-m', 'jal.label', f'--images={images}', f'--labels={labels_path}',
-       f'--workdir={workdir}', f'--config={REPO}/configs/label.py:smoke'],
-      capture_output=True, text=True, cwd=REPO, timeout=120)
+      [
+          sys.executable,
+          '-m',
+          'jal.label',
+          f'--images={images}',
+          f'--labels={labels_path}',
+          f'--workdir={workdir}',
+          f'--config={REPO}/configs/label.py:smoke',
+      ],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      timeout=120,
+  )
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
-      f'error: {labels_path} names 1 file(s) not in {images}: nope.png (line 2)')
+      f'error: {labels_path} names 1 file(s) not in {images}: nope.png (line 2)'
+  )
 
 
 def test_cli_refuses_dev_zero_a_fifo_and_files_over_the_caps_in_one_line(small):
@@ -386,20 +439,34 @@ def test_cli_refuses_dev_zero_a_fifo_and_files_over_the_caps_in_one_line(small):
   os.mkfifo(images / 'y.png')
   Image.new('L', (50, 30), 9).save(images / 'wide.png')  # 1,500 pixels in under 200 bytes
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), np.uint8)).save(
-      images / 'noise.png')
+      images / 'noise.png'
+  )
   size = os.path.getsize(images / 'noise.png')
   assert os.path.getsize(images / 'wide.png') < 200 < size
   proc = subprocess.run(
-      [sys.executable, '-m', 'jal.label', f'--images={images}', f'--labels={labels_path}',
-       f'--workdir={workdir}', f'--config={REPO}/configs/label.py:smoke', '--max_pixels=1000',
-       '--max_file_mb=0.0002'],
-      capture_output=True, text=True, cwd=REPO, timeout=120)  # a hang fails here
+      [
+          sys.executable,
+          '-m',
+          'jal.label',
+          f'--images={images}',
+          f'--labels={labels_path}',
+          f'--workdir={workdir}',
+          f'--config={REPO}/configs/label.py:smoke',
+          '--max_pixels=1000',
+          '--max_file_mb=0.0002',
+      ],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      timeout=120,
+  )  # a hang fails here
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
       f'error: 4 unreadable image(s) in {images}: noise.png ({size:,} bytes, over the '
       '--max_file_mb cap of 0.0002 MB), wide.png (1,500 pixels, over the --max_pixels cap of '
       '1,000), x.png (a link to /dev/zero, a character device, not a regular file), y.png (a '
-      'FIFO, not a regular file); pass --skip_unreadable to leave them out')
+      'FIFO, not a regular file); pass --skip_unreadable to leave them out'
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -407,8 +474,9 @@ def test_cli_refuses_dev_zero_a_fifo_and_files_over_the_caps_in_one_line(small):
 
 
 def test_validation_splits_holdout_and_folds():
-  v = ml_collections.ConfigDict(dict(holdout_fraction=0.2, holdout_min_labels=200,
-                                     min_per_class=5, folds=3, confidence=0.95))
+  v = ml_collections.ConfigDict(
+      dict(holdout_fraction=0.2, holdout_min_labels=200, min_per_class=5, folds=3, confidence=0.95)
+  )
   y = np.repeat(np.arange(4), [100, 60, 30, 10])
   method, splits = session.validation_splits(y, v, seed=0)
   assert method == 'holdout' and len(splits) == 1
@@ -440,17 +508,28 @@ def test_validation_estimate_numbers():
 
 
 def test_changes_since_pure():
-  state = {'images': {'a': {'sha256': '1'}, 'b': {'sha256': '2'}, 'c': {'sha256': '3'}},
-           'labels': {'a': 'x', 'b': 'y'}, 'calls': [{'batch': ['c']}]}
+  state = {
+      'images': {'a': {'sha256': '1'}, 'b': {'sha256': '2'}, 'c': {'sha256': '3'}},
+      'labels': {'a': 'x', 'b': 'y'},
+      'calls': [{'batch': ['c']}],
+  }
   prints = {'a': {'sha256': '1'}, 'c': {'sha256': '9'}, 'd': {'sha256': '4'}}
   ch = project_lib.changes_since(state, prints, {'a': 'y', 'c': 'x'})
-  assert ch == {'images_vanished': [['b', 'y']], 'images_changed': [['c', 'x']],
-                'labels_changed': [['a', 'x', 'y']], 'labels_removed': [],
-                'new_images': 1, 'new_labels': 1, 'batch_labeled': 1, 'batch_size': 1}
+  assert ch == {
+      'images_vanished': [['b', 'y']],
+      'images_changed': [['c', 'x']],
+      'labels_changed': [['a', 'x', 'y']],
+      'labels_removed': [],
+      'new_images': 1,
+      'new_labels': 1,
+      'batch_labeled': 1,
+      'batch_size': 1,
+  }
 
 
 def test_images_of_any_size_and_mode_are_resized_and_cached(tmp_path, monkeypatch):
   from jal.label import images
+
   folder = tmp_path / 'imgs'
   (folder / 'sub').mkdir(parents=True)
   (folder / '.hidden').mkdir()

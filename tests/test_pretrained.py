@@ -101,16 +101,16 @@ def np_conv(x, w, stride, pad):
   out = np.zeros((n, w.shape[0], oh, ow))
   for dy in range(kh):
     for dx in range(kw):
-      patch = xp[:, :, dy:dy + stride * (oh - 1) + 1:stride,
-                 dx:dx + stride * (ow - 1) + 1:stride]
+      patch = xp[
+          :, :, dy : dy + stride * (oh - 1) + 1 : stride, dx : dx + stride * (ow - 1) + 1 : stride
+      ]
       out += np.einsum('nihw,oi->nohw', patch, w[:, :, dy, dx])
   return out
 
 
 def np_bn(x, sd, prefix, eps=1e-5):
   c = lambda k: sd[f'{prefix}.{k}'].astype(np.float64)[None, :, None, None]
-  return (x - c('running_mean')) / np.sqrt(c('running_var') + eps) * c(
-      'weight') + c('bias')
+  return (x - c('running_mean')) / np.sqrt(c('running_var') + eps) * c('weight') + c('bias')
 
 
 def np_relu(x):
@@ -119,15 +119,21 @@ def np_relu(x):
 
 def np_maxpool(x, k=3, stride=2, pad=1):
   n, ch, h, w = x.shape
-  xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)),
-              constant_values=-np.inf)
+  xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf)
   oh = (h + 2 * pad - k) // stride + 1
   ow = (w + 2 * pad - k) // stride + 1
   out = np.full((n, ch, oh, ow), -np.inf)
   for dy in range(k):
     for dx in range(k):
-      out = np.maximum(out, xp[:, :, dy:dy + stride * (oh - 1) + 1:stride,
-                               dx:dx + stride * (ow - 1) + 1:stride])
+      out = np.maximum(
+          out,
+          xp[
+              :,
+              :,
+              dy : dy + stride * (oh - 1) + 1 : stride,
+              dx : dx + stride * (ow - 1) + 1 : stride,
+          ],
+      )
   return out
 
 
@@ -138,12 +144,10 @@ def np_stem(x, sd):
 
 def np_block(x, sd, prefix, stride):
   w = lambda k: sd[f'{prefix}.{k}'].astype(np.float64)
-  y = np_relu(np_bn(np_conv(x, w('conv1.weight'), stride, 1), sd,
-                    f'{prefix}.bn1'))
+  y = np_relu(np_bn(np_conv(x, w('conv1.weight'), stride, 1), sd, f'{prefix}.bn1'))
   y = np_bn(np_conv(y, w('conv2.weight'), 1, 1), sd, f'{prefix}.bn2')
   if f'{prefix}.downsample.0.weight' in sd:
-    x = np_bn(np_conv(x, w('downsample.0.weight'), stride, 0), sd,
-              f'{prefix}.downsample.1')
+    x = np_bn(np_conv(x, w('downsample.0.weight'), stride, 0), sd, f'{prefix}.downsample.1')
   return np_relu(y + x)
 
 
@@ -167,8 +171,7 @@ def np_resnet18(x, sd):
 def _template(stem, num_classes, seed=1):
   """Random numpy-filled variables with ResNet18's structure."""
   model = resnet.ResNet18(num_classes=num_classes, stem=stem)
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, 32, 32, 3)))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   rng = np.random.default_rng(seed)
   fill = lambda s: rng.normal(size=s.shape).astype(s.dtype)
   return model, jax.tree.map(fill, shapes)
@@ -189,8 +192,7 @@ def _assert_close(actual, expected, rtol=1e-4):
 
 
 def _flatten(tree):
-  return {'/'.join(p): v
-          for p, v in flax.traverse_util.flatten_dict(tree).items()}
+  return {'/'.join(p): v for p, v in flax.traverse_util.flatten_dict(tree).items()}
 
 
 # --------------------------------------------------------------------------
@@ -199,9 +201,11 @@ def _flatten(tree):
 
 def test_generated_state_dict_is_torchvision_sized():
   sd = state_dict()
-  n_params = sum(v.size for k, v in sd.items()
-                 if not k.endswith(('running_mean', 'running_var',
-                                    'num_batches_tracked')))
+  n_params = sum(
+      v.size
+      for k, v in sd.items()
+      if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))
+  )
   assert n_params == 11_689_512
   assert len(sd) == 122
 
@@ -217,6 +221,7 @@ def test_load_npz_roundtrip(tmp_path):
 @pytest.mark.skipif(not HAS_SAFETENSORS, reason='safetensors not installed')
 def test_load_safetensors_roundtrip(tmp_path):
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+
   sd = state_dict()
   path = str(tmp_path / 'resnet18.safetensors')
   st_numpy.save_file(sd, path)
@@ -229,19 +234,16 @@ def test_load_safetensors_roundtrip(tmp_path):
 def test_imagenet_matches_numpy(tmp_path):
   sd = state_dict()
   model, template = _template('imagenet', 1000)
-  variables = pretrained.load_pretrained(_save_npz(tmp_path, sd), template,
-                                         stem='imagenet')
+  variables = pretrained.load_pretrained(_save_npz(tmp_path, sd), template, stem='imagenet')
   x = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype(np.float32)
 
   @jax.jit
   def forward(v, x):
-    return model.apply(v, x, capture_intermediates=True,
-                       mutable=['intermediates'])
+    return model.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
 
   (logits, emb), state = forward(variables, x)
   inter = state['intermediates']
-  ref_logits, ref_emb, acts = np_resnet18(
-      np.transpose(x, (0, 3, 1, 2)).astype(np.float64), sd)
+  ref_logits, ref_emb, acts = np_resnet18(np.transpose(x, (0, 3, 1, 2)).astype(np.float64), sd)
   nhwc = lambda a: np.transpose(a, (0, 2, 3, 1))
 
   # (a) stem: conv1 + bn1 + relu + maxpool.
@@ -257,32 +259,32 @@ def test_imagenet_matches_numpy(tmp_path):
 def test_converted_is_exact_transpose():
   sd = state_dict()
   _, template = _template('imagenet', 1000)
-  variables = pretrained.convert_torchvision_resnet18(sd, template,
-                                                      stem='imagenet')
+  variables = pretrained.convert_torchvision_resnet18(sd, template, stem='imagenet')
   params, stats = variables['params'], variables['batch_stats']
-  np.testing.assert_array_equal(params['conv1']['kernel'],
-                                sd['conv1.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params['conv1']['kernel'], sd['conv1.weight'].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(
       params['layer3_0']['downsample_conv']['kernel'],
-      sd['layer3.0.downsample.0.weight'].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(stats['layer4_1']['bn2']['var'],
-                                sd['layer4.1.bn2.running_var'])
+      sd['layer3.0.downsample.0.weight'].transpose(2, 3, 1, 0),
+  )
+  np.testing.assert_array_equal(stats['layer4_1']['bn2']['var'], sd['layer4.1.bn2.running_var'])
   np.testing.assert_array_equal(params['fc']['kernel'], sd['fc.weight'].T)
   assert jax.tree.structure(variables) == jax.tree.structure(template)
-  assert all(a.dtype == b.dtype and a.shape == b.shape for a, b in zip(
-      jax.tree.leaves(variables), jax.tree.leaves(template)))
+  assert all(
+      a.dtype == b.dtype and a.shape == b.shape
+      for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(template))
+  )
 
 
 @pytest.mark.skipif(not HAS_SAFETENSORS, reason='safetensors not installed')
 def test_safetensors_converts_like_npz(tmp_path):
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+
   sd = state_dict()
   path = str(tmp_path / 'resnet18.safetensors')
   st_numpy.save_file(sd, path)
   _, template = _template('imagenet', 1000)
   a = pretrained.load_pretrained(path, template, stem='imagenet')
-  b = pretrained.load_pretrained(_save_npz(tmp_path, sd), template,
-                                 stem='imagenet')
+  b = pretrained.load_pretrained(_save_npz(tmp_path, sd), template, stem='imagenet')
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
@@ -290,8 +292,7 @@ def test_cifar_stem_keeps_conv1_and_fc(caplog):
   sd = state_dict()
   _, template = _template('cifar', 10)
   with caplog.at_level(logging.INFO):
-    variables = pretrained.convert_torchvision_resnet18(sd, template,
-                                                        stem='cifar')
+    variables = pretrained.convert_torchvision_resnet18(sd, template, stem='cifar')
   assert 'conv1.weight' in caplog.text and 'fc.weight' in caplog.text
 
   flat, flat_t = _flatten(variables), _flatten(template)
@@ -299,16 +300,23 @@ def test_cifar_stem_keeps_conv1_and_fc(caplog):
   for path in kept:
     np.testing.assert_array_equal(flat[path], flat_t[path])
   names = {
-      'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
-      'mean': 'running_mean', 'var': 'running_var'}
+      'kernel': 'weight',
+      'scale': 'weight',
+      'bias': 'bias',
+      'mean': 'running_mean',
+      'var': 'running_var',
+  }
   checked = 0
   for path, value in flat.items():
     if path in kept:
       continue
     _, *mods, leaf = path.split('/')
-    key = '.'.join(mods).replace('_', '.').replace(
-        'downsample.conv', 'downsample.0').replace('downsample.bn',
-                                                   'downsample.1')
+    key = (
+        '.'.join(mods)
+        .replace('_', '.')
+        .replace('downsample.conv', 'downsample.0')
+        .replace('downsample.bn', 'downsample.1')
+    )
     key = f'{key}.{names[leaf]}'
     expected = sd[key]
     if expected.ndim == 4:
@@ -321,12 +329,11 @@ def test_cifar_stem_keeps_conv1_and_fc(caplog):
 def test_same_num_classes_loads_fc():
   sd = state_dict()
   _, template = _template('cifar', 1000)
-  variables = pretrained.convert_torchvision_resnet18(sd, template,
-                                                      stem='cifar')
-  np.testing.assert_array_equal(variables['params']['fc']['bias'],
-                                sd['fc.bias'])
-  np.testing.assert_array_equal(variables['params']['conv1']['kernel'],
-                                template['params']['conv1']['kernel'])
+  variables = pretrained.convert_torchvision_resnet18(sd, template, stem='cifar')
+  np.testing.assert_array_equal(variables['params']['fc']['bias'], sd['fc.bias'])
+  np.testing.assert_array_equal(
+      variables['params']['conv1']['kernel'], template['params']['conv1']['kernel']
+  )
 
 
 def _one_line_error(exc_type, fn, *args, **kwargs):
@@ -341,16 +348,18 @@ def test_missing_key_raises():
   sd = state_dict()
   del sd['layer3.1.bn2.running_var']
   _, template = _template('imagenet', 1000)
-  msg = _one_line_error(ValueError, pretrained.convert_torchvision_resnet18,
-                        sd, template, stem='imagenet')
+  msg = _one_line_error(
+      ValueError, pretrained.convert_torchvision_resnet18, sd, template, stem='imagenet'
+  )
   assert 'missing' in msg and 'layer3.1.bn2.running_var' in msg
 
 
 def test_many_missing_keys_lists_first_few():
   sd = {k: v for k, v in state_dict().items() if not k.startswith('layer4')}
   _, template = _template('imagenet', 1000)
-  msg = _one_line_error(ValueError, pretrained.convert_torchvision_resnet18,
-                        sd, template, stem='imagenet')
+  msg = _one_line_error(
+      ValueError, pretrained.convert_torchvision_resnet18, sd, template, stem='imagenet'
+  )
   assert 'layer4.0.bn1.bias' in msg and 'more' in msg
 
 
@@ -358,14 +367,14 @@ def test_unexpected_key_raises():
   sd = state_dict()
   sd['layer5.0.conv1.weight'] = np.zeros((1, 1, 1, 1), np.float32)
   _, template = _template('imagenet', 1000)
-  msg = _one_line_error(ValueError, pretrained.convert_torchvision_resnet18,
-                        sd, template, stem='imagenet')
+  msg = _one_line_error(
+      ValueError, pretrained.convert_torchvision_resnet18, sd, template, stem='imagenet'
+  )
   assert 'unexpected' in msg and 'layer5.0.conv1.weight' in msg
 
 
 def test_num_batches_tracked_optional():
-  sd = {k: v for k, v in state_dict().items()
-        if not k.endswith('num_batches_tracked')}
+  sd = {k: v for k, v in state_dict().items() if not k.endswith('num_batches_tracked')}
   _, template = _template('imagenet', 1000)
   pretrained.convert_torchvision_resnet18(sd, template, stem='imagenet')
 
@@ -374,30 +383,36 @@ def test_wrong_shape_raises():
   sd = state_dict()
   sd['layer1.0.conv1.weight'] = np.zeros((64, 64, 1, 1), np.float32)
   _, template = _template('imagenet', 1000)
-  msg = _one_line_error(ValueError, pretrained.convert_torchvision_resnet18,
-                        sd, template, stem='imagenet')
-  assert msg == ('pretrained weights: layer1.0.conv1.weight has shape '
-                 '(64, 64, 1, 1), expected (64, 64, 3, 3)')
+  msg = _one_line_error(
+      ValueError, pretrained.convert_torchvision_resnet18, sd, template, stem='imagenet'
+  )
+  assert msg == (
+      'pretrained weights: layer1.0.conv1.weight has shape '
+      '(64, 64, 1, 1), expected (64, 64, 3, 3)'
+  )
 
 
 def test_imagenet_weights_into_cifar_template_wrong_stem():
   _, template = _template('cifar', 1000)
-  msg = _one_line_error(ValueError, pretrained.convert_torchvision_resnet18,
-                        state_dict(), template, stem='imagenet')
+  msg = _one_line_error(
+      ValueError, pretrained.convert_torchvision_resnet18, state_dict(), template, stem='imagenet'
+  )
   assert 'conv1.weight' in msg and '(64, 3, 7, 7)' in msg
 
 
 def test_unknown_stem_raises():
   _, template = _template('cifar', 10)
-  _one_line_error(ValueError, pretrained.convert_torchvision_resnet18,
-                  state_dict(), template, stem='tiny')
+  _one_line_error(
+      ValueError, pretrained.convert_torchvision_resnet18, state_dict(), template, stem='tiny'
+  )
 
 
 def test_batched_template_raises():
   _, template = _template('cifar', 10)
   batched = jax.tree.map(lambda a: np.stack([a, a]), template)
-  msg = _one_line_error(ValueError, pretrained.convert_torchvision_resnet18,
-                        state_dict(), batched, stem='cifar')
+  msg = _one_line_error(
+      ValueError, pretrained.convert_torchvision_resnet18, state_dict(), batched, stem='cifar'
+  )
   assert 'batched' in msg
 
 

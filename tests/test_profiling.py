@@ -53,28 +53,43 @@ def instrs():
 def test_parse_hlo_reads_opcodes_and_attributes(instrs):
   ins = instrs['custom-call.13']
   assert (ins.opcode, ins.target, ins.groups, ins.dim_labels, ins.computation) == (
-      'custom-call', '__cudnn$convBackwardFilter', 5, 'b01f_o01i->b01f', 'body')
+      'custom-call',
+      '__cudnn$convBackwardFilter',
+      5,
+      'b01f_o01i->b01f',
+      'body',
+  )
   assert instrs['custom-call.12'].groups == 1
   assert instrs['convolution.7'].computation == 'fused_conv'
-  assert (instrs['loop_fusion.2'].opcode, instrs['loop_fusion.2'].calls,
-          instrs['loop_fusion.2'].kind) == ('fusion', 'fused_conv', 'kCustom')
+  assert (
+      instrs['loop_fusion.2'].opcode,
+      instrs['loop_fusion.2'].calls,
+      instrs['loop_fusion.2'].kind,
+  ) == ('fusion', 'fused_conv', 'kCustom')
   assert instrs['while.5'].computation == 'main.9'
-  assert instrs['tuple.4'].opcode == 'tuple'          # a tuple type does not fool it
+  assert instrs['tuple.4'].opcode == 'tuple'  # a tuple type does not fool it
   assert instrs['param_0'].opcode == 'parameter'
   assert 'HloModule' not in instrs and 'fused_conv' not in instrs
 
 
 def test_classify(instrs):
   cls = lambda name: profiling.classify(name, instrs)
-  assert cls('custom-call.12') == {'category': 'convolution', 'opcode': 'custom-call',
-                                   'target': '__cudnn$convForward',
-                                   'dim_labels': 'b01f_o01i->b01f'}
+  assert cls('custom-call.12') == {
+      'category': 'convolution',
+      'opcode': 'custom-call',
+      'target': '__cudnn$convForward',
+      'dim_labels': 'b01f_o01i->b01f',
+  }
   assert cls('custom-call.13')['category'] == 'convolution (grouped)'
   assert cls('custom-call.13')['groups'] == 5
   assert cls('custom-call.14')['category'] == 'matmul'
   fused = cls('loop_fusion.2')
   assert (fused['category'], fused['groups'], fused['wraps'], fused['kind']) == (
-      'convolution (grouped)', 5, 'convolution convolution.7', 'kCustom')
+      'convolution (grouped)',
+      5,
+      'convolution convolution.7',
+      'kCustom',
+  )
   assert cls('move_fusion')['category'] == 'copy/transpose'
   assert cls('all-reduce.1')['category'] == 'collective'
   assert cls('reduce.2')['category'] == 'other'
@@ -85,26 +100,39 @@ def test_classify(instrs):
 
 
 def test_summarise_sums_by_category_and_leaves_loops_out(instrs):
-  times = collections.Counter({
-      ('jit_fit', 'while.5'): 10.0,          # encloses the ops below: left out
-      ('jit_fit', 'custom-call.13'): 3.0, ('jit_fit', 'loop_fusion.2'): 1.0,
-      ('jit_fit', 'custom-call.12'): 2.0, ('jit_fit', 'custom-call.14'): 1.5,
-      ('jit_fit', 'move_fusion'): 0.5, ('other', 'cond.3'): 4.0})
+  times = collections.Counter(
+      {
+          ('jit_fit', 'while.5'): 10.0,  # encloses the ops below: left out
+          ('jit_fit', 'custom-call.13'): 3.0,
+          ('jit_fit', 'loop_fusion.2'): 1.0,
+          ('jit_fit', 'custom-call.12'): 2.0,
+          ('jit_fit', 'custom-call.14'): 1.5,
+          ('jit_fit', 'move_fusion'): 0.5,
+          ('other', 'cond.3'): 4.0,
+      }
+  )
   rec = profiling.summarise(times, instrs, top=2)
   assert rec['op_seconds'] == 8.0 and rec['ops'] == 5
   assert rec['control_flow_ops_left_out'] == 2
-  assert rec['by_category_seconds'] == {'convolution (grouped)': 4.0, 'convolution': 2.0,
-                                        'matmul': 1.5, 'copy/transpose': 0.5}
+  assert rec['by_category_seconds'] == {
+      'convolution (grouped)': 4.0,
+      'convolution': 2.0,
+      'matmul': 1.5,
+      'copy/transpose': 0.5,
+  }
   assert rec['by_category_fraction']['convolution (grouped)'] == 0.5
   assert [(r['op'], r['seconds'], r['fraction']) for r in rec['top_ops']] == [
-      ('custom-call.13', 3.0, 0.375), ('custom-call.12', 2.0, 0.25)]
+      ('custom-call.13', 3.0, 0.375),
+      ('custom-call.12', 2.0, 0.25),
+  ]
   assert (rec['hlo_convolutions'], rec['hlo_grouped_convolutions']) == (3, 2)
   assert rec['hlo_convolution_layouts'] == {'b01f_o01i->b01f': 2, 'b01f_01io->b01f': 1}
 
 
 def _conv_grad(vmapped: bool):
   conv = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   grad = jax.grad(lambda w, x: jnp.sum(jax.nn.relu(conv(x, w)) ** 2))
   if vmapped:
     return jax.jit(jax.vmap(grad)), jnp.ones((3, 3, 3, 4, 8)), jnp.ones((3, 8, 16, 16, 4))
@@ -128,7 +156,8 @@ def test_profile_of_a_real_trace_finds_the_grouped_convolutions(tmp_path, vmappe
   assert 'unknown' not in rec['by_category_seconds']
   assert rec['op_seconds'] > 0 and rec['traced_call_seconds'] > 0
   assert rec['op_seconds_over_call_seconds'] == pytest.approx(
-      rec['op_seconds'] / rec['traced_call_seconds'])
+      rec['op_seconds'] / rec['traced_call_seconds']
+  )
   assert sum(rec['by_category_fraction'].values()) == pytest.approx(1.0)
   convs = [r for r in rec['top_ops'] if r['category'] == conv_cat]
   assert len(convs) == 2 and all(r.get('groups', 1) == (3 if vmapped else 1) for r in convs)

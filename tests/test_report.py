@@ -29,8 +29,8 @@ from jal import report
 T2 = 4.302652729749462  # t_{0.975, 2}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-E = np.array([[0, .01, .02, .03], [0, .02, .03, .04], [0, .03, .04, .05]])
-C = np.array([[0, -.02, .00, .02], [0, -.04, -.02, .00], [0, .00, .02, .04]])
+E = np.array([[0, 0.01, 0.02, 0.03], [0, 0.02, 0.03, 0.04], [0, 0.03, 0.04, 0.05]])
+C = np.array([[0, -0.02, 0.00, 0.02], [0, -0.04, -0.02, 0.00], [0, 0.00, 0.02, 0.04]])
 
 
 def _random(k, r):
@@ -45,28 +45,37 @@ def _toy_rows(seeds=(0, 1, 2), ap=False):
     for k in seeds:
       for r in range(4):
         value = _random(k, r) + off[k, r]
-        row = {'strategy': strategy, 'seed': k, 'round': r,
-               'n_labeled': 10 + 10 * r, 'train_seconds': 0.1 * r + k}
+        row = {
+            'strategy': strategy,
+            'seed': k,
+            'round': r,
+            'n_labeled': 10 + 10 * r,
+            'train_seconds': 0.1 * r + k,
+        }
         if ap:
           row['accuracy'] = 0.9
           row['average_precision'] = value
           row['minority_fraction_queried'] = (
-              None if r == 0 else minority[strategy] + 0.01 * k + 0.02 * r)
+              None if r == 0 else minority[strategy] + 0.01 * k + 0.02 * r
+          )
         else:
           row['accuracy'] = value
         rows.append(row)
         indices = list(range(100 * k + 10 * r, 100 * k + 10 * r + 10))
-        selections.append({'strategy': strategy, 'seed': k, 'round': r,
-                           'indices': indices})
+        selections.append({'strategy': strategy, 'seed': k, 'round': r, 'indices': indices})
   return rows, selections
 
 
-def _write_workdir(path, rows, selections, name='toy', data_name='toy_table',
-                   query_size=10):
+def _write_workdir(path, rows, selections, name='toy', data_name='toy_table', query_size=10):
   os.makedirs(path, exist_ok=True)
-  config = {'name': name, 'query_size': query_size, 'num_rounds': 3,
-            'warmup_size': 10, 'seed': 0,
-            'data': {'name': data_name}}
+  config = {
+      'name': name,
+      'query_size': query_size,
+      'num_rounds': 3,
+      'warmup_size': 10,
+      'seed': 0,
+      'data': {'name': data_name},
+  }
   with open(os.path.join(path, 'config.json'), 'w') as f:
     json.dump(config, f)
   with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
@@ -105,17 +114,16 @@ def test_statistics_match_hand_computed_values(toy):
   assert curve['n_seeds'] == [3, 3, 3, 3]
 
   ens = res['improvement']['ensembles']
-  np.testing.assert_allclose(ens['per_seed'], [.02, .03, .04], atol=1e-12)
+  np.testing.assert_allclose(ens['per_seed'], [0.02, 0.03, 0.04], atol=1e-12)
   assert ens['mean'] == pytest.approx(0.03)
   assert ens['half_width'] == pytest.approx(0.02484138, abs=1e-8)
   assert ens['lo'] == pytest.approx(0.03 - 0.02484138, abs=1e-8)
   assert ens['excludes_zero'] is True
   assert ens['n'] == 3
-  np.testing.assert_allclose(ens['per_round']['mean'], [0, .02, .03, .04],
-                             atol=1e-12)
+  np.testing.assert_allclose(ens['per_round']['mean'], [0, 0.02, 0.03, 0.04], atol=1e-12)
 
   core = res['improvement']['coreset']
-  np.testing.assert_allclose(core['per_seed'], [0, -.02, .02], atol=1e-12)
+  np.testing.assert_allclose(core['per_seed'], [0, -0.02, 0.02], atol=1e-12)
   assert core['mean'] == pytest.approx(0.0, abs=1e-12)
   assert core['half_width'] == pytest.approx(0.04968276, abs=1e-8)
   assert core['excludes_zero'] is False
@@ -123,10 +131,10 @@ def test_statistics_match_hand_computed_values(toy):
 
   # AULC: random is linear, so its mean level is the midpoint .65 + .02 k;
   # ensembles seed 0 adds (.01 + .02 + .03 / 2) / 3 = .015.
-  np.testing.assert_allclose(res['aulc']['random']['per_seed'],
-                             [.65, .67, .69], atol=1e-12)
-  np.testing.assert_allclose(res['aulc']['ensembles']['per_seed'],
-                             [.665, .67 + .07 / 3, .69 + .095 / 3], atol=1e-12)
+  np.testing.assert_allclose(res['aulc']['random']['per_seed'], [0.65, 0.67, 0.69], atol=1e-12)
+  np.testing.assert_allclose(
+      res['aulc']['ensembles']['per_seed'], [0.665, 0.67 + 0.07 / 3, 0.69 + 0.095 / 3], atol=1e-12
+  )
   assert res['minority_fraction'] is None
 
 
@@ -134,11 +142,12 @@ def test_markdown_tables(toy):
   out, _ = toy
   with open(os.path.join(out, 'report.md')) as f:
     text = f.read()
-  assert ('| Strategy | Warmup (n=10) | Selection 1 (n=20) | '
-          'Selection 2 (n=30) | Selection 3 (n=40) |') in text
+  assert (
+      '| Strategy | Warmup (n=10) | Selection 1 (n=20) | '
+      'Selection 2 (n=30) | Selection 3 (n=40) |'
+  ) in text
   # Random: means 52, 62, 72, 82 % with half-width 4.97 pp at every round.
-  assert ('| random | 52.00 ± 4.97 | 62.00 ± 4.97 | 72.00 ± 4.97 | '
-          '82.00 ± 4.97 |') in text
+  assert ('| random | 52.00 ± 4.97 | 62.00 ± 4.97 | 72.00 ± 4.97 | ' '82.00 ± 4.97 |') in text
   assert '| ensembles | +3.000 | [+0.516, +5.484] | yes | 3 |' in text
   assert '| coreset | +0.000 | [-4.968, +4.968] | no | 3 |' in text
   assert '| random | 67.00 | [62.03, 71.97] | 3 |' in text
@@ -152,8 +161,7 @@ def test_csvs(toy):
   out, _ = toy
   summary = _read_csv(os.path.join(out, 'summary.csv'))
   assert len(summary) == 3 * 4
-  row = next(r for r in summary
-             if r['strategy'] == 'ensembles' and r['round'] == '2')
+  row = next(r for r in summary if r['strategy'] == 'ensembles' and r['round'] == '2')
   assert row['setting'] == 'toy_q10' and row['n_labeled'] == '30'
   # Ensembles at round 2: .72 + .02 k + [.02, .03, .04] -> mean .75, sd .03.
   assert float(row['mean']) == pytest.approx(0.75)
@@ -163,12 +171,10 @@ def test_csvs(toy):
   random_row = next(r for r in summary if r['strategy'] == 'random')
   assert random_row['improvement_mean'] == ''
 
-  improvement = {r['strategy']: r for r in
-                 _read_csv(os.path.join(out, 'improvement.csv'))}
+  improvement = {r['strategy']: r for r in _read_csv(os.path.join(out, 'improvement.csv'))}
   assert set(improvement) == {'coreset', 'ensembles'}
   assert float(improvement['ensembles']['mean']) == pytest.approx(0.03)
-  assert float(improvement['ensembles']['half_width']) == pytest.approx(
-      0.02484138, abs=1e-8)
+  assert float(improvement['ensembles']['half_width']) == pytest.approx(0.02484138, abs=1e-8)
   assert improvement['ensembles']['excludes_zero'] == 'yes'
   assert improvement['coreset']['excludes_zero'] == 'no'
   assert improvement['coreset']['n_seeds'] == '3'
@@ -178,8 +184,7 @@ def test_csvs(toy):
 
 def test_figures(toy):
   out, result = toy
-  assert result['settings']['toy_q10']['figures'] == [
-      os.path.join(out, 'toy_q10_curves.png')]
+  assert result['settings']['toy_q10']['figures'] == [os.path.join(out, 'toy_q10_curves.png')]
   assert os.path.getsize(os.path.join(out, 'toy_q10_curves.png')) > 20_000
   assert not os.path.exists(os.path.join(out, 'toy_q10_selections.png'))
   colours = result['colours']
@@ -188,8 +193,7 @@ def test_figures(toy):
 
 
 def test_average_precision_and_minority_fraction(tmp_path):
-  workdir = _write_workdir(tmp_path / 'ap', *_toy_rows(ap=True),
-                           name='imbalanced', query_size=50)
+  workdir = _write_workdir(tmp_path / 'ap', *_toy_rows(ap=True), name='imbalanced', query_size=50)
   out = str(tmp_path / 'out')
   result = report.write_report(workdir, out)
   res = result['settings']['imbalanced_q50']
@@ -204,11 +208,11 @@ def test_average_precision_and_minority_fraction(tmp_path):
   assert '| ensembles | +0.0300 | [+0.0052, +0.0548] | yes | 3 |' in text
   assert '| random | 0.5200 ± 0.0497 |' in text
   assert '| ensembles | 0.330 ± 0.025 |' in text
-  assert os.path.getsize(os.path.join(out, 'imbalanced_q50_minority.png')) > (
-      15_000)
+  assert os.path.getsize(os.path.join(out, 'imbalanced_q50_minority.png')) > (15_000)
   # Asking for accuracy explicitly still works.
-  acc = report.write_report(workdir, str(tmp_path / 'acc'),
-                            metric='accuracy')['settings']['imbalanced_q50']
+  acc = report.write_report(workdir, str(tmp_path / 'acc'), metric='accuracy')['settings'][
+      'imbalanced_q50'
+  ]
   assert acc['improvement']['ensembles']['mean'] == pytest.approx(0.0)
 
 
@@ -229,8 +233,7 @@ def test_one_seed_says_no_interval(tmp_path):
 
 def test_bootstrap_intervals(tmp_path):
   workdir = _write_workdir(tmp_path / 'run', *_toy_rows())
-  result = report.write_report(workdir, str(tmp_path / 'out'), ci='bootstrap',
-                               figures=False)
+  result = report.write_report(workdir, str(tmp_path / 'out'), ci='bootstrap', figures=False)
   ens = result['settings']['toy_q10']['improvement']['ensembles']
   assert ens['method'] == 'bootstrap'
   # Resample means of {.02, .03, .04} lie in [.02, .04], and each end is
@@ -277,8 +280,9 @@ def test_selection_grid_for_2d_data(tmp_path, monkeypatch):
   fake = types.ModuleType('jal.data')
   fake.load_dataset = load_dataset
   monkeypatch.setitem(sys.modules, 'jal.data', fake)
-  workdir = _write_workdir(tmp_path / 'blobs', *_toy_rows(), name='gaussian',
-                           data_name='gaussian_blobs', query_size=5)
+  workdir = _write_workdir(
+      tmp_path / 'blobs', *_toy_rows(), name='gaussian', data_name='gaussian_blobs', query_size=5
+  )
   out = str(tmp_path / 'out')
   res = report.write_report(workdir, out)['settings']['gaussian_q5']
   path = os.path.join(out, 'gaussian_q5_selections.png')
@@ -291,9 +295,21 @@ def test_cli(tmp_path):
   workdir = _write_workdir(tmp_path / 'run', *_toy_rows())
   out = str(tmp_path / 'cli')
   proc = subprocess.run(
-      [sys.executable, '-m', 'jal.report', f'--workdir={workdir}',
-       f'--out={out}', '--metric=accuracy', '--ci=t'],
-      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+      [
+          sys.executable,
+          '-m',
+          'jal.report',
+          f'--workdir={workdir}',
+          f'--out={out}',
+          '--metric=accuracy',
+          '--ci=t',
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   with open(os.path.join(out, 'report.md')) as f:
     assert '| ensembles | +3.000 | [+0.516, +5.484] | yes | 3 |' in f.read()
@@ -303,14 +319,13 @@ def test_cli(tmp_path):
 def test_incomplete_seed_and_missing_baseline(tmp_path):
   rows, selections = _toy_rows()
   # Ensembles seed 2 has not finished round 3 yet.
-  rows = [r for r in rows if (r['strategy'], r['seed'], r['round']) !=
-          ('ensembles', 2, 3)]
+  rows = [r for r in rows if (r['strategy'], r['seed'], r['round']) != ('ensembles', 2, 3)]
   workdir = _write_workdir(tmp_path / 'run', rows, selections)
   out = str(tmp_path / 'out')
   res = report.write_report(workdir, out, figures=False)['settings']['toy_q10']
   ens = res['improvement']['ensembles']
   assert ens['seeds'] == [0, 1]
-  np.testing.assert_allclose(ens['per_seed'], [.02, .03], atol=1e-12)
+  np.testing.assert_allclose(ens['per_seed'], [0.02, 0.03], atol=1e-12)
   assert ens['per_round']['n_seeds'] == [3, 3, 3, 2]
   assert res['curves']['ensembles']['n_seeds'] == [3, 3, 3, 2]
   assert res['aulc']['ensembles']['seeds'] == [0, 1]
@@ -343,8 +358,11 @@ def test_incomplete_seed_and_missing_baseline(tmp_path):
 
 R_G = (0.70, 0.78, 0.82, 0.90)
 D_G = (-0.01, 0.0, 0.01)
-OFFSETS_G = {'random': (0.0, 0.0, 0.0), 'coreset': (-0.02, -0.01, 0.0),
-             'ensembles': (0.04, 0.05, 0.06)}
+OFFSETS_G = {
+    'random': (0.0, 0.0, 0.0),
+    'coreset': (-0.02, -0.01, 0.0),
+    'ensembles': (0.04, 0.05, 0.06),
+}
 
 
 def _gaussian_rows(name='gaussian'):
@@ -352,18 +370,24 @@ def _gaussian_rows(name='gaussian'):
   for strategy, off in OFFSETS_G.items():
     for k in range(3):
       for r in range(4):
-        rows.append({'strategy': strategy, 'seed': k, 'round': r,
-                     'n_labeled': 5 + 5 * r,
-                     'accuracy': R_G[r] + D_G[k] + (off[k] if r else 0.0)})
+        rows.append(
+            {
+                'strategy': strategy,
+                'seed': k,
+                'round': r,
+                'n_labeled': 5 + 5 * r,
+                'accuracy': R_G[r] + D_G[k] + (off[k] if r else 0.0),
+            }
+        )
   return rows
 
 
 @pytest.fixture(scope='module')
 def gaussian_report(tmp_path_factory):
   root = tmp_path_factory.mktemp('gaussian')
-  workdir = _write_workdir(root / 'run', _gaussian_rows(), [],
-                           name='gaussian', data_name='toy_table',
-                           query_size=5)
+  workdir = _write_workdir(
+      root / 'run', _gaussian_rows(), [], name='gaussian', data_name='toy_table', query_size=5
+  )
   out = str(root / 'out')
   return out, report.write_report(workdir, out, figures=False)
 
@@ -392,7 +416,8 @@ def test_study_comparison_statistics(gaussian_report):
 
   per = comparison['per_selection']
   assert [(r['strategy'], r['selection']) for r in per] == [
-      (s, k) for s in ('random', 'coreset', 'ensembles') for k in (1, 2, 3)]
+      (s, k) for s in ('random', 'coreset', 'ensembles') for k in (1, 2, 3)
+  ]
   first = per[0]  # random, selection 1: 78.00 ± 2.48 vs the study's 77.8.
   assert first['study_value'] == 77.8 and first['n_labeled'] == 10
   assert first['jal_mean'] == pytest.approx(78.0)
@@ -402,9 +427,9 @@ def test_study_comparison_statistics(gaussian_report):
   assert last['jal_hi'] == pytest.approx(95.0 + 2 * half)
   assert last['ci_contains_study'] is False
   assert result['study_comparison'] == [
-      {'setting': 'gaussian_q5', 'name': 'gaussian', 'query_size': 5,
-       'metric': 'accuracy', **r}
-      for r in comparison['improvement'] + per]
+      {'setting': 'gaussian_q5', 'name': 'gaussian', 'query_size': 5, 'metric': 'accuracy', **r}
+      for r in comparison['improvement'] + per
+  ]
 
 
 def test_study_comparison_markdown(gaussian_report):
@@ -413,14 +438,15 @@ def test_study_comparison_markdown(gaussian_report):
     text = f.read()
   assert '### Beside the study' in text
   assert 'means of 3 seeds and no intervals' in text
-  assert ("| Strategy | study (pp) | jal mean (pp) | jal 95% CI | CI contains "
-          "the study's value? | jal sign agrees with the study? |") in text
-  derived = ('Table 3.1, 2D Gaussian, derived: mean over selections 1-3 of '
-             'strategy − random')
-  assert (f'| coreset | +0.633 ({derived}) | -1.000 | [-3.484, +1.484] | '
-          'yes | no (jal CI spans 0) |') in text
-  assert (f'| ensembles | +2.333 ({derived}) | +5.000 | [+2.516, +7.484] | '
-          'no | yes |') in text
+  assert (
+      '| Strategy | study (pp) | jal mean (pp) | jal 95% CI | CI contains '
+      "the study's value? | jal sign agrees with the study? |"
+  ) in text
+  derived = 'Table 3.1, 2D Gaussian, derived: mean over selections 1-3 of ' 'strategy − random'
+  assert (
+      f'| coreset | +0.633 ({derived}) | -1.000 | [-3.484, +1.484] | ' 'yes | no (jal CI spans 0) |'
+  ) in text
+  assert (f'| ensembles | +2.333 ({derived}) | +5.000 | [+2.516, +7.484] | ' 'no | yes |') in text
   assert '| random | 1 (n=10) | 77.8 | 78.00 | [75.52, 80.48] | yes |' in text
   assert '| ensembles | 3 (n=20) | 85.6 | 95.00 | [90.03, 99.97] | no |' in text
   assert 'nan' not in text.lower()
@@ -432,17 +458,24 @@ def test_study_comparison_csv(gaussian_report):
   assert path in result['files']
   rows = _read_csv(path)
   assert len(rows) == 2 + 9
-  ens = next(r for r in rows if r['table'] == 'average_improvement'
-             and r['strategy'] == 'ensembles')
+  ens = next(
+      r for r in rows if r['table'] == 'average_improvement' and r['strategy'] == 'ensembles'
+  )
   assert ens['setting'] == 'gaussian_q5' and ens['unit'] == 'pp'
   assert float(ens['study_value']) == pytest.approx(7 / 3)
   assert float(ens['jal_mean']) == pytest.approx(5.0)
   assert ens['study_seeds'] == '3' and ens['jal_n_seeds'] == '3'
-  assert (ens['ci_contains_study'], ens['sign_agrees'],
-          ens['jal_ci_excludes_zero']) == ('no', 'yes', 'yes')
+  assert (ens['ci_contains_study'], ens['sign_agrees'], ens['jal_ci_excludes_zero']) == (
+      'no',
+      'yes',
+      'yes',
+  )
   assert ens['selection'] == '' and ens['ci_method'] == 't'
-  sel = next(r for r in rows if r['table'] == 'per_selection'
-             and r['strategy'] == 'coreset' and r['selection'] == '3')
+  sel = next(
+      r
+      for r in rows
+      if r['table'] == 'per_selection' and r['strategy'] == 'coreset' and r['selection'] == '3'
+  )
   # Coreset, selection 3: .90 + d + c = .87, .89, .91 -> 89 %, vs 80.3.
   assert sel['unit'] == '%' and float(sel['study_value']) == 80.3
   assert float(sel['jal_mean']) == pytest.approx(89.0)
@@ -450,24 +483,24 @@ def test_study_comparison_csv(gaussian_report):
 
 
 def test_study_comparison_ap_and_query_size_note(tmp_path):
-  workdir = _write_workdir(tmp_path / 'ap', *_toy_rows(ap=True),
-                           name='imbalance', query_size=10)
+  workdir = _write_workdir(tmp_path / 'ap', *_toy_rows(ap=True), name='imbalance', query_size=10)
   out = str(tmp_path / 'out')
   result = report.write_report(workdir, out, figures=False)
   comparison = result['settings']['imbalance_q10']['study']
   assert comparison['unit'] == 'AP' and comparison['per_selection'] == []
   ens = comparison['improvement'][1]
-  assert ens['study_value'] == 0.0325 and ens['jal_mean'] == pytest.approx(.03)
+  assert ens['study_value'] == 0.0325 and ens['jal_mean'] == pytest.approx(0.03)
   assert ens['ci_contains_study'] is True and ens['sign_agrees'] is True
   with open(os.path.join(out, 'report.md')) as f:
     text = f.read()
-  assert ('| ensembles | +0.0325 (Table 4.2, vanilla CIFAR-10 (1:19 '
-          'imbalance)) | +0.0300 | [+0.0052, +0.0548] | yes | yes |') in text
+  assert (
+      '| ensembles | +0.0325 (Table 4.2, vanilla CIFAR-10 (1:19 '
+      'imbalance)) | +0.0300 | [+0.0052, +0.0548] | yes | yes |'
+  ) in text
   assert "Note: The study's query size here is 50; jal's is 10." in text
 
   # Accuracy is not what Table 4.2 reports: no rows, a note instead.
-  acc = report.write_report(workdir, str(tmp_path / 'acc'), metric='accuracy',
-                            figures=False)
+  acc = report.write_report(workdir, str(tmp_path / 'acc'), metric='accuracy', figures=False)
   comparison = acc['settings']['imbalance_q10']['study']
   assert comparison['improvement'] == [] and acc['study_comparison'] == []
   assert not os.path.exists(tmp_path / 'acc' / 'study_comparison.csv')
@@ -482,8 +515,9 @@ def test_settings_outside_the_study_get_no_comparison(toy, tmp_path):
     assert 'Beside the study' not in f.read()
   assert not os.path.exists(os.path.join(out, 'study_comparison.csv'))
 
-  workdir = _write_workdir(tmp_path / 'smoke', _gaussian_rows(), [],
-                           name='gaussian_smoke', query_size=5)
+  workdir = _write_workdir(
+      tmp_path / 'smoke', _gaussian_rows(), [], name='gaussian_smoke', query_size=5
+  )
   smoke = report.write_report(workdir, str(tmp_path / 'out'), figures=False)
   assert smoke['settings']['gaussian_smoke_q5']['study'] is None
   with open(tmp_path / 'out' / 'report.md') as f:

@@ -19,8 +19,7 @@ def _key(seed):
 
 
 def _x(b=2, hw=32, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=(b, hw, hw, 3)),
-                     jnp.float32)
+  return jnp.asarray(np.random.default_rng(seed).normal(size=(b, hw, hw, 3)), jnp.float32)
 
 
 @functools.cache
@@ -34,8 +33,9 @@ def test_output_shapes(stem):
   model, variables = _init(stem)
   assert set(variables) == {'params', 'batch_stats'}
   x = _x()
-  (logits, emb), state = jax.jit(
-      functools.partial(model.apply, mutable='intermediates'))(variables, x)
+  (logits, emb), state = jax.jit(functools.partial(model.apply, mutable='intermediates'))(
+      variables, x
+  )
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
   assert emb.shape == (2, 512) and emb.dtype == jnp.float32
   stem_shape = (2, 32, 32, 64) if stem == 'cifar' else (2, 8, 8, 64)
@@ -43,15 +43,19 @@ def test_output_shapes(stem):
 
 
 def test_param_tree_names():
-  variables = jax.eval_shape(
-      resnet.ResNet18(10).init, _key(0), jnp.zeros((1, 32, 32, 3)))
+  variables = jax.eval_shape(resnet.ResNet18(10).init, _key(0), jnp.zeros((1, 32, 32, 3)))
   params = variables['params']
-  expected = {'conv1', 'bn1', 'fc'} | {
-      f'layer{i}_{j}' for i in range(1, 5) for j in range(2)}
+  expected = {'conv1', 'bn1', 'fc'} | {f'layer{i}_{j}' for i in range(1, 5) for j in range(2)}
   assert set(params) == expected
   assert set(params['layer1_0']) == {'conv1', 'bn1', 'conv2', 'bn2'}
-  assert set(params['layer2_0']) == {'conv1', 'bn1', 'conv2', 'bn2',
-                                     'downsample_conv', 'downsample_bn'}
+  assert set(params['layer2_0']) == {
+      'conv1',
+      'bn1',
+      'conv2',
+      'bn2',
+      'downsample_conv',
+      'downsample_bn',
+  }
   assert set(params['conv1']) == {'kernel'}  # No conv bias.
   assert params['conv1']['kernel'].shape == (3, 3, 3, 64)
   assert set(variables['batch_stats']['bn1']) == {'mean', 'var'}
@@ -72,15 +76,14 @@ def test_unknown_stem():
 
 def test_batch_stats_update_only_in_train():
   model, variables = _init('cifar')
-  apply = jax.jit(functools.partial(model.apply, mutable=['batch_stats']),
-                  static_argnames='train')
+  apply = jax.jit(functools.partial(model.apply, mutable=['batch_stats']), static_argnames='train')
   _, updates = apply(variables, _x(), train=True)
-  changed = jax.tree.map(lambda a, b: not np.allclose(a, b),
-                         variables['batch_stats'], updates['batch_stats'])
+  changed = jax.tree.map(
+      lambda a, b: not np.allclose(a, b), variables['batch_stats'], updates['batch_stats']
+  )
   assert all(jax.tree.leaves(changed))
   _, updates = apply(variables, _x(), train=False)
-  same = jax.tree.map(np.array_equal, variables['batch_stats'],
-                      updates['batch_stats'])
+  same = jax.tree.map(np.array_equal, variables['batch_stats'], updates['batch_stats'])
   assert all(jax.tree.leaves(same))
 
 
@@ -115,6 +118,5 @@ def test_vmapped_ensemble():
     np.testing.assert_allclose(logits[m], l_m, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(emb[m], e_m, rtol=1e-4, atol=1e-5)
     jax.tree.map(
-        lambda a, b, m=m: np.testing.assert_allclose(a[m], b, rtol=1e-4,
-                                                     atol=1e-5),
-        upd, u_m)
+        lambda a, b, m=m: np.testing.assert_allclose(a[m], b, rtol=1e-4, atol=1e-5), upd, u_m
+    )

@@ -12,13 +12,44 @@ from jal import data
 from jal.data import retinopathy
 
 # One solid colour per grade, so each resized image proves which row it is.
-COLOURS = np.array([(230, 20, 20), (20, 230, 20), (20, 20, 230),
-                    (230, 230, 20), (20, 230, 230)], np.int32)
+COLOURS = np.array(
+    [(230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 230, 20), (20, 230, 230)], np.int32
+)
 SIZES = ((40, 30), (50, 50), (30, 45), (64, 48), (33, 21))  # (w, h)
 EXTS = ('.jpeg', '.png', '.jpg')
 # 30 train rows: 16 negatives (grades 0-1), 14 positives (grades 2-4).
-TRAIN_GRADES = [0, 2, 0, 1, 4, 0, 3, 0, 2, 0, 1, 0, 2, 4, 0, 3, 0, 2, 1, 0,
-                4, 2, 0, 3, 0, 1, 2, 4, 0, 3]
+TRAIN_GRADES = [
+    0,
+    2,
+    0,
+    1,
+    4,
+    0,
+    3,
+    0,
+    2,
+    0,
+    1,
+    0,
+    2,
+    4,
+    0,
+    3,
+    0,
+    2,
+    1,
+    0,
+    4,
+    2,
+    0,
+    3,
+    0,
+    1,
+    2,
+    4,
+    0,
+    3,
+]
 TEST_GRADES = [0, 1, 2, 3, 4, 0, 0, 2, 1, 0]
 DR_NAMES = ('No DR', 'Mild', 'Moderate', 'Severe', 'Proliferative DR')
 
@@ -30,8 +61,10 @@ def _cfg(**kwargs):
 @pytest.fixture
 def no_network(monkeypatch):
   """Any attempt to open a network connection fails the test."""
+
   def refuse(*args, **kwargs):
     raise AssertionError(f'network access attempted: {args}')
+
   monkeypatch.setattr(socket.socket, 'connect', refuse)
   monkeypatch.setattr(socket, 'create_connection', refuse)
 
@@ -57,8 +90,7 @@ def _write_split(root, split, grades, prefix):
   for i, g in enumerate(grades):
     name = f'{prefix}{i}_{"left" if i % 2 else "right"}'
     ext = EXTS[i % len(EXTS)]
-    image = Image.new('RGB', SIZES[i % len(SIZES)],
-                      tuple(int(c) for c in COLOURS[g]))
+    image = Image.new('RGB', SIZES[i % len(SIZES)], tuple(int(c) for c in COLOURS[g]))
     image.save(folder / (name + ext), quality=95)
     names.append(name)
   return names
@@ -68,14 +100,14 @@ def _write_fake(data_dir, *, solution=False, subdir='diabetic_retinopathy'):
   """Writes the Kaggle layout; returns {'train': names, 'test': names}."""
   root = data_dir / subdir if subdir else data_dir
   names = {'train': _write_split(root, 'train', TRAIN_GRADES, '')}
-  rows = ['image,level'] + [f'{n},{g}' for n, g in zip(names['train'],
-                                                        TRAIN_GRADES)]
+  rows = ['image,level'] + [f'{n},{g}' for n, g in zip(names['train'], TRAIN_GRADES)]
   (root / 'trainLabels.csv').write_text('\n'.join(rows) + '\n')
   if solution:
     names['test'] = _write_split(root, 'test', TEST_GRADES, '1000')
     rows = ['image,level,Usage'] + [
         f'{n},{g},{"Public" if i % 3 else "Private"}'
-        for i, (n, g) in enumerate(zip(names['test'], TEST_GRADES))]
+        for i, (n, g) in enumerate(zip(names['test'], TEST_GRADES))
+    ]
     (root / 'retinopathy_solution.csv').write_text('\n'.join(rows) + '\n')
   return names
 
@@ -91,8 +123,7 @@ def _grades_from_pixels(x):
 
 
 def _load(data_dir, **kwargs):
-  return data.load_dataset(_cfg(name='retinopathy', **kwargs),
-                           data_dir=str(data_dir), seed=0)
+  return data.load_dataset(_cfg(name='retinopathy', **kwargs), data_dir=str(data_dir), seed=0)
 
 
 def test_folder_with_solution_csv(tmp_path, decodes):
@@ -118,8 +149,7 @@ def test_second_load_reads_cache(tmp_path, decodes):
   names = _write_fake(tmp_path, solution=True)
   first = _load(tmp_path, image_size=12)
   assert len(decodes) == 40
-  os.remove(tmp_path / 'diabetic_retinopathy' / 'train' / (names['train'][0]
-                                                           + '.jpeg'))
+  os.remove(tmp_path / 'diabetic_retinopathy' / 'train' / (names['train'][0] + '.jpeg'))
   second = _load(tmp_path, image_size=12)
   assert len(decodes) == 40  # Nothing decoded, missing file not noticed.
   for k in ('x_train', 'y_train', 'x_test', 'y_test'):
@@ -141,8 +171,7 @@ def test_cache_keyed_by_csv_content(tmp_path, decodes):
   csv.write_text(csv.read_text().replace('\n', '\r\n'))  # Same rows, new hash.
   ds = _load(tmp_path, image_size=8, cache_dir=str(cache_dir))
   assert len(decodes) == 60 and len(os.listdir(cache_dir)) == 2
-  assert sorted(ds.y_train.tolist() + ds.y_test.tolist()) == sorted(
-      TRAIN_GRADES)
+  assert sorted(ds.y_train.tolist() + ds.y_test.tolist()) == sorted(TRAIN_GRADES)
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path, decodes):
@@ -174,11 +203,9 @@ def test_heldout_split_deterministic_and_stratified(tmp_path):
   np.testing.assert_array_equal(ds.x_test, again.x_test)
   np.testing.assert_array_equal(ds.y_train, again.y_train)
   # split_seed overrides the run seed; other seeds give other splits.
-  by_seed = [data.stratified_split(grades >= 2, 0.2, s)[1].tolist()
-             for s in range(5)]
+  by_seed = [data.stratified_split(grades >= 2, 0.2, s)[1].tolist() for s in range(5)]
   assert len({tuple(t) for t in by_seed}) > 1
-  s3 = data.load_dataset(_cfg(name='retinopathy', image_size=8), seed=3,
-                         data_dir=str(tmp_path))
+  s3 = data.load_dataset(_cfg(name='retinopathy', image_size=8), seed=3, data_dir=str(tmp_path))
   s3_fixed = _load(tmp_path, image_size=8, split_seed=3)
   np.testing.assert_array_equal(s3.y_test, s3_fixed.y_test)
   np.testing.assert_array_equal(s3.x_test, s3_fixed.x_test)
@@ -199,8 +226,7 @@ def test_stratified_split_counts():
 def test_binary_task_through_load_dataset(tmp_path):
   _write_fake(tmp_path)
   base = _load(tmp_path, image_size=8)
-  ds = _load(tmp_path, image_size=8, positive_classes=(2, 3, 4),
-             minority_fraction=0.05)
+  ds = _load(tmp_path, image_size=8, positive_classes=(2, 3, 4), minority_fraction=0.05)
   pos = 'Moderate+Severe+Proliferative DR'
   assert ds.name == f'retinopathy[{pos}-vs-rest]'
   assert ds.class_names == ('rest', pos) and ds.positive_class == 1
@@ -211,10 +237,8 @@ def test_binary_task_through_load_dataset(tmp_path):
   # Pixels still match: negatives are grade 0/1 colours, positives 2-4.
   grades = np.asarray(_grades_from_pixels(ds.x_train))
   np.testing.assert_array_equal(grades >= 2, ds.y_train == 1)
-  np.testing.assert_array_equal(ds.x_train[ds.y_train == 0],
-                                base.x_train[base.y_train < 2])
-  quarter = _load(tmp_path, image_size=8, positive_classes=(2, 3, 4),
-                  minority_fraction=0.25)
+  np.testing.assert_array_equal(ds.x_train[ds.y_train == 0], base.x_train[base.y_train < 2])
+  quarter = _load(tmp_path, image_size=8, positive_classes=(2, 3, 4), minority_fraction=0.25)
   assert np.bincount(quarter.y_train).tolist() == [13, 4]  # round(13 / 3).
 
 
@@ -258,8 +282,9 @@ def test_unreadable_image_error_and_skip(tmp_path, caplog):
   assert sorted(ds.y_train.tolist() + ds.y_test.tolist()) == sorted(kept)
   assert 'Skipping unreadable image' in caplog.text and str(bad) in caplog.text
   # Cached without the bad row; it still errors unless skipping.
-  with pytest.raises(ValueError, match=r'unreadable images in .*train/'
-                     + names['train'][3] + r'\.jpeg'):
+  with pytest.raises(
+      ValueError, match=r'unreadable images in .*train/' + names['train'][3] + r'\.jpeg'
+  ):
     _load(tmp_path, image_size=8)
   caplog.clear()
   again = _load(tmp_path, image_size=8, skip_unreadable=True, test_fraction=0.5)
@@ -269,22 +294,26 @@ def test_unreadable_image_error_and_skip(tmp_path, caplog):
 
 def test_truncated_jpeg_is_unreadable(tmp_path):
   names = _write_fake(tmp_path)
-  path = tmp_path / 'diabetic_retinopathy' / 'train' / (names['train'][0]
-                                                        + '.jpeg')
-  big = Image.fromarray(
-      np.random.default_rng(0).integers(0, 255, (200, 300, 3), np.uint8))
+  path = tmp_path / 'diabetic_retinopathy' / 'train' / (names['train'][0] + '.jpeg')
+  big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), np.uint8))
   big.save(path, quality=90)
   path.write_bytes(path.read_bytes()[:2000])
   with pytest.raises(ValueError, match=f'unreadable image {path} '):
     _load(tmp_path, image_size=8)
 
 
-@pytest.mark.parametrize('header,row,expected', [
-    ('name,grade', '10_left,1', 'must have columns image,level; got name,grade'),
-    ('image,level', '10_left,7', "line 2: need an image name and a grade 0-4, "
-     "got image='10_left' level='7'"),
-    ('image,level', '10_left,', 'line 2'),
-])
+@pytest.mark.parametrize(
+    'header,row,expected',
+    [
+        ('name,grade', '10_left,1', 'must have columns image,level; got name,grade'),
+        (
+            'image,level',
+            '10_left,7',
+            'line 2: need an image name and a grade 0-4, ' "got image='10_left' level='7'",
+        ),
+        ('image,level', '10_left,', 'line 2'),
+    ],
+)
 def test_bad_csv(tmp_path, header, row, expected):
   root = tmp_path / 'diabetic_retinopathy'
   (root / 'train').mkdir(parents=True)
@@ -309,17 +338,26 @@ def test_not_found(tmp_path, no_network):
   manual.mkdir()
   (manual / 'trainLabels.csv').write_text('image,level\n')  # Incomplete.
   for download in (False, True):
-    cfg = _cfg(name='retinopathy', tfds_data_dir=str(tfds_dir),
-               tfds_manual_dir=str(manual), download=download)
+    cfg = _cfg(
+        name='retinopathy',
+        tfds_data_dir=str(tfds_dir),
+        tfds_manual_dir=str(manual),
+        download=download,
+    )
     with pytest.raises(FileNotFoundError) as e:
       data.load_dataset(cfg, data_dir=str(empty))
     msg = str(e.value)
     assert '\n' not in msg
-    for s in ('Diabetic retinopathy not found', 'trainLabels.csv',
-              'train/*.jpeg', 'retinopathy_solution.csv',
-              f'in {empty / "diabetic_retinopathy"}/',
-              f'searched: {empty / "diabetic_retinopathy"}, {empty}',
-              "tfds 'diabetic_retinopathy_detection'", 'tfds_manual_dir'):
+    for s in (
+        'Diabetic retinopathy not found',
+        'trainLabels.csv',
+        'train/*.jpeg',
+        'retinopathy_solution.csv',
+        f'in {empty / "diabetic_retinopathy"}/',
+        f'searched: {empty / "diabetic_retinopathy"}, {empty}',
+        "tfds 'diabetic_retinopathy_detection'",
+        'tfds_manual_dir',
+    ):
       assert s in msg, (s, msg)
   assert not list(tfds_dir.glob('**/*.tfrecord*'))  # Nothing prepared.
   assert not list(tfds_dir.glob('**/*.array_record*'))
@@ -328,9 +366,9 @@ def test_not_found(tmp_path, no_network):
 def test_not_found_without_data_dir(tmp_path, monkeypatch, no_network):
   monkeypatch.delenv('JAL_DATA_DIR', raising=False)
   cfg = _cfg(name='retinopathy', tfds_data_dir=str(tmp_path))
-  with pytest.raises(FileNotFoundError,
-                     match='in <data_dir>/diabetic_retinopathy/.*searched: no '
-                     'data dir given'):
+  with pytest.raises(
+      FileNotFoundError, match='in <data_dir>/diabetic_retinopathy/.*searched: no ' 'data dir given'
+  ):
     data.load_dataset(cfg, data_dir=None)
 
 
@@ -344,8 +382,7 @@ class _FakeSource:
 
   def __getitem__(self, i):
     w, h = SIZES[i % len(SIZES)]
-    image = np.broadcast_to(COLOURS[self.grades[i]].astype(np.uint8),
-                            (h, w, 3))
+    image = np.broadcast_to(COLOURS[self.grades[i]].astype(np.uint8), (h, w, 3))
     return {'image': image, 'label': self.grades[i], 'name': f'{i}_left'}
 
 
@@ -357,8 +394,11 @@ class _FakeBuilder:
     self.prepare_calls = []
     self.data_dir = '/fake/tfds/diabetic_retinopathy_detection/original/3.0.0'
     self.data_dir_root = root
-    self.info = type('Info', (), {'features': {'label': type(
-        'Label', (), {'names': [str(i) for i in range(5)]})()}})()
+    self.info = type(
+        'Info',
+        (),
+        {'features': {'label': type('Label', (), {'names': [str(i) for i in range(5)]})()}},
+    )()
 
   def is_prepared(self):
     return self.prepared

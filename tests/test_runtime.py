@@ -11,8 +11,9 @@ from tests.conftest import REPO
 
 
 def test_cache_dir_follows_the_environment(tmp_path):
-  assert runtime.cache_dir({'HOME': '/h'}) == os.path.join(os.path.expanduser('~'), '.cache',
-                                                           'jal', 'xla')
+  assert runtime.cache_dir({'HOME': '/h'}) == os.path.join(
+      os.path.expanduser('~'), '.cache', 'jal', 'xla'
+  )
   assert runtime.cache_dir({'XDG_CACHE_HOME': '/c'}) == '/c/jal/xla'
   assert runtime.cache_dir({runtime.ENV: str(tmp_path)}) == str(tmp_path)
   assert runtime.cache_dir({runtime.ENV: ' OFF '}) is None
@@ -24,7 +25,7 @@ def test_unwritable_cache_dir_leaves_the_cache_off(tmp_path):
   assert runtime.enable_compilation_cache(str(blocker / 'xla')) is None
 
 
-_PROGRAM = '''
+_PROGRAM = """
 import json, jax, jax.numpy as jnp
 from jax import monitoring
 from jal import runtime
@@ -34,12 +35,18 @@ where = runtime.configure()
 y = jax.jit(lambda x: jnp.tanh(x) @ x.T + 1.0)(jnp.ones((64, 64)))
 print(json.dumps({'where': where, 'hits': len(hits), 'y': float(y[0, 0]),
                   'compile_seconds': runtime.compile_seconds()}))
-'''
+"""
 
 
 def _run(env):
-  out = subprocess.run([sys.executable, '-c', _PROGRAM], cwd=REPO, env=env, check=True,
-                       capture_output=True, text=True).stdout
+  out = subprocess.run(
+      [sys.executable, '-c', _PROGRAM],
+      cwd=REPO,
+      env=env,
+      check=True,
+      capture_output=True,
+      text=True,
+  ).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 
@@ -67,28 +74,36 @@ def test_cpu_xla_flags_are_added_once_and_never_over_the_users():
 
 def test_cpu_xla_flags_are_left_alone_once_the_backend_has_started(monkeypatch):
   import jax  # pylint: disable=g-import-not-at-top
-  jax.numpy.zeros(1).block_until_ready()   # XLA has read XLA_FLAGS by now
+
+  jax.numpy.zeros(1).block_until_ready()  # XLA has read XLA_FLAGS by now
   monkeypatch.setenv('XLA_FLAGS', '--xla_dump_to=/d')
   assert runtime.set_cpu_xla_flags() is False
   assert os.environ['XLA_FLAGS'] == '--xla_dump_to=/d'
 
 
-_FUSIONS = '''
+_FUSIONS = """
 import json, os, jax, jax.numpy as jnp
 from jal import runtime
 runtime.configure()
 f = jax.jit(lambda x, w: jnp.tanh(x @ w).sum(0))
 text = f.lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
 print(json.dumps({'flags': os.environ.get('XLA_FLAGS', ''), 'ynn': text.count('__ynn_fusion')}))
-'''
+"""
 
 
 def test_commands_run_without_ynn_fusions_on_this_jaxlib(tmp_path):
   import jaxlib  # pylint: disable=g-import-not-at-top
+
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env[runtime.ENV] = 'off'
-  out = subprocess.run([sys.executable, '-c', _FUSIONS], cwd=REPO, env=env, check=True,
-                       capture_output=True, text=True).stdout
+  out = subprocess.run(
+      [sys.executable, '-c', _FUSIONS],
+      cwd=REPO,
+      env=env,
+      check=True,
+      capture_output=True,
+      text=True,
+  ).stdout
   got = json.loads(out.strip().splitlines()[-1])
   first, last = runtime.CPU_XLA_FLAGS_JAXLIB
   if first <= tuple(int(v) for v in jaxlib.__version__.split('.')[:2]) < last:
@@ -106,9 +121,14 @@ def test_stopwatch_times_consecutive_parts_and_their_compile_seconds(monkeypatch
   now[0] = 13.0
   watch.lap('eval')
   now[0], compiling[0] = 16.0, 2.0
-  watch.lap('select')          # no 'score' lap: the part did not run
+  watch.lap('select')  # no 'score' lap: the part did not run
   assert watch.seconds(('train', 'eval', 'score', 'select')) == {
-      'train_seconds': 2.5, 'train_compile_seconds': 0.5,
-      'eval_seconds': 0.5, 'eval_compile_seconds': 0.0,
-      'score_seconds': 0.0, 'score_compile_seconds': 0.0,
-      'select_seconds': 3.0, 'select_compile_seconds': 0.5}
+      'train_seconds': 2.5,
+      'train_compile_seconds': 0.5,
+      'eval_seconds': 0.5,
+      'eval_compile_seconds': 0.0,
+      'score_seconds': 0.0,
+      'score_compile_seconds': 0.0,
+      'select_seconds': 3.0,
+      'select_compile_seconds': 0.5,
+  }

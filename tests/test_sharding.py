@@ -30,9 +30,11 @@ FOUR = '--xla_force_host_platform_device_count=4'
 # the process (SIGABRT) when one arrives more than its terminate timeout late,
 # which happens on a 2-core machine under load (seen once in a CI run beside
 # a long training job): give them as long as the test's own timeout.
-PATIENT = ('--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 '
-           '--xla_cpu_collective_call_terminate_timeout_seconds=900 '
-           '--xla_cpu_collective_timeout_seconds=900')
+PATIENT = (
+    '--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 '
+    '--xla_cpu_collective_call_terminate_timeout_seconds=900 '
+    '--xla_cpu_collective_timeout_seconds=900'
+)
 multi = pytest.mark.skipif(jax.device_count() < 4, reason='needs 4 devices (see module doc)')
 TRAIN = ml_collections.ConfigDict(dict(optimizer='adam', learning_rate=1e-2, weight_decay=0.0))
 
@@ -42,14 +44,21 @@ def test_on_four_host_devices():
     pytest.skip('this process already has several devices')
   flags = f"{os.environ.get('XLA_FLAGS', '')} {FOUR} {PATIENT}".strip()
   env = {**os.environ, 'XLA_FLAGS': flags, 'PYTHONPATH': str(REPO)}
-  out = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p', 'no:cacheprovider',
-                        __file__], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=900)
+  out = subprocess.run(
+      [sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p', 'no:cacheprovider', __file__],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   # On a crash, the fatal lines (XLA's F-lines, Python's) and the test it was in.
-  fatal = [line for line in out.stderr.splitlines()
-           if line.startswith('F') or 'Fatal' in line or 'test_sharding.py' in line]
-  assert out.returncode == 0, (out.stdout[-3000:] + '\n'.join(fatal[:20])
-                               + out.stderr[-1000:])
+  fatal = [
+      line
+      for line in out.stderr.splitlines()
+      if line.startswith('F') or 'Fatal' in line or 'test_sharding.py' in line
+  ]
+  assert out.returncode == 0, out.stdout[-3000:] + '\n'.join(fatal[:20]) + out.stderr[-1000:]
   # Every multi-device test ran, this one skipped.
   assert '1 skipped' in out.stdout and ' 0 passed' not in out.stdout, out.stdout[-1000:]
 
@@ -65,8 +74,10 @@ def test_mesh_for_settings():
 
 
 @multi
-@pytest.mark.parametrize('n,d,num_labeled,k', [(103, 7, 5, 20), (1000, 16, 0, 50),
-                                               (997, 32, 300, 64), (4001, 8, 600, 12)])
+@pytest.mark.parametrize(
+    'n,d,num_labeled,k',
+    [(103, 7, 5, 20), (1000, 16, 0, 50), (997, 32, 300, 64), (4001, 8, 600, 12)],
+)
 def test_k_center_sharded_picks_equal_unsharded(n, d, num_labeled, k):
   rng = np.random.default_rng(n)
   emb = rng.normal(size=(n, d)).astype(np.float32)
@@ -86,12 +97,11 @@ def test_k_center_sharded_hand_made_points():
   # Points on a line, 0 labeled. Farthest first: 10 (index 5), then 5 (4);
   # then 2, 3, 7 and 8 all lie at squared distance 4 (exactly) and the
   # lowest index wins, across devices too: 2, then 6 (7 and 8 tie).
-  pts = np.array([[0.], [1.], [2.], [3.], [5.], [10.], [7.], [8.]], np.float32)
+  pts = np.array([[0.0], [1.0], [2.0], [3.0], [5.0], [10.0], [7.0], [8.0]], np.float32)
   labeled = np.zeros(8, bool)
   labeled[0] = True
   mesh = sharding.make_mesh(jax.devices()[:4])  # two points per device
-  np.testing.assert_array_equal(kernels.k_center_greedy(pts, labeled, k=4, mesh=mesh),
-                                [5, 4, 2, 6])
+  np.testing.assert_array_equal(kernels.k_center_greedy(pts, labeled, k=4, mesh=mesh), [5, 4, 2, 6])
   np.testing.assert_array_equal(kernels.k_center_greedy(pts, labeled, k=4), [5, 4, 2, 6])
 
 
@@ -102,12 +112,16 @@ def test_k_center_sharded_candidates_hand_made_points():
   # (index 6) on device 2; neither is ever picked.
   for devices in (2, 3, 4):
     mesh = sharding.make_mesh(jax.devices()[:devices])
-    got = kernels.k_center_greedy(CANDIDATE_PTS, CANDIDATE_LABELED, k=5, mesh=mesh,
-                                  candidates=CANDIDATES)
+    got = kernels.k_center_greedy(
+        CANDIDATE_PTS, CANDIDATE_LABELED, k=5, mesh=mesh, candidates=CANDIDATES
+    )
     np.testing.assert_array_equal(got, [5, 7, 3, 2, 8])
     np.testing.assert_array_equal(
-        kernels.k_center_greedy(CANDIDATE_PTS, np.zeros(9, bool), k=2, mesh=mesh,
-                                candidates=CANDIDATES), [2, 6])
+        kernels.k_center_greedy(
+            CANDIDATE_PTS, np.zeros(9, bool), k=2, mesh=mesh, candidates=CANDIDATES
+        ),
+        [2, 6],
+    )
 
 
 @multi
@@ -131,9 +145,11 @@ def test_coreset_ensembles_sharded_picks_equal_unsharded():
   n = 301
   labeled = np.zeros(n, bool)
   labeled[rng.choice(n, 20, replace=False)] = True
-  inputs = strategies.Inputs(labeled=labeled,
-                             logits=rng.normal(size=(5, n, 3)).astype(np.float32),
-                             embeddings=rng.normal(size=(n, 8)).astype(np.float32))
+  inputs = strategies.Inputs(
+      labeled=labeled,
+      logits=rng.normal(size=(5, n, 3)).astype(np.float32),
+      embeddings=rng.normal(size=(n, 8)).astype(np.float32),
+  )
   ce = strategies.get_strategy('coreset_ensembles')
   options = ml_collections.ConfigDict({'beta': 4.0})
   expected = np.asarray(ce.select(inputs, 10, jax.random.PRNGKey(0), options))
@@ -150,13 +166,19 @@ def _problem(model):
   idx = np.zeros(32, np.int32)
   idx[:20] = np.arange(20)
   return train.Trainer(model, train.make_optimizer(TRAIN), train.InputSpec(), 8, 'cosine', 1e-2), (
-      x, jnp.asarray(ds.y_train), jnp.asarray(idx), jnp.int32(20), jnp.int32(3))
+      x,
+      jnp.asarray(ds.y_train),
+      jnp.asarray(idx),
+      jnp.int32(20),
+      jnp.int32(3),
+  )
 
 
 @multi
 @pytest.mark.parametrize('model', [models.MLP(2, hidden=(8,)), models.LeNet(2)])
-@pytest.mark.parametrize('members,devices,in_turn', [(5, 4, False), (5, 2, False),
-                                                     (4, 4, False), (5, 2, True)])
+@pytest.mark.parametrize(
+    'members,devices,in_turn', [(5, 4, False), (5, 2, False), (4, 4, False), (5, 2, True)]
+)
 def test_fit_sharded_equals_one_device(model, members, devices, in_turn):
   trainer, arrays = _problem(model)
   keys = jax.random.split(jax.random.PRNGKey(5), members)
@@ -181,8 +203,9 @@ def test_predict_sharded_equals_unsharded():
   expected = infer.predict(trainer.model, train.InputSpec(), 64, True, states, x)
   mesh = sharding.make_mesh()
   for in_turn in (False, True):
-    got = infer.predict(trainer.model, train.InputSpec(), 63, True, states, x, in_turn=in_turn,
-                        mesh=mesh)
+    got = infer.predict(
+        trainer.model, train.InputSpec(), 63, True, states, x, in_turn=in_turn, mesh=mesh
+    )
     np.testing.assert_allclose(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got.embeddings, expected.embeddings, rtol=1e-5, atol=1e-5)
     assert got.logits.shape == (3, 200, 3)
@@ -195,8 +218,10 @@ def test_loop_sharded_equals_unsharded(tmp_path):
     config = smoke(sharding=setting, **{'train.dispatch': 'program'})
     workdir = tmp_path / setting
     experiment.train_and_evaluate(config, str(workdir))
-    outputs[setting] = [[json.loads(l) for l in (workdir / f).read_text().splitlines()]
-                        for f in ('metrics.jsonl', 'selections.jsonl')]
+    outputs[setting] = [
+        [json.loads(l) for l in (workdir / f).read_text().splitlines()]
+        for f in ('metrics.jsonl', 'selections.jsonl')
+    ]
   assert outputs['auto'][1] == outputs['none'][1]  # the same picks, every round
   for a, b in zip(*(outputs[s][0] for s in ('auto', 'none'))):
     assert a.keys() == b.keys()
@@ -207,22 +232,31 @@ def test_loop_sharded_equals_unsharded(tmp_path):
 @multi
 def test_step_dispatch_with_several_devices_is_refused(tmp_path):
   config = smoke(**{'train.dispatch': 'step'})
-  with pytest.raises(ValueError, match=r"train.dispatch='step' runs on one device; with 4 "
-                                       'devices'):
+  with pytest.raises(
+      ValueError, match=r"train.dispatch='step' runs on one device; with 4 " 'devices'
+  ):
     experiment.train_and_evaluate(config, str(tmp_path))
   assert not list(pathlib.Path(tmp_path).iterdir())  # refused before the workdir is made
 
 
 @multi
 def test_bench_splits_over_devices():
-  records = bench_cases.run(('ensemble_train', 'k_center'), size='small',
-                            train_models=('lenet',), train_modes=('sharded',), members=(2,),
-                            repeats=1, devices=4)
+  records = bench_cases.run(
+      ('ensemble_train', 'k_center'),
+      size='small',
+      train_models=('lenet',),
+      train_modes=('sharded',),
+      members=(2,),
+      repeats=1,
+      devices=4,
+  )
   (kc,) = [r for r in records if r['case'] == 'k_center']
   assert kc['devices'] == 4 and kc['device_count'] == 4 and kc['seconds'] > 0
   (sharded,) = [r for r in records if r.get('mode') == 'sharded']
   assert (sharded['plan'], sharded['members']) == (
-      {'members': 'vmap', 'dispatch': 'program', 'devices': 4}, 2)
+      {'members': 'vmap', 'dispatch': 'program', 'devices': 4},
+      2,
+  )
   assert sharded['compile_timing'] == 'jit lower().compile()'
   assert sharded['images_per_second'] > 0
   with pytest.raises(ValueError, match='devices=5: between 1 and the 4 visible'):
@@ -232,17 +266,24 @@ def test_bench_splits_over_devices():
 @multi
 def test_resolve_plan_with_a_mesh_splits_the_members():
   from jal import resnet  # pylint: disable=g-import-not-at-top
+
   mesh = sharding.make_mesh()
   x = jnp.zeros((1, 32, 32, 3))
   lenet, res = models.LeNet(2), resnet.ResNet18(2, width=8)
-  for members, model, expected in (('auto', lenet, 'vmap'), ('auto', res, 'in_turn'),
-                                   ('vmap', res, 'vmap'), ('in_turn', lenet, 'in_turn')):
+  for members, model, expected in (
+      ('auto', lenet, 'vmap'),
+      ('auto', res, 'in_turn'),
+      ('vmap', res, 'vmap'),
+      ('in_turn', lenet, 'in_turn'),
+  ):
     trainer, _ = _problem(model)
     assert train.resolve_plan(members, 'auto', trainer, x, mesh) == train.Plan(
-        expected, 'program', 4)
+        expected, 'program', 4
+    )
   with pytest.raises(ValueError, match="dispatch 'step' runs on one device; with 4 devices"):
     train.resolve_plan('in_turn', 'step', _problem(lenet)[0], x, mesh)
   # One device: the mesh changes nothing (on CPU: one dispatch per step).
   one = sharding.make_mesh(jax.devices()[:1])
   assert train.resolve_plan('vmap', 'auto', _problem(lenet)[0], x, one) == train.Plan(
-      'vmap', 'step')
+      'vmap', 'step'
+  )

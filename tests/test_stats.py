@@ -8,17 +8,20 @@ import pytest
 from jal import stats
 
 
-@pytest.mark.parametrize('p, df, expected', [
-    (0.975, 1, 12.706205),
-    (0.975, 2, 4.302653),
-    (0.975, 4, 2.776445),
-    (0.975, 9, 2.262157),
-    (0.975, 30, 2.042272),
-    (0.95, 2, 2.919986),
-    (0.995, 3, 5.840909),
-    (0.025, 4, -2.776445),
-    (0.5, 7, 0.0),
-])
+@pytest.mark.parametrize(
+    'p, df, expected',
+    [
+        (0.975, 1, 12.706205),
+        (0.975, 2, 4.302653),
+        (0.975, 4, 2.776445),
+        (0.975, 9, 2.262157),
+        (0.975, 30, 2.042272),
+        (0.95, 2, 2.919986),
+        (0.995, 3, 5.840909),
+        (0.025, 4, -2.776445),
+        (0.5, 7, 0.0),
+    ],
+)
 def test_t_quantile_known_values(p, df, expected):
   assert stats.t_quantile(p, df) == pytest.approx(expected, abs=1e-6)
 
@@ -26,12 +29,10 @@ def test_t_quantile_known_values(p, df, expected):
 def test_t_cdf_inverts_quantile_and_known_values():
   assert stats.t_cdf(0.0, 5) == 0.5
   # df = 2 has a closed form: F(t) = 1/2 + t / (2 sqrt(2 + t^2)).
-  assert stats.t_cdf(1.0, 2) == pytest.approx(0.5 + 1 / (2 * math.sqrt(3)),
-                                              abs=1e-14)
+  assert stats.t_cdf(1.0, 2) == pytest.approx(0.5 + 1 / (2 * math.sqrt(3)), abs=1e-14)
   for df in (3, 5.5, 40):
     for p in (0.6, 0.9, 0.975, 0.999):
-      assert stats.t_cdf(stats.t_quantile(p, df), df) == pytest.approx(
-          p, abs=1e-12)
+      assert stats.t_cdf(stats.t_quantile(p, df), df) == pytest.approx(p, abs=1e-12)
 
 
 def test_t_interval_three_seeds():
@@ -46,8 +47,7 @@ def test_t_interval_five_seeds_90_percent():
   x = np.array([2.0, 4.0, 4.0, 4.0, 6.0])  # mean 4, sd sqrt(2)
   mean, lo, hi = stats.t_interval(x, confidence=0.90)
   assert mean == 4.0
-  assert hi - mean == pytest.approx(2.131847 * math.sqrt(2) / math.sqrt(5),
-                                    abs=1e-6)
+  assert hi - mean == pytest.approx(2.131847 * math.sqrt(2) / math.sqrt(5), abs=1e-6)
 
 
 def test_t_interval_one_seed_missing_values():
@@ -56,8 +56,7 @@ def test_t_interval_one_seed_missing_values():
   # NaN = a seed without this round: dropped.
   mean, lo, hi = stats.t_interval(np.array([1.0, np.nan, 3.0]))
   assert mean == 2.0
-  assert hi - mean == pytest.approx(12.706205 * math.sqrt(2) / math.sqrt(2),
-                                    abs=1e-5)
+  assert hi - mean == pytest.approx(12.706205 * math.sqrt(2) / math.sqrt(2), abs=1e-5)
   assert all(math.isnan(v) for v in stats.t_interval(np.array([np.nan])))
 
 
@@ -69,8 +68,7 @@ def test_bootstrap_deterministic_and_contains_mean():
   mean, lo, hi = a
   assert mean == pytest.approx(0.26666666666666666)
   assert x.min() <= lo < mean < hi <= x.max()
-  small = [stats.bootstrap_interval(x, num_resamples=50, seed=k)
-           for k in (3, 3, 4)]
+  small = [stats.bootstrap_interval(x, num_resamples=50, seed=k) for k in (3, 3, 4)]
   assert small[0] == small[1] != small[2]
   # Narrower than the t interval's at 6 seeds is expected, not wider than
   # the data's range; a wider confidence widens it.
@@ -118,13 +116,14 @@ def test_paired_improvement_two_seeds():
   }
   diff = stats.paired_improvement(curves)
   assert list(diff) == ['ensembles']
-  np.testing.assert_allclose(diff['ensembles'],
-                             [[0.0, 0.05, 0.1], [0.0, -0.05, 0.1]], atol=1e-12)
+  np.testing.assert_allclose(diff['ensembles'], [[0.0, 0.05, 0.1], [0.0, -0.05, 0.1]], atol=1e-12)
 
 
 def test_paired_improvement_aligns_by_seed():
-  curves = {'random': np.array([[1.0, 2.0], [10.0, 20.0]]),
-            'coreset': np.array([[11.0, 23.0], [1.0, 1.0]])}
+  curves = {
+      'random': np.array([[1.0, 2.0], [10.0, 20.0]]),
+      'coreset': np.array([[11.0, 23.0], [1.0, 1.0]]),
+  }
   seeds = {'random': [0, 7], 'coreset': [7, 0]}
   diff = stats.paired_improvement(curves, seeds=seeds)['coreset']
   np.testing.assert_allclose(diff, [[0.0, -1.0], [1.0, 3.0]])
@@ -132,13 +131,15 @@ def test_paired_improvement_aligns_by_seed():
 
 def test_paired_improvement_errors():
   base = np.zeros((3, 4))
-  with pytest.raises(ValueError, match=r"seeds \[0, 1\] but baseline 'random' "
-                     r'has \[0, 1, 2\]'):
-    stats.paired_improvement({'random': base, 'coreset': np.zeros((2, 4))},
-                             seeds={'random': [0, 1, 2], 'coreset': [0, 1]})
+  with pytest.raises(ValueError, match=r"seeds \[0, 1\] but baseline 'random' " r'has \[0, 1, 2\]'):
+    stats.paired_improvement(
+        {'random': base, 'coreset': np.zeros((2, 4))},
+        seeds={'random': [0, 1, 2], 'coreset': [0, 1]},
+    )
   with pytest.raises(ValueError, match='has seeds'):
-    stats.paired_improvement({'random': base, 'coreset': base},
-                             seeds={'random': [0, 1, 2], 'coreset': [0, 1, 3]})
+    stats.paired_improvement(
+        {'random': base, 'coreset': base}, seeds={'random': [0, 1, 2], 'coreset': [0, 1, 3]}
+    )
   with pytest.raises(ValueError, match='2 seeds but baseline'):
     stats.paired_improvement({'random': base, 'coreset': np.zeros((2, 4))})
   with pytest.raises(ValueError, match='3 rounds'):
@@ -148,23 +149,20 @@ def test_paired_improvement_errors():
 
 
 def test_average_improvement_skips_warmup():
-  diff = np.array([[0.0, 0.01, 0.02, 0.03],
-                   [0.4, -0.02, 0.0, 0.05]])
-  np.testing.assert_allclose(stats.average_improvement(diff), [0.02, 0.01],
-                             atol=1e-12)
-  np.testing.assert_allclose(stats.average_improvement(diff, skip_warmup=False),
-                             [0.015, 0.1075], atol=1e-12)
+  diff = np.array([[0.0, 0.01, 0.02, 0.03], [0.4, -0.02, 0.0, 0.05]])
+  np.testing.assert_allclose(stats.average_improvement(diff), [0.02, 0.01], atol=1e-12)
+  np.testing.assert_allclose(
+      stats.average_improvement(diff, skip_warmup=False), [0.015, 0.1075], atol=1e-12
+  )
   with pytest.raises(ValueError, match='no selection rounds'):
     stats.average_improvement(np.zeros((2, 1)))
 
 
 def test_area_under_curve_trapezoid():
   n = np.array([10.0, 20.0, 40.0])
-  v = np.array([[0.5, 0.7, 0.8],
-                [1.0, 1.0, 1.0]])
+  v = np.array([[0.5, 0.7, 0.8], [1.0, 1.0, 1.0]])
   # Seed 0: 10 * (0.5 + 0.7) / 2 + 20 * (0.7 + 0.8) / 2 = 6 + 15 = 21.
-  np.testing.assert_allclose(stats.area_under_curve(n, v, normalize=False),
-                             [21.0, 30.0])
+  np.testing.assert_allclose(stats.area_under_curve(n, v, normalize=False), [21.0, 30.0])
   np.testing.assert_allclose(stats.area_under_curve(n, v), [0.7, 1.0])
   assert stats.area_under_curve([5.0], np.array([0.3])) == pytest.approx(0.3)
   with pytest.raises(ValueError, match='increase strictly'):

@@ -21,21 +21,28 @@ def options(**kw):
 
 
 def classifier_inputs(model, variables, x, labeled, spec=train.InputSpec(), chunk_size=16):
-  return strategies.Inputs(labeled=np.asarray(labeled), classifier=strategies.Classifier(
-      model=model, spec=spec, variables=variables, x=jnp.asarray(x), chunk_size=chunk_size))
+  return strategies.Inputs(
+      labeled=np.asarray(labeled),
+      classifier=strategies.Classifier(
+          model=model, spec=spec, variables=variables, x=jnp.asarray(x), chunk_size=chunk_size
+      ),
+  )
 
 
 # -- egl ---------------------------------------------------------------------
+
 
 def test_egl_exact_on_hand_made_probabilities():
   p = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.7, 0.2, 0.1]]
   logits = np.log(np.maximum(np.asarray(p, np.float32), 1e-30))
   h = np.array([[1.0, 2.0], [0.0, 0.0], [3.0, 4.0], [0.0, 0.0]], np.float32)
   # sum_y p_y ||p - e_y|| * sqrt(||h||^2 + 1), by hand:
-  expected = [0.0,
-              np.sqrt(0.5),                                  # both ||p - e_y||^2 = 0.25 + 0.25
-              np.sqrt(2 / 3) * np.sqrt(26.0),                # (2/3)^2 + 2 (1/3)^2; ||h|| = 5
-              0.7 * np.sqrt(0.14) + 0.2 * np.sqrt(1.14) + 0.1 * np.sqrt(1.34)]  # ||p||^2 = 0.54
+  expected = [
+      0.0,
+      np.sqrt(0.5),  # both ||p - e_y||^2 = 0.25 + 0.25
+      np.sqrt(2 / 3) * np.sqrt(26.0),  # (2/3)^2 + 2 (1/3)^2; ||h|| = 5
+      0.7 * np.sqrt(0.14) + 0.2 * np.sqrt(1.14) + 0.1 * np.sqrt(1.34),
+  ]  # ||p||^2 = 0.54
   np.testing.assert_allclose(egl.expected_gradient_length(logits, h), expected, atol=1e-6)
 
 
@@ -49,7 +56,8 @@ def test_egl_equals_expected_norm_of_jax_grad_of_a_dense_head():
 
   def grad_norm(hi, y):
     loss = lambda prm: optax.softmax_cross_entropy_with_integer_labels(
-        head.apply(prm, hi[None]), y[None])[0]
+        head.apply(prm, hi[None]), y[None]
+    )[0]
     return optax.global_norm(jax.grad(loss)(params))
 
   norms = jax.vmap(lambda hi: jax.vmap(lambda y: grad_norm(hi, y))(jnp.arange(c)))(h)  # [n, c]
@@ -72,8 +80,10 @@ def test_egl_picks_the_largest_scores_of_member_zero():
 
 # -- dfal --------------------------------------------------------------------
 
+
 class Linear(nn.Module):
   """A linear classifier over the flattened input, returning (logits, x)."""
+
   classes: int = 2
 
   @nn.compact
@@ -92,14 +102,21 @@ class Circle(nn.Module):
 
 
 def linear_variables(kernel, bias):
-  return {'params': {'Dense_0': {'kernel': jnp.asarray(kernel, jnp.float32),
-                                 'bias': jnp.asarray(bias, jnp.float32)}}}
+  return {
+      'params': {
+          'Dense_0': {
+              'kernel': jnp.asarray(kernel, jnp.float32),
+              'bias': jnp.asarray(bias, jnp.float32),
+          }
+      }
+  }
 
 
 def norms_of(model, variables, x, max_iter=50, overshoot=0.02, classes=10):
   fn = lambda flat: model.apply(variables, flat.reshape(x.shape))[0]
-  return np.asarray(dfal.deepfool_norms(fn, jnp.asarray(x).reshape(len(x), -1), max_iter,
-                                        overshoot, classes))
+  return np.asarray(
+      dfal.deepfool_norms(fn, jnp.asarray(x).reshape(len(x), -1), max_iter, overshoot, classes)
+  )
 
 
 @pytest.mark.parametrize('overshoot', [0.02, 0.0])
@@ -110,13 +127,15 @@ def test_dfal_norm_is_the_distance_to_a_linear_boundary(overshoot):
   variables = linear_variables(np.stack([np.zeros(2), w], 1), [0.0, b])
   f = x @ w + b
   expected = (1 + overshoot) * (np.abs(f) + 1e-4) / np.linalg.norm(w)
-  np.testing.assert_allclose(norms_of(Linear(), variables, x, overshoot=overshoot), expected,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      norms_of(Linear(), variables, x, overshoot=overshoot), expected, rtol=1e-5
+  )
   # The picks are the unlabeled points nearest the boundary, nearest first.
   labeled = np.zeros(60, bool)
   labeled[np.argsort(np.abs(f))[:3]] = True  # the three nearest are already labeled
-  picks = dfal.select(classifier_inputs(Linear(), variables, x, labeled), 7, KEY,
-                      options(dfal_overshoot=overshoot))
+  picks = dfal.select(
+      classifier_inputs(Linear(), variables, x, labeled), 7, KEY, options(dfal_overshoot=overshoot)
+  )
   dist = np.where(labeled, np.inf, np.abs(f))
   np.testing.assert_array_equal(picks, np.argsort(dist)[:7])
 
@@ -128,19 +147,21 @@ def test_dfal_multiclass_linear_steps_to_the_nearest_pairwise_boundary():
   bias = np.array([0.1, -0.2, 0.0], np.float32)
   logits = x @ kernel + bias
   k0 = logits.argmax(-1)
-  gap = logits[np.arange(40), k0][:, None] - logits                            # [n, c]
-  wdist = np.linalg.norm(kernel.T[None] - kernel.T[k0][:, None], axis=-1)     # [n, c]
+  gap = logits[np.arange(40), k0][:, None] - logits  # [n, c]
+  wdist = np.linalg.norm(kernel.T[None] - kernel.T[k0][:, None], axis=-1)  # [n, c]
   ratio = np.where(np.arange(3)[None] == k0[:, None], np.inf, gap / np.where(wdist > 0, wdist, 1))
   l = ratio.argmin(-1)
   rows = np.arange(40)
   expected = 1.02 * (gap[rows, l] + 1e-4) / wdist[rows, l]  # one step, then across
-  np.testing.assert_allclose(norms_of(Linear(3), linear_variables(kernel, bias), x), expected,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      norms_of(Linear(3), linear_variables(kernel, bias), x), expected, rtol=1e-5
+  )
   # With one target class, the runner-up class's boundary is the only one.
   second = np.argsort(-logits, axis=-1)[:, 1]
   expected2 = 1.02 * (gap[rows, second] + 1e-4) / wdist[rows, second]
-  np.testing.assert_allclose(norms_of(Linear(3), linear_variables(kernel, bias), x, classes=2),
-                             expected2, rtol=1e-5)
+  np.testing.assert_allclose(
+      norms_of(Linear(3), linear_variables(kernel, bias), x, classes=2), expected2, rtol=1e-5
+  )
 
 
 def test_dfal_never_crossing_is_inf_and_ranked_last():
@@ -153,8 +174,9 @@ def test_dfal_never_crossing_is_inf_and_ranked_last():
   one = norms_of(Circle(), {}, x, max_iter=1)
   inside = (radius < 1) & (radius > 0)
   np.testing.assert_array_equal(np.isfinite(one), inside)
-  np.testing.assert_allclose(one[inside], 1.02 * (1 - radius[inside] ** 2 + 1e-4)
-                             / (2 * radius[inside]), rtol=1e-5)
+  np.testing.assert_allclose(
+      one[inside], 1.02 * (1 - radius[inside] ** 2 + 1e-4) / (2 * radius[inside]), rtol=1e-5
+  )
   # With enough steps, outside points converge onto the circle from outside.
   many = norms_of(Circle(), {}, x, max_iter=50)
   outside = radius > 1
@@ -163,8 +185,11 @@ def test_dfal_never_crossing_is_inf_and_ranked_last():
   assert (many[outside] >= dist[outside]).all()
   assert (many[outside] <= 1.02 * dist[outside] + 1e-3).all()
   # Ranked: the finite norms smallest first (r = 0.9, 0.8, 0.5), then the rest.
-  picks = np.asarray(dfal.select(classifier_inputs(Circle(), {}, x, np.zeros(7, bool)), 7, KEY,
-                                 options(dfal_max_iter=1)))
+  picks = np.asarray(
+      dfal.select(
+          classifier_inputs(Circle(), {}, x, np.zeros(7, bool)), 7, KEY, options(dfal_max_iter=1)
+      )
+  )
   np.testing.assert_array_equal(picks[:3], [4, 1, 0])
   assert set(picks[3:].tolist()) == {2, 3, 5, 6}
 
@@ -178,8 +203,9 @@ def test_dfal_on_images_works_in_normalised_space():
   f = np.asarray(train.prepare_inputs(x, spec)).reshape(20, -1) @ w + 0.3
   labeled = np.zeros(20, bool)
   labeled[0] = True
-  picks = dfal.select(classifier_inputs(Linear(), variables, x, labeled, spec), 5, KEY,
-                      options(dfal_batch_size=8))  # 19 candidates in 3 padded batches
+  picks = dfal.select(
+      classifier_inputs(Linear(), variables, x, labeled, spec), 5, KEY, options(dfal_batch_size=8)
+  )  # 19 candidates in 3 padded batches
   np.testing.assert_array_equal(picks, np.argsort(np.where(labeled, np.inf, np.abs(f)))[:5])
 
 
@@ -206,13 +232,20 @@ def test_dfal_attacks_only_the_drawn_candidates():
   np.testing.assert_array_equal(np.sort(picks), np.arange(10, 60))
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('dfal_candidates', 0, 'dfal: strategy_options.dfal_candidates must be a positive int'),
-    ('dfal_max_iter', 2.5, 'dfal: strategy_options.dfal_max_iter must be a positive int'),
-    ('dfal_overshoot', -0.1, 'dfal: strategy_options.dfal_overshoot must be a finite number >= 0'),
-    ('dfal_classes', 1, 'dfal: strategy_options.dfal_classes must be an integer >= 2'),
-    ('dfal_batch_size', 0, 'dfal: strategy_options.dfal_batch_size must be a positive int'),
-])
+@pytest.mark.parametrize(
+    'field,value,message',
+    [
+        ('dfal_candidates', 0, 'dfal: strategy_options.dfal_candidates must be a positive int'),
+        ('dfal_max_iter', 2.5, 'dfal: strategy_options.dfal_max_iter must be a positive int'),
+        (
+            'dfal_overshoot',
+            -0.1,
+            'dfal: strategy_options.dfal_overshoot must be a finite number >= 0',
+        ),
+        ('dfal_classes', 1, 'dfal: strategy_options.dfal_classes must be an integer >= 2'),
+        ('dfal_batch_size', 0, 'dfal: strategy_options.dfal_batch_size must be a positive int'),
+    ],
+)
 def test_dfal_rejects_bad_options(field, value, message):
   inputs = classifier_inputs(Circle(), {}, np.ones((10, 2), np.float32), np.zeros(10, bool))
   with pytest.raises(ValueError, match=message):
@@ -223,12 +256,20 @@ def test_option_defaults_match_base_config():
   so = config_lib.base_config().strategy_options
   for opts in (None, so):
     assert dfal.settings_of(opts) == (2000, 50, 0.02, 10, None)
-    assert vaal.settings_of(opts) == dict(steps=1000, width=16, latent=32, disc_width=512,
-                                          batch_size=64, beta=1.0, adversary_weight=1.0,
-                                          learning_rate=5e-4)
+    assert vaal.settings_of(opts) == dict(
+        steps=1000,
+        width=16,
+        latent=32,
+        disc_width=512,
+        batch_size=64,
+        beta=1.0,
+        adversary_weight=1.0,
+        learning_rate=5e-4,
+    )
 
 
 # -- vaal --------------------------------------------------------------------
+
 
 def two_blobs(num_labeled_a=30, num_unlabeled_a=30, num_b=20):
   """Blob A around (-3, 0), blob B around (3, 0); the labeled points come first."""
@@ -248,10 +289,20 @@ def test_vaal_discriminator_separates_separable_sets():
   x, labeled = two_blobs(num_unlabeled_a=0)  # labeled: all of A; unlabeled: all of B
   vae = vaal.VAE(shape=(2,), width=16, latent=32)
   disc = vaal.Discriminator(width=64)
-  state = vaal.train_vaal(vae, disc, train.InputSpec(), 64, 5e-4, 150, 1.0, 1.0, KEY,
-                          jnp.asarray(x), jnp.asarray(labeled))
-  logits = np.asarray(vaal.labeled_logits(vae, disc, train.InputSpec(), 16, state,
-                                          jnp.asarray(x)))
+  state = vaal.train_vaal(
+      vae,
+      disc,
+      train.InputSpec(),
+      64,
+      5e-4,
+      150,
+      1.0,
+      1.0,
+      KEY,
+      jnp.asarray(x),
+      jnp.asarray(labeled),
+  )
+  logits = np.asarray(vaal.labeled_logits(vae, disc, train.InputSpec(), 16, state, jnp.asarray(x)))
   assert logits[labeled].min() > 0 > logits[~labeled].max()
 
 
@@ -271,8 +322,9 @@ def test_vaal_conv_vae_on_images_picks_the_unfamiliar_ones():
   labeled = np.zeros(50, bool)
   labeled[:20] = True
   inputs = classifier_inputs(None, None, x, labeled, train.InputSpec((0.3,), (0.4,)))
-  picks = np.asarray(vaal.select(inputs, 5, KEY, options(vaal_steps=100, vaal_width=4,
-                                                        vaal_disc_width=32)))
+  picks = np.asarray(
+      vaal.select(inputs, 5, KEY, options(vaal_steps=100, vaal_width=4, vaal_disc_width=32))
+  )
   assert (picks >= 40).all(), picks
 
 
@@ -288,27 +340,41 @@ def test_vaal_steps_vmap_over_keys_equal_single_runs():
 
   def run(state, key, steps=3):
     for i in range(steps):
-      state = vaal.vaal_step(vae, disc, spec, 8, 1e-3, state, key, jnp.int32(i), x, order,
-                             num_labeled, beta, adv)
+      state = vaal.vaal_step(
+          vae, disc, spec, 8, 1e-3, state, key, jnp.int32(i), x, order, num_labeled, beta, adv
+      )
     return state
 
   states = jax.lax.map(lambda k: vaal.init_vaal(vae, disc, spec, 1e-3, k, x), keys)
   singles = [run(jax.tree.map(lambda a, m=m: a[m], states), keys[m]) for m in range(2)]
-  step = jax.vmap(lambda st, k, i: vaal.vaal_step(vae, disc, spec, 8, 1e-3, st, k, i, x, order,
-                                                   num_labeled, beta, adv), in_axes=(0, 0, None))
+  step = jax.vmap(
+      lambda st, k, i: vaal.vaal_step(
+          vae, disc, spec, 8, 1e-3, st, k, i, x, order, num_labeled, beta, adv
+      ),
+      in_axes=(0, 0, None),
+  )
   for i in range(3):
     states = step(states, keys, jnp.int32(i))
   for m in range(2):
-    jax.tree.map(lambda a, b, m=m: np.testing.assert_allclose(a[m], b, rtol=1e-5, atol=1e-6),
-                 states, singles[m])
+    jax.tree.map(
+        lambda a, b, m=m: np.testing.assert_allclose(a[m], b, rtol=1e-5, atol=1e-6),
+        states,
+        singles[m],
+    )
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('vaal_steps', 0, 'vaal: strategy_options.vaal_steps must be a positive int'),
-    ('vaal_beta', -1.0, 'vaal: strategy_options.vaal_beta must be a finite number >= 0'),
-    ('vaal_learning_rate', 0.0, 'vaal: strategy_options.vaal_learning_rate must be a finite '
-     'number > 0'),
-])
+@pytest.mark.parametrize(
+    'field,value,message',
+    [
+        ('vaal_steps', 0, 'vaal: strategy_options.vaal_steps must be a positive int'),
+        ('vaal_beta', -1.0, 'vaal: strategy_options.vaal_beta must be a finite number >= 0'),
+        (
+            'vaal_learning_rate',
+            0.0,
+            'vaal: strategy_options.vaal_learning_rate must be a finite ' 'number > 0',
+        ),
+    ],
+)
 def test_vaal_rejects_bad_options(field, value, message):
   x, labeled = two_blobs()
   with pytest.raises(ValueError, match=message):

@@ -24,8 +24,9 @@ Options = ml_collections.ConfigDict
 
 
 def select(name, inputs, k, seed=0, **options):
-  picks = strategies.get_strategy(name).select(inputs, k, jax.random.PRNGKey(seed),
-                                               Options(options))
+  picks = strategies.get_strategy(name).select(
+      inputs, k, jax.random.PRNGKey(seed), Options(options)
+  )
   return np.asarray(picks)
 
 
@@ -44,9 +45,10 @@ def planted(sizes, centres, scale, seed=0):
 
 # -- kernels: k-means and k-means++ seeding ---------------------------------
 
+
 def test_nearest_center_matches_brute_force_across_blocks():
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(2500, 3)).astype(np.float32)   # 3 blocks of 1024, the last padded
+  x = rng.normal(size=(2500, 3)).astype(np.float32)  # 3 blocks of 1024, the last padded
   c = rng.normal(size=(7, 3)).astype(np.float32)
   d = ((x[:, None] - c[None]) ** 2).sum(-1)
   assign, dist = kernels.nearest_center(x, c)
@@ -59,7 +61,7 @@ def test_kmeans_recovers_planted_clusters_and_ignores_masked_points():
   x, ids = planted([30, 20, 10], centres, 1.0)
   outlier = np.array([[1000.0, 1000.0]], np.float32)
   xs = np.concatenate([x, outlier])
-  mask = np.arange(len(xs)) < len(x)   # the outlier may neither seed nor move a centre
+  mask = np.arange(len(xs)) < len(x)  # the outlier may neither seed nor move a centre
   for seed in range(3):
     got, assign = kernels.kmeans(xs, 3, jax.random.PRNGKey(seed), 10, mask=mask)
     got, assign = np.asarray(got), np.asarray(assign)
@@ -78,25 +80,43 @@ def test_d2_seeding_draws_proportional_to_squared_distance():
   draw = jax.vmap(lambda key: kernels.d2_seeding(sq, jnp.ones(3, bool), key, 2, 0)[1])
   second = np.asarray(draw(jax.random.split(jax.random.PRNGKey(0), 4000)))
   assert set(second.tolist()) == {1, 2}
-  assert abs(np.mean(second == 2) - 0.9) < 0.02   # 4 standard errors
+  assert abs(np.mean(second == 2) - 0.9) < 0.02  # 4 standard errors
 
 
 def test_d2_seeding_of_duplicates_stays_distinct():
-  x = jnp.zeros((6, 2))   # every D^2 is 0 after the first seed: uniform draws
+  x = jnp.zeros((6, 2))  # every D^2 is 0 after the first seed: uniform draws
   eligible = jnp.array([True, True, False, True, True, True])
-  seeds = np.asarray(jax.jit(lambda key: kernels.d2_seeding(
-      lambda j: jnp.sum((x - x[j]) ** 2, -1), eligible, key, 5, 1))(jax.random.PRNGKey(0)))
+  seeds = np.asarray(
+      jax.jit(
+          lambda key: kernels.d2_seeding(
+              lambda j: jnp.sum((x - x[j]) ** 2, -1), eligible, key, 5, 1
+          )
+      )(jax.random.PRNGKey(0))
+  )
   assert sorted(seeds.tolist()) == [0, 1, 3, 4, 5] and seeds[0] == 1
 
 
 # -- kmeans -------------------------------------------------------------------
 
+
 def test_kmeans_picks_the_point_nearest_each_centre_largest_cluster_first():
   # Three clusters whose means are data points: sizes 5, 4, 3; far apart.
-  pts = [[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1],               # mean (0, 0)
-         [100, 0], [101, 0], [99, 0], [100, 0.5],                # mean (100, 0.125)
-         [0, 100], [0.5, 100], [-0.5, 100],                      # mean (0, 100)
-         [50, 50], [0.1, 0.1]]                                   # labeled
+  pts = [
+      [0, 0],
+      [1, 0],
+      [-1, 0],
+      [0, 1],
+      [0, -1],  # mean (0, 0)
+      [100, 0],
+      [101, 0],
+      [99, 0],
+      [100, 0.5],  # mean (100, 0.125)
+      [0, 100],
+      [0.5, 100],
+      [-0.5, 100],  # mean (0, 100)
+      [50, 50],
+      [0.1, 0.1],
+  ]  # labeled
   x = np.asarray(pts, np.float32)
   perm = np.random.default_rng(0).permutation(len(x))
   labeled = np.zeros(len(x), bool)
@@ -108,6 +128,7 @@ def test_kmeans_picks_the_point_nearest_each_centre_largest_cluster_first():
 
 
 # -- BADGE --------------------------------------------------------------------
+
 
 def brute_force_gradient_embeddings(logits, h):
   """g_i = outer(p_i - onehot(argmax p_i), h_i), materialised: f32[n, c * d]."""
@@ -128,20 +149,24 @@ def test_badge_equals_brute_force_gradient_embeddings():
   sq = ((g[:, None] - g[None]) ** 2).sum(-1)
   a = badge.gradient_factors(logits)
   for j in (0, 17, 39):
-    np.testing.assert_allclose(badge.gradient_sq_dists_to(a, jnp.asarray(h), j), sq[:, j],
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        badge.gradient_sq_dists_to(a, jnp.asarray(h), j), sq[:, j], rtol=1e-4, atol=1e-5
+    )
   # The picks equal k-means++ run on the materialised g with the same draws.
-  norms = np.where(labeled, -np.inf, (g ** 2).sum(1))
+  norms = np.where(labeled, -np.inf, (g**2).sum(1))
   g32 = jnp.asarray(g, jnp.float32)
-  brute = jax.jit(lambda key: kernels.d2_seeding(lambda j: jnp.sum((g32 - g32[j]) ** 2, -1),
-                                                 ~labeled, key, k, int(np.argmax(norms))))
+  brute = jax.jit(
+      lambda key: kernels.d2_seeding(
+          lambda j: jnp.sum((g32 - g32[j]) ** 2, -1), ~labeled, key, k, int(np.argmax(norms))
+      )
+  )
   for seed in range(2):
     key = jax.random.PRNGKey(seed)
     want = brute(key)
     inputs = strategies.Inputs(labeled=labeled, logits=logits[None], embeddings=h)
     got = select('badge', inputs, k, seed=seed)
     np.testing.assert_array_equal(got, want)
-    assert got[0] == np.argmax(norms)   # the largest gradient first, as the authors' code
+    assert got[0] == np.argmax(norms)  # the largest gradient first, as the authors' code
 
 
 def test_badge_takes_at_most_one_point_of_zero_gradient():
@@ -151,13 +176,15 @@ def test_badge_takes_at_most_one_point_of_zero_gradient():
   rng = np.random.default_rng(0)
   logits = np.concatenate([rng.normal(size=(10, 3)), np.tile([[1e4, 0, 0]], (20, 1))])
   h = rng.normal(size=(30, 5)).astype(np.float32)
-  inputs = strategies.Inputs(labeled=np.zeros(30, bool), logits=logits[None].astype(np.float32),
-                             embeddings=h)
+  inputs = strategies.Inputs(
+      labeled=np.zeros(30, bool), logits=logits[None].astype(np.float32), embeddings=h
+  )
   confident_picks = [np.sum(select('badge', inputs, 8, seed=seed) >= 10) for seed in range(10)]
-  assert max(confident_picks) == 1   # 2/3 of the pool, yet one representative
+  assert max(confident_picks) == 1  # 2/3 of the pool, yet one representative
 
 
 # -- information density --------------------------------------------------------
+
 
 def test_information_density_exact_on_hand_made_vectors():
   h = np.array([[1, 0], [0, 2], [1, 1], [3, 0], [-1, -1]], np.float32)
@@ -167,11 +194,11 @@ def test_information_density_exact_on_hand_made_vectors():
   centre = np.array([(1 + 1 / r2 + 1) / 4, (1 + 1 / r2) / 4])
   units = h / np.linalg.norm(h, axis=1, keepdims=True)
   want_cos = units @ centre
-  brute = (units @ units[~labeled].T).mean(1)   # the n x n definition
+  brute = (units @ units[~labeled].T).mean(1)  # the n x n definition
   np.testing.assert_allclose(want_cos, brute, atol=1e-12)
   got = information_density.mean_cosine_similarity(h, ~labeled)
   np.testing.assert_allclose(got, want_cos, atol=1e-6)
-  assert want_cos[4] < 0    # (-1,-1) points away: density clamped to 0
+  assert want_cos[4] < 0  # (-1,-1) points away: density clamped to 0
 
   p = np.array([[0.5, 0.5], [0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.5, 0.5]])
   member_logits = np.log(p)[None].astype(np.float32)
@@ -195,8 +222,10 @@ def test_information_density_exact_on_hand_made_vectors():
 
 @pytest.mark.parametrize('beta', [-1.0, float('inf'), 'one', True])
 def test_information_density_rejects_bad_beta(beta):
-  with pytest.raises(ValueError, match=r'information_density: strategy_options.density_beta '
-                     r'must be a finite number >= 0'):
+  with pytest.raises(
+      ValueError,
+      match=r'information_density: strategy_options.density_beta ' r'must be a finite number >= 0',
+  ):
     information_density.beta_of(Options({'density_beta': beta}))
 
 
@@ -208,7 +237,7 @@ FAST_DAL = dict(dal_steps=150, dal_width=32, dal_subqueries=3)
 def test_dal_picks_from_the_region_the_labeled_set_misses():
   x, ids = planted([60, 60], [[0, 0, 0, 0], [6, 6, 6, 6]], 1.0)
   labeled = np.zeros(len(x), bool)
-  labeled[np.flatnonzero(ids == 0)[:12]] = True      # labels only in cluster 0
+  labeled[np.flatnonzero(ids == 0)[:12]] = True  # labels only in cluster 0
   inputs = strategies.Inputs(labeled=labeled, embeddings=x)
   picks = select('dal', inputs, 9, **FAST_DAL)
   assert len(set(picks.tolist())) == 9 and not labeled[picks].any()
@@ -221,19 +250,23 @@ def test_dal_sub_queries_and_their_sizes():
   assert dal.sub_query_sizes(20, 10) == [2] * 10
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('dal_subqueries', 0, 'dal_subqueries must be a positive int, got 0'),
-    ('dal_steps', 2.5, 'dal_steps must be a positive int, got 2.5'),
-    ('dal_batch_size', 63, 'dal_batch_size must be a positive even int, got 63'),
-    ('dal_batch_size', 0, 'dal_batch_size must be a positive even int, got 0'),
-    ('dal_learning_rate', -1.0, 'dal_learning_rate must be a finite number > 0'),
-])
+@pytest.mark.parametrize(
+    'field,value,message',
+    [
+        ('dal_subqueries', 0, 'dal_subqueries must be a positive int, got 0'),
+        ('dal_steps', 2.5, 'dal_steps must be a positive int, got 2.5'),
+        ('dal_batch_size', 63, 'dal_batch_size must be a positive even int, got 63'),
+        ('dal_batch_size', 0, 'dal_batch_size must be a positive even int, got 0'),
+        ('dal_learning_rate', -1.0, 'dal_learning_rate must be a finite number > 0'),
+    ],
+)
 def test_dal_rejects_bad_options(field, value, message):
   with pytest.raises(ValueError, match=f'dal: strategy_options.{message}'):
     dal.settings_of(Options({field: value}))
 
 
 # -- TypiClust ---------------------------------------------------------------------
+
 
 def brute_force_typicality(x, k_nn=20):
   d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
@@ -246,12 +279,12 @@ def test_cluster_typicality_matches_brute_force_across_tiles():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(700, 3)).astype(np.float32)
   members = np.zeros(700, bool)
-  members[rng.choice(700, 600, replace=False)] = True   # 2 x 2 tiles of 512
+  members[rng.choice(700, 600, replace=False)] = True  # 2 x 2 tiles of 512
   got = np.asarray(jax.jit(typiclust.cluster_typicality, static_argnums=2)(x, members, 20))
   np.testing.assert_allclose(got[members], brute_force_typicality(x[members]), rtol=1e-4)
   assert np.isneginf(got[~members]).all()
   small = np.zeros(700, bool)
-  small[[3, 9, 11]] = True                               # K = min(20, 3 - 1) = 2
+  small[[3, 9, 11]] = True  # K = min(20, 3 - 1) = 2
   got = np.asarray(typiclust.cluster_typicality(x, small, 20))
   np.testing.assert_allclose(got[small], brute_force_typicality(x[small]), rtol=1e-5)
 
@@ -260,8 +293,10 @@ def test_typiclust_one_typical_point_per_cluster_largest_first():
   sizes = [40, 30, 20, 12]
   centres = [[0, 0], [30, 0], [0, 30], [30, 30]]
   x, ids = planted(sizes, centres, 1.0)
-  densest = [int(np.flatnonzero(ids == c)[np.argmax(brute_force_typicality(x[ids == c]))])
-             for c in range(4)]
+  densest = [
+      int(np.flatnonzero(ids == c)[np.argmax(brute_force_typicality(x[ids == c]))])
+      for c in range(4)
+  ]
   # Nothing labeled: 4 clusters, one pick each, by size.
   inputs = strategies.Inputs(labeled=np.zeros(len(x), bool), embeddings=x)
   np.testing.assert_array_equal(select('typiclust', inputs, 4), densest)
@@ -285,9 +320,10 @@ def test_typiclust_one_typical_point_per_cluster_largest_first():
 
 # -- ProbCover ----------------------------------------------------------------
 
+
 def test_ball_graph_equals_brute_force():
   rng = np.random.default_rng(0)
-  x = probcover.normalise(rng.normal(size=(1200, 3)))    # 3 row blocks of 512
+  x = probcover.normalise(rng.normal(size=(1200, 3)))  # 3 row blocks of 512
   delta = 0.3
   src, dst = probcover.ball_graph(x, jnp.float32(delta))
   src, dst = np.asarray(src), np.asarray(dst)
@@ -296,8 +332,8 @@ def test_ball_graph_equals_brute_force():
   d = np.sqrt(((xn[:, None] - xn[None]) ** 2).sum(-1))
   want = set(zip(*np.nonzero(d < delta)))
   got = set(zip(src[real].tolist(), dst[real].tolist()))
-  assert len(got) == real.sum()                        # no duplicates
-  near = np.abs(d - delta) < 1e-5                      # rounding may decide these
+  assert len(got) == real.sum()  # no duplicates
+  near = np.abs(d - delta) < 1e-5  # rounding may decide these
   assert {e for e in got ^ want if not near[e]} == set()
   assert (np.diff(src) >= 0).all() and (src[~real] == 1200).all()
 
@@ -337,10 +373,10 @@ def test_purity_delta_lies_between_intra_and_inter_cluster_distances():
   same = ids[:, None] == ids[None]
   intra, inter = d[same].max(), d[~same].min()
   assert intra < 0.3 < 1.2 < inter
-  inputs = strategies.Inputs(labeled=np.zeros(len(x), bool), logits=np.zeros((1, len(x), 7)),
-                             embeddings=x)
-  delta = probcover.delta_of(inputs, jnp.asarray(xn, jnp.float32), jax.random.PRNGKey(0),
-                             Options())
+  inputs = strategies.Inputs(
+      labeled=np.zeros(len(x), bool), logits=np.zeros((1, len(x), 7)), embeddings=x
+  )
+  delta = probcover.delta_of(inputs, jnp.asarray(xn, jnp.float32), jax.random.PRNGKey(0), Options())
   # Larger than any within-cluster distance; an order statistic of d_out, at
   # most the 5% quantile, so below most between-cluster distances.
   d_out = np.where(same, np.inf, d).min(1)
@@ -352,8 +388,9 @@ def test_purity_delta_lies_between_intra_and_inter_cluster_distances():
 
 def test_probcover_covers_seven_planted_clusters_one_pick_each():
   x, ids = seven_clusters()
-  inputs = strategies.Inputs(labeled=np.zeros(len(x), bool),
-                             logits=np.zeros((1, len(x), 7), np.float32), embeddings=x)
+  inputs = strategies.Inputs(
+      labeled=np.zeros(len(x), bool), logits=np.zeros((1, len(x), 7), np.float32), embeddings=x
+  )
   picks = select('probcover', inputs, 7)
   assert sorted(ids[picks].tolist()) == list(range(7))
   # With the largest cluster labeled, the next 6 picks cover the other 6.
@@ -376,6 +413,7 @@ def test_probcover_needs_a_cluster_count():
 
 # -- where embeddings come from ------------------------------------------------
 
+
 def gaussian_config(**options):
   c = config_lib.base_config()
   c.data = dict(name='gaussian_blobs', num_train=40, num_test=10)
@@ -386,8 +424,11 @@ def gaussian_config(**options):
 
 
 def test_embedding_source_errors(tmp_path):
-  with pytest.raises(ValueError, match=r"unknown strategy_options.embeddings 'simclr'; "
-                     r'valid: model, pretrained, or the path of a .npy file'):
+  with pytest.raises(
+      ValueError,
+      match=r"unknown strategy_options.embeddings 'simclr'; "
+      r'valid: model, pretrained, or the path of a .npy file',
+  ):
     config_lib.validate(gaussian_config(embeddings='simclr'))
   with pytest.raises(ValueError, match='needs config.model.pretrained_path'):
     config_lib.validate(gaussian_config(embeddings='pretrained'))
@@ -399,8 +440,9 @@ def test_embedding_source_errors(tmp_path):
   config = gaussian_config(embeddings=path)
   config_lib.validate(config)
   dataset = data_lib.gaussian_blobs(num_train=40, num_test=10)
-  with pytest.raises(ValueError, match=r'has shape \(39, 4\); it needs one row per pool '
-                     r'point, \[40, d\]'):
+  with pytest.raises(
+      ValueError, match=r'has shape \(39, 4\); it needs one row per pool ' r'point, \[40, d\]'
+  ):
     config_lib.validate_against_data(config, dataset)
 
 
@@ -419,10 +461,11 @@ def test_npy_embeddings_replace_the_model_s(tmp_path):
   inputs = exp.score(strategies.get_strategy('coreset'), None, labeled, key)
   np.testing.assert_array_equal(inputs.embeddings, emb)
   assert inputs.logits is None
-  assert exp.fixed_embeddings is exp.fixed_embeddings    # computed once
+  assert exp.fixed_embeddings is exp.fixed_embeddings  # computed once
   np.testing.assert_array_equal(
       exp.select(strategies.get_strategy('coreset'), inputs, key),
-      kernels.k_center_greedy(emb, labeled, k=config.query_size))
+      kernels.k_center_greedy(emb, labeled, k=config.query_size),
+  )
   # Logits still come from the model.
   states = train.init_ensemble(exp.trainer, jax.random.split(key, 2), exp.x_train)
   inputs = exp.score(strategies.get_strategy('probcover'), states, labeled, key)
@@ -433,31 +476,44 @@ def test_npy_embeddings_replace_the_model_s(tmp_path):
 def test_pretrained_embeddings_are_the_loaded_network_s(tmp_path):
   from jal import pretrained  # pylint: disable=g-import-not-at-top
   from tests.test_pretrained import random_state_dict  # pylint: disable=g-import-not-at-top
+
   path = str(tmp_path / 'resnet18.npz')
   np.savez(path, **random_state_dict(0))
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
   y = np.array([0, 1, 0, 1, 0, 1], np.int32)
-  dataset = data_lib.Dataset(name='tiny', x_train=x, y_train=y, x_test=x[:2], y_test=y[:2],
-                             num_classes=2, class_names=('a', 'b'), mean=(0.5,) * 3,
-                             std=(0.25,) * 3)
+  dataset = data_lib.Dataset(
+      name='tiny',
+      x_train=x,
+      y_train=y,
+      x_test=x[:2],
+      y_test=y[:2],
+      num_classes=2,
+      class_names=('a', 'b'),
+      mean=(0.5,) * 3,
+      std=(0.25,) * 3,
+  )
   config = gaussian_config(embeddings='pretrained')
-  config.model.update(name='resnet18', stem='imagenet', width=64, pretrained_path=path,
-                      compute_dtype='float32')
+  config.model.update(
+      name='resnet18', stem='imagenet', width=64, pretrained_path=path, compute_dtype='float32'
+  )
   config.eval_batch_size = 6
   config_lib.validate(config)
   exp = experiment.Experiment(config, dataset)
   got = np.asarray(exp.fixed_embeddings)
   # Independently: the converted weights on a template of random numbers.
-  shapes = jax.eval_shape(functools.partial(exp.model.init, train=False), jax.random.PRNGKey(0),
-                          jnp.zeros((1, 32, 32, 3)))
+  shapes = jax.eval_shape(
+      functools.partial(exp.model.init, train=False),
+      jax.random.PRNGKey(0),
+      jnp.zeros((1, 32, 32, 3)),
+  )
   template = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype), shapes)
   variables = pretrained.load_pretrained(path, template, stem='imagenet')
   xn = train.prepare_inputs(jnp.asarray(x), exp.eval_spec)
   _, want = jax.jit(functools.partial(exp.model.apply, train=False))(variables, xn)
   assert got.shape == (6, 512)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-  assert np.std(got, axis=0).max() > 0     # features differ between images
+  assert np.std(got, axis=0).max() > 0  # features differ between images
   # The CIFAR stem's conv1 is not in the weights: refused.
   config.model.stem = 'cifar'
   with pytest.raises(ValueError, match=r"needs config.model.stem='imagenet'"):
@@ -467,8 +523,9 @@ def test_pretrained_embeddings_are_the_loaded_network_s(tmp_path):
 def test_option_defaults_match_base_config():
   so = config_lib.base_config().strategy_options
   for opts in (None, so):
-    assert dal.settings_of(opts) == dict(subqueries=10, steps=300, width=256, batch_size=64,
-                                         learning_rate=1e-3)
+    assert dal.settings_of(opts) == dict(
+        subqueries=10, steps=300, width=256, batch_size=64, learning_rate=1e-3
+    )
     assert information_density.beta_of(opts) == 1.0
     assert kmeans.iters_of(opts) == 20
     assert typiclust.settings_of(opts) == (500, 20)

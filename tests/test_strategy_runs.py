@@ -28,14 +28,21 @@ def _check_run(workdir, config, n_pool):
   for name in ALL:
     mine = [m for m in metrics if m['strategy'] == name]
     assert [m['n_labeled'] for m in mine] == [
-        config.warmup_size + r * config.query_size for r in range(config.num_rounds + 1)], name
+        config.warmup_size + r * config.query_size for r in range(config.num_rounds + 1)
+    ], name
     picked = [i for s in selections if s['strategy'] == name for i in s['indices']]
-    assert len(picked) == len(set(picked)) == config.warmup_size + (
-        config.num_rounds * config.query_size), name
+    assert (
+        len(picked)
+        == len(set(picked))
+        == config.warmup_size + (config.num_rounds * config.query_size)
+    ), name
     assert 0 <= min(picked) and max(picked) < n_pool
   # Common random numbers: the same warmup set and warmup ensemble for all.
-  round0 = {json.dumps({k: v for k, v in m.items() if k != 'strategy'}, sort_keys=True)
-            for m in metrics if m['round'] == 0}
+  round0 = {
+      json.dumps({k: v for k, v in m.items() if k != 'strategy'}, sort_keys=True)
+      for m in metrics
+      if m['round'] == 0
+  }
   assert len(round0) == 1
   warm = {tuple(s['indices']) for s in selections if s['round'] == 0}
   assert len(warm) == 1

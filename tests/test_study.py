@@ -6,38 +6,58 @@ import pytest
 
 from jal import study
 
-SETTINGS = ('gaussian', 'mnist_low', 'mnist_high', 'cifar10_2class_low',
-            'cifar10_2class_high', 'cifar100_low', 'cifar100_high',
-            'cifar100_low_pretrained', 'cifar100_high_pretrained',
-            'cifar100_high_warmup_low', 'cifar100_high_warmup_high',
-            'imbalance', 'imbalance_pretrained', 'retinopathy')
+SETTINGS = (
+    'gaussian',
+    'mnist_low',
+    'mnist_high',
+    'cifar10_2class_low',
+    'cifar10_2class_high',
+    'cifar100_low',
+    'cifar100_high',
+    'cifar100_low_pretrained',
+    'cifar100_high_pretrained',
+    'cifar100_high_warmup_low',
+    'cifar100_high_warmup_high',
+    'imbalance',
+    'imbalance_pretrained',
+    'retinopathy',
+)
 
 # (setting, coreset, ensembles, label) for every table entry.
 PUBLISHED = [
     ('mnist_low', -13.388, 4.584, 'Table 3.2, MNIST, low query size'),
     ('mnist_high', 0.725, 1.547, 'Table 3.2, MNIST, high query size'),
-    ('cifar10_2class_low', -3.158, 1.338,
-     'Table 3.2, CIFAR-10 2-class, low query size'),
-    ('cifar10_2class_high', -0.178, 0.667,
-     'Table 3.2, CIFAR-10 2-class, high query size'),
-    ('cifar100_low', -0.309, -0.564,
-     'Table 4.1, CIFAR-100 vanilla, low query size'),
-    ('cifar100_high', 0.556, -0.167,
-     'Table 4.1, CIFAR-100 vanilla, high query size'),
-    ('cifar100_low_pretrained', -7.126, -0.002,
-     'Table 4.1, CIFAR-100 ImageNet pretrained, low query size'),
-    ('cifar100_high_pretrained', 0.553, -0.221,
-     'Table 4.1, CIFAR-100 ImageNet pretrained, high query size'),
-    ('cifar100_high_warmup_low', 0.340, 0.350,
-     'Table 4.1, CIFAR-100 high warmup, low query size'),
-    ('cifar100_high_warmup_high', 0.174, -0.162,
-     'Table 4.1, CIFAR-100 high warmup, high query size'),
-    ('imbalance', -0.0015, 0.0325,
-     'Table 4.2, vanilla CIFAR-10 (1:19 imbalance)'),
-    ('imbalance_pretrained', 0.0198, 0.1200,
-     'Table 4.2, ImageNet pretrained CIFAR-10 (1:19 imbalance)'),
-    ('retinopathy', -0.0001, 0.0019,
-     'Table 4.2, ImageNet pretrained diabetic retinopathy'),
+    ('cifar10_2class_low', -3.158, 1.338, 'Table 3.2, CIFAR-10 2-class, low query size'),
+    ('cifar10_2class_high', -0.178, 0.667, 'Table 3.2, CIFAR-10 2-class, high query size'),
+    ('cifar100_low', -0.309, -0.564, 'Table 4.1, CIFAR-100 vanilla, low query size'),
+    ('cifar100_high', 0.556, -0.167, 'Table 4.1, CIFAR-100 vanilla, high query size'),
+    (
+        'cifar100_low_pretrained',
+        -7.126,
+        -0.002,
+        'Table 4.1, CIFAR-100 ImageNet pretrained, low query size',
+    ),
+    (
+        'cifar100_high_pretrained',
+        0.553,
+        -0.221,
+        'Table 4.1, CIFAR-100 ImageNet pretrained, high query size',
+    ),
+    ('cifar100_high_warmup_low', 0.340, 0.350, 'Table 4.1, CIFAR-100 high warmup, low query size'),
+    (
+        'cifar100_high_warmup_high',
+        0.174,
+        -0.162,
+        'Table 4.1, CIFAR-100 high warmup, high query size',
+    ),
+    ('imbalance', -0.0015, 0.0325, 'Table 4.2, vanilla CIFAR-10 (1:19 imbalance)'),
+    (
+        'imbalance_pretrained',
+        0.0198,
+        0.1200,
+        'Table 4.2, ImageNet pretrained CIFAR-10 (1:19 imbalance)',
+    ),
+    ('retinopathy', -0.0001, 0.0019, 'Table 4.2, ImageNet pretrained diabetic retinopathy'),
 ]
 
 
@@ -87,9 +107,19 @@ def test_query_sizes():
   assert sizes['retinopathy'] == 20
 
 
-@pytest.mark.parametrize('name', ['gaussian_smoke', 'mnist_low_smoke',
-                                  'retinopathy_smoke', 'mnist', 'cifar100',
-                                  'toy', '', 'Gaussian'])
+@pytest.mark.parametrize(
+    'name',
+    [
+        'gaussian_smoke',
+        'mnist_low_smoke',
+        'retinopathy_smoke',
+        'mnist',
+        'cifar100',
+        'toy',
+        '',
+        'Gaussian',
+    ],
+)
 def test_other_names_are_not_matched(name):
   assert study.lookup(name) is None
 

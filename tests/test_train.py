@@ -29,9 +29,16 @@ def _fit(model, tx, keys, ds, num, epochs=30, batch=16, spec=train.InputSpec()):
   capacity = train.capacity_for(num, batch)
   idx = np.zeros(capacity, np.int32)
   idx[:num] = np.arange(num)
-  return train.fit(_trainer(model, batch, spec=spec, tx=tx), keys, jnp.asarray(ds.x_train),
-                   jnp.asarray(ds.y_train), jnp.asarray(idx), jnp.int32(num),
-                   jnp.int32(epochs), plan=train.Plan('vmap', 'program'))
+  return train.fit(
+      _trainer(model, batch, spec=spec, tx=tx),
+      keys,
+      jnp.asarray(ds.x_train),
+      jnp.asarray(ds.y_train),
+      jnp.asarray(idx),
+      jnp.int32(num),
+      jnp.int32(epochs),
+      plan=train.Plan('vmap', 'program'),
+  )
 
 
 def test_vmapped_members_equal_single_runs(blobs):
@@ -41,12 +48,17 @@ def test_vmapped_members_equal_single_runs(blobs):
   ens = _fit(model, tx, keys, blobs, num=50)
   for i in range(3):
     solo = jax.jit(functools.partial(train.fit_member, _trainer(model, tx=tx)))(
-        keys[i], jnp.asarray(blobs.x_train), jnp.asarray(blobs.y_train),
-        jnp.asarray(np.r_[np.arange(50), np.zeros(14)].astype(np.int32)), jnp.int32(50),
-        jnp.int32(30))
+        keys[i],
+        jnp.asarray(blobs.x_train),
+        jnp.asarray(blobs.y_train),
+        jnp.asarray(np.r_[np.arange(50), np.zeros(14)].astype(np.int32)),
+        jnp.int32(50),
+        jnp.int32(30),
+    )
     member = jax.tree.map(lambda a: a[i], ens.params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 member, solo.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, solo.params
+    )
   # Members from different keys differ.
   p = ens.params['Dense_0']['kernel']
   assert not np.allclose(p[0], p[1])
@@ -65,7 +77,14 @@ def test_trained_ensemble_learns_the_blobs(blobs):
 
 def test_capacity_buckets_and_epochs():
   assert [train.capacity_for(n, 32) for n in (1, 32, 33, 64, 65, 129, 600)] == [
-      32, 32, 64, 64, 128, 256, 1024]
+      32,
+      32,
+      64,
+      64,
+      128,
+      256,
+      1024,
+  ]
   assert train.epochs_for(10, 64, epochs=20, min_steps=300) == 300
   assert train.epochs_for(6000, 64, epochs=20, min_steps=300) == 20
 
@@ -93,8 +112,17 @@ def test_padding_and_capacity_do_not_change_training(blobs):
   for capacity in (32, 128):
     idx = np.full(capacity, 399, np.int32)  # padding points at a real sample
     idx[:20] = np.arange(20)
-    outs.append(train.fit(_trainer(model, tx=tx), keys, *args, jnp.asarray(idx), jnp.int32(20),
-                          jnp.int32(4), plan=train.Plan('vmap', 'program')))
+    outs.append(
+        train.fit(
+            _trainer(model, tx=tx),
+            keys,
+            *args,
+            jnp.asarray(idx),
+            jnp.int32(20),
+            jnp.int32(4),
+            plan=train.Plan('vmap', 'program'),
+        )
+    )
   # Shuffling draws over the capacity, so orders differ; compare the loss
   # landscape instead: both runs took exactly 2 steps per epoch.
   assert int(outs[0].opt_state.inner_state[0].count[0]) == 8
@@ -155,8 +183,11 @@ def test_every_plan_equals_fit_member_per_key(blobs, model):
   for plan in PLANS:
     states = train.fit(trainer, keys, *data, plan=plan)
     for i in range(2):
-      jax.tree.map(lambda u, v, i=i: np.testing.assert_allclose(u[i], v, rtol=1e-4, atol=1e-5),
-                   states.params, solo[i].params)
+      jax.tree.map(
+          lambda u, v, i=i: np.testing.assert_allclose(u[i], v, rtol=1e-4, atol=1e-5),
+          states.params,
+          solo[i].params,
+      )
     assert states.opt_state.inner_state[0].count.tolist() == [9, 9]  # 3 steps x 3 epochs each
 
 
@@ -165,55 +196,69 @@ def test_resolve_plan_on_cpu(blobs):
   lenet, mlp = _trainer(models.LeNet(2)), _trainer(models.MLP(2, hidden=(8,)))
   # 'auto': one dispatch per step; convnets' members in turn, the rest vmapped.
   assert train.resolve_plan(trainer=lenet, sample_x=_tiny_images(x[:1])) == train.Plan(
-      'in_turn', 'step')
+      'in_turn', 'step'
+  )
   assert train.resolve_plan(trainer=mlp, sample_x=x[:1]) == train.Plan('vmap', 'step')
   assert train.resolve_plan() == train.Plan('vmap', 'step')
   # Explicit values are kept; the other field still follows 'auto'.
   assert train.resolve_plan('vmap', 'program', lenet, _tiny_images(x[:1])) == train.Plan(
-      'vmap', 'program')
+      'vmap', 'program'
+  )
   assert train.resolve_plan('auto', 'program', lenet, _tiny_images(x[:1])) == train.Plan(
-      'in_turn', 'program')
+      'in_turn', 'program'
+  )
   assert train.resolve_plan('in_turn', 'auto', mlp, x[:1]) == train.Plan('in_turn', 'step')
-  with pytest.raises(ValueError, match=re.escape("unknown members 'scan'; valid: auto, vmap, "
-                                                 'in_turn')):
+  with pytest.raises(
+      ValueError, match=re.escape("unknown members 'scan'; valid: auto, vmap, " 'in_turn')
+  ):
     train.resolve_plan('scan')
-  with pytest.raises(ValueError, match=re.escape("unknown dispatch 'member_step'; valid: auto, "
-                                                 'program, step')):
+  with pytest.raises(
+      ValueError, match=re.escape("unknown dispatch 'member_step'; valid: auto, " 'program, step')
+  ):
     train.resolve_plan(dispatch='member_step')
   with pytest.raises(ValueError, match="members 'auto' on a CPU needs sample_x"):
     train.resolve_plan(trainer=lenet)
 
 
 def test_resolve_plan_with_several_devices():
-  four = types.SimpleNamespace(size=4)   # all resolve_plan reads of a mesh
+  four = types.SimpleNamespace(size=4)  # all resolve_plan reads of a mesh
   lenet = _trainer(models.LeNet(2))
   assert train.resolve_plan(trainer=lenet, mesh=four) == train.Plan('vmap', 'program', 4)
-  with pytest.raises(ValueError, match="dispatch 'step' runs on one device; with 4 devices use "
-                                       "'program'"):
+  with pytest.raises(
+      ValueError, match="dispatch 'step' runs on one device; with 4 devices use " "'program'"
+  ):
     train.resolve_plan(dispatch='step', mesh=four)
   # A one-device mesh changes nothing.
-  assert train.resolve_plan(trainer=_trainer(models.MLP(2)), sample_x=jnp.zeros((1, 2)),
-                            mesh=types.SimpleNamespace(size=1)) == train.Plan('vmap', 'step')
+  assert train.resolve_plan(
+      trainer=_trainer(models.MLP(2)),
+      sample_x=jnp.zeros((1, 2)),
+      mesh=types.SimpleNamespace(size=1),
+  ) == train.Plan('vmap', 'step')
 
 
 def test_auto_plan_on_accelerators(monkeypatch):
   from jal import resnet  # pylint: disable=g-import-not-at-top
+
   x = jnp.zeros((1, 32, 32, 3))
   # Measured on an H200 (results/bench_h200): ResNet-18 members train faster
   # in turn, LeNet and MLP members faster vmapped; every fit is one program.
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  for model, members in ((resnet.ResNet18(10, width=8), 'in_turn'), (models.LeNet(10), 'vmap'),
-                         (models.MLP(2), 'vmap')):
-    assert train.resolve_plan(trainer=_trainer(model), sample_x=x) == train.Plan(
-        members, 'program')
+  for model, members in (
+      (resnet.ResNet18(10, width=8), 'in_turn'),
+      (models.LeNet(10), 'vmap'),
+      (models.MLP(2), 'vmap'),
+  ):
+    assert train.resolve_plan(trainer=_trainer(model), sample_x=x) == train.Plan(members, 'program')
   assert train.resolve_plan() == train.Plan('vmap', 'program')
 
 
 def test_plan_describes_itself_and_refuses_what_cannot_run():
   assert train.Plan('in_turn', 'step').describe() == (
-      'members in turn, one dispatch per step, 1 device')
+      'members in turn, one dispatch per step, 1 device'
+  )
   assert train.Plan('vmap', 'program', 4).describe() == (
-      'members vmapped, one program per fit, split over 4 devices')
+      'members vmapped, one program per fit, split over 4 devices'
+  )
   assert train.Plan().as_dict() == {'members': 'vmap', 'dispatch': 'program', 'devices': 1}
   with pytest.raises(ValueError, match=re.escape("unknown members 'map'; valid: vmap, in_turn")):
     train.Plan('map')
@@ -222,11 +267,18 @@ def test_plan_describes_itself_and_refuses_what_cannot_run():
 
 
 def test_fit_refuses_a_checkpoint_or_mesh_its_plan_cannot_use(blobs):
-  args = (_trainer(models.MLP(2)), jax.random.split(jax.random.PRNGKey(0), 2),
-          jnp.asarray(blobs.x_train), jnp.asarray(blobs.y_train), jnp.zeros(16, jnp.int32),
-          jnp.int32(4), jnp.int32(1))
-  with pytest.raises(ValueError, match="a checkpoint needs dispatch 'step', the plan has "
-                                       "'program'"):
+  args = (
+      _trainer(models.MLP(2)),
+      jax.random.split(jax.random.PRNGKey(0), 2),
+      jnp.asarray(blobs.x_train),
+      jnp.asarray(blobs.y_train),
+      jnp.zeros(16, jnp.int32),
+      jnp.int32(4),
+      jnp.int32(1),
+  )
+  with pytest.raises(
+      ValueError, match="a checkpoint needs dispatch 'step', the plan has " "'program'"
+  ):
     train.fit(*args, plan=train.Plan('vmap', 'program'), checkpoint=object())
   with pytest.raises(ValueError, match=r'the plan is for 1 device\(s\) but the mesh has 4'):
     train.fit(*args, plan=train.Plan('vmap', 'program'), mesh=types.SimpleNamespace(size=4))
@@ -256,8 +308,9 @@ def test_predict_on_indices_equals_those_rows(lenets):
   whole = infer.predict(model, train.InputSpec(), 16, True, states, x)
   rows = np.array([49, 3, 17, 3, 0, 21, 8, 30, 44, 12, 5, 6, 7, 9, 10, 11, 13, 14], np.int32)
   for in_turn in (False, True):  # 18 rows: two chunks of 16, the last one padded
-    part = infer.predict(model, train.InputSpec(), 16, True, states, x, in_turn=in_turn,
-                         indices=rows)
+    part = infer.predict(
+        model, train.InputSpec(), 16, True, states, x, in_turn=in_turn, indices=rows
+    )
     assert part.logits.shape == (3, 18, 3)
     np.testing.assert_allclose(part.logits, whole.logits[:, rows], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(part.embeddings, whole.embeddings[rows], rtol=1e-5, atol=1e-6)

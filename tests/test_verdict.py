@@ -39,21 +39,37 @@ T2 = 4.302652729749462  # t_{0.975, 2}
 HALF = T2 / math.sqrt(3)  # half-width for a per-seed sd of 1 (pp or 0.01 AP)
 
 
-def _workdir(path: pathlib.Path, name: str, query: int, d: dict, metric='accuracy',
-             seeds=(0, 1, 2), config=None) -> str:
+def _workdir(
+    path: pathlib.Path,
+    name: str,
+    query: int,
+    d: dict,
+    metric='accuracy',
+    seeds=(0, 1, 2),
+    config=None,
+) -> str:
   """A workdir with random and the strategies of `d` (strategy -> d per seed)."""
   path.mkdir(parents=True)
-  cfg = {'name': name, 'query_size': query, 'data': {'name': 'mnist'},
-         'model': {'name': 'lenet'}} | (config or {})
+  cfg = {
+      'name': name,
+      'query_size': query,
+      'data': {'name': 'mnist'},
+      'model': {'name': 'lenet'},
+  } | (config or {})
   (path / 'config.json').write_text(json.dumps(cfg))
   rows = []
   for strategy, offsets in {'random': [0.0] * len(seeds), **d}.items():
     for k, seed in enumerate(seeds):
       for r in range(3):
         value = 0.5 + 0.1 * r + 0.01 * seed + (offsets[k] if r else 0.0)
-        row = {'strategy': strategy, 'seed': seed, 'round': r,
-               'n_labeled': query * (r + 1), 'accuracy': value,
-               'per_class_accuracy': [value, value]}
+        row = {
+            'strategy': strategy,
+            'seed': seed,
+            'round': r,
+            'n_labeled': query * (r + 1),
+            'accuracy': value,
+            'per_class_accuracy': [value, value],
+        }
         if metric == 'average_precision':
           row['average_precision'] = value
         rows.append(row)
@@ -65,15 +81,35 @@ def _workdir(path: pathlib.Path, name: str, query: int, d: dict, metric='accurac
 def fixture_runs(tmp_path):
   ap = {'data': {'name': 'mnist', 'positive_classes': [3], 'minority_fraction': 0.05}}
   return [
-      _workdir(tmp_path / 'mnist_low', 'mnist_low', 10,
-               {'coreset': [.02, .03, .04], 'ensembles': [.02, .03, .04]}),
-      _workdir(tmp_path / 'mnist_high', 'mnist_high', 600,
-               {'coreset': [-.04, -.03, -.02], 'ensembles': [.01, .02, .03]}),
-      _workdir(tmp_path / 'imbalance', 'imbalance', 50, {'ensembles': [.05]},
-               metric='average_precision', seeds=(0,), config=ap),
-      _workdir(tmp_path / 'digit3', 'mnist_imbalance_digit3', 50,
-               {'ensembles': [.1, .2, .3], 'balanced_uncertainty': [.10, .11, .12]},
-               metric='average_precision', config=ap),
+      _workdir(
+          tmp_path / 'mnist_low',
+          'mnist_low',
+          10,
+          {'coreset': [0.02, 0.03, 0.04], 'ensembles': [0.02, 0.03, 0.04]},
+      ),
+      _workdir(
+          tmp_path / 'mnist_high',
+          'mnist_high',
+          600,
+          {'coreset': [-0.04, -0.03, -0.02], 'ensembles': [0.01, 0.02, 0.03]},
+      ),
+      _workdir(
+          tmp_path / 'imbalance',
+          'imbalance',
+          50,
+          {'ensembles': [0.05]},
+          metric='average_precision',
+          seeds=(0,),
+          config=ap,
+      ),
+      _workdir(
+          tmp_path / 'digit3',
+          'mnist_imbalance_digit3',
+          50,
+          {'ensembles': [0.1, 0.2, 0.3], 'balanced_uncertainty': [0.10, 0.11, 0.12]},
+          metric='average_precision',
+          config=ap,
+      ),
   ]
 
 
@@ -85,12 +121,13 @@ def _row(rows, setting, strategy, run=''):
 
 def test_paired_t_pvalue():
   t = 3 * math.sqrt(3)  # d = [.02, .03, .04]
-  assert stats.paired_t_pvalue([.02, .03, .04]) == pytest.approx(1 - t / math.sqrt(2 + t * t))
-  assert stats.paired_t_pvalue([.01, .02, .03]) == pytest.approx(1 - math.sqrt(12 / 14))
-  assert stats.paired_t_pvalue([-.04, -.03, -.02]) == pytest.approx(
-      stats.paired_t_pvalue([.02, .03, .04]))
+  assert stats.paired_t_pvalue([0.02, 0.03, 0.04]) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+  assert stats.paired_t_pvalue([0.01, 0.02, 0.03]) == pytest.approx(1 - math.sqrt(12 / 14))
+  assert stats.paired_t_pvalue([-0.04, -0.03, -0.02]) == pytest.approx(
+      stats.paired_t_pvalue([0.02, 0.03, 0.04])
+  )
   # p < 0.05 exactly when the 95% t interval excludes 0.
-  for x in ([.02, .03, .04], [.01, .02, .03], [.1, -.3, .5, .2]):
+  for x in ([0.02, 0.03, 0.04], [0.01, 0.02, 0.03], [0.1, -0.3, 0.5, 0.2]):
     assert (stats.paired_t_pvalue(x) < 0.05) == stats.summarize(x)['excludes_zero']
   assert math.isnan(stats.paired_t_pvalue([0.3]))
   assert math.isnan(stats.paired_t_pvalue([0.2, 0.2, float('nan')]))
@@ -100,7 +137,10 @@ def test_rows_match_hand_computed_values(runs):
   rows = verdict.verdict_rows(runs)
   r = _row(rows, 'mnist_low', 'ensembles')
   assert (r['table'], r['study_row'], r['study_value']) == (
-      'Table 3.2', 'MNIST, low query size', 4.584)
+      'Table 3.2',
+      'MNIST, low query size',
+      4.584,
+  )
   assert (r['jal_mean'], r['jal_lo'], r['jal_hi']) == pytest.approx((3, 3 - HALF, 3 + HALF))
   assert (r['n_seeds'], r['seeds'], r['unit']) == (3, '0 1 2', 'pp')
   assert r['p_value'] == pytest.approx(1 - math.sqrt(27 / 29))
@@ -119,8 +159,13 @@ def test_rows_match_hand_computed_values(runs):
   assert r['verdict'] == 'inconclusive'
   r = _row(rows, 'imbalance', 'coreset')
   assert r['verdict'] == 'not run here' and 'coreset was not run in' in r['reason']
-  assert {r['verdict'] for r in rows} == {'agrees', 'disagrees', 'inconclusive',
-                                          'not run here', 'beats random'}
+  assert {r['verdict'] for r in rows} == {
+      'agrees',
+      'disagrees',
+      'inconclusive',
+      'not run here',
+      'beats random',
+  }
 
 
 def test_every_study_row_once_and_absent_ones_say_why(runs):
@@ -128,9 +173,13 @@ def test_every_study_row_once_and_absent_ones_say_why(runs):
   assert set(verdict.SETTINGS) == set(study.SETTINGS)
   study_rows = [r for r in rows if r['section'] == 'study']
   assert [(r['setting'], r['strategy']) for r in study_rows] == [
-      (s, k) for s in study.SETTINGS for k in study.lookup(s).improvement]
-  reasons = {r['setting']: r['reason'] for r in study_rows if r['verdict'] == 'not run here'
-             and r['setting'] != 'imbalance'}
+      (s, k) for s in study.SETTINGS for k in study.lookup(s).improvement
+  ]
+  reasons = {
+      r['setting']: r['reason']
+      for r in study_rows
+      if r['verdict'] == 'not run here' and r['setting'] != 'imbalance'
+  }
   assert reasons['gaussian'] == 'no given workdir holds this setting'
   assert reasons['cifar100_low'] == 'CIFAR-100 data not available here'
   assert 'no ImageNet ResNet-18 weights here' in reasons['cifar100_high_pretrained']
@@ -138,8 +187,9 @@ def test_every_study_row_once_and_absent_ones_say_why(runs):
   assert reasons['retinopathy'].startswith('diabetic retinopathy data not available here')
   assert 'no accelerator is lent' in reasons['cifar10_2class_high']
   assert 'launch.accelerator' in reasons['cifar10_2class_low']
-  assert all(math.isnan(r['jal_mean']) and r['n_seeds'] == 0 for r in study_rows
-             if r['setting'] in reasons)
+  assert all(
+      math.isnan(r['jal_mean']) and r['n_seeds'] == 0 for r in study_rows if r['setting'] in reasons
+  )
   # Table 3.1's derived value for gaussian.
   assert _row(rows, 'gaussian', 'ensembles')['study_value'] == pytest.approx(7 / 3)
 
@@ -150,7 +200,8 @@ def test_beyond_the_study(runs):
   r = _row(rows, 'mnist_imbalance_digit3', 'balanced_uncertainty')
   assert (r['related_setting'], r['table'], r['study_value']) == ('imbalance', 'Table 4.2', '')
   assert (r['jal_mean'], r['jal_lo'], r['jal_hi']) == pytest.approx(
-      (.11, .11 - .01 * HALF, .11 + .01 * HALF))
+      (0.11, 0.11 - 0.01 * HALF, 0.11 + 0.01 * HALF)
+  )
   assert r['verdict'] == 'beats random' and r['unit'] == 'AP'
   assert r['departs'].startswith('Imbalanced MNIST: one digit against the other nine at 1:19')
   assert (r['num_classes'], r['imbalanced'], r['pretrained']) == (2, True, False)
@@ -163,8 +214,12 @@ def test_beyond_the_study(runs):
 
 
 def test_independent_runs_of_a_setting_need_a_label(runs, tmp_path):
-  again = _workdir(tmp_path / 'mnist_low_cpu', 'mnist_low', 10,
-                   {'coreset': [-.02, -.03, -.04], 'ensembles': [.01, .02, .03]})
+  again = _workdir(
+      tmp_path / 'mnist_low_cpu',
+      'mnist_low',
+      10,
+      {'coreset': [-0.02, -0.03, -0.04], 'ensembles': [0.01, 0.02, 0.03]},
+  )
   with pytest.raises(ValueError, match='conflicting metrics'):
     verdict.verdict_rows(runs + [again])
   rows = verdict.verdict_rows(runs + [f'cpu={again}'])
@@ -180,11 +235,15 @@ def test_files_and_marked_sections(runs, tmp_path):
   v = verdict.write_verdict(runs, tmp_path / 'out')
   md = (tmp_path / 'out' / 'verdict.md').read_text()
   assert md == v['markdown']
-  assert '**inconclusive** when jal\'s interval contains 0' in md
-  assert ('| Table 3.2 | MNIST, low query size | ensembles | +4.584 pp | +3.000 [+0.516, '
-          '+5.484] pp | 3 | 0.035 | **agrees** |  |') in md
-  assert ('| Table 4.1 | CIFAR-100 vanilla, low query size | coreset | -0.309 pp | – | 0 | – | '
-          '**not run here** | CIFAR-100 data not available here |') in md
+  assert "**inconclusive** when jal's interval contains 0" in md
+  assert (
+      '| Table 3.2 | MNIST, low query size | ensembles | +4.584 pp | +3.000 [+0.516, '
+      '+5.484] pp | 3 | 0.035 | **agrees** |  |'
+  ) in md
+  assert (
+      '| Table 4.1 | CIFAR-100 vanilla, low query size | coreset | -0.309 pp | – | 0 | – | '
+      '**not run here** | CIFAR-100 data not available here |'
+  ) in md
   assert '**Beyond the study.**' in md
   assert '| mnist_imbalance_digit3 | Table 4.2, vanilla CIFAR-10 (1:19 imbalance) | ' in md
   with open(tmp_path / 'out' / 'verdict.csv', newline='') as f:
@@ -209,9 +268,20 @@ def test_cli(runs, tmp_path):
   readme = tmp_path / 'README.md'
   readme.write_text(f'{verdict.START}\n{verdict.END}\n')
   proc = subprocess.run(
-      [sys.executable, '-m', 'jal.report', '--verdict', *[f'--workdir={w}' for w in runs],
-       f'--out={tmp_path / "v"}', f'--verdict_into={readme}'],
-      capture_output=True, text=True, cwd=REPO, timeout=120)
+      [
+          sys.executable,
+          '-m',
+          'jal.report',
+          '--verdict',
+          *[f'--workdir={w}' for w in runs],
+          f'--out={tmp_path / "v"}',
+          f'--verdict_into={readme}',
+      ],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == f'Verdict: {tmp_path / "v" / "verdict.md"}'
   assert (tmp_path / 'v' / 'verdict.md').read_text() in readme.read_text()
@@ -228,19 +298,31 @@ def test_advise_cites_the_verdict_rows_of_its_regime(runs, tmp_path):
   cited = {(v.row['setting'], v.row['strategy']) for v in adv.verdicts}
   # Low query, balanced, from scratch: MNIST low (1 per class), CIFAR-10 2-class low
   # (5), CIFAR-100 low (0.5) and high warmup (0.5, 5), the Gaussians (2.5).
-  assert {s for s, _ in cited} == {'gaussian', 'mnist_low', 'cifar10_2class_low', 'cifar100_low',
-                                   'cifar100_high_warmup_low', 'cifar100_high_warmup_high'}
+  assert {s for s, _ in cited} == {
+      'gaussian',
+      'mnist_low',
+      'cifar10_2class_low',
+      'cifar100_low',
+      'cifar100_high_warmup_low',
+      'cifar100_high_warmup_high',
+  }
   assert "The study's claims for this regime, tested here (the verdict table):" in text
-  line = [v for v in adv.verdicts if v.row['setting'] == 'mnist_low'
-          and v.row['strategy'] == 'ensembles'][0]
+  line = [
+      v
+      for v in adv.verdicts
+      if v.row['setting'] == 'mnist_low' and v.row['strategy'] == 'ensembles'
+  ][0]
   assert line.source == 'results/verdict/verdict.csv:5'
   assert line.text() == (
       'results/verdict/verdict.csv:5: Table 3.2, MNIST, low query size: ensembles vs random: '
       f'study +4.584 pp; jal +3.000 pp, 95% CI [{3 - HALF:+.3f}, {3 + HALF:+.3f}], 3 seeds, '
-      'paired t-test p = 0.035 -> agrees')
+      'paired t-test p = 0.035 -> agrees'
+  )
   assert line.text() in text
-  assert ('Table 4.1, CIFAR-100 vanilla, low query size: coreset vs random: study -0.309 pp; '
-          'jal: not run here (CIFAR-100 data not available here)') in text
+  assert (
+      'Table 4.1, CIFAR-100 vanilla, low query size: coreset vs random: study -0.309 pp; '
+      'jal: not run here (CIFAR-100 data not available here)'
+  ) in text
   # Without verdict.csv nothing is cited from it.
   (results / 'verdict' / 'verdict.csv').unlink()
   assert advise.advise(str(labels), query=10, results_dir=str(results))[1].verdicts == []

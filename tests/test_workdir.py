@@ -20,8 +20,16 @@ ENV = {**os.environ, 'PYTHONPATH': str(REPO)}
 
 def main_command(w, *overrides):
   """A seconds-long jal.main: the smoke config, one strategy, one seed."""
-  return [sys.executable, '-m', 'jal.main', f'--config={REPO}/configs/gaussian.py:smoke',
-          f'--workdir={w}', '--config.strategies=random', '--config.seeds=0', *overrides]
+  return [
+      sys.executable,
+      '-m',
+      'jal.main',
+      f'--config={REPO}/configs/gaussian.py:smoke',
+      f'--workdir={w}',
+      '--config.strategies=random',
+      '--config.seeds=0',
+      *overrides,
+  ]
 
 
 def errors(stderr: str) -> list[str]:
@@ -33,8 +41,9 @@ def test_a_second_run_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_pat
   w = tmp_path / 'w'
   # The first run: stopped (SIGSTOP) once it has written config.json, so it
   # holds the workdir for as long as the test needs.
-  first = subprocess.Popen(main_command(w), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+  first = subprocess.Popen(
+      main_command(w), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   try:
     deadline = time.time() + 120
     while not (w / 'config.json').exists() and first.poll() is None and time.time() < deadline:
@@ -46,8 +55,14 @@ def test_a_second_run_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_pat
     # reads config.json (unlocked, results were filed under the wrong config).
     for overrides in ((), ('--config.train.learning_rate=0.5',)):
       t0 = time.time()
-      second = subprocess.run(main_command(w, *overrides), cwd=REPO, env=ENV,
-                              capture_output=True, text=True, timeout=120)
+      second = subprocess.run(
+          main_command(w, *overrides),
+          cwd=REPO,
+          env=ENV,
+          capture_output=True,
+          text=True,
+          timeout=120,
+      )
       assert second.returncode == 1, second.stderr[-2000:]
       assert time.time() - t0 < 60
       holder = json.loads((w / '.lock').read_text())
@@ -55,7 +70,8 @@ def test_a_second_run_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_pat
       assert errors(second.stderr) == [
           f'error: workdir {w} is in use by pid {first.pid} on host {holder["host"]} '
           f'(started {holder["started"]}: {holder["command"]}); '
-          'wait for it to end or stop it, then rerun']
+          'wait for it to end or stop it, then rerun'
+      ]
       assert 'jal.main' in holder['command'] and str(w) in holder['command']
   finally:
     first.send_signal(signal.SIGKILL)
@@ -64,15 +80,17 @@ def test_a_second_run_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_pat
   (w / 'metrics.jsonl.tmp-999999').write_text('{"torn')
   aside = w / 'checkpoints' / 'fit' / 'random_seed0.deleting'
   (aside / 'progress').mkdir(parents=True)
-  third = subprocess.run(main_command(w), cwd=REPO, env=ENV, capture_output=True, text=True,
-                         timeout=300)
+  third = subprocess.run(
+      main_command(w), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+  )
   assert third.returncode == 0, third.stderr[-2000:]
   assert '| random |' in third.stdout
   assert not (w / 'metrics.jsonl.tmp-999999').exists() and not aside.exists()
   # It ends saying where the results are.
   assert third.stdout.endswith(
       f'|\n\nResults: {w}/results.md\nFigures and confidence intervals: '
-      f'python -m jal.report --workdir={w} --out={w}/report\n')
+      f'python -m jal.report --workdir={w} --out={w}/report\n'
+  )
 
 
 def test_the_lock_names_its_holder_and_is_released_after_the_block(tmp_path):
@@ -87,7 +105,8 @@ def test_the_lock_names_its_holder_and_is_released_after_the_block(tmp_path):
     assert str(e.value) == (
         f'workdir {w} is in use by pid {os.getpid()} on host {socket.gethostname()} '
         f'(started {info["started"]}: {info["command"]}); wait for it to end or stop it, '
-        'then rerun')
+        'then rerun'
+    )
   with workdir.locked(w):  # released
     pass
   assert os.listdir(w) == ['.lock']
@@ -96,7 +115,8 @@ def test_the_lock_names_its_holder_and_is_released_after_the_block(tmp_path):
 def test_a_holder_that_has_not_written_who_it_is_yet(tmp_path):
   assert workdir.busy_message('/w', 'workdir', None) == (
       'workdir /w is in use by another process (it has not written who it is yet); '
-      'wait for it to end or stop it, then rerun')
+      'wait for it to end or stop it, then rerun'
+  )
 
 
 def test_a_folder_made_for_a_failing_block_is_removed_again(tmp_path):
@@ -141,16 +161,21 @@ def test_disabled_does_nothing(tmp_path):
 
 
 def test_remove_leftovers_takes_only_temporaries_and_folders_set_aside(tmp_path):
-  keep = ['metrics.jsonl', 'checkpoints/fit/random_seed0/progress/1/x',
-          'checkpoints/coreset_seed0/1.orbax-checkpoint-tmp-123/y', 'notes.tmp']
+  keep = [
+      'metrics.jsonl',
+      'checkpoints/fit/random_seed0/progress/1/x',
+      'checkpoints/coreset_seed0/1.orbax-checkpoint-tmp-123/y',
+      'notes.tmp',
+  ]
   drop = ['metrics.jsonl.tmp-123', 'state.json.tmp-4', 'checkpoints/fit/a.deleting/progress/z']
   for name in keep + drop:
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / name).write_text('')
   removed = workdir.remove_leftovers(str(tmp_path))
-  assert sorted(removed) == sorted(str(tmp_path / p) for p in
-                                   ['metrics.jsonl.tmp-123', 'state.json.tmp-4',
-                                    'checkpoints/fit/a.deleting'])
+  assert sorted(removed) == sorted(
+      str(tmp_path / p)
+      for p in ['metrics.jsonl.tmp-123', 'state.json.tmp-4', 'checkpoints/fit/a.deleting']
+  )
   assert all((tmp_path / p).exists() for p in keep)
   assert not (tmp_path / 'checkpoints/fit/a.deleting').exists()
 
@@ -158,8 +183,9 @@ def test_remove_leftovers_takes_only_temporaries_and_folders_set_aside(tmp_path)
 def test_a_second_sweep_on_one_root_is_refused(tmp_path):
   root = str(tmp_path / 'root')
   with workdir.locked(root, 'sweep root'):
-    with pytest.raises(workdir.WorkdirBusy, match=f'^sweep root {root} is in use by pid '
-                       f'{os.getpid()} '):
+    with pytest.raises(
+        workdir.WorkdirBusy, match=f'^sweep root {root} is in use by pid ' f'{os.getpid()} '
+    ):
       sweep.run_sweep('launch/grids/gaussian.py:smoke', root)
     # A dry run only reads: it is not refused.
     assert sweep.run_sweep('launch/grids/gaussian.py:smoke', root, dry_run=True).runs

@@ -41,6 +41,7 @@ ROUND_STRATEGIES = ('ensembles', 'coreset')
 @dataclasses.dataclass(frozen=True)
 class Workload:
   """A Trainer (model and recipe) and the shape of its images."""
+
   name: str
   trainer: train.Trainer
   image_shape: tuple[int, ...]
@@ -55,18 +56,35 @@ def workload(name: str, p: core.Params) -> Workload:
   """The ResNet-18 (CIFAR recipe) or LeNet (MNIST recipe) training workload."""
   dtype = models.compute_dtype(p.dtype)
   if name == 'resnet18':
-    return Workload('resnet18', _trainer(
-        resnet.ResNet18(10, stem='cifar', width=p.resnet_width, dtype=dtype,
-                        member_conv=p.member_conv),
-        train.InputSpec(data_lib.CIFAR10_MEAN, data_lib.CIFAR10_STD, 'crop_flip'),
-        optimizer='sgd', learning_rate=0.05, weight_decay=5e-4, momentum=0.9,
-        batch_size=p.resnet_batch, schedule='cosine'), (32, 32, 3))
+    return Workload(
+        'resnet18',
+        _trainer(
+            resnet.ResNet18(
+                10, stem='cifar', width=p.resnet_width, dtype=dtype, member_conv=p.member_conv
+            ),
+            train.InputSpec(data_lib.CIFAR10_MEAN, data_lib.CIFAR10_STD, 'crop_flip'),
+            optimizer='sgd',
+            learning_rate=0.05,
+            weight_decay=5e-4,
+            momentum=0.9,
+            batch_size=p.resnet_batch,
+            schedule='cosine',
+        ),
+        (32, 32, 3),
+    )
   if name == 'lenet':
-    return Workload('lenet', _trainer(
-        models.LeNet(10, dtype=dtype, member_conv=p.member_conv),
-        train.InputSpec(data_lib.MNIST_MEAN, data_lib.MNIST_STD, 'none'),
-        optimizer='adam', learning_rate=1e-3, batch_size=p.lenet_batch,
-        schedule='constant'), (28, 28, 1))
+    return Workload(
+        'lenet',
+        _trainer(
+            models.LeNet(10, dtype=dtype, member_conv=p.member_conv),
+            train.InputSpec(data_lib.MNIST_MEAN, data_lib.MNIST_STD, 'none'),
+            optimizer='adam',
+            learning_rate=1e-3,
+            batch_size=p.lenet_batch,
+            schedule='constant',
+        ),
+        (28, 28, 1),
+    )
   raise ValueError(f"unknown model '{name}'; valid: {', '.join(core.TRAIN_MODELS)}")
 
 
@@ -77,18 +95,23 @@ def labeled_set(w: Workload, steps: int, seed: int):
   capacity = train.capacity_for(n, batch_size)
   idx = np.zeros((capacity,), np.int32)
   idx[:n] = np.arange(n)
-  return (jax.device_put(core.random_images(seed, n, w.image_shape)),
-          jax.device_put(core.random_labels(seed, n, w.num_classes)),
-          jnp.asarray(idx), jnp.int32(n))
+  return (
+      jax.device_put(core.random_images(seed, n, w.image_shape)),
+      jax.device_put(core.random_labels(seed, n, w.num_classes)),
+      jnp.asarray(idx),
+      jnp.int32(n),
+  )
 
 
 def bench_mesh(p: core.Params):
   """The mesh of the first `p.devices` devices, or None for one device."""
-  return None if p.devices <= 1 else sharding.make_mesh(jax.devices()[:p.devices])
+  return None if p.devices <= 1 else sharding.make_mesh(jax.devices()[: p.devices])
 
 
-_PROGRAM_PLANS = {'vmap_program': train.Plan('vmap', 'program'),
-                  'in_turn_program': train.Plan('in_turn', 'program')}
+_PROGRAM_PLANS = {
+    'vmap_program': train.Plan('vmap', 'program'),
+    'in_turn_program': train.Plan('in_turn', 'program'),
+}
 
 
 def mode_plan(w: Workload, p: core.Params, mode: str) -> train.Plan:
@@ -96,8 +119,11 @@ def mode_plan(w: Workload, p: core.Params, mode: str) -> train.Plan:
   over `p.devices` devices) or 'auto' (the loop's plan on one device)."""
   if mode in _PROGRAM_PLANS:
     return _PROGRAM_PLANS[mode]
-  return train.resolve_plan(trainer=w.trainer, sample_x=jnp.zeros((1, *w.image_shape)),
-                            mesh=bench_mesh(p) if mode == 'sharded' else None)
+  return train.resolve_plan(
+      trainer=w.trainer,
+      sample_x=jnp.zeros((1, *w.image_shape)),
+      mesh=bench_mesh(p) if mode == 'sharded' else None,
+  )
 
 
 def program_mode(plan: train.Plan) -> str | None:
@@ -120,7 +146,8 @@ def time_fit(w: Workload, p: core.Params, members: int, mode: str) -> list[dict[
   compiled = None
   if plan.dispatch == 'program':
     compiled, compile_s = core.aot_compile(
-        jax.jit(functools.partial(train.fit, w.trainer, plan=plan, mesh=mesh)), *dynamic)
+        jax.jit(functools.partial(train.fit, w.trainer, plan=plan, mesh=mesh)), *dynamic
+    )
     compile_how = 'jit lower().compile()'
     fn = lambda: compiled(*dynamic)
   else:
@@ -133,24 +160,43 @@ def time_fit(w: Workload, p: core.Params, members: int, mode: str) -> list[dict[
     compile_how = 'first call minus median, at least 0'
   batch_size = w.trainer.batch_size
   images = members * p.steps * batch_size
-  profiles = core.profile_records(p, f'ensemble_train_{w.name}_{mode}_{members}', fn,
-                                  compiled, case='ensemble_train', model=w.name,
-                                  profiled_mode=mode, members=members,
-                                  member_conv=p.member_conv)
-  return [{'case': 'ensemble_train', 'model': w.name, 'mode': mode, 'plan': plan.as_dict(),
-           'members': members, 'member_conv': p.member_conv,
-           'image_shape': list(w.image_shape), 'batch_size_per_member': batch_size,
-           'steps': p.steps, 'index_capacity': int(idx.shape[0]),
-           'images_per_second': images / t.median,
-           'images_per_second_per_member': images / members / t.median,
-           'steps_per_second': p.steps / t.median, 'compile_seconds': compile_s,
-           'compile_timing': compile_how,
-           'note': 'aggregate over members; each call inits and trains fresh members',
-           **t.fields()}] + profiles
+  profiles = core.profile_records(
+      p,
+      f'ensemble_train_{w.name}_{mode}_{members}',
+      fn,
+      compiled,
+      case='ensemble_train',
+      model=w.name,
+      profiled_mode=mode,
+      members=members,
+      member_conv=p.member_conv,
+  )
+  return [
+      {
+          'case': 'ensemble_train',
+          'model': w.name,
+          'mode': mode,
+          'plan': plan.as_dict(),
+          'members': members,
+          'member_conv': p.member_conv,
+          'image_shape': list(w.image_shape),
+          'batch_size_per_member': batch_size,
+          'steps': p.steps,
+          'index_capacity': int(idx.shape[0]),
+          'images_per_second': images / t.median,
+          'images_per_second_per_member': images / members / t.median,
+          'steps_per_second': p.steps / t.median,
+          'compile_seconds': compile_s,
+          'compile_timing': compile_how,
+          'note': 'aggregate over members; each call inits and trains fresh members',
+          **t.fields(),
+      }
+  ] + profiles
 
 
-def scaling_record(w: Workload, timed: dict[tuple[str, int], dict],
-                   auto_plan: train.Plan) -> dict[str, Any]:
+def scaling_record(
+    w: Workload, timed: dict[tuple[str, int], dict], auto_plan: train.Plan
+) -> dict[str, Any]:
   """What the timed plans say together (`timed`: (mode, members) -> record).
 
   `aggregate_images_per_second_ratio`: the largest N over the smallest, for
@@ -158,23 +204,33 @@ def scaling_record(w: Workload, timed: dict[tuple[str, int], dict],
   `vmap_over_in_turn_ratio` at the largest N; and what jal's loop runs
   (`auto_plan`) over 'in_turn_program'.
   """
-  rec = {'case': 'ensemble_train', 'model': w.name, 'mode': 'summary',
-         'auto_plan': auto_plan.as_dict()}
+  rec = {
+      'case': 'ensemble_train',
+      'model': w.name,
+      'mode': 'summary',
+      'auto_plan': auto_plan.as_dict(),
+  }
   for mode in ('vmap_program', 'auto'):
     by_members = {m: r for (md, m), r in timed.items() if md == mode}
     if len(by_members) > 1:
       lo, hi = min(by_members), max(by_members)
-      rec.update(members_mode=mode, members_numerator=hi, members_denominator=lo,
-                 aggregate_images_per_second_ratio=(by_members[hi]['images_per_second']
-                                                    / by_members[lo]['images_per_second']))
+      rec.update(
+          members_mode=mode,
+          members_numerator=hi,
+          members_denominator=lo,
+          aggregate_images_per_second_ratio=(
+              by_members[hi]['images_per_second'] / by_members[lo]['images_per_second']
+          ),
+      )
       break
   in_turn = next((r for (md, _), r in timed.items() if md == 'in_turn_program'), None)
   if in_turn is None:
     return rec
   top = in_turn['members']
   if ('vmap_program', top) in timed:
-    rec['vmap_over_in_turn_ratio'] = (timed['vmap_program', top]['images_per_second']
-                                      / in_turn['images_per_second'])
+    rec['vmap_over_in_turn_ratio'] = (
+        timed['vmap_program', top]['images_per_second'] / in_turn['images_per_second']
+    )
   auto = timed.get((program_mode(auto_plan), top)) or timed.get(('auto', top))
   if auto is not None:
     rec['auto_images_per_second'] = auto['images_per_second']
@@ -199,23 +255,27 @@ def bench_ensemble_train(p: core.Params) -> list[dict]:
     w = workload(name, p)
     auto_plan = mode_plan(w, p, 'auto')
     if program_mode(auto_plan) in modes:
-      auto_sizes = ()   # timed under its own name
+      auto_sizes = ()  # timed under its own name
     elif 'vmap_program' in modes:
       auto_sizes = (top,) if top > 1 else ()
     else:
       auto_sizes = p.members
-    timed = {}   # (mode, members) -> record
-    for mode, sizes in (('vmap_program', p.members),
-                        ('in_turn_program', (top,) if top > 1 else ()),
-                        ('sharded', (top,) if p.devices > 1 else ()), ('auto', auto_sizes)):
+    timed = {}  # (mode, members) -> record
+    for mode, sizes in (
+        ('vmap_program', p.members),
+        ('in_turn_program', (top,) if top > 1 else ()),
+        ('sharded', (top,) if p.devices > 1 else ()),
+        ('auto', auto_sizes),
+    ):
       if mode not in modes:
         continue
       for m in sorted(set(sizes)):
         recs = time_fit(w, p, m, mode)
         timed[mode, m] = recs[0]
         out += recs
-        logging.info('ensemble_train %s %s N=%d: %.1f images/s', name, mode, m,
-                     recs[0]['images_per_second'])
+        logging.info(
+            'ensemble_train %s %s N=%d: %.1f images/s', name, mode, m, recs[0]['images_per_second']
+        )
     out.append(scaling_record(w, timed, auto_plan))
   return out
 
@@ -242,28 +302,39 @@ def bench_k_center(p: core.Params) -> list[dict]:
   labeled[np.random.default_rng(p.seed).choice(p.kc_n, p.kc_labeled, replace=False)] = True
   labeled = jnp.asarray(labeled)
   mesh = bench_mesh(p)
-  compiled, compile_s = core.aot_compile(kernels.k_center_greedy, emb, labeled, k=p.kc_k,
-                                         mesh=mesh)
+  compiled, compile_s = core.aot_compile(kernels.k_center_greedy, emb, labeled, k=p.kc_k, mesh=mesh)
   fn = lambda: compiled(emb, labeled)
   t = core.measure(fn, p.repeats, p.warmup)
   bound = p.kc_n * p.kc_d * 4 * p.kc_k / bandwidth
   logging.info('k_center: %.4f s, bound %.4f s (%.1f GB/s)', t.median, bound, bandwidth / 1e9)
-  return [{'case': 'k_center', 'n': p.kc_n, 'd': p.kc_d, 'labeled': p.kc_labeled, 'k': p.kc_k,
-           'devices': p.devices, 'function': 'kernels.k_center_greedy',
-           'compile_seconds': compile_s,
-           'compile_timing': 'jit lower().compile()', **t.fields(),
-           'bandwidth_bytes_per_second': bandwidth, 'bandwidth_array_bytes': bw_bytes,
-           'bandwidth_seconds': bw_timing.median,
-           'bandwidth_timing': 'jnp.sum over float32 ones: bytes read / ' + bw_timing.fields()[
-               'timing'],
-           'bound_bytes': p.kc_n * p.kc_d * 4 * p.kc_k, 'bound_seconds': bound,
-           'seconds_over_bandwidth_bound': t.median / bound,
-           'note': 'bound = n*d*4*k / bandwidth: one read of the embeddings per pick; '
-                   'the initial distances to the labeled set are not in it; with several '
-                   'devices the pool is split and the bound uses one device\'s bandwidth '
-                   'for the whole pool'}] + core.profile_records(
-                       p, f'k_center_{p.kc_n}x{p.kc_d}', fn, compiled, case='k_center',
-                       n=p.kc_n, d=p.kc_d, k=p.kc_k)
+  return [
+      {
+          'case': 'k_center',
+          'n': p.kc_n,
+          'd': p.kc_d,
+          'labeled': p.kc_labeled,
+          'k': p.kc_k,
+          'devices': p.devices,
+          'function': 'kernels.k_center_greedy',
+          'compile_seconds': compile_s,
+          'compile_timing': 'jit lower().compile()',
+          **t.fields(),
+          'bandwidth_bytes_per_second': bandwidth,
+          'bandwidth_array_bytes': bw_bytes,
+          'bandwidth_seconds': bw_timing.median,
+          'bandwidth_timing': 'jnp.sum over float32 ones: bytes read / '
+          + bw_timing.fields()['timing'],
+          'bound_bytes': p.kc_n * p.kc_d * 4 * p.kc_k,
+          'bound_seconds': bound,
+          'seconds_over_bandwidth_bound': t.median / bound,
+          'note': 'bound = n*d*4*k / bandwidth: one read of the embeddings per pick; '
+          'the initial distances to the labeled set are not in it; with several '
+          "devices the pool is split and the bound uses one device's bandwidth "
+          'for the whole pool',
+      }
+  ] + core.profile_records(
+      p, f'k_center_{p.kc_n}x{p.kc_d}', fn, compiled, case='k_center', n=p.kc_n, d=p.kc_d, k=p.kc_k
+  )
 
 
 # --------------------------------------------------------------------------
@@ -280,20 +351,31 @@ def bench_score_pool(p: core.Params) -> list[dict]:
   out = []
   for m in sorted(set(p.members)):
     states = train.init_ensemble(w.trainer, core.member_keys(p.seed, m), x)
-    fn = lambda states=states: infer.predict(w.trainer.model, spec, p.score_chunk, True, states,
-                                             x, in_turn=in_turn)
+    fn = lambda states=states: infer.predict(
+        w.trainer.model, spec, p.score_chunk, True, states, x, in_turn=in_turn
+    )
     t = core.measure(fn, p.repeats, p.warmup)
     profiles = core.profile_records(p, f'score_pool_{m}', fn, case='score_pool', members=m)
     logging.info('score_pool N=%d: %.1f images/s', m, p.pool / t.median)
-    out.append({'case': 'score_pool', 'model': 'resnet18', 'width': p.resnet_width,
-                'members': m, 'pool': p.pool, 'image_shape': list(w.image_shape),
-                'chunk_size': p.score_chunk, 'function': 'infer.predict(with_embeddings=True)',
-                'members_in_turn': in_turn,
-                'images_per_second': p.pool / t.median,
-                'member_images_per_second': m * p.pool / t.median,
-                'first_call_seconds': t.first_call_seconds,
-                'compile_seconds': max(t.first_call_seconds - t.median, 0.0),
-                'compile_timing': 'first call minus median, at least 0', **t.fields()})
+    out.append(
+        {
+            'case': 'score_pool',
+            'model': 'resnet18',
+            'width': p.resnet_width,
+            'members': m,
+            'pool': p.pool,
+            'image_shape': list(w.image_shape),
+            'chunk_size': p.score_chunk,
+            'function': 'infer.predict(with_embeddings=True)',
+            'members_in_turn': in_turn,
+            'images_per_second': p.pool / t.median,
+            'member_images_per_second': m * p.pool / t.median,
+            'first_call_seconds': t.first_call_seconds,
+            'compile_seconds': max(t.first_call_seconds - t.median, 0.0),
+            'compile_timing': 'first call minus median, at least 0',
+            **t.fields(),
+        }
+    )
     out += profiles
   return out
 
@@ -349,16 +431,23 @@ def synthetic_imbalance_dataset(data_config, seed: int) -> data_lib.Dataset:
   y = {s: _shuffled_binary(rng, *counts[s]) for s in counts}
   return data_lib.Dataset(
       name='synthetic_cifar10_imbalance',
-      x_train=core.random_images(seed, len(y['train']), (32, 32, 3)), y_train=y['train'],
-      x_test=core.random_images(seed + 7, len(y['test']), (32, 32, 3)), y_test=y['test'],
-      num_classes=2, class_names=('rest', 'positive'), mean=data_lib.CIFAR10_MEAN,
-      std=data_lib.CIFAR10_STD, positive_class=1)
+      x_train=core.random_images(seed, len(y['train']), (32, 32, 3)),
+      y_train=y['train'],
+      x_test=core.random_images(seed + 7, len(y['test']), (32, 32, 3)),
+      y_test=y['test'],
+      num_classes=2,
+      class_names=('rest', 'positive'),
+      mean=data_lib.CIFAR10_MEAN,
+      std=data_lib.CIFAR10_STD,
+      positive_class=1,
+  )
 
 
 def fit_and_eval(exp, key, labeled: np.ndarray, round_: int):
   """(states, train seconds, eval seconds) of one round's ensemble."""
-  states, t_train = core.time_once(lambda: exp.fit(key, np.flatnonzero(labeled).astype(np.int32),
-                                                   round_))
+  states, t_train = core.time_once(
+      lambda: exp.fit(key, np.flatnonzero(labeled).astype(np.int32), round_)
+  )
   _, t_eval = core.time_once(lambda: exp.evaluate(states))
   return states, t_train, t_eval
 
@@ -389,8 +478,7 @@ def bench_round(p: core.Params) -> list[dict]:
   states0, train0, eval0 = fit_and_eval(exp, key, labeled0, 0)
   tc = config.train
   n1 = config.warmup_size + config.query_size
-  if train.capacity_for(n1, tc.batch_size) != train.capacity_for(config.warmup_size,
-                                                                 tc.batch_size):
+  if train.capacity_for(n1, tc.batch_size) != train.capacity_for(config.warmup_size, tc.batch_size):
     logging.info('round: compiling the trainer for round 1 capacity')
     core.time_once(lambda: exp.fit(key, np.arange(n1, dtype=np.int32), 1))
   out = []
@@ -400,25 +488,41 @@ def bench_round(p: core.Params) -> list[dict]:
     labeled1[picks0] = True
     states1, train1, eval1 = fit_and_eval(exp, key, labeled1, 1)
     _, score1, select1 = score_and_select(exp, name, states1, key, labeled1, 1)
-    steps = (train.epochs_for(n1, tc.batch_size, tc.epochs, tc.min_steps)
-             * math.ceil(n1 / tc.batch_size))
-    logging.info('round %s: train %.2f s, score %.2f s, select %.2f s', name, train1, score1,
-                 select1)
-    out.append({
-        'case': 'round', 'config': f'imbalance{":" + p.config_arg if p.config_arg else ""}',
-        'strategy': name, 'pool': exp.n, 'test': int(dataset.x_test.shape[0]),
-        'members': tc.members, 'model_width': config.model.width,
-        'batch_size': tc.batch_size, 'plan': exp.plan.as_dict(),
-        'n_labeled': n1, 'train_steps': steps,
-        'train_seconds': train1, 'eval_seconds': eval1, 'score_seconds': score1,
-        'select_seconds': select1, 'round_seconds': train1 + eval1 + score1 + select1,
-        'round0_train_seconds': train0, 'round0_eval_seconds': eval0,
-        'round0_score_seconds': score0, 'round0_select_seconds': select0,
-        'round0_seconds': train0 + eval0 + score0 + select0,
-        'timing': 'round 1 timed once after round 0 compiled every program; each part ended '
-                  'by jax.block_until_ready; round 0 (compile included) trains once, shared by '
-                  'the strategies',
-        'data': 'synthetic uniform u8 images with the config\'s sizes and class shares'})
+    steps = train.epochs_for(n1, tc.batch_size, tc.epochs, tc.min_steps) * math.ceil(
+        n1 / tc.batch_size
+    )
+    logging.info(
+        'round %s: train %.2f s, score %.2f s, select %.2f s', name, train1, score1, select1
+    )
+    out.append(
+        {
+            'case': 'round',
+            'config': f'imbalance{":" + p.config_arg if p.config_arg else ""}',
+            'strategy': name,
+            'pool': exp.n,
+            'test': int(dataset.x_test.shape[0]),
+            'members': tc.members,
+            'model_width': config.model.width,
+            'batch_size': tc.batch_size,
+            'plan': exp.plan.as_dict(),
+            'n_labeled': n1,
+            'train_steps': steps,
+            'train_seconds': train1,
+            'eval_seconds': eval1,
+            'score_seconds': score1,
+            'select_seconds': select1,
+            'round_seconds': train1 + eval1 + score1 + select1,
+            'round0_train_seconds': train0,
+            'round0_eval_seconds': eval0,
+            'round0_score_seconds': score0,
+            'round0_select_seconds': select0,
+            'round0_seconds': train0 + eval0 + score0 + select0,
+            'timing': 'round 1 timed once after round 0 compiled every program; each part ended '
+            'by jax.block_until_ready; round 0 (compile included) trains once, shared by '
+            'the strategies',
+            'data': "synthetic uniform u8 images with the config's sizes and class shares",
+        }
+    )
   return out
 
 
@@ -427,8 +531,12 @@ def bench_round(p: core.Params) -> list[dict]:
 # --------------------------------------------------------------------------
 
 # {case: bench_<case>}, in `CASES` order.
-BENCHES = {'ensemble_train': bench_ensemble_train, 'k_center': bench_k_center,
-           'score_pool': bench_score_pool, 'round': bench_round}
+BENCHES = {
+    'ensemble_train': bench_ensemble_train,
+    'k_center': bench_k_center,
+    'score_pool': bench_score_pool,
+    'round': bench_round,
+}
 
 
 def run(cases=CASES, size: str = 'small', **overrides) -> list[dict]:
@@ -439,4 +547,3 @@ def run(cases=CASES, size: str = 'small', **overrides) -> list[dict]:
   p = core.params_for(size, **overrides)
   env = core.environment(p)
   return [{**rec, **env} for case in cases for rec in BENCHES[case](p)]
-

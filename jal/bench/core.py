@@ -26,6 +26,7 @@ TRAIN_MODES = ('vmap_program', 'in_turn_program', 'sharded', 'auto')
 @dataclasses.dataclass(frozen=True)
 class Params:
   """Shapes and settings of one benchmark run (see `params_for`)."""
+
   size: str
   members: tuple[int, ...] = (1, 5)
   steps: int = 64
@@ -45,17 +46,30 @@ class Params:
   repeats: int = 3
   warmup: int = 1
   seed: int = 0
-  devices: int = 1   # >1: also split members (ensemble_train) and the pool (k_center)
-  profile_dir: str | None = None   # set: also trace one call of each timed program
-  member_conv: str = 'grouped'     # how vmapped members' convolutions run (jal.member_conv)
-  train_modes: tuple[str, ...] = TRAIN_MODES   # ensemble_train plans to time
+  devices: int = 1  # >1: also split members (ensemble_train) and the pool (k_center)
+  profile_dir: str | None = None  # set: also trace one call of each timed program
+  member_conv: str = 'grouped'  # how vmapped members' convolutions run (jal.member_conv)
+  train_modes: tuple[str, ...] = TRAIN_MODES  # ensemble_train plans to time
 
 
 # Small: seconds on a CPU. Two members, not five: XLA:CPU runs vmapped
 # (grouped) convolutions slowly, and the point here is that every path runs.
-_SMALL = dict(members=(1, 2), steps=4, resnet_width=8, resnet_batch=8, lenet_batch=16,
-              kc_n=2_000, kc_d=64, kc_labeled=100, kc_k=50, bandwidth_bytes=100_000_000,
-              pool=256, score_chunk=128, config_arg='smoke', repeats=2)
+_SMALL = dict(
+    members=(1, 2),
+    steps=4,
+    resnet_width=8,
+    resnet_batch=8,
+    lenet_batch=16,
+    kc_n=2_000,
+    kc_d=64,
+    kc_labeled=100,
+    kc_k=50,
+    bandwidth_bytes=100_000_000,
+    pool=256,
+    score_chunk=128,
+    config_arg='smoke',
+    repeats=2,
+)
 
 
 def params_for(size: str, **overrides) -> Params:
@@ -86,6 +100,7 @@ def params_for(size: str, **overrides) -> Params:
 @dataclasses.dataclass(frozen=True)
 class Timing:
   """Wall times of repeated calls of a function."""
+
   seconds: tuple[float, ...]
   first_call_seconds: float
   warmup: int
@@ -96,10 +111,16 @@ class Timing:
 
   def fields(self, prefix: str = '') -> dict[str, Any]:
     """The timing method and its figures, for a record."""
-    return {f'{prefix}seconds': self.median, f'{prefix}seconds_min': min(self.seconds),
-            f'{prefix}seconds_max': max(self.seconds), f'{prefix}repeats': len(self.seconds),
-            f'{prefix}timing': (f'median of {len(self.seconds)} calls after {self.warmup} '
-                                'warm-up call(s), each ended by jax.block_until_ready')}
+    return {
+        f'{prefix}seconds': self.median,
+        f'{prefix}seconds_min': min(self.seconds),
+        f'{prefix}seconds_max': max(self.seconds),
+        f'{prefix}repeats': len(self.seconds),
+        f'{prefix}timing': (
+            f'median of {len(self.seconds)} calls after {self.warmup} '
+            'warm-up call(s), each ended by jax.block_until_ready'
+        ),
+    }
 
 
 def time_once(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -127,8 +148,9 @@ def aot_compile(jitted, *args, **kwargs):
   return compiled, time.perf_counter() - t0
 
 
-def profile_records(p: Params, label: str, fn: Callable[[], Any], compiled=None,
-                    **fields) -> list[dict]:
+def profile_records(
+    p: Params, label: str, fn: Callable[[], Any], compiled=None, **fields
+) -> list[dict]:
   """[] without `p.profile_dir`; else one 'profile' record of a traced call of
   `fn` (already warm), its ops classified by `compiled`'s optimised HLO.
 
@@ -138,12 +160,20 @@ def profile_records(p: Params, label: str, fn: Callable[[], Any], compiled=None,
     return []
   texts = [compiled.as_text()] if compiled is not None else []
   rec = profiling.profile(fn, str(pathlib.Path(p.profile_dir) / label), texts)
-  logging.info('profile %s: %s', label, {k: round(v, 3) for k, v in
-                                         rec['by_category_fraction'].items()})
-  return [{**fields, 'mode': 'profile', 'label': label, **rec,
-           'note': 'one call traced by jax.profiler after the timed calls; op seconds '
-                   'summed per HLO op (on a CPU over threads); categories from the '
-                   'optimised HLO' + ('' if texts else ' not available here: from op names')}]
+  logging.info(
+      'profile %s: %s', label, {k: round(v, 3) for k, v in rec['by_category_fraction'].items()}
+  )
+  return [
+      {
+          **fields,
+          'mode': 'profile',
+          'label': label,
+          **rec,
+          'note': 'one call traced by jax.profiler after the timed calls; op seconds '
+          'summed per HLO op (on a CPU over threads); categories from the '
+          'optimised HLO' + ('' if texts else ' not available here: from op names'),
+      }
+  ]
 
 
 # --------------------------------------------------------------------------
@@ -154,9 +184,14 @@ def profile_records(p: Params, label: str, fn: Callable[[], Any], compiled=None,
 def environment(p: Params) -> dict[str, Any]:
   """Fields every record carries."""
   dev = jax.devices()[0]
-  return {'device': dev.device_kind, 'device_count': jax.device_count(),
-          'backend': jax.default_backend(), 'jax_version': jax.__version__, 'size': p.size,
-          'compute_dtype': jnp.dtype(models.compute_dtype(p.dtype)).name}
+  return {
+      'device': dev.device_kind,
+      'device_count': jax.device_count(),
+      'backend': jax.default_backend(),
+      'jax_version': jax.__version__,
+      'size': p.size,
+      'compute_dtype': jnp.dtype(models.compute_dtype(p.dtype)).name,
+  }
 
 
 def random_images(seed: int, n: int, shape) -> np.ndarray:
@@ -172,4 +207,3 @@ def random_labels(seed: int, n: int, num_classes: int) -> np.ndarray:
 def member_keys(seed: int, members: int):
   """u32[members, 2]: one PRNG key per member, split from `seed`."""
   return jax.random.split(jax.random.PRNGKey(seed), members)
-

@@ -39,13 +39,13 @@ _ATTRS = {
 }
 _CONTROL = ('while', 'conditional', 'call', 'async-start', 'async-done')
 _CONTROL_NAME = re.compile(r'^(while|cond|conditional|call)(\.\d+)?$')
-_COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
-                'collective-permute')
+_COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
 
 
 @dataclasses.dataclass(frozen=True)
 class Instruction:
   """One instruction of an optimised HLO module, as far as profiling needs it."""
+
   name: str
   opcode: str
   computation: str
@@ -53,7 +53,7 @@ class Instruction:
   calls: str = ''
   kind: str = ''
   dim_labels: str = ''
-  groups: int = 1   # max(feature_group_count, batch_group_count)
+  groups: int = 1  # max(feature_group_count, batch_group_count)
 
 
 def parse_hlo(text: str) -> dict[str, Instruction]:
@@ -77,8 +77,16 @@ def parse_hlo(text: str) -> dict[str, Instruction]:
       continue
     attrs = {k: (p.search(rest).group(1) if p.search(rest) else '') for k, p in _ATTRS.items()}
     groups = max(int(attrs['feature_group_count'] or 1), int(attrs['batch_group_count'] or 1))
-    out[name] = Instruction(name, op.group(1), computation, attrs['target'], attrs['calls'],
-                            attrs['kind'], attrs['dim_labels'], groups)
+    out[name] = Instruction(
+        name,
+        op.group(1),
+        computation,
+        attrs['target'],
+        attrs['calls'],
+        attrs['kind'],
+        attrs['dim_labels'],
+        groups,
+    )
   return out
 
 
@@ -118,11 +126,18 @@ def _base_category(ins: Instruction) -> str:
   return 'other'
 
 
-_MOVES = ('parameter', 'copy', 'transpose', 'bitcast', 'reshape', 'tuple',
-          'get-tuple-element')
-_NAME_HINTS = (('conv', 'convolution'), ('gemm', 'matmul'), ('dot', 'matmul'),
-               ('matmul', 'matmul'), ('transpose', 'copy/transpose'), ('copy', 'copy/transpose'),
-               ('all-reduce', 'collective'), ('all-gather', 'collective'), ('fusion', 'fusion'))
+_MOVES = ('parameter', 'copy', 'transpose', 'bitcast', 'reshape', 'tuple', 'get-tuple-element')
+_NAME_HINTS = (
+    ('conv', 'convolution'),
+    ('gemm', 'matmul'),
+    ('dot', 'matmul'),
+    ('matmul', 'matmul'),
+    ('transpose', 'copy/transpose'),
+    ('copy', 'copy/transpose'),
+    ('all-reduce', 'collective'),
+    ('all-gather', 'collective'),
+    ('fusion', 'fusion'),
+)
 
 
 def _name_hint(name: str) -> dict[str, Any]:
@@ -133,8 +148,9 @@ def _name_hint(name: str) -> dict[str, Any]:
   return {'category': 'unknown'}
 
 
-def classify(name: str, instrs: dict[str, Instruction],
-             by_comp: dict[str, list[Instruction]] | None = None) -> dict[str, Any]:
+def classify(
+    name: str, instrs: dict[str, Instruction], by_comp: dict[str, list[Instruction]] | None = None
+) -> dict[str, Any]:
   """What op `name` is: its category and HLO facts.
 
   Categories: 'convolution', 'convolution (grouped)' (feature or batch group
@@ -189,8 +205,12 @@ def op_seconds(xplane_path: str) -> tuple[collections.Counter, str]:
   if streams:
     return _event_seconds(streams), 'device stream kernels'
   if devices:
-    lines = [ln for pl in devices for ln in pl.lines
-             if ln.name not in ('XLA Modules', 'XLA Ops', 'Steps')]
+    lines = [
+        ln
+        for pl in devices
+        for ln in pl.lines
+        if ln.name not in ('XLA Modules', 'XLA Ops', 'Steps')
+    ]
     times = _event_seconds(lines)
     if times:
       return times, 'device plane events'
@@ -213,8 +233,9 @@ def _is_control(name: str, instrs: dict[str, Instruction]) -> bool:
   return ins.opcode in _CONTROL if ins is not None else bool(_CONTROL_NAME.match(name))
 
 
-def summarise(times: collections.Counter, instrs: dict[str, Instruction],
-              top: int = TOP_OPS) -> dict[str, Any]:
+def summarise(
+    times: collections.Counter, instrs: dict[str, Instruction], top: int = TOP_OPS
+) -> dict[str, Any]:
   """The record fields of a profile: op seconds by category and the top ops.
 
   Loops, conditionals and calls are left out: their events enclose their
@@ -235,25 +256,38 @@ def summarise(times: collections.Counter, instrs: dict[str, Instruction],
     facts = classify(name, instrs, by_comp)
     by_cat[facts['category']] += sec
     if len(rows) < top:
-      rows.append({'op': name, 'module': module, 'seconds': sec,
-                   'fraction': sec / total if total else 0.0, **facts})
-  convs = [i for i in instrs.values() if i.opcode == 'convolution' or
-           (i.target and 'conv' in i.target.lower())]
+      rows.append(
+          {
+              'op': name,
+              'module': module,
+              'seconds': sec,
+              'fraction': sec / total if total else 0.0,
+              **facts,
+          }
+      )
+  convs = [
+      i
+      for i in instrs.values()
+      if i.opcode == 'convolution' or (i.target and 'conv' in i.target.lower())
+  ]
   return {
-      'op_seconds': total, 'ops': len(times),
+      'op_seconds': total,
+      'ops': len(times),
       'control_flow_ops_left_out': len(control),
       'by_category_seconds': dict(by_cat.most_common()),
       'by_category_fraction': {k: v / total for k, v in by_cat.most_common()} if total else {},
       'top_ops': rows,
       'hlo_convolutions': len(convs),
       'hlo_grouped_convolutions': sum(i.groups > 1 for i in convs),
-      'hlo_convolution_layouts': dict(collections.Counter(
-          i.dim_labels for i in convs if i.dim_labels).most_common()),
+      'hlo_convolution_layouts': dict(
+          collections.Counter(i.dim_labels for i in convs if i.dim_labels).most_common()
+      ),
   }
 
 
-def profile(fn: Callable[[], Any], directory: str, hlo_texts: Iterable[str] = (),
-            top: int = TOP_OPS) -> dict[str, Any]:
+def profile(
+    fn: Callable[[], Any], directory: str, hlo_texts: Iterable[str] = (), top: int = TOP_OPS
+) -> dict[str, Any]:
   """Runs `fn` once under `jax.profiler.trace(directory)` and summarises it.
 
   Args:
@@ -285,5 +319,10 @@ def profile(fn: Callable[[], Any], directory: str, hlo_texts: Iterable[str] = ()
   rec = summarise(times, instrs, top)
   # Well below 1 on an accelerator: the device sat idle (launch overhead,
   # host work); above 1 on a CPU: ops ran on several threads at once.
-  return {'trace': path, 'trace_source': source, 'traced_call_seconds': wall,
-          'op_seconds_over_call_seconds': rec['op_seconds'] / wall, **rec}
+  return {
+      'trace': path,
+      'trace_source': source,
+      'traced_call_seconds': wall,
+      'op_seconds_over_call_seconds': rec['op_seconds'] / wall,
+      **rec,
+  }

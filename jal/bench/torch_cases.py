@@ -54,17 +54,30 @@ import torch
 
 from jal.bench import torch_models
 
-CASES = ('lenet_ensemble_train', 'resnet18_train', 'resnet18_inference', 'lenet_score_pool',
-         'mnist_round')
+CASES = (
+    'lenet_ensemble_train',
+    'resnet18_train',
+    'resnet18_inference',
+    'lenet_score_pool',
+    'mnist_round',
+)
 
 
-def round_main(data_dir: str | None, config_arg: str, seed: int, memory_format: str,
-               threads: int | None, out: str | None, launched_at: float | None) -> dict:
+def round_main(
+    data_dir: str | None,
+    config_arg: str,
+    seed: int,
+    memory_format: str,
+    threads: int | None,
+    out: str | None,
+    launched_at: float | None,
+) -> dict:
   """`python -m jal.bench.torch_cases round`: loads MNIST (jal.data), runs
   `torch_models.run_round` once with 'ensembles' and num_rounds=1, writes the summary
   to `out` (if set), returns it."""
   t_start = time.time()
   from jal import data as data_lib  # pylint: disable=g-import-not-at-top
+
   threads = torch_models.set_threads(threads)
   config = torch_models.load_mnist_config(config_arg)
   config.num_rounds = 1
@@ -74,10 +87,18 @@ def round_main(data_dir: str | None, config_arg: str, seed: int, memory_format: 
   load_s = time.perf_counter() - t0
   summary = torch_models.run_round(config, dataset, memory_format, seed)
   summary.update(
-      config=f'mnist:{config_arg}', strategy='ensembles', seed=seed, num_rounds=1,
-      memory_format=memory_format, threads=threads, torch_version=torch.__version__,
-      load_seconds=load_s, pool=int(dataset.x_train.shape[0]),
-      test=int(dataset.x_test.shape[0]), members=int(config.train.members))
+      config=f'mnist:{config_arg}',
+      strategy='ensembles',
+      seed=seed,
+      num_rounds=1,
+      memory_format=memory_format,
+      threads=threads,
+      torch_version=torch.__version__,
+      load_seconds=load_s,
+      pool=int(dataset.x_train.shape[0]),
+      test=int(dataset.x_test.shape[0]),
+      members=int(config.train.members),
+  )
   if launched_at is not None:
     # From the parent's launch to here: interpreter start, imports (torch, and jax through
     # the jal package), config.
@@ -95,8 +116,7 @@ def _resolve_data_dir(data_dir: str | None) -> str | None:
 def _run(cmd: list[str], what: str) -> float:
   """Runs `cmd` in the repository; returns its wall seconds, raises with its stderr's tail."""
   t0 = time.perf_counter()
-  proc = subprocess.run(cmd, cwd=torch_models.REPO, capture_output=True, text=True,
-                        check=False)
+  proc = subprocess.run(cmd, cwd=torch_models.REPO, capture_output=True, text=True, check=False)
   if proc.returncode:
     tail = '\n'.join(proc.stderr.strip().splitlines()[-5:])
     raise RuntimeError(f'{what} exited {proc.returncode}: {" ".join(cmd)}\n{tail}')
@@ -105,37 +125,74 @@ def _run(cmd: list[str], what: str) -> float:
 
 def _torch_round_fn(s: Shapes, memory_format: str) -> Callable[[], dict]:
   """One call: `python -m jal.bench.torch_cases round` as a process; its summary's figures."""
+
   def call():
     with tempfile.TemporaryDirectory(prefix='jal_torch_round_') as tmp:
       out = os.path.join(tmp, 'summary.json')
       data_dir = _resolve_data_dir(s.data_dir)
-      _run([sys.executable, '-m', 'jal.bench.torch_cases', 'round', f'--config={s.round_config}',
-            *([f'--data_dir={data_dir}'] if data_dir else []), f'--seed={s.seed}',
-            f'--memory_format={memory_format}', f'--threads={torch.get_num_threads()}',
-            f'--out={out}', f'--launched_at={time.time()!r}'], 'the PyTorch round')
+      _run(
+          [
+              sys.executable,
+              '-m',
+              'jal.bench.torch_cases',
+              'round',
+              f'--config={s.round_config}',
+              *([f'--data_dir={data_dir}'] if data_dir else []),
+              f'--seed={s.seed}',
+              f'--memory_format={memory_format}',
+              f'--threads={torch.get_num_threads()}',
+              f'--out={out}',
+              f'--launched_at={time.time()!r}',
+          ],
+          'the PyTorch round',
+      )
       summary = json.loads(pathlib.Path(out).read_text())
-    return {k: summary[k] for k in (*torch_models.PHASES, 'rounds_seconds', 'accuracy',
-                                    'load_seconds', 'startup_seconds')}
+    return {
+        k: summary[k]
+        for k in (
+            *torch_models.PHASES,
+            'rounds_seconds',
+            'accuracy',
+            'load_seconds',
+            'startup_seconds',
+        )
+    }
+
   return call
 
 
 def _jal_round_fn(s: Shapes) -> Callable[[], dict]:
   """One call: `python -m jal.main` (configs/mnist.py:<round_config>, one seed, ensembles,
   num_rounds=1) in a fresh workdir, as a process; its timings.jsonl summed."""
+
   def call():
     with tempfile.TemporaryDirectory(prefix='jal_round_') as tmp:
       workdir = os.path.join(tmp, 'work')
       data_dir = _resolve_data_dir(s.data_dir)
-      _run([sys.executable, '-m', 'jal.main',
-            f'--config={torch_models.MNIST_CONFIG}:{s.round_config}',
-            f'--config.seeds={s.seed}', '--config.strategies=ensembles',
-            '--config.num_rounds=1', *([f'--config.data_dir={data_dir}'] if data_dir else []),
-            f'--workdir={workdir}'], 'the jal round')
-      rounds = [json.loads(line) for line in
-                pathlib.Path(workdir, 'timings.jsonl').read_text().splitlines()]
-      metrics = [json.loads(line) for line in
-                 pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()]
+      _run(
+          [
+              sys.executable,
+              '-m',
+              'jal.main',
+              f'--config={torch_models.MNIST_CONFIG}:{s.round_config}',
+              f'--config.seeds={s.seed}',
+              '--config.strategies=ensembles',
+              '--config.num_rounds=1',
+              *([f'--config.data_dir={data_dir}'] if data_dir else []),
+              f'--workdir={workdir}',
+          ],
+          'the jal round',
+      )
+      rounds = [
+          json.loads(line)
+          for line in pathlib.Path(workdir, 'timings.jsonl').read_text().splitlines()
+      ]
+      metrics = [
+          json.loads(line)
+          for line in pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()
+      ]
     return {**torch_models.phase_sums(rounds), 'accuracy': metrics[-1]['accuracy']}
+
   return call
 
 
@@ -147,21 +204,31 @@ def _jal_round_fn(s: Shapes) -> Callable[[], dict]:
 @dataclasses.dataclass(frozen=True)
 class Shapes:
   """What one call of each case does (see the module docstring)."""
+
   members: int = 5
   lenet_batch: int = 64
-  lenet_steps: int = 64          # per member and call
+  lenet_steps: int = 64  # per member and call
   resnet_width: int = 64
   resnet_batch: int = 128
-  resnet_steps: int = 2          # per call
-  pool: int = 50_000             # lenet_score_pool
-  score_chunk: int = 1_000       # configs/mnist.py's eval_batch_size
+  resnet_steps: int = 2  # per call
+  pool: int = 50_000  # lenet_score_pool
+  score_chunk: int = 1_000  # configs/mnist.py's eval_batch_size
   seed: int = 0
-  round_config: str = 'low'      # configs/mnist.py:<this> for mnist_round
-  data_dir: str | None = None    # MNIST for mnist_round; else $JAL_DATA_DIR
+  round_config: str = 'low'  # configs/mnist.py:<this> for mnist_round
+  data_dir: str | None = None  # MNIST for mnist_round; else $JAL_DATA_DIR
 
 
-SMALL = Shapes(members=2, lenet_batch=16, lenet_steps=4, resnet_width=8, resnet_batch=8,
-               resnet_steps=1, pool=256, score_chunk=128, round_config='smoke')
+SMALL = Shapes(
+    members=2,
+    lenet_batch=16,
+    lenet_steps=4,
+    resnet_width=8,
+    resnet_batch=8,
+    resnet_steps=1,
+    pool=256,
+    score_chunk=128,
+    round_config='smoke',
+)
 
 
 def shapes_for(p, data_dir: str | None = None) -> Shapes:
@@ -169,9 +236,17 @@ def shapes_for(p, data_dir: str | None = None) -> Shapes:
   ResNet width, pool, score chunk and seed; ResNet steps and round config by its size."""
   base = SMALL if p.size == 'small' else Shapes()
   return dataclasses.replace(
-      base, members=max(p.members), lenet_batch=p.lenet_batch, lenet_steps=p.steps,
-      resnet_width=p.resnet_width, resnet_batch=p.resnet_batch, pool=p.pool,
-      score_chunk=p.score_chunk, seed=p.seed, data_dir=data_dir)
+      base,
+      members=max(p.members),
+      lenet_batch=p.lenet_batch,
+      lenet_steps=p.steps,
+      resnet_width=p.resnet_width,
+      resnet_batch=p.resnet_batch,
+      pool=p.pool,
+      score_chunk=p.score_chunk,
+      seed=p.seed,
+      data_dir=data_dir,
+  )
 
 
 def random_images(seed: int, n: int, shape) -> np.ndarray:
@@ -186,9 +261,10 @@ def random_labels(seed: int, n: int, num_classes: int) -> np.ndarray:
 
 def recipes(s: Shapes) -> dict[str, torch_models.Recipe]:
   """The two recipes at the Shapes' batch sizes and width."""
-  return {'lenet': torch_models.lenet_mnist(batch_size=s.lenet_batch),
-          'resnet18': torch_models.resnet_cifar(batch_size=s.resnet_batch,
-                                                  width=s.resnet_width)}
+  return {
+      'lenet': torch_models.lenet_mnist(batch_size=s.lenet_batch),
+      'resnet18': torch_models.resnet_cifar(batch_size=s.resnet_batch, width=s.resnet_width),
+  }
 
 
 def case_info(s: Shapes) -> dict[str, dict[str, Any]]:
@@ -196,24 +272,29 @@ def case_info(s: Shapes) -> dict[str, dict[str, Any]]:
   return {
       'lenet_ensemble_train': {
           'work': f'{s.members} fresh LeNets (MNIST recipe, Adam) x {s.lenet_steps} steps of '
-                  f'batch {s.lenet_batch}, one member after another',
-          'images': s.members * s.lenet_steps * s.lenet_batch},
+          f'batch {s.lenet_batch}, one member after another',
+          'images': s.members * s.lenet_steps * s.lenet_batch,
+      },
       'resnet18_train': {
           'work': f'one fresh ResNet-18 (CIFAR stem, width {s.resnet_width}; SGD Nesterov, '
-                  f'cosine, crop_flip) x {s.resnet_steps} steps of batch {s.resnet_batch}',
-          'images': s.resnet_steps * s.resnet_batch},
+          f'cosine, crop_flip) x {s.resnet_steps} steps of batch {s.resnet_batch}',
+          'images': s.resnet_steps * s.resnet_batch,
+      },
       'resnet18_inference': {
           'work': f'eval-mode logits of one ResNet-18 (width {s.resnet_width}) on '
-                  f'{s.resnet_batch} images',
-          'images': s.resnet_batch},
+          f'{s.resnet_batch} images',
+          'images': s.resnet_batch,
+      },
       'lenet_score_pool': {
           'work': f'logits of {s.members} LeNets over {s.pool} images in chunks of '
-                  f'{s.score_chunk}, members in turn',
-          'images': s.members * s.pool},
+          f'{s.score_chunk}, members in turn',
+          'images': s.members * s.pool,
+      },
       'mnist_round': {
           'work': f'one process: configs/mnist.py:{s.round_config}, seed {s.seed}, ensembles, '
-                  'num_rounds=1 (fit, evaluate, score, select; fit, evaluate)',
-          'images': None},
+          'num_rounds=1 (fit, evaluate, score, select; fit, evaluate)',
+          'images': None,
+      },
   }
 
 
@@ -229,8 +310,9 @@ def _check_cases(cases) -> tuple[str, ...]:
 # --------------------------------------------------------------------------
 
 
-def torch_cases(s: Shapes, cases=CASES,
-                formats=torch_models.FORMATS) -> dict[str, dict[str, Callable]]:
+def torch_cases(
+    s: Shapes, cases=CASES, formats=torch_models.FORMATS
+) -> dict[str, dict[str, Callable]]:
   """{case: {memory format: zero-argument callable doing one call's work}}."""
   cases = _check_cases(cases)
   r = recipes(s)
@@ -243,8 +325,7 @@ def torch_cases(s: Shapes, cases=CASES,
       elif case == 'resnet18_train':
         fns[fmt] = _torch_train_fn(r['resnet18'], 1, s.resnet_steps, fmt, s.seed)
       elif case == 'resnet18_inference':
-        fns[fmt] = _torch_predict_fn(r['resnet18'], 1, s.resnet_batch, s.resnet_batch, fmt,
-                                     s.seed)
+        fns[fmt] = _torch_predict_fn(r['resnet18'], 1, s.resnet_batch, s.resnet_batch, fmt, s.seed)
       elif case == 'lenet_score_pool':
         fns[fmt] = _torch_predict_fn(r['lenet'], s.members, s.pool, s.score_chunk, fmt, s.seed)
       else:
@@ -253,8 +334,7 @@ def torch_cases(s: Shapes, cases=CASES,
   return out
 
 
-def _torch_train_fn(recipe: torch_models.Recipe, members: int, steps: int, fmt: str,
-                    seed: int):
+def _torch_train_fn(recipe: torch_models.Recipe, members: int, steps: int, fmt: str, seed: int):
   """One call: `members` fresh models, one epoch of `steps` steps over as many batches."""
   n = steps * recipe.batch_size
   x = torch.from_numpy(random_images(seed, n, recipe.image_shape))
@@ -263,12 +343,12 @@ def _torch_train_fn(recipe: torch_models.Recipe, members: int, steps: int, fmt: 
   return lambda: torch_models.fit_members(recipe, members, x, y, labeled, 1, fmt, seed)
 
 
-def _torch_predict_fn(recipe: torch_models.Recipe, members: int, n: int, chunk: int, fmt: str,
-                      seed: int):
+def _torch_predict_fn(
+    recipe: torch_models.Recipe, members: int, n: int, chunk: int, fmt: str, seed: int
+):
   """One call: every member's logits on n random images, `chunk` at a time."""
   x = torch.from_numpy(random_images(seed, n, recipe.image_shape))
-  models = [torch_models.build_model(recipe, fmt, seed * 1000 + i).eval()
-            for i in range(members)]
+  models = [torch_models.build_model(recipe, fmt, seed * 1000 + i).eval() for i in range(members)]
   return lambda: torch_models.predict(models, x, recipe, chunk, fmt)
 
 
@@ -296,16 +376,35 @@ def jal_cases(s: Shapes, cases=CASES) -> dict[str, Callable]:
   def setup(recipe: torch_models.Recipe, augment: bool):
     # As jal's configs build them: models.get_model resolves LeNet's conv_pool
     # form ('auto': space-to-depth on a CPU).
-    model = models.get_model(ml_collections.ConfigDict(dict(
-        name=recipe.model, compute_dtype='float32', width=recipe.width,
-        stem='cifar' if recipe.model == 'resnet18' else None)), recipe.num_classes)
+    model = models.get_model(
+        ml_collections.ConfigDict(
+            dict(
+                name=recipe.model,
+                compute_dtype='float32',
+                width=recipe.width,
+                stem='cifar' if recipe.model == 'resnet18' else None,
+            )
+        ),
+        recipe.num_classes,
+    )
     spec = train.InputSpec(recipe.mean, recipe.std, recipe.augment if augment else 'none')
-    trainer = train.Trainer.from_config(ml_collections.ConfigDict(dict(
-        optimizer=recipe.optimizer, learning_rate=recipe.learning_rate,
-        weight_decay=recipe.weight_decay, momentum=recipe.momentum,
-        batch_size=recipe.batch_size, schedule=recipe.schedule)), model, spec)
-    return trainer, train.resolve_plan(trainer=trainer, sample_x=np.zeros((1, *recipe.image_shape),
-                                                                           np.float32))
+    trainer = train.Trainer.from_config(
+        ml_collections.ConfigDict(
+            dict(
+                optimizer=recipe.optimizer,
+                learning_rate=recipe.learning_rate,
+                weight_decay=recipe.weight_decay,
+                momentum=recipe.momentum,
+                batch_size=recipe.batch_size,
+                schedule=recipe.schedule,
+            )
+        ),
+        model,
+        spec,
+    )
+    return trainer, train.resolve_plan(
+        trainer=trainer, sample_x=np.zeros((1, *recipe.image_shape), np.float32)
+    )
 
   def fit_fn(recipe: torch_models.Recipe, members: int, steps: int):
     trainer, plan = setup(recipe, True)
@@ -316,24 +415,31 @@ def jal_cases(s: Shapes, cases=CASES) -> dict[str, Callable]:
     idx[:n] = np.arange(n)
     idx = jnp.asarray(idx)
     keys = jax.random.split(jax.random.PRNGKey(s.seed), members)
-    return lambda: jax.block_until_ready(train.fit(
-        trainer, keys, x, y, idx, jnp.int32(n), jnp.int32(1), plan=plan))
+    return lambda: jax.block_until_ready(
+        train.fit(trainer, keys, x, y, idx, jnp.int32(n), jnp.int32(1), plan=plan)
+    )
 
   def predict_fn(recipe: torch_models.Recipe, members: int, n: int, chunk: int):
     trainer, plan = setup(recipe, False)
     x = jax.device_put(random_images(s.seed, n, recipe.image_shape))
-    states = train.init_ensemble(trainer, jax.random.split(jax.random.PRNGKey(s.seed), members),
-                                 x)
-    return lambda: jax.block_until_ready(infer.predict(
-        trainer.model, trainer.spec, chunk, False, states, x,
-        in_turn=infer.members_in_turn(plan)).logits)
+    states = train.init_ensemble(trainer, jax.random.split(jax.random.PRNGKey(s.seed), members), x)
+    return lambda: jax.block_until_ready(
+        infer.predict(
+            trainer.model,
+            trainer.spec,
+            chunk,
+            False,
+            states,
+            x,
+            in_turn=infer.members_in_turn(plan),
+        ).logits
+    )
 
   r = recipes(s)
   builders = {
       'lenet_ensemble_train': lambda: fit_fn(r['lenet'], s.members, s.lenet_steps),
       'resnet18_train': lambda: fit_fn(r['resnet18'], 1, s.resnet_steps),
-      'resnet18_inference': lambda: predict_fn(r['resnet18'], 1, s.resnet_batch,
-                                               s.resnet_batch),
+      'resnet18_inference': lambda: predict_fn(r['resnet18'], 1, s.resnet_batch, s.resnet_batch),
       'lenet_score_pool': lambda: predict_fn(r['lenet'], s.members, s.pool, s.score_chunk),
       'mnist_round': lambda: _jal_round_fn(s),
   }
@@ -345,8 +451,13 @@ def jal_cases(s: Shapes, cases=CASES) -> dict[str, Callable]:
 # --------------------------------------------------------------------------
 
 
-def versus(jal_fns: dict[str, Callable], torch_fns: dict[str, dict[str, Callable]],
-           repeats: int = 3, warmup: int = 1, info: dict[str, dict] | None = None) -> list[dict]:
+def versus(
+    jal_fns: dict[str, Callable],
+    torch_fns: dict[str, dict[str, Callable]],
+    repeats: int = 3,
+    warmup: int = 1,
+    info: dict[str, dict] | None = None,
+) -> list[dict]:
   """Times every case both sides have, alternating; one record per case.
 
   Per case: `warmup` (at least 1) untimed calls of each side, then `repeats`
@@ -384,53 +495,86 @@ def versus(jal_fns: dict[str, Callable], torch_fns: dict[str, dict[str, Callable
     rec = versus_record(case, seconds, details, info.get(case, {}), max(1, warmup))
     # Another process on one of its cores slows multi-threaded PyTorch many times over (its
     # threads wait for each other at every op); the load says whether a run was alone.
-    rec.update(loadavg_1min_before=load_before, loadavg_1min_after=os.getloadavg()[0],
-               cpus=os.cpu_count())
+    rec.update(
+        loadavg_1min_before=load_before, loadavg_1min_after=os.getloadavg()[0], cpus=os.cpu_count()
+    )
     logging.info('%s', summary_line(rec))
     records.append(rec)
   return records
 
 
-def versus_record(case: str, seconds: dict[str, list[float]], details: dict[str, list[dict]],
-                  info: dict, warmup: int) -> dict[str, Any]:
+def versus_record(
+    case: str,
+    seconds: dict[str, list[float]],
+    details: dict[str, list[dict]],
+    info: dict,
+    warmup: int,
+) -> dict[str, Any]:
   """The record of one case from each side's timed seconds (see `versus`)."""
   images = info.get('images')
   rec = {'case': case, 'vs': 'torch', **{k: v for k, v in info.items() if v is not None}}
   for side, ts in seconds.items():
-    rec.update({f'{side}_seconds': statistics.median(ts), f'{side}_seconds_min': min(ts),
-                f'{side}_seconds_max': max(ts), f'{side}_spread': max(ts) / min(ts)})
+    rec.update(
+        {
+            f'{side}_seconds': statistics.median(ts),
+            f'{side}_seconds_min': min(ts),
+            f'{side}_seconds_max': max(ts),
+            f'{side}_spread': max(ts) / min(ts),
+        }
+    )
     if images:
       rec[f'{side}_images_per_second'] = images / statistics.median(ts)
-    for key in sorted({k for d in details[side] for k, v in d.items()
-                       if isinstance(v, (int, float))}):
+    for key in sorted(
+        {k for d in details[side] for k, v in d.items() if isinstance(v, (int, float))}
+    ):
       rec[f'{side}_{key}'] = statistics.median(d[key] for d in details[side] if key in d)
   torch_sides = [s for s in seconds if s != 'jal']
   best = min(torch_sides, key=lambda s: statistics.median(seconds[s]))
   pairs = [j / t for j, t in zip(seconds['jal'], seconds[best])]
-  rec.update({
-      'torch_best_format': best[len('torch_'):], 'torch_seconds': rec[f'{best}_seconds'],
-      'ratio': rec['jal_seconds'] / rec[f'{best}_seconds'],
-      'pair_ratio_min': min(pairs), 'pair_ratio_median': statistics.median(pairs),
-      'pair_ratio_max': max(pairs), 'repeats': len(seconds['jal']), 'warmup': warmup,
-      'timing': (f'wall seconds per call, sides alternated ({", ".join(seconds)}) for '
-                 f'{len(seconds["jal"])} rounds after {warmup} warm-up call(s) each; jal calls '
-                 'end with jax.block_until_ready'),
-      'torch_version': torch.__version__, 'torch_threads': torch.get_num_threads()})
+  rec.update(
+      {
+          'torch_best_format': best[len('torch_') :],
+          'torch_seconds': rec[f'{best}_seconds'],
+          'ratio': rec['jal_seconds'] / rec[f'{best}_seconds'],
+          'pair_ratio_min': min(pairs),
+          'pair_ratio_median': statistics.median(pairs),
+          'pair_ratio_max': max(pairs),
+          'repeats': len(seconds['jal']),
+          'warmup': warmup,
+          'timing': (
+              f'wall seconds per call, sides alternated ({", ".join(seconds)}) for '
+              f'{len(seconds["jal"])} rounds after {warmup} warm-up call(s) each; jal calls '
+              'end with jax.block_until_ready'
+          ),
+          'torch_version': torch.__version__,
+          'torch_threads': torch.get_num_threads(),
+      }
+  )
   return rec
 
 
 def summary_line(rec: dict) -> str:
   """One line: the case, each side's median [min, max], the ratio and its pair range."""
-  sides = [k[:-len('_seconds')] for k in rec if k.endswith('_seconds')
-           and f'{k}_min' in rec]
-  parts = [f'{s} {rec[f"{s}_seconds"]:.3g} s [{rec[f"{s}_seconds_min"]:.3g}, '
-           f'{rec[f"{s}_seconds_max"]:.3g}]' for s in sides]
-  return (f'{rec["case"]}: {"; ".join(parts)}; jal / torch ({rec["torch_best_format"]}) = '
-          f'{rec["ratio"]:.2f}x (pairs {rec["pair_ratio_min"]:.2f}-{rec["pair_ratio_max"]:.2f})')
+  sides = [k[: -len('_seconds')] for k in rec if k.endswith('_seconds') and f'{k}_min' in rec]
+  parts = [
+      f'{s} {rec[f"{s}_seconds"]:.3g} s [{rec[f"{s}_seconds_min"]:.3g}, '
+      f'{rec[f"{s}_seconds_max"]:.3g}]'
+      for s in sides
+  ]
+  return (
+      f'{rec["case"]}: {"; ".join(parts)}; jal / torch ({rec["torch_best_format"]}) = '
+      f'{rec["ratio"]:.2f}x (pairs {rec["pair_ratio_min"]:.2f}-{rec["pair_ratio_max"]:.2f})'
+  )
 
 
-def run_versus(s: Shapes, cases=CASES, repeats: int = 3, warmup: int = 1,
-               threads: int | None = None, formats=torch_models.FORMATS) -> list[dict]:
+def run_versus(
+    s: Shapes,
+    cases=CASES,
+    repeats: int = 3,
+    warmup: int = 1,
+    threads: int | None = None,
+    formats=torch_models.FORMATS,
+) -> list[dict]:
   """`--vs=torch`: sets PyTorch's threads, builds both sides' cases and times them.
 
   Both sides run on the CPU in float32 (refused if JAX's backend is not the
@@ -438,22 +582,32 @@ def run_versus(s: Shapes, cases=CASES, repeats: int = 3, warmup: int = 1,
   gives a record with `skipped` instead of times.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   cases = _check_cases(cases)
   if jax.default_backend() != 'cpu':
-    raise ValueError(f"--vs=torch compares on the CPU; JAX's backend is "
-                     f"{jax.default_backend()} (run with JAX_PLATFORMS=cpu)")
+    raise ValueError(
+        f"--vs=torch compares on the CPU; JAX's backend is "
+        f'{jax.default_backend()} (run with JAX_PLATFORMS=cpu)'
+    )
   threads = torch_models.set_threads(threads)
   out = []
   if 'mnist_round' in cases and not _resolve_data_dir(s.data_dir):
     cases = tuple(c for c in cases if c != 'mnist_round')
-    out.append({'case': 'mnist_round', 'vs': 'torch', 'skipped': 'no MNIST: pass --data_dir '
-                'or set JAL_DATA_DIR'})
+    out.append(
+        {
+            'case': 'mnist_round',
+            'vs': 'torch',
+            'skipped': 'no MNIST: pass --data_dir ' 'or set JAL_DATA_DIR',
+        }
+    )
   if cases:
     jal_fns = jal_cases(s, cases)
     torch_fns = torch_cases(s, cases, formats)
     out = versus(jal_fns, torch_fns, repeats, warmup, case_info(s)) + out
-  return [{**rec, 'torch_threads': threads, 'torch_device': 'cpu', 'compute_dtype': 'float32'}
-          for rec in out]
+  return [
+      {**rec, 'torch_threads': threads, 'torch_device': 'cpu', 'compute_dtype': 'float32'}
+      for rec in out
+  ]
 
 
 # --------------------------------------------------------------------------
@@ -463,16 +617,23 @@ def run_versus(s: Shapes, cases=CASES, repeats: int = 3, warmup: int = 1,
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string('data_dir', None, 'MNIST (jal.data layout); else $JAL_DATA_DIR.')
-  flags.DEFINE_integer('threads', None, 'PyTorch intra-op threads (default: the CPUs this '
-                       'process may use, at most 32).')
+  flags.DEFINE_integer(
+      'threads',
+      None,
+      'PyTorch intra-op threads (default: the CPUs this ' 'process may use, at most 32).',
+  )
   flags.DEFINE_integer('seed', 0, 'Seed.')
   # round
   flags.DEFINE_string('config', 'low', 'round: configs/mnist.py:<this> (low, high, smoke).')
   flags.DEFINE_enum('memory_format', 'contiguous', torch_models.FORMATS, 'round: memory format.')
   flags.DEFINE_string('out', None, 'round: write the JSON summary here.')
-  flags.DEFINE_float('launched_at', None, 'round: time.time() when the parent started this '
-                     'process, to time its startup.')
+  flags.DEFINE_float(
+      'launched_at',
+      None,
+      'round: time.time() when the parent started this ' 'process, to time its startup.',
+  )
   # versus
   flags.DEFINE_enum('size', 'small', ('small', 'full'), 'versus: Shapes (small) or Shapes().')
   flags.DEFINE_list('cases', list(CASES), f'versus: cases ({", ".join(CASES)}).')
@@ -483,14 +644,23 @@ def _define_flags():
 
 def _main(argv, flags_):
   if argv[1:] == ['round']:
-    summary = round_main(flags_.data_dir, flags_.config, flags_.seed, flags_.memory_format,
-                         flags_.threads, flags_.out, flags_.launched_at)
+    summary = round_main(
+        flags_.data_dir,
+        flags_.config,
+        flags_.seed,
+        flags_.memory_format,
+        flags_.threads,
+        flags_.out,
+        flags_.launched_at,
+    )
     logging.info('round: %s', {k: v for k, v in summary.items() if k != 'rounds'})
   elif argv[1:] == ['versus']:
-    s = dataclasses.replace(SMALL if flags_.size == 'small' else Shapes(), seed=flags_.seed,
-                            data_dir=flags_.data_dir)
-    for rec in run_versus(s, flags_.cases, flags_.repeats, 1, flags_.threads,
-                          tuple(flags_.formats)):
+    s = dataclasses.replace(
+        SMALL if flags_.size == 'small' else Shapes(), seed=flags_.seed, data_dir=flags_.data_dir
+    )
+    for rec in run_versus(
+        s, flags_.cases, flags_.repeats, 1, flags_.threads, tuple(flags_.formats)
+    ):
       print(json.dumps(rec, sort_keys=True), flush=True)
   else:
     raise ValueError(f'usage: python -m jal.bench.torch_cases round|versus [flags], got {argv[1:]}')
@@ -498,5 +668,6 @@ def _main(argv, flags_):
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
+
   _FLAGS = _define_flags()
   app.run(lambda argv: _main(argv, _FLAGS))

@@ -91,7 +91,7 @@ class LeNet(nn.Module):
     h, w, c = image_shape
     self.conv1 = nn.Conv2d(c, 6, 5, padding='same')
     self.conv2 = nn.Conv2d(6, 16, 5)
-    self.feature_shape = (16, (h // 2 - 4) // 2, (w // 2 - 4) // 2)   # c, h, w after pool 2
+    self.feature_shape = (16, (h // 2 - 4) // 2, (w // 2 - 4) // 2)  # c, h, w after pool 2
     self.fc1 = nn.Linear(math.prod(self.feature_shape), 120)
     self.fc2 = nn.Linear(120, 84)
     self.fc3 = nn.Linear(84, num_classes)
@@ -138,8 +138,9 @@ class ResNet18(nn.Module):
     cin = width
     for i, cout in enumerate(widths):
       stride = 1 if i == 0 else 2
-      self.add_module(f'layer{i + 1}', nn.Sequential(BasicBlock(cin, cout, stride),
-                                                      BasicBlock(cout, cout, 1)))
+      self.add_module(
+          f'layer{i + 1}', nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1))
+      )
       cin = cout
     self.fc = nn.Linear(cin, num_classes)
     for m in self.modules():
@@ -191,8 +192,13 @@ def load_flax_variables(model: nn.Module, variables) -> nn.Module:
 def _lenet_name(path) -> str:
   col, module, leaf = path
   del col
-  name = {'Conv_0': 'conv1', 'Conv_1': 'conv2', 'Dense_0': 'fc1', 'Dense_1': 'fc2',
-          'Dense_2': 'fc3'}[module]
+  name = {
+      'Conv_0': 'conv1',
+      'Conv_1': 'conv2',
+      'Dense_0': 'fc1',
+      'Dense_1': 'fc2',
+      'Dense_2': 'fc3',
+  }[module]
   return f'{name}.{"weight" if leaf == "kernel" else "bias"}'
 
 
@@ -201,13 +207,17 @@ def _resnet_name(path) -> str:
   parts = []
   for m in modules:
     if m.startswith('layer'):
-      stage, _, block = m[len('layer'):].partition('_')
+      stage, _, block = m[len('layer') :].partition('_')
       parts += [f'layer{stage}', block]
     else:
       parts.append({'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}.get(m, m))
-  leaf = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight', ('params', 'bias'): 'bias',
-          ('batch_stats', 'mean'): 'running_mean', ('batch_stats', 'var'): 'running_var'}[
-              (col, leaf)]
+  leaf = {
+      ('params', 'kernel'): 'weight',
+      ('params', 'scale'): 'weight',
+      ('params', 'bias'): 'bias',
+      ('batch_stats', 'mean'): 'running_mean',
+      ('batch_stats', 'var'): 'running_var',
+  }[(col, leaf)]
   return '.'.join(parts + [leaf])
 
 
@@ -219,37 +229,53 @@ def _resnet_name(path) -> str:
 @dataclasses.dataclass(frozen=True)
 class Recipe:
   """A model and how jal's config trains it."""
-  model: str                      # 'lenet' or 'resnet18'
+
+  model: str  # 'lenet' or 'resnet18'
   image_shape: tuple[int, int, int]
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  optimizer: str                  # 'adam' or 'sgd' (Nesterov, decay added to the gradient)
+  optimizer: str  # 'adam' or 'sgd' (Nesterov, decay added to the gradient)
   learning_rate: float
   batch_size: int
-  schedule: str = 'constant'      # or 'cosine' over the fit's steps
-  augment: str = 'none'           # or 'crop_flip'
+  schedule: str = 'constant'  # or 'cosine' over the fit's steps
+  augment: str = 'none'  # or 'crop_flip'
   weight_decay: float = 0.0
   momentum: float = 0.9
-  width: int = 64                 # resnet18
+  width: int = 64  # resnet18
   num_classes: int = 10
 
 
 def lenet_mnist(**overrides) -> Recipe:
   """configs/mnist.py's recipe: LeNet, Adam 1e-3, batch 64."""
   return dataclasses.replace(
-      Recipe('lenet', (28, 28, 1), MNIST_MEAN, MNIST_STD, 'adam', 1e-3, 64), **overrides)
+      Recipe('lenet', (28, 28, 1), MNIST_MEAN, MNIST_STD, 'adam', 1e-3, 64), **overrides
+  )
 
 
 def resnet_cifar(**overrides) -> Recipe:
   """The CIFAR recipe of jal.bench.cases.workload: ResNet-18, SGD 0.05 Nesterov + decay
   5e-4, cosine, crop_flip, batch 128."""
   return dataclasses.replace(
-      Recipe('resnet18', (32, 32, 3), CIFAR10_MEAN, CIFAR10_STD, 'sgd', 0.05, 128, 'cosine',
-             'crop_flip', weight_decay=5e-4, momentum=0.9), **overrides)
+      Recipe(
+          'resnet18',
+          (32, 32, 3),
+          CIFAR10_MEAN,
+          CIFAR10_STD,
+          'sgd',
+          0.05,
+          128,
+          'cosine',
+          'crop_flip',
+          weight_decay=5e-4,
+          momentum=0.9,
+      ),
+      **overrides,
+  )
 
 
 def build_model(recipe: Recipe, memory_format: str = 'contiguous', seed: int | None = None):
   """A fresh model in `memory_format`, initialised from `seed` (None: the global RNG)."""
+
   def make():
     if recipe.model == 'lenet':
       return LeNet(recipe.num_classes, recipe.image_shape)
@@ -280,12 +306,18 @@ def make_optimizer(recipe: Recipe, model: nn.Module, total_steps: int):
   if recipe.optimizer == 'adam':
     opt = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
   elif recipe.optimizer == 'sgd':
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.learning_rate, momentum=recipe.momentum,
-                          nesterov=True, weight_decay=recipe.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.learning_rate,
+        momentum=recipe.momentum,
+        nesterov=True,
+        weight_decay=recipe.weight_decay,
+    )
   else:
     raise ValueError(f"unknown optimizer '{recipe.optimizer}'; valid: adam, sgd")
   sched = torch.optim.lr_scheduler.LambdaLR(
-      opt, lambda step: lr_factor(recipe.schedule, step, total_steps))
+      opt, lambda step: lr_factor(recipe.schedule, step, total_steps)
+  )
   return opt, sched
 
 
@@ -305,8 +337,9 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
   return padded[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def to_inputs(x: torch.Tensor, recipe: Recipe, memory_format: str,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def to_inputs(
+    x: torch.Tensor, recipe: Recipe, memory_format: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
   """Stored u8[b, h, w, c] -> normalised f32[b, c, h, w] in `memory_format`.
 
   Augmented per the recipe when a `generator` is given (training batches).
@@ -344,8 +377,10 @@ def epoch_batches(num_labeled: int, batch_size: int, generator: torch.Generator)
   steps = max(1, math.ceil(num_labeled / batch_size))
   order = torch.randperm(num_labeled, generator=generator)
   positions = torch.arange(steps * batch_size)
-  return (order[positions % num_labeled].view(steps, batch_size),
-          (positions < num_labeled).view(steps, batch_size))
+  return (
+      order[positions % num_labeled].view(steps, batch_size),
+      (positions < num_labeled).view(steps, batch_size),
+  )
 
 
 def epochs_for(num_labeled: int, batch_size: int, epochs: int, min_steps: int) -> int:
@@ -353,9 +388,16 @@ def epochs_for(num_labeled: int, batch_size: int, epochs: int, min_steps: int) -
   return max(epochs, math.ceil(min_steps / max(1, math.ceil(num_labeled / batch_size))))
 
 
-def fit_members(recipe: Recipe, members: int, x: torch.Tensor, y: torch.Tensor,
-                labeled: torch.Tensor, epochs: int, memory_format: str = 'contiguous',
-                seed: int = 0) -> list[nn.Module]:
+def fit_members(
+    recipe: Recipe,
+    members: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labeled: torch.Tensor,
+    epochs: int,
+    memory_format: str = 'contiguous',
+    seed: int = 0,
+) -> list[nn.Module]:
   """Trains `members` fresh models one after another on `x[labeled]`.
 
   Member i is initialised from seed `seed * 1000 + i` and draws its shuffles
@@ -391,8 +433,13 @@ def fit_members(recipe: Recipe, members: int, x: torch.Tensor, y: torch.Tensor,
   return out
 
 
-def predict(models: list[nn.Module], x: torch.Tensor, recipe: Recipe, chunk_size: int,
-            memory_format: str = 'contiguous') -> torch.Tensor:
+def predict(
+    models: list[nn.Module],
+    x: torch.Tensor,
+    recipe: Recipe,
+    chunk_size: int,
+    memory_format: str = 'contiguous',
+) -> torch.Tensor:
   """Every member's eval-mode logits on stored u8[n, h, w, c]: f32[m, n, classes].
 
   Members in turn, `chunk_size` images per forward pass, under inference_mode.
@@ -402,8 +449,8 @@ def predict(models: list[nn.Module], x: torch.Tensor, recipe: Recipe, chunk_size
     for i, model in enumerate(models):
       model.eval()
       for start in range(0, x.shape[0], chunk_size):
-        xb = to_inputs(x[start:start + chunk_size], recipe, memory_format)
-        out[i, start:start + chunk_size] = model(xb)[0]
+        xb = to_inputs(x[start : start + chunk_size], recipe, memory_format)
+        out[i, start : start + chunk_size] = model(xb)[0]
   return out
 
 
@@ -414,8 +461,9 @@ def variation_ratio(logits: torch.Tensor) -> torch.Tensor:
   return 1.0 - counts.max(-1).values.float() / m
 
 
-def top_k_with_random_ties(scores: torch.Tensor, eligible: torch.Tensor, k: int,
-                           generator: torch.Generator) -> torch.Tensor:
+def top_k_with_random_ties(
+    scores: torch.Tensor, eligible: torch.Tensor, k: int, generator: torch.Generator
+) -> torch.Tensor:
   """The k highest eligible scores, ties in a random order: i64[k]."""
   perm = torch.randperm(scores.shape[0], generator=generator)
   s = torch.where(eligible[perm], scores[perm], torch.tensor(-math.inf))
@@ -430,6 +478,7 @@ def top_k_with_random_ties(scores: torch.Tensor, eligible: torch.Tensor, k: int,
 def load_mnist_config(arg: str = 'low'):
   """`get_config(arg)` of configs/mnist.py, as `--config=configs/mnist.py:<arg>` loads it."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   spec = importlib.util.spec_from_file_location('jal_bench_mnist_config_torch', MNIST_CONFIG)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
@@ -440,12 +489,23 @@ def round_recipe(config, dataset) -> Recipe:
   """The Recipe of a jal config's `train` fields, for a LeNet on `dataset`."""
   tc = config.train
   if config.model.name != 'lenet':
-    raise ValueError(f"round: the PyTorch side has LeNet's recipe, config has "
-                     f"'{config.model.name}'")
-  return Recipe('lenet', tuple(dataset.x_train.shape[1:]), tuple(dataset.mean),
-                tuple(dataset.std), tc.optimizer, float(tc.learning_rate), int(tc.batch_size),
-                tc.schedule, tc.augment, float(tc.weight_decay or 0.0), float(tc.momentum),
-                num_classes=dataset.num_classes)
+    raise ValueError(
+        f"round: the PyTorch side has LeNet's recipe, config has " f"'{config.model.name}'"
+    )
+  return Recipe(
+      'lenet',
+      tuple(dataset.x_train.shape[1:]),
+      tuple(dataset.mean),
+      tuple(dataset.std),
+      tc.optimizer,
+      float(tc.learning_rate),
+      int(tc.batch_size),
+      tc.schedule,
+      tc.augment,
+      float(tc.weight_decay or 0.0),
+      float(tc.momentum),
+      num_classes=dataset.num_classes,
+  )
 
 
 def run_round(config, dataset, memory_format: str = 'contiguous', seed: int = 0) -> dict:
@@ -463,27 +523,32 @@ def run_round(config, dataset, memory_format: str = 'contiguous', seed: int = 0)
     seconds, accuracy], and the seconds of each phase summed over rounds}.
   """
   from jal import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
   recipe = round_recipe(config, dataset)
   tc = config.train
   # Copies: jal.data's arrays may be read-only, which torch tensors cannot be.
   x_train, x_test = torch.from_numpy(np.array(dataset.x_train)), torch.from_numpy(
-      np.array(dataset.x_test))
+      np.array(dataset.x_test)
+  )
   y_train = torch.from_numpy(np.asarray(dataset.y_train, np.int64))
   y_test = np.asarray(dataset.y_test)
   n = x_train.shape[0]
   generator = torch.Generator().manual_seed(seed)
   labeled = torch.zeros(n, dtype=torch.bool)
-  labeled[torch.randperm(n, generator=generator)[:config.warmup_size]] = True
+  labeled[torch.randperm(n, generator=generator)[: config.warmup_size]] = True
   rounds = []
   for r in range(config.num_rounds + 1):
     idx = labeled.nonzero().flatten()
     epochs = epochs_for(len(idx), recipe.batch_size, tc.epochs, tc.min_steps)
     t0 = time.perf_counter()
-    members = fit_members(recipe, tc.members, x_train, y_train, idx, epochs, memory_format,
-                          seed * 100 + r)
+    members = fit_members(
+        recipe, tc.members, x_train, y_train, idx, epochs, memory_format, seed * 100 + r
+    )
     detail = metrics_lib.divergence(
         predict(members, x_train[idx], recipe, config.eval_batch_size, memory_format).numpy(),
-        y_train[idx].numpy(), 'labeled')
+        y_train[idx].numpy(),
+        'labeled',
+    )
     if detail:
       raise FloatingPointError(f'training diverged: round {r}: {detail}')
     t1 = time.perf_counter()
@@ -493,15 +558,24 @@ def run_round(config, dataset, memory_format: str = 'contiguous', seed: int = 0)
     if r < config.num_rounds:
       logits = predict(members, x_train, recipe, config.eval_batch_size, memory_format)
       t2s = time.perf_counter()
-      picks = top_k_with_random_ties(variation_ratio(logits), ~labeled, config.query_size,
-                                     generator)
+      picks = top_k_with_random_ties(
+          variation_ratio(logits), ~labeled, config.query_size, generator
+      )
       labeled[picks] = True
     t3 = time.perf_counter()
-    rounds.append({'round': r, 'n_labeled': len(idx),
-                   'train_steps': epochs * math.ceil(len(idx) / recipe.batch_size),
-                   'train_seconds': t1 - t0, 'eval_seconds': t2 - t1,
-                   'score_seconds': t2s - t2, 'select_seconds': t3 - t2s,
-                   'accuracy': test['accuracy'], 'member_accuracy': test['member_accuracy']})
+    rounds.append(
+        {
+            'round': r,
+            'n_labeled': len(idx),
+            'train_steps': epochs * math.ceil(len(idx) / recipe.batch_size),
+            'train_seconds': t1 - t0,
+            'eval_seconds': t2 - t1,
+            'score_seconds': t2s - t2,
+            'select_seconds': t3 - t2s,
+            'accuracy': test['accuracy'],
+            'member_accuracy': test['member_accuracy'],
+        }
+    )
   return {'rounds': rounds, **phase_sums(rounds), 'accuracy': rounds[-1]['accuracy']}
 
 
@@ -512,4 +586,3 @@ def phase_sums(rounds: list[dict]) -> dict[str, float]:
   """Each phase's seconds summed over rounds, and their total `rounds_seconds`."""
   sums = {k: sum(r[k] for r in rounds) for k in PHASES}
   return {**sums, 'rounds_seconds': sum(sums.values())}
-

@@ -78,12 +78,35 @@ from jal.data.tasks import subset_classes, truncate
 
 # The loaders' and tasks' names are the package's own: `data.gaussian_blobs`.
 __all__ = [
-    'CIFAR100_MEAN', 'CIFAR100_STD', 'CIFAR10_MEAN', 'CIFAR10_STD', 'DATASETS', 'DATA_DIR_ENV',
-    'Dataset', 'IMAGENET_MEAN', 'IMAGENET_STD', 'Loader', 'MNIST_MEAN', 'MNIST_STD',
-    'RETINOPATHY_CLASSES', 'apply_derived', 'binarize', 'downsample_class', 'downsampled_count',
-    'gaussian_blobs', 'load_cifar10', 'load_cifar100', 'load_dataset', 'load_gaussian_blobs',
-    'load_mnist', 'load_retinopathy', 'read_idx', 'resolve_data_dir', 'stratified_split',
-    'subset_classes', 'truncate',
+    'CIFAR100_MEAN',
+    'CIFAR100_STD',
+    'CIFAR10_MEAN',
+    'CIFAR10_STD',
+    'DATASETS',
+    'DATA_DIR_ENV',
+    'Dataset',
+    'IMAGENET_MEAN',
+    'IMAGENET_STD',
+    'Loader',
+    'MNIST_MEAN',
+    'MNIST_STD',
+    'RETINOPATHY_CLASSES',
+    'apply_derived',
+    'binarize',
+    'downsample_class',
+    'downsampled_count',
+    'gaussian_blobs',
+    'load_cifar10',
+    'load_cifar100',
+    'load_dataset',
+    'load_gaussian_blobs',
+    'load_mnist',
+    'load_retinopathy',
+    'read_idx',
+    'resolve_data_dir',
+    'stratified_split',
+    'subset_classes',
+    'truncate',
 ]
 
 Loader = Callable[..., Dataset]
@@ -97,8 +120,9 @@ DATASETS: dict[str, Loader] = {
 }
 
 
-def load_dataset(data_config: ml_collections.ConfigDict, *,
-                 data_dir: str | None = None, seed: int = 0) -> Dataset:
+def load_dataset(
+    data_config: ml_collections.ConfigDict, *, data_dir: str | None = None, seed: int = 0
+) -> Dataset:
   """Loads `data_config.name` and applies the derived tasks it names.
 
   Args:
@@ -117,13 +141,16 @@ def load_dataset(data_config: ml_collections.ConfigDict, *,
   """
   name = data_config.get('name', None)
   if name not in DATASETS:
-    raise ValueError(f'unknown dataset {name!r}; valid: '
-                     f'{", ".join(sorted(DATASETS))}')
+    raise ValueError(f'unknown dataset {name!r}; valid: ' f'{", ".join(sorted(DATASETS))}')
   tasks.check_config(data_config)
-  ds = DATASETS[name](data_config, data_dir=resolve_data_dir(data_dir),
-                      seed=seed)
+  ds = DATASETS[name](data_config, data_dir=resolve_data_dir(data_dir), seed=seed)
   ds = apply_derived(ds, data_config, seed=seed)
-  logging.info('Dataset %s: train %s %s, test %s, %d classes.', ds.name,
-               ds.x_train.dtype, ds.x_train.shape, ds.x_test.shape,
-               ds.num_classes)
+  logging.info(
+      'Dataset %s: train %s %s, test %s, %d classes.',
+      ds.name,
+      ds.x_train.dtype,
+      ds.x_train.shape,
+      ds.x_test.shape,
+      ds.num_classes,
+  )
   return ds

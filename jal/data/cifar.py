@@ -45,6 +45,7 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 @dataclasses.dataclass(frozen=True)
 class _CifarLayout:
   """Where a CIFAR variant keeps its pickles and which keys it uses."""
+
   name: str
   title: str
   folder: str
@@ -61,19 +62,36 @@ class _CifarLayout:
 
 
 _CIFAR10 = _CifarLayout(
-    name='cifar10', title='CIFAR-10', folder='cifar-10-batches-py',
+    name='cifar10',
+    title='CIFAR-10',
+    folder='cifar-10-batches-py',
     archive='cifar-10-python.tar.gz',
     train_files=tuple(f'data_batch_{i}' for i in range(1, 6)),
-    test_file='test_batch', meta_file='batches.meta', label_key='labels',
-    names_key='label_names', num_classes=10, mean=CIFAR10_MEAN,
-    std=CIFAR10_STD, tfds_name='cifar10')
+    test_file='test_batch',
+    meta_file='batches.meta',
+    label_key='labels',
+    names_key='label_names',
+    num_classes=10,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    tfds_name='cifar10',
+)
 
 _CIFAR100 = _CifarLayout(
-    name='cifar100', title='CIFAR-100', folder='cifar-100-python',
-    archive='cifar-100-python.tar.gz', train_files=('train',),
-    test_file='test', meta_file='meta', label_key='fine_labels',
-    names_key='fine_label_names', num_classes=100, mean=CIFAR100_MEAN,
-    std=CIFAR100_STD, tfds_name='cifar100')
+    name='cifar100',
+    title='CIFAR-100',
+    folder='cifar-100-python',
+    archive='cifar-100-python.tar.gz',
+    train_files=('train',),
+    test_file='test',
+    meta_file='meta',
+    label_key='fine_labels',
+    names_key='fine_label_names',
+    num_classes=100,
+    mean=CIFAR100_MEAN,
+    std=CIFAR100_STD,
+    tfds_name='cifar100',
+)
 
 
 def _pickle_get(d: dict[Any, Any], key: str, source: str) -> Any:
@@ -99,8 +117,9 @@ def _numpy_core(submodule: str) -> Any:
 def _latin1_encode(text: Any, encoding: Any) -> bytes:
   """`codecs.encode` as Python 3 pickles bytes at protocol <= 2 (latin-1)."""
   if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
-    raise pickle.UnpicklingError(f'_codecs.encode of {type(text).__name__} '
-                                 f'with encoding {encoding!r}, not latin1')
+    raise pickle.UnpicklingError(
+        f'_codecs.encode of {type(text).__name__} ' f'with encoding {encoding!r}, not latin1'
+    )
   return text.encode('latin1')
 
 
@@ -116,8 +135,10 @@ def _cifar_global(module: str, name: str) -> Any:
   if module == 'numpy' and name in ('ndarray', 'dtype'):
     return getattr(np, name)
   canonical = module.replace('numpy._core.', 'numpy.core.', 1)
-  if (canonical, name) in (('numpy.core.multiarray', '_reconstruct'),
-                           ('numpy.core.numeric', '_frombuffer')):
+  if (canonical, name) in (
+      ('numpy.core.multiarray', '_reconstruct'),
+      ('numpy.core.numeric', '_frombuffer'),
+  ):
     return getattr(_numpy_core(canonical.rsplit('.', 1)[1]), name)
   if (module, name) == ('_codecs', 'encode'):
     return _latin1_encode
@@ -139,8 +160,10 @@ class _CifarUnpickler(pickle.Unpickler):
   def find_class(self, module: str, name: str) -> Any:
     obj = _cifar_global(module, name)
     if obj is None:
-      raise _RefusedGlobal(f'refusing to load {self._source}: it references '
-                           f'{module}.{name}, which a CIFAR pickle never holds')
+      raise _RefusedGlobal(
+          f'refusing to load {self._source}: it references '
+          f'{module}.{name}, which a CIFAR pickle never holds'
+      )
     return obj
 
 
@@ -151,16 +174,15 @@ def _unpickle(f, source: str) -> dict[Any, Any]:
   except _RefusedGlobal:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f'corrupt CIFAR pickle {source}: {type(e).__name__}: {e}'
-                     ) from e
+    raise ValueError(f'corrupt CIFAR pickle {source}: {type(e).__name__}: {e}') from e
   if not isinstance(d, dict):
-    raise ValueError(f'corrupt CIFAR pickle {source}: expected a dict, got '
-                     f'{type(d).__name__}')
+    raise ValueError(f'corrupt CIFAR pickle {source}: expected a dict, got ' f'{type(d).__name__}')
   return d
 
 
-def _cifar_batch(d: dict[Any, Any], source: str,
-                 layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_batch(
+    d: dict[Any, Any], source: str, layout: _CifarLayout
+) -> tuple[np.ndarray, np.ndarray]:
   """One pickle dict -> (x: u8[n, 32, 32, 3], y: i32[n]).
 
   Rows of `data` are 3072 bytes, channel-major: 1024 red (row-major 32x32),
@@ -168,19 +190,21 @@ def _cifar_batch(d: dict[Any, Any], source: str,
   """
   data = np.asarray(_pickle_get(d, 'data', source))
   if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-    raise ValueError(f'{source}: data must be uint8[n, 3072], got '
-                     f'{data.dtype}{list(data.shape)}')
+    raise ValueError(
+        f'{source}: data must be uint8[n, 3072], got ' f'{data.dtype}{list(data.shape)}'
+    )
   y = core.labels(_pickle_get(d, layout.label_key, source))
   if y.shape[0] != data.shape[0]:
-    raise ValueError(f'{source}: {data.shape[0]} images but {y.shape[0]} '
-                     'labels')
+    raise ValueError(f'{source}: {data.shape[0]} images but {y.shape[0]} ' 'labels')
   x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return x, y
 
 
-def _read_cifar(open_member: Callable[[str], Any], layout: _CifarLayout,
-                where: str) -> core.Dataset:
+def _read_cifar(
+    open_member: Callable[[str], Any], layout: _CifarLayout, where: str
+) -> core.Dataset:
   """Reads a CIFAR layout given `open_member(fname) -> binary file`."""
+
   def load(fname):
     source = f'{where}/{fname}'
     with open_member(fname) as f:
@@ -195,17 +219,23 @@ def _read_cifar(open_member: Callable[[str], Any], layout: _CifarLayout,
   meta, meta_source = load(layout.meta_file)
   class_names = tuple(
       n.decode() if isinstance(n, bytes) else str(n)
-      for n in _pickle_get(meta, layout.names_key, meta_source))
+      for n in _pickle_get(meta, layout.names_key, meta_source)
+  )
   if len(class_names) != layout.num_classes:
-    raise ValueError(f'{meta_source}: {len(class_names)} class names, '
-                     f'expected {layout.num_classes}')
+    raise ValueError(
+        f'{meta_source}: {len(class_names)} class names, ' f'expected {layout.num_classes}'
+    )
   ds = core.Dataset(
       name=layout.name,
       x_train=np.ascontiguousarray(np.concatenate(xs)),
       y_train=np.concatenate(ys),
-      x_test=np.ascontiguousarray(x_test), y_test=y_test,
-      num_classes=layout.num_classes, class_names=class_names,
-      mean=layout.mean, std=layout.std)
+      x_test=np.ascontiguousarray(x_test),
+      y_test=y_test,
+      num_classes=layout.num_classes,
+      class_names=class_names,
+      mean=layout.mean,
+      std=layout.std,
+  )
   core.check_labels(layout.name, ds.y_train, layout.num_classes)
   core.check_labels(layout.name, ds.y_test, layout.num_classes)
   return ds
@@ -234,8 +264,9 @@ def _read_cifar_archive(path: str, layout: _CifarLayout) -> core.Dataset:
     return _read_cifar(open_member, layout, path)
 
 
-def _load_cifar(layout: _CifarLayout, data_config: ml_collections.ConfigDict,
-                data_dir: str | None) -> core.Dataset:
+def _load_cifar(
+    layout: _CifarLayout, data_config: ml_collections.ConfigDict, data_dir: str | None
+) -> core.Dataset:
   """Folder, then archive, in each search dir; then tfds."""
   searched = core.search_dirs(data_dir, layout.name)
   needed = layout.train_files + (layout.test_file, layout.meta_file)
@@ -243,31 +274,41 @@ def _load_cifar(layout: _CifarLayout, data_config: ml_collections.ConfigDict,
     folder = os.path.join(directory, layout.folder)
     if all(os.path.isfile(os.path.join(folder, f)) for f in needed):
       logging.info('Loading %s from %s.', layout.title, folder)
-      return _read_cifar(lambda f: open(os.path.join(folder, f), 'rb'),
-                         layout, folder)
+      return _read_cifar(lambda f: open(os.path.join(folder, f), 'rb'), layout, folder)
     archive = os.path.join(directory, layout.archive)
     if os.path.isfile(archive):
       logging.info('Loading %s from %s.', layout.title, archive)
       return _read_cifar_archive(archive, layout)
   files = f'{layout.folder}/ ({", ".join(needed)}) or {layout.archive}'
   x_train, y_train, x_test, y_test, class_names = tfds_lib.load_or_raise(
-      layout.tfds_name, data_config,
-      core.not_found_message(layout.title, files, searched, layout.tfds_name))
+      layout.tfds_name,
+      data_config,
+      core.not_found_message(layout.title, files, searched, layout.tfds_name),
+  )
   return core.Dataset(
-      name=layout.name, x_train=x_train, y_train=y_train, x_test=x_test,
-      y_test=y_test, num_classes=layout.num_classes, class_names=class_names,
-      mean=layout.mean, std=layout.std)
+      name=layout.name,
+      x_train=x_train,
+      y_train=y_train,
+      x_test=x_test,
+      y_test=y_test,
+      num_classes=layout.num_classes,
+      class_names=class_names,
+      mean=layout.mean,
+      std=layout.std,
+  )
 
 
-def load_cifar10(data_config: ml_collections.ConfigDict, *,
-                 data_dir: str | None, seed: int = 0) -> core.Dataset:
+def load_cifar10(
+    data_config: ml_collections.ConfigDict, *, data_dir: str | None, seed: int = 0
+) -> core.Dataset:
   """CIFAR-10: x u8[n, 32, 32, 3] (50000 train, 10000 test), y i32[n]."""
   del seed  # Unused.
   return _load_cifar(_CIFAR10, data_config, data_dir)
 
 
-def load_cifar100(data_config: ml_collections.ConfigDict, *,
-                  data_dir: str | None, seed: int = 0) -> core.Dataset:
+def load_cifar100(
+    data_config: ml_collections.ConfigDict, *, data_dir: str | None, seed: int = 0
+) -> core.Dataset:
   """CIFAR-100 fine labels: x u8[n, 32, 32, 3], y i32[n] in [0, 100)."""
   del seed  # Unused.
   return _load_cifar(_CIFAR100, data_config, data_dir)

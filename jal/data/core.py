@@ -49,6 +49,7 @@ class Dataset:
     positive_class: for binary (imbalanced) tasks, the class whose average
       precision is the metric; None otherwise.
   """
+
   name: str
   x_train: np.ndarray
   y_train: np.ndarray
@@ -64,18 +65,21 @@ class Dataset:
     for split in ('train', 'test'):
       x, y = getattr(self, f'x_{split}'), getattr(self, f'y_{split}')
       if x.shape[0] != y.shape[0]:
-        raise ValueError(f'{self.name}: x_{split} has {x.shape[0]} rows but '
-                         f'y_{split} has {y.shape[0]}')
+        raise ValueError(
+            f'{self.name}: x_{split} has {x.shape[0]} rows but ' f'y_{split} has {y.shape[0]}'
+        )
       if y.ndim != 1 or y.dtype != np.int32:
-        raise ValueError(f'{self.name}: y_{split} must be int32[n], got '
-                         f'{y.dtype}{list(y.shape)}')
+        raise ValueError(
+            f'{self.name}: y_{split} must be int32[n], got ' f'{y.dtype}{list(y.shape)}'
+        )
     if len(self.class_names) != self.num_classes:
-      raise ValueError(f'{self.name}: {len(self.class_names)} class names for '
-                       f'{self.num_classes} classes')
-    if (self.positive_class is not None
-        and not 0 <= self.positive_class < self.num_classes):
-      raise ValueError(f'{self.name}: positive_class {self.positive_class} not '
-                       f'in [0, {self.num_classes})')
+      raise ValueError(
+          f'{self.name}: {len(self.class_names)} class names for ' f'{self.num_classes} classes'
+      )
+    if self.positive_class is not None and not 0 <= self.positive_class < self.num_classes:
+      raise ValueError(
+          f'{self.name}: positive_class {self.positive_class} not ' f'in [0, {self.num_classes})'
+      )
 
 
 # --------------------------------------------------------------------------
@@ -101,30 +105,34 @@ def labels(y: Any) -> np.ndarray:
   """Any integer label sequence -> i32[n]."""
   y = np.asarray(y)
   if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
-    raise ValueError(f'labels must be a 1D integer sequence, got '
-                     f'{y.dtype}{list(y.shape)}')
+    raise ValueError(f'labels must be a 1D integer sequence, got ' f'{y.dtype}{list(y.shape)}')
   return y.astype(np.int32)
 
 
 def check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
   """Raises ValueError unless every label of `name` is in [0, num_classes)."""
   if y.size and (y.min() < 0 or y.max() >= num_classes):
-    raise ValueError(f'{name}: labels out of range [0, {num_classes}): '
-                     f'min {y.min()}, max {y.max()}')
+    raise ValueError(
+        f'{name}: labels out of range [0, {num_classes}): ' f'min {y.min()}, max {y.max()}'
+    )
 
 
 def not_found_message(what: str, files: str, searched: Sequence[str], tfds_name: str) -> str:
   """The one-line error for a dataset found neither in `searched` nor in tfds."""
   where = ', '.join(searched) if searched else 'no data dir given'
-  return (f'{what} not found: put {files} in --config.data_dir or '
-          f'${DATA_DIR_ENV} (searched: {where}), or prepare tfds '
-          f"'{tfds_name}' (set data.download=True to let tfds download it)")
+  return (
+      f'{what} not found: put {files} in --config.data_dir or '
+      f'${DATA_DIR_ENV} (searched: {where}), or prepare tfds '
+      f"'{tfds_name}' (set data.download=True to let tfds download it)"
+  )
 
 
 def check_fraction(what: str, fraction: Any) -> float:
   """`fraction` as a float; ValueError naming `what` unless it is a number in (0, 1)."""
-  if isinstance(fraction, bool) or not isinstance(
-      fraction, (int, float, np.floating, np.integer)) or not (
-          0.0 < fraction < 1.0):
+  if (
+      isinstance(fraction, bool)
+      or not isinstance(fraction, (int, float, np.floating, np.integer))
+      or not (0.0 < fraction < 1.0)
+  ):
     raise ValueError(f'{what} must be a number in (0, 1), got {fraction!r}')
   return float(fraction)

@@ -22,9 +22,13 @@ import numpy as np
 from jal.data import core
 
 
-def gaussian_blobs(num_train: int = 5000, num_test: int = 500,
-                   separation: float = 2.0, std: float = 1.0,
-                   seed: int = 0) -> core.Dataset:
+def gaussian_blobs(
+    num_train: int = 5000,
+    num_test: int = 500,
+    separation: float = 2.0,
+    std: float = 1.0,
+    seed: int = 0,
+) -> core.Dataset:
   """Two isotropic 2D Gaussians with equal variance.
 
   Class 0 is centred at (-separation/2, 0), class 1 at (+separation/2, 0).
@@ -38,8 +42,7 @@ def gaussian_blobs(num_train: int = 5000, num_test: int = 500,
   """
   for arg, value in (('num_train', num_train), ('num_test', num_test)):
     if int(value) != value or value < 2:
-      raise ValueError(f'gaussian_blobs: {arg} must be an int >= 2, got '
-                       f'{value!r}')
+      raise ValueError(f'gaussian_blobs: {arg} must be an int >= 2, got ' f'{value!r}')
   if not std > 0:
     raise ValueError(f'gaussian_blobs: std must be > 0, got {std!r}')
   rng = np.random.default_rng(seed)
@@ -54,13 +57,21 @@ def gaussian_blobs(num_train: int = 5000, num_test: int = 500,
   x_train, y_train = draw(int(num_train))
   x_test, y_test = draw(int(num_test))
   return core.Dataset(
-      name='gaussian_blobs', x_train=x_train, y_train=y_train, x_test=x_test,
-      y_test=y_test, num_classes=2, class_names=('0', '1'), mean=None,
-      std=None)
+      name='gaussian_blobs',
+      x_train=x_train,
+      y_train=y_train,
+      x_test=x_test,
+      y_test=y_test,
+      num_classes=2,
+      class_names=('0', '1'),
+      mean=None,
+      std=None,
+  )
 
 
-def load_gaussian_blobs(data_config: ml_collections.ConfigDict, *,
-                        data_dir: str | None, seed: int = 0) -> core.Dataset:
+def load_gaussian_blobs(
+    data_config: ml_collections.ConfigDict, *, data_dir: str | None, seed: int = 0
+) -> core.Dataset:
   """`gaussian_blobs` from config fields; data seed defaults to `seed`."""
   del data_dir  # Unused.
   return gaussian_blobs(
@@ -68,4 +79,5 @@ def load_gaussian_blobs(data_config: ml_collections.ConfigDict, *,
       num_test=data_config.get('num_test', 500),
       separation=data_config.get('separation', 2.0),
       std=data_config.get('std', 1.0),
-      seed=data_config.get('seed', seed))
+      seed=data_config.get('seed', seed),
+  )

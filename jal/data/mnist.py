@@ -57,13 +57,13 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
   expected = 0x0800 | ndim  # 0x00 0x00, dtype 0x08 (ubyte), ndim.
   if magic != expected:
     got = 'too short' if magic is None else f'{magic:#010x}'
-    raise ValueError(f'corrupt idx file {path}: magic number {got}, expected '
-                     f'{expected:#010x}')
+    raise ValueError(f'corrupt idx file {path}: magic number {got}, expected ' f'{expected:#010x}')
   header = 4 + 4 * ndim
   shape = tuple(int(d) for d in np.frombuffer(raw, '>u4', ndim, offset=4))
   if len(raw) != header + int(np.prod(shape)):
-    raise ValueError(f'corrupt idx file {path}: {len(raw) - header} data '
-                     f'bytes for shape {shape}')
+    raise ValueError(
+        f'corrupt idx file {path}: {len(raw) - header} data ' f'bytes for shape {shape}'
+    )
   return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
@@ -87,22 +87,29 @@ def _mnist_dataset(x_train, y_train, x_test, y_test, source) -> core.Dataset:
     if x.ndim == 3:
       x = x[..., None]
     if x.shape[1:] != (28, 28, 1) or x.dtype != np.uint8:
-      raise ValueError(f'MNIST {key} from {source} must be uint8[n, 28, 28], '
-                       f'got {x.dtype}{list(x.shape)}')
+      raise ValueError(
+          f'MNIST {key} from {source} must be uint8[n, 28, 28], ' f'got {x.dtype}{list(x.shape)}'
+      )
     arrays[key] = x
   ds = core.Dataset(
       name='mnist',
-      x_train=arrays['x_train'], y_train=core.labels(y_train),
-      x_test=arrays['x_test'], y_test=core.labels(y_test),
-      num_classes=10, class_names=tuple(str(i) for i in range(10)),
-      mean=MNIST_MEAN, std=MNIST_STD)
+      x_train=arrays['x_train'],
+      y_train=core.labels(y_train),
+      x_test=arrays['x_test'],
+      y_test=core.labels(y_test),
+      num_classes=10,
+      class_names=tuple(str(i) for i in range(10)),
+      mean=MNIST_MEAN,
+      std=MNIST_STD,
+  )
   core.check_labels('mnist', ds.y_train, 10)
   core.check_labels('mnist', ds.y_test, 10)
   return ds
 
 
-def load_mnist(data_config: ml_collections.ConfigDict, *,
-               data_dir: str | None, seed: int = 0) -> core.Dataset:
+def load_mnist(
+    data_config: ml_collections.ConfigDict, *, data_dir: str | None, seed: int = 0
+) -> core.Dataset:
   """MNIST: x u8[n, 28, 28, 1] (60000 train, 10000 test), y i32[n]."""
   del seed  # Unused.
   searched = core.search_dirs(data_dir, 'mnist')
@@ -112,8 +119,9 @@ def load_mnist(data_config: ml_collections.ConfigDict, *,
       with np.load(npz) as f:
         missing = [k for k, _, _ in _MNIST_IDX if k not in f]
         if missing:
-          raise ValueError(f'{npz} lacks keys {missing}; expected x_train, '
-                           'y_train, x_test, y_test')
+          raise ValueError(
+              f'{npz} lacks keys {missing}; expected x_train, ' 'y_train, x_test, y_test'
+          )
         arrays = {k: f[k] for k, _, _ in _MNIST_IDX}
       logging.info('Loading MNIST from %s.', npz)
       return _mnist_dataset(**arrays, source=npz)
@@ -122,9 +130,12 @@ def load_mnist(data_config: ml_collections.ConfigDict, *,
       logging.info('Loading MNIST from idx files in %s.', directory)
       arrays = {k: read_idx(paths[k], ndim) for k, _, ndim in _MNIST_IDX}
       return _mnist_dataset(**arrays, source=directory)
-  files = ('mnist.npz or the four idx files (' +
-           ', '.join(stem + '.gz' for _, stem, _ in _MNIST_IDX) +
-           ', .gz optional)')
+  files = (
+      'mnist.npz or the four idx files ('
+      + ', '.join(stem + '.gz' for _, stem, _ in _MNIST_IDX)
+      + ', .gz optional)'
+  )
   x_train, y_train, x_test, y_test, _ = tfds_lib.load_or_raise(
-      'mnist', data_config, core.not_found_message('MNIST', files, searched, 'mnist'))
+      'mnist', data_config, core.not_found_message('MNIST', files, searched, 'mnist')
+  )
   return _mnist_dataset(x_train, y_train, x_test, y_test, source='tfds')

@@ -37,11 +37,11 @@ from jal.data import core
 _IMBALANCED_SPLITS = ('train', 'test', 'both')
 
 
-def _check_class_list(what: str, classes: Sequence[int],
-                      num_classes: int | None = None) -> list[int]:
+def _check_class_list(
+    what: str, classes: Sequence[int], num_classes: int | None = None
+) -> list[int]:
   """Validates a non-empty list of distinct class indices."""
-  if isinstance(classes, (str, bytes)) or not isinstance(
-      classes, (Sequence, np.ndarray)):
+  if isinstance(classes, (str, bytes)) or not isinstance(classes, (Sequence, np.ndarray)):
     raise ValueError(f'{what} must be a list of ints, got {classes!r}')
   out = []
   for c in classes:
@@ -52,8 +52,7 @@ def _check_class_list(what: str, classes: Sequence[int],
     raise ValueError(f'{what} must not be empty')
   if len(set(out)) != len(out):
     raise ValueError(f'{what} has duplicates: {out}')
-  bad = [c for c in out if c < 0 or (num_classes is not None
-                                     and c >= num_classes)]
+  bad = [c for c in out if c < 0 or (num_classes is not None and c >= num_classes)]
   if bad:
     bound = f'[0, {num_classes})' if num_classes is not None else '>= 0'
     raise ValueError(f'{what} {bad} out of range {bound}')
@@ -77,13 +76,15 @@ def subset_classes(ds: core.Dataset, classes: Sequence[int]) -> core.Dataset:
       raise ValueError(f'{ds.name}: no {split} samples of classes {classes}')
     arrays[f'x_{split}'] = getattr(ds, f'x_{split}')[keep]
     arrays[f'y_{split}'] = y[keep]
-  positive = (None if ds.positive_class not in classes
-              else classes.index(ds.positive_class))
+  positive = None if ds.positive_class not in classes else classes.index(ds.positive_class)
   return dataclasses.replace(
-      ds, name=f'{ds.name}[{",".join(map(str, classes))}]', **arrays,
+      ds,
+      name=f'{ds.name}[{",".join(map(str, classes))}]',
+      **arrays,
       num_classes=len(classes),
       class_names=tuple(ds.class_names[c] for c in classes),
-      positive_class=positive)
+      positive_class=positive,
+  )
 
 
 def binarize(ds: core.Dataset, positive_classes: Sequence[int]) -> core.Dataset:
@@ -92,18 +93,24 @@ def binarize(ds: core.Dataset, positive_classes: Sequence[int]) -> core.Dataset:
   Returns a 2-class dataset with class_names ('rest', 'a+b') and
   positive_class=1; rows are not reordered or dropped.
   """
-  positive = _check_class_list(f'{ds.name}: positive_classes',
-                               positive_classes, ds.num_classes)
+  positive = _check_class_list(f'{ds.name}: positive_classes', positive_classes, ds.num_classes)
   if len(positive) == ds.num_classes:
-    raise ValueError(f'{ds.name}: positive_classes {positive} cover all '
-                     f'{ds.num_classes} classes, leaving no negatives')
+    raise ValueError(
+        f'{ds.name}: positive_classes {positive} cover all '
+        f'{ds.num_classes} classes, leaving no negatives'
+    )
   is_pos = np.zeros(ds.num_classes, np.int32)
   is_pos[positive] = 1
   pos_name = '+'.join(ds.class_names[c] for c in positive)
   return dataclasses.replace(
-      ds, name=f'{ds.name}[{pos_name}-vs-rest]',
-      y_train=is_pos[ds.y_train], y_test=is_pos[ds.y_test], num_classes=2,
-      class_names=('rest', pos_name), positive_class=1)
+      ds,
+      name=f'{ds.name}[{pos_name}-vs-rest]',
+      y_train=is_pos[ds.y_train],
+      y_test=is_pos[ds.y_test],
+      num_classes=2,
+      class_names=('rest', pos_name),
+      positive_class=1,
+  )
 
 
 def downsampled_count(fraction: float, n_other: int) -> int:
@@ -116,8 +123,9 @@ def downsampled_count(fraction: float, n_other: int) -> int:
   return int(np.floor(fraction / (1.0 - fraction) * n_other + 0.5))
 
 
-def downsample_class(ds: core.Dataset, cls: int, fraction: float, seed: int,
-                     split: str = 'train') -> core.Dataset:
+def downsample_class(
+    ds: core.Dataset, cls: int, fraction: float, seed: int, split: str = 'train'
+) -> core.Dataset:
   """Drops samples of class `cls` so it makes up `fraction` of a split.
 
   Rule, per affected split: with n_other samples of the other classes, keep
@@ -142,8 +150,7 @@ def downsample_class(ds: core.Dataset, cls: int, fraction: float, seed: int,
   fraction = core.check_fraction(f'{ds.name}: minority fraction', fraction)
   _check_class_list(f'{ds.name}: class', [cls], ds.num_classes)
   if split not in _IMBALANCED_SPLITS:
-    raise ValueError(f"{ds.name}: split must be one of {_IMBALANCED_SPLITS}, "
-                     f'got {split!r}')
+    raise ValueError(f'{ds.name}: split must be one of {_IMBALANCED_SPLITS}, ' f'got {split!r}')
   splits = ('train', 'test') if split == 'both' else (split,)
   plans = {}
   for s in splits:  # Validate every split before drawing anything.
@@ -153,7 +160,8 @@ def downsample_class(ds: core.Dataset, cls: int, fraction: float, seed: int,
     if m > cls_idx.size or m == 0:
       raise ValueError(
           f'{ds.name}: cannot make class {cls} a {fraction} share of {s}: '
-          f'needs {m} samples, has {cls_idx.size}')
+          f'needs {m} samples, has {cls_idx.size}'
+      )
     plans[s] = (cls_idx, m)
   rng = np.random.default_rng(seed)
   arrays = {}
@@ -164,20 +172,28 @@ def downsample_class(ds: core.Dataset, cls: int, fraction: float, seed: int,
     keep[rng.choice(cls_idx, size=m, replace=False)] = True
     arrays[f'x_{s}'] = getattr(ds, f'x_{s}')[keep]
     arrays[f'y_{s}'] = y[keep]
-    logging.info('%s: kept %d of %d %s samples of class %d (%.4f of %d).',
-                 ds.name, m, cls_idx.size, s, cls, m / keep.sum(), keep.sum())
+    logging.info(
+        '%s: kept %d of %d %s samples of class %d (%.4f of %d).',
+        ds.name,
+        m,
+        cls_idx.size,
+        s,
+        cls,
+        m / keep.sum(),
+        keep.sum(),
+    )
   return dataclasses.replace(ds, **arrays)
 
 
-def truncate(ds: core.Dataset, max_train: int | None = None,
-             max_test: int | None = None) -> core.Dataset:
+def truncate(
+    ds: core.Dataset, max_train: int | None = None, max_test: int | None = None
+) -> core.Dataset:
   """Keeps the first `max_train` train and `max_test` test rows (a prefix)."""
   arrays = {}
   for s, limit in (('train', max_train), ('test', max_test)):
     if limit is None:
       continue
-    if isinstance(limit, bool) or not isinstance(
-        limit, (int, np.integer)) or limit < 1:
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
       raise ValueError(f'max_{s} must be a positive int, got {limit!r}')
     arrays[f'x_{s}'] = getattr(ds, f'x_{s}')[:limit]
     arrays[f'y_{s}'] = getattr(ds, f'y_{s}')[:limit]
@@ -197,17 +213,20 @@ def check_config(data_config: ml_collections.ConfigDict) -> None:
     core.check_fraction('data.minority_fraction', fraction)
     split = data_config.get('imbalanced_split', 'train')
     if split not in _IMBALANCED_SPLITS:
-      raise ValueError(f'data.imbalanced_split must be one of '
-                       f'{_IMBALANCED_SPLITS}, got {split!r}')
+      raise ValueError(
+          f'data.imbalanced_split must be one of ' f'{_IMBALANCED_SPLITS}, got {split!r}'
+      )
   for key in ('max_train', 'max_test'):
     limit = data_config.get(key, None)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(
-        limit, (int, np.integer)) or limit < 1):
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1
+    ):
       raise ValueError(f'data.{key} must be a positive int, got {limit!r}')
 
 
-def apply_derived(ds: core.Dataset, data_config: ml_collections.ConfigDict, *,
-                  seed: int) -> core.Dataset:
+def apply_derived(
+    ds: core.Dataset, data_config: ml_collections.ConfigDict, *, seed: int
+) -> core.Dataset:
   """Applies classes, positive_classes, minority_fraction, max_train/test."""
   classes = data_config.get('classes', None)
   if classes is not None:
@@ -217,7 +236,5 @@ def apply_derived(ds: core.Dataset, data_config: ml_collections.ConfigDict, *,
     ds = binarize(ds, positive)
   fraction = data_config.get('minority_fraction', None)
   if fraction is not None:
-    ds = downsample_class(ds, 1, fraction, seed,
-                          split=data_config.get('imbalanced_split', 'train'))
-  return truncate(ds, data_config.get('max_train', None),
-                  data_config.get('max_test', None))
+    ds = downsample_class(ds, 1, fraction, seed, split=data_config.get('imbalanced_split', 'train'))
+  return truncate(ds, data_config.get('max_train', None), data_config.get('max_test', None))

@@ -33,8 +33,9 @@ from jal.data import core
 
 def _not_variant_warning(record: Any) -> bool:
   """A logging filter: False for tfds's "Variant folder ..." warnings."""
-  return not ('/tensorflow_datasets/' in record.pathname
-              and str(record.msg).startswith('Variant folder '))
+  return not (
+      '/tensorflow_datasets/' in record.pathname and str(record.msg).startswith('Variant folder ')
+  )
 
 
 def _is_prepared(builder: Any) -> bool:
@@ -56,10 +57,15 @@ def _is_prepared(builder: Any) -> bool:
     absl_logger.removeFilter(_not_variant_warning)
 
 
-def load(tfds_name: str, *, tfds_data_dir: str | None, download: bool,
-         manual_dir: str | None = None, manual_files: Sequence[str] = (),
-         image_fn: Callable[[np.ndarray], np.ndarray] | None = None
-         ) -> tuple[np.ndarray, ...] | None:
+def load(
+    tfds_name: str,
+    *,
+    tfds_data_dir: str | None,
+    download: bool,
+    manual_dir: str | None = None,
+    manual_files: Sequence[str] = (),
+    image_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, ...] | None:
   """Reads train/test of a tfds image dataset, or None if it isn't prepared.
 
   Never touches the network unless `download` is true: `is_prepared()` only
@@ -92,17 +98,19 @@ def load(tfds_name: str, *, tfds_data_dir: str | None, download: bool,
     kwargs = {}
     if manual_files:
       manual_dir = manual_dir or os.path.join(
-          os.fspath(builder.data_dir_root), 'downloads', 'manual')
-      missing = [f for f in manual_files
-                 if not os.path.exists(os.path.join(manual_dir, f))]
+          os.fspath(builder.data_dir_root), 'downloads', 'manual'
+      )
+      missing = [f for f in manual_files if not os.path.exists(os.path.join(manual_dir, f))]
       if missing:
-        logging.info('Not preparing tfds %r: manual dir %s lacks %s.',
-                     tfds_name, manual_dir, ', '.join(missing))
+        logging.info(
+            'Not preparing tfds %r: manual dir %s lacks %s.',
+            tfds_name,
+            manual_dir,
+            ', '.join(missing),
+        )
         return None
-      kwargs['download_config'] = tfds.download.DownloadConfig(
-          manual_dir=manual_dir)
-    logging.info('Downloading and preparing tfds %r into %s.', tfds_name,
-                 builder.data_dir)
+      kwargs['download_config'] = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    logging.info('Downloading and preparing tfds %r into %s.', tfds_name, builder.data_dir)
     builder.download_and_prepare(**kwargs)
 
   def stack(examples, n):
@@ -129,16 +137,17 @@ def load(tfds_name: str, *, tfds_data_dir: str | None, download: bool,
       errors.append(f'as_data_source: {type(e).__name__}: {e}')
     try:
       if image_fn is None:
-        x, y = tfds.as_numpy(
-            builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
+        x, y = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
         return np.asarray(x, np.uint8), core.labels(y)
       n = builder.info.splits[split].num_examples
       return stack(tfds.as_numpy(builder.as_dataset(split=split)), n)
     except Exception as e:  # pylint: disable=broad-except
       errors.append(f'as_dataset: {type(e).__name__}: {e}')
     msg = '; '.join(' '.join(str(err).split()) for err in errors)
-    raise RuntimeError(f"tfds '{tfds_name}' is prepared in {builder.data_dir} "
-                       f'but split {split!r} could not be read ({msg})')
+    raise RuntimeError(
+        f"tfds '{tfds_name}' is prepared in {builder.data_dir} "
+        f'but split {split!r} could not be read ({msg})'
+    )
 
   x_train, y_train = read('train')
   x_test, y_test = read('test')
@@ -147,11 +156,15 @@ def load(tfds_name: str, *, tfds_data_dir: str | None, download: bool,
   return x_train, y_train, x_test, y_test, class_names
 
 
-def load_or_raise(tfds_name: str, data_config: ml_collections.ConfigDict,
-                  not_found: str) -> tuple[np.ndarray, ...]:
+def load_or_raise(
+    tfds_name: str, data_config: ml_collections.ConfigDict, not_found: str
+) -> tuple[np.ndarray, ...]:
   """`load` with the config's tfds fields; FileNotFoundError(not_found) if None."""
-  out = load(tfds_name, tfds_data_dir=data_config.get('tfds_data_dir', None),
-             download=bool(data_config.get('download', False)))
+  out = load(
+      tfds_name,
+      tfds_data_dir=data_config.get('tfds_data_dir', None),
+      download=bool(data_config.get('download', False)),
+  )
   if out is None:
     raise FileNotFoundError(not_found)
   return out

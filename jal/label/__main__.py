@@ -55,6 +55,7 @@ def _default_config_path() -> str:
 
 def _define_flags():
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string('images', None, 'Folder of PNG/JPEG images (searched recursively).')
   flags.DEFINE_string('labels', None, 'CSV with the header filename,label.')
   flags.DEFINE_string('workdir', None, 'Folder for the state and next_batch.csv.')
@@ -62,13 +63,20 @@ def _define_flags():
   flags.DEFINE_string('strategy', None, 'Strategy name (default config.strategy).')
   flags.DEFINE_list('classes', None, 'Class names, fixing the class list at the first call.')
   flags.DEFINE_bool('skip_unreadable', False, 'Leave unreadable images out instead of failing.')
-  flags.DEFINE_float('max_file_mb', images_lib.DEFAULT_MAX_FILE_MB,
-                     'Refuse image files larger than this many MB (10^6 bytes).')
-  flags.DEFINE_integer('max_pixels', images_lib.DEFAULT_MAX_PIXELS,
-                       'Refuse images that decode to more pixels than this (JPEGs at the '
-                       'reduced scale they are decoded at).')
-  config_flags.DEFINE_config_file('config', _default_config_path(), 'Config file.',
-                                  lock_config=True)
+  flags.DEFINE_float(
+      'max_file_mb',
+      images_lib.DEFAULT_MAX_FILE_MB,
+      'Refuse image files larger than this many MB (10^6 bytes).',
+  )
+  flags.DEFINE_integer(
+      'max_pixels',
+      images_lib.DEFAULT_MAX_PIXELS,
+      'Refuse images that decode to more pixels than this (JPEGs at the '
+      'reduced scale they are decoded at).',
+  )
+  config_flags.DEFINE_config_file(
+      'config', _default_config_path(), 'Config file.', lock_config=True
+  )
   flags.mark_flags_as_required(['images', 'labels', 'workdir'])
 
 
@@ -76,19 +84,29 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from jal import logs, runtime, workdir  # pylint: disable=g-import-not-at-top,g-multiple-import
+
   logs.quiet_libraries()
   runtime.configure()
   f = flags.FLAGS
   with logs.one_line_errors('interrupted; rerun the same command'):
     with workdir.claimed(f.workdir):
-      entry = session.run(f.config, f.images, f.labels, f.workdir, query=f.query,
-                          strategy=f.strategy, classes=f.classes,
-                          skip_unreadable=f.skip_unreadable, max_file_mb=f.max_file_mb,
-                          max_pixels=f.max_pixels)
+      entry = session.run(
+          f.config,
+          f.images,
+          f.labels,
+          f.workdir,
+          query=f.query,
+          strategy=f.strategy,
+          classes=f.classes,
+          skip_unreadable=f.skip_unreadable,
+          max_file_mb=f.max_file_mb,
+          max_pixels=f.max_pixels,
+      )
   sys.stdout.write(entry['summary'])
 
 
 if __name__ == '__main__':
   _define_flags()
   from jal import logs as _logs  # pylint: disable=g-import-not-at-top
+
   app.run(main, flags_parser=_logs.parse_flags)

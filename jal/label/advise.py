@@ -48,14 +48,20 @@ from jal.label.evidence import Evidence, Regime, Verdict, load_evidence, load_ve
 DEFAULT_QUERY = 50
 
 FINDINGS = {
-    'imbalanced': ('the study found that class imbalance favours Ensembles: on its imbalanced '
-                   'tasks (Section 4.4) Ensembles queried the minority class more often and '
-                   'beat random and Coreset'),
-    'low_query': ('the study found that low query sizes hurt Coreset (Section 3.4, Table 3.2): '
-                  'k-Center on few points picks outliers'),
-    'pretrained': ('the study found that pretrained representations can mislead Coreset '
-                   '(Section 4.3, Table 4.1): distances in an ImageNet embedding need not '
-                   'reflect the task'),
+    'imbalanced': (
+        'the study found that class imbalance favours Ensembles: on its imbalanced '
+        'tasks (Section 4.4) Ensembles queried the minority class more often and '
+        'beat random and Coreset'
+    ),
+    'low_query': (
+        'the study found that low query sizes hurt Coreset (Section 3.4, Table 3.2): '
+        'k-Center on few points picks outliers'
+    ),
+    'pretrained': (
+        'the study found that pretrained representations can mislead Coreset '
+        '(Section 4.3, Table 4.1): distances in an ImageNet embedding need not '
+        'reflect the task'
+    ),
 }
 
 
@@ -87,19 +93,33 @@ def class_balance(counts: dict[str, int], confidence: float = 0.95) -> dict[str,
   n = int(sum(counts.values()))
   k = len(counts)
   if not counts or n == 0:
-    return {'n': n, 'num_classes': k, 'ratio': math.nan, 'unseen': list(counts),
-            'imbalanced': False}
+    return {
+        'n': n,
+        'num_classes': k,
+        'ratio': math.nan,
+        'unseen': list(counts),
+        'imbalanced': False,
+    }
   smallest = min(counts, key=lambda c: (counts[c], str(c)))
   largest = max(counts, key=lambda c: (counts[c], str(c)))
   share, lo, hi = stats.wilson_interval(counts[smallest], n, confidence)
   hi_adjusted = stats.wilson_interval(counts[smallest], n, 1 - (1 - confidence) / k)[2]
   ratio = counts[largest] / counts[smallest] if counts[smallest] else math.inf
-  return {'n': n, 'num_classes': k, 'smallest': smallest,
-          'smallest_count': counts[smallest], 'share': share, 'share_lo': lo, 'share_hi': hi,
-          'share_hi_adjusted': hi_adjusted, 'largest': largest,
-          'largest_count': counts[largest], 'ratio': ratio,
-          'unseen': [c for c, v in counts.items() if v == 0],
-          'imbalanced': bool(ratio >= IMBALANCE_RATIO and hi_adjusted < 1.0 / k)}
+  return {
+      'n': n,
+      'num_classes': k,
+      'smallest': smallest,
+      'smallest_count': counts[smallest],
+      'share': share,
+      'share_lo': lo,
+      'share_hi': hi,
+      'share_hi_adjusted': hi_adjusted,
+      'largest': largest,
+      'largest_count': counts[largest],
+      'ratio': ratio,
+      'unseen': [c for c, v in counts.items() if v == 0],
+      'imbalanced': bool(ratio >= IMBALANCE_RATIO and hi_adjusted < 1.0 / k),
+  }
 
 
 def validation_trend(points: list[tuple[int, float, float, float]]) -> dict[str, Any]:
@@ -122,8 +142,11 @@ def validation_trend(points: list[tuple[int, float, float, float]]) -> dict[str,
   slope = math.nan
   if len(set(n)) > 1:
     mn, ma = sum(n) / len(n), sum(acc) / len(acc)
-    slope = (sum((a - mn) * (b - ma) for a, b in zip(n, acc))
-             / sum((a - mn) ** 2 for a in n)) * 100 * 100
+    slope = (
+        (sum((a - mn) * (b - ma) for a, b in zip(n, acc)) / sum((a - mn) ** 2 for a in n))
+        * 100
+        * 100
+    )
   (_, a0, lo0, hi0), (_, a1, lo1, hi1) = points[-2], points[-1]
   if lo1 > hi0:
     trend = 'rising'
@@ -131,8 +154,12 @@ def validation_trend(points: list[tuple[int, float, float, float]]) -> dict[str,
     trend = 'falling'
   else:
     trend = 'within noise'
-  return {'trend': trend, 'points': len(points), 'slope_pp_per_100': slope,
-          'last_change_pp': 100 * (a1 - a0)}
+  return {
+      'trend': trend,
+      'points': len(points),
+      'slope_pp_per_100': slope,
+      'last_change_pp': 100 * (a1 - a0),
+  }
 
 
 @dataclasses.dataclass
@@ -149,6 +176,7 @@ class Situation:
     history: (n_labeled, accuracy, lo, hi) of past calls with an estimate.
     selected_by: the non-random strategies that chose past batches.
   """
+
   counts: dict[str, int]
   source: str
   query: int
@@ -170,10 +198,12 @@ class Situation:
     return regime_of(self.query_per_class(), self.balance()['imbalanced'], self.pretrained)
 
 
-def situation_from_labels(path: str, query: int | None, pretrained: bool | None,
-                          classes=None) -> Situation:
+def situation_from_labels(
+    path: str, query: int | None, pretrained: bool | None, classes=None
+) -> Situation:
   """Counts from a labels CSV; classes are those of the file (or `classes`)."""
   from jal.label import project  # pylint: disable=g-import-not-at-top
+
   labels = project.read_labels(path)
   names = project.resolve_classes(None, classes, labels, path) or []
   counts = {c: 0 for c in names}
@@ -182,10 +212,12 @@ def situation_from_labels(path: str, query: int | None, pretrained: bool | None,
   return Situation(counts, path, query or DEFAULT_QUERY, bool(pretrained))
 
 
-def situation_from_workdir(workdir: str, query: int | None, pretrained: bool | None,
-                           labels_path: str | None = None) -> Situation:
+def situation_from_workdir(
+    workdir: str, query: int | None, pretrained: bool | None, labels_path: str | None = None
+) -> Situation:
   """Counts, query, pretraining and history from a `jal.label` workdir."""
   from jal.label import project  # pylint: disable=g-import-not-at-top
+
   state = project.load_state(workdir)
   if state is None:
     raise FileNotFoundError(f'no {project.STATE_FILE} in {workdir}: run jal.label first')
@@ -200,14 +232,24 @@ def situation_from_workdir(workdir: str, query: int | None, pretrained: bool | N
     source = f'{workdir} (labels at call {len(calls)})'
   if pretrained is None:
     pretrained = bool((state['config'].get('model') or {}).get('pretrained_path'))
-  history = [(c['n_labeled'], c['validation']['accuracy'], c['validation']['lo'],
-              c['validation']['hi']) for c in calls if c.get('validation')]
+  history = [
+      (c['n_labeled'], c['validation']['accuracy'], c['validation']['lo'], c['validation']['hi'])
+      for c in calls
+      if c.get('validation')
+  ]
   last = calls[-1] if calls else {}
-  selected_by = sorted({c['strategy'] for c in calls[:-1] if c['batch']
-                        and not c['strategy'].startswith('random')})
-  return Situation(counts, source, query or last.get('query') or DEFAULT_QUERY, pretrained,
-                   last.get('predicted_counts') or None, history, selected_by)
-
+  selected_by = sorted(
+      {c['strategy'] for c in calls[:-1] if c['batch'] and not c['strategy'].startswith('random')}
+  )
+  return Situation(
+      counts,
+      source,
+      query or last.get('query') or DEFAULT_QUERY,
+      pretrained,
+      last.get('predicted_counts') or None,
+      history,
+      selected_by,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -228,6 +270,7 @@ class Advice:
     nearest: when no row is in this regime, the rows of the nearest one.
     verdicts: the verdict table's rows of this regime (cited, not weighed).
   """
+
   strategy: str
   basis: str
   reasons: list[str]
@@ -239,6 +282,7 @@ class Advice:
 def _nearest(rows: list[Evidence], regime: Regime) -> list[Evidence]:
   def distance(e):
     return sum(a != b for a, b in zip(e.regime, regime))
+
   if not rows:
     return []
   best = min(distance(e) for e in rows)
@@ -271,41 +315,62 @@ def recommend(regime: Regime, evidence: list[Evidence]) -> Advice:
     worse = [e for e in es if e.verdict == 'worse']
     if worse:
       excluded.add(s)
-      reasons.append(f'jal measured {s} worse than random in this regime ('
-                     + '; '.join(e.source for e in worse) + f'); {s} is ruled out.')
+      reasons.append(
+          f'jal measured {s} worse than random in this regime ('
+          + '; '.join(e.source for e in worse)
+          + f'); {s} is ruled out.'
+      )
   if not rows:
     reasons.append(f'jal has no measured table for this regime ({regime.describe()}).')
-  measured = {s: es for s, es in by.items()
-              if s not in excluded and es and all(e.verdict == 'better' for e in es)}
+  measured = {
+      s: es
+      for s, es in by.items()
+      if s not in excluded and es and all(e.verdict == 'better' for e in es)
+  }
   if measured:
     best = max(measured, key=lambda s: min(e.lo for e in measured[s]))
-    reasons.append(f'every jal table row for this regime shows {best} better than random, '
-                   'with 95% intervals above zero.')
+    reasons.append(
+        f'every jal table row for this regime shows {best} better than random, '
+        'with 95% intervals above zero.'
+    )
     for other in measured:
       if other != best:
-        reasons.append(f'{other} is better than random there too, but the lowest lower '
-                       f'bound of its gain is below that of {best}.')
+        reasons.append(
+            f'{other} is better than random there too, but the lowest lower '
+            f'bound of its gain is below that of {best}.'
+        )
     datasets = sorted({e.dataset for e in measured[best]})
-    reasons.append(f'these rows were measured on {", ".join(datasets)}; whether the gain '
-                   'carries over to your images is not measured.')
+    reasons.append(
+        f'these rows were measured on {", ".join(datasets)}; whether the gain '
+        'carries over to your images is not measured.'
+    )
     if regime.imbalanced:
       reasons.append(FINDINGS['imbalanced'] + '.')
     return Advice(best, 'measured', reasons, rows, [])
   for s, es in by.items():
     if es and s not in excluded:
-      reasons.append(f"jal's rows for {s} in this regime are inconclusive (the interval spans "
-                     'zero or there is only one seed): they cannot tell whether it beats '
-                     'random.')
-  nearest = [] if rows else _nearest(
-      [e for e in evidence if e.strategy in ('ensembles', 'coreset')], regime)
+      reasons.append(
+          f"jal's rows for {s} in this regime are inconclusive (the interval spans "
+          'zero or there is only one seed): they cannot tell whether it beats '
+          'random.'
+      )
+  nearest = (
+      []
+      if rows
+      else _nearest([e for e in evidence if e.strategy in ('ensembles', 'coreset')], regime)
+  )
   if regime.imbalanced and 'ensembles' not in excluded:
-    reasons.append(FINDINGS['imbalanced'] + "; the recommendation rests on that finding, "
-                   "not on jal's own measurements.")
+    reasons.append(
+        FINDINGS['imbalanced'] + '; the recommendation rests on that finding, '
+        "not on jal's own measurements."
+    )
     return Advice('ensembles', 'study', reasons, rows, nearest)
-  reasons.append('no strategy has shown a gain over random in this regime, so random '
-                 'sampling is recommended: it costs nothing extra and keeps the labeled set '
-                 'an unbiased sample of the folder, which keeps the validation estimate '
-                 'honest.')
+  reasons.append(
+      'no strategy has shown a gain over random in this regime, so random '
+      'sampling is recommended: it costs nothing extra and keeps the labeled set '
+      'an unbiased sample of the folder, which keeps the validation estimate '
+      'honest.'
+  )
   return Advice('random', 'default', reasons, rows, nearest)
 
 
@@ -328,32 +393,43 @@ def format_advice(sit: Situation, advice: Advice) -> str:
         f'  labels: {b["n"]} in {b["num_classes"]} classes ({sit.source}); smallest class '
         f'{b["smallest"]!r} has {b["smallest_count"]} ({_pct(b["share"])}, 95% CI '
         f'{_pct(b["share_lo"])}-{_pct(b["share_hi"])}); largest/smallest = '
-        + (f'{b["ratio"]:.1f}' if math.isfinite(b['ratio']) else 'inf (a class has no label)'))
+        + (f'{b["ratio"]:.1f}' if math.isfinite(b['ratio']) else 'inf (a class has no label)')
+    )
   r = sit.regime()
   if b['n']:
     if r.imbalanced:
-      why = (f'the share interval lies below the balanced share {_pct(1 / b["num_classes"])}'
-             ' (Bonferroni-adjusted upper end '
-             f'{_pct(b["share_hi_adjusted"])})')
+      why = (
+          f'the share interval lies below the balanced share {_pct(1 / b["num_classes"])}'
+          ' (Bonferroni-adjusted upper end '
+          f'{_pct(b["share_hi_adjusted"])})'
+      )
     elif b['ratio'] >= IMBALANCE_RATIO:
-      why = (f'{b["n"]} labels cannot tell it from balanced: the smallest share could be '
-             f'{_pct(b["share_hi_adjusted"])} (Bonferroni-adjusted upper end), not below '
-             f'the balanced {_pct(1 / b["num_classes"])}')
+      why = (
+          f'{b["n"]} labels cannot tell it from balanced: the smallest share could be '
+          f'{_pct(b["share_hi_adjusted"])} (Bonferroni-adjusted upper end), not below '
+          f'the balanced {_pct(1 / b["num_classes"])}'
+      )
     else:
       why = f'below the ratio {IMBALANCE_RATIO:g} that counts as imbalanced'
     lines.append(f'  -> {"imbalanced" if r.imbalanced else "balanced"}: {why}')
   if sit.selected_by:
-    lines.append(f'  note: some labels were chosen by {", ".join(sit.selected_by)}, which '
-                 'favours uncertain and often rare classes; the folder may be more '
-                 'imbalanced than these counts, and validation on such labels tends to be '
-                 'pessimistic')
+    lines.append(
+        f'  note: some labels were chosen by {", ".join(sit.selected_by)}, which '
+        'favours uncertain and often rare classes; the folder may be more '
+        'imbalanced than these counts, and validation on such labels tends to be '
+        'pessimistic'
+    )
   pb = sit.pool_balance()
   if pb is not None and pb['n']:
-    lines.append('  unlabeled images by predicted class (a model guess, not used for the '
-                 'decision): ' + ', '.join(f'{c}: {v}' for c, v in sit.predicted_counts.items()))
-  lines.append(f'  budget: {sit.query} labels per round = {sit.query_per_class():.1f} per class'
-               f' -> {"low" if r.low_query else "high"} (low below '
-               f'{LOW_QUERY_PER_CLASS:g} per class)')
+    lines.append(
+        '  unlabeled images by predicted class (a model guess, not used for the '
+        'decision): ' + ', '.join(f'{c}: {v}' for c, v in sit.predicted_counts.items())
+    )
+  lines.append(
+      f'  budget: {sit.query} labels per round = {sit.query_per_class():.1f} per class'
+      f' -> {"low" if r.low_query else "high"} (low below '
+      f'{LOW_QUERY_PER_CLASS:g} per class)'
+  )
   lines.append(f'  representation: {"pretrained" if r.pretrained else "trained from scratch"}')
   t = validation_trend(sit.history)
   if t['trend'] == 'too few points':
@@ -361,16 +437,25 @@ def format_advice(sit: Situation, advice: Advice) -> str:
   else:
     curve = ' -> '.join(f'{n}:{a:.3f}' for n, a, _, _ in sit.history)
     lines.append(f'  validation curve (labels:accuracy): {curve}')
-    lines.append(f'  validation trend: {t["trend"]} (last change {t["last_change_pp"]:+.1f} pp; '
-                 f'slope {t["slope_pp_per_100"]:+.1f} pp per 100 labels)'
-                 + ('; the last two intervals overlap, so the change may be noise'
-                    if t['trend'] == 'within noise' else ''))
-  name = {'random': 'random sampling (--strategy=random)',
-          'ensembles': 'ensembles (--strategy=ensembles)',
-          'coreset': 'coreset (--strategy=coreset)'}[advice.strategy]
-  basis = {'measured': "measured: jal's own tables for this regime show the gain",
-           'study': "the study's finding only: jal's own tables do not establish it",
-           'default': 'inconclusive: no strategy has shown a gain over random here'}
+    lines.append(
+        f'  validation trend: {t["trend"]} (last change {t["last_change_pp"]:+.1f} pp; '
+        f'slope {t["slope_pp_per_100"]:+.1f} pp per 100 labels)'
+        + (
+            '; the last two intervals overlap, so the change may be noise'
+            if t['trend'] == 'within noise'
+            else ''
+        )
+    )
+  name = {
+      'random': 'random sampling (--strategy=random)',
+      'ensembles': 'ensembles (--strategy=ensembles)',
+      'coreset': 'coreset (--strategy=coreset)',
+  }[advice.strategy]
+  basis = {
+      'measured': "measured: jal's own tables for this regime show the gain",
+      'study': "the study's finding only: jal's own tables do not establish it",
+      'default': 'inconclusive: no strategy has shown a gain over random here',
+  }
   lines += ['', f'Recommendation: {name}', f'Basis: {basis[advice.basis]}', 'Why:']
   lines += [f'  - {s}' for s in advice.reasons]
   lines.append(f'Rows relied on (regime: {r.describe()}):')
@@ -384,8 +469,9 @@ def format_advice(sit: Situation, advice: Advice) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def advise(labels_path=None, workdir=None, query=None, pretrained=None,
-           results_dir=None) -> tuple[str, Advice, Situation]:
+def advise(
+    labels_path=None, workdir=None, query=None, pretrained=None, results_dir=None
+) -> tuple[str, Advice, Situation]:
   """The whole command: returns (text, advice, situation)."""
   if not labels_path and not workdir:
     raise ValueError('give --labels=labels.csv or --workdir=W (of jal.label)')
@@ -410,8 +496,9 @@ def default_results_dir() -> str:
 def _define_flags():
   flags.DEFINE_string('labels', None, 'CSV with the header filename,label.')
   flags.DEFINE_string('workdir', None, 'A jal.label workdir (counts, query, history).')
-  flags.DEFINE_integer('query', None, f'Labels per round (default: the workdir\'s last, '
-                       f'else {DEFAULT_QUERY}).')
+  flags.DEFINE_integer(
+      'query', None, f"Labels per round (default: the workdir's last, " f'else {DEFAULT_QUERY}).'
+  )
   flags.DEFINE_bool('pretrained', None, 'The model starts from pretrained weights.')
   flags.DEFINE_string('results', None, "jal's measured results (default: the repo's results/).")
 
@@ -420,6 +507,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from jal import logs  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
   with logs.one_line_errors('interrupted'):
     text, _, _ = advise(f.labels, f.workdir, f.query, f.pretrained, f.results)
@@ -429,4 +517,5 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   from jal import logs as _logs  # pylint: disable=g-import-not-at-top
+
   app.run(main, flags_parser=_logs.parse_flags)

@@ -31,14 +31,19 @@ LOW_QUERY_PER_CLASS = 10.0
 
 class Regime(NamedTuple):
   """Where a setting stands on the study's three findings."""
+
   low_query: bool
   imbalanced: bool
   pretrained: bool
 
   def describe(self) -> str:
-    return ', '.join(['low query' if self.low_query else 'high query',
-                      'imbalanced' if self.imbalanced else 'balanced',
-                      'pretrained' if self.pretrained else 'from scratch'])
+    return ', '.join(
+        [
+            'low query' if self.low_query else 'high query',
+            'imbalanced' if self.imbalanced else 'balanced',
+            'pretrained' if self.pretrained else 'from scratch',
+        ]
+    )
 
 
 def regime_of(query_per_class: float, imbalanced: bool, pretrained: bool) -> Regime:
@@ -57,6 +62,7 @@ class Evidence:
   `mean`, `lo`, `hi` are in the metric's own units (accuracy as a fraction);
   lo/hi are nan when the row has no interval (one seed).
   """
+
   source: str
   setting: str
   dataset: str
@@ -73,8 +79,11 @@ class Evidence:
 
   @property
   def regime(self) -> Regime:
-    return regime_of(self.query_size / max(1, self.num_classes),
-                     self.imbalance_ratio >= IMBALANCE_RATIO, self.pretrained)
+    return regime_of(
+        self.query_size / max(1, self.num_classes),
+        self.imbalance_ratio >= IMBALANCE_RATIO,
+        self.pretrained,
+    )
 
   @property
   def verdict(self) -> str:
@@ -84,18 +93,27 @@ class Evidence:
     return 'better' if self.lo > 0 else 'worse' if self.hi < 0 else 'inconclusive'
 
   def text(self) -> str:
-    scale, unit = ((100.0, ' pp') if self.metric == 'accuracy'
-                   else (1.0, ' AP') if self.metric == 'average_precision'
-                   else (1.0, f' {self.metric}'))
+    scale, unit = (
+        (100.0, ' pp')
+        if self.metric == 'accuracy'
+        else (1.0, ' AP')
+        if self.metric == 'average_precision'
+        else (1.0, f' {self.metric}')
+    )
     if math.isnan(self.lo):
       ci = f'no interval ({self.n_seeds} seed)'
     else:
       ci = f'95% CI [{scale * self.lo:+.2f}, {scale * self.hi:+.2f}], {self.n_seeds} seeds'
-    meaning = {'better': 'better than random', 'worse': 'worse than random',
-               'inconclusive': 'inconclusive'}[self.verdict]
-    return (f'{self.source}: {self.setting} ({self.dataset}, query {self.query_size}, '
-            f'{self.regime.describe()}): {self.strategy} vs random '
-            f'{scale * self.mean:+.2f}{unit}, {ci} -> {meaning}')
+    meaning = {
+        'better': 'better than random',
+        'worse': 'worse than random',
+        'inconclusive': 'inconclusive',
+    }[self.verdict]
+    return (
+        f'{self.source}: {self.setting} ({self.dataset}, query {self.query_size}, '
+        f'{self.regime.describe()}): {self.strategy} vs random '
+        f'{scale * self.mean:+.2f}{unit}, {ci} -> {meaning}'
+    )
 
 
 def _float(v) -> float:
@@ -123,10 +141,13 @@ def setting_features(folder: str) -> dict[str, Any] | None:
   data = cfg.get('data') or {}
   model = cfg.get('model') or {}
   fraction = data.get('minority_fraction')
-  return {'dataset': data.get('name', '?'), 'query_size': int(cfg.get('query_size') or 0),
-          'num_classes': num_classes or 2,
-          'imbalance_ratio': (1 - fraction) / fraction if fraction else 1.0,
-          'pretrained': bool(model.get('pretrained_path')) or model.get('stem') == 'imagenet'}
+  return {
+      'dataset': data.get('name', '?'),
+      'query_size': int(cfg.get('query_size') or 0),
+      'num_classes': num_classes or 2,
+      'imbalance_ratio': (1 - fraction) / fraction if fraction else 1.0,
+      'pretrained': bool(model.get('pretrained_path')) or model.get('stem') == 'imagenet',
+  }
 
 
 def load_evidence(results_dir: str) -> list[Evidence]:
@@ -138,8 +159,7 @@ def load_evidence(results_dir: str) -> list[Evidence]:
   """
   out = []
   if not os.path.isdir(results_dir):
-    logging.warning('No results folder %s: advice rests on the study findings only.',
-                    results_dir)
+    logging.warning('No results folder %s: advice rests on the study findings only.', results_dir)
     return out
   for entry in sorted(os.listdir(results_dir)):
     folder = os.path.join(results_dir, entry)
@@ -151,11 +171,23 @@ def load_evidence(results_dir: str) -> list[Evidence]:
     if os.path.isfile(csv_path):
       with open(csv_path, newline='') as f:
         for line, row in enumerate(csv.DictReader(f), start=2):
-          out.append(Evidence(
-              f'{rel}:{line}', row['setting'], feats['dataset'], row['strategy'],
-              row['metric'], _float(row['mean']), _float(row['lo']), _float(row['hi']),
-              int(row['n_seeds']), feats['query_size'], feats['num_classes'],
-              feats['imbalance_ratio'], feats['pretrained']))
+          out.append(
+              Evidence(
+                  f'{rel}:{line}',
+                  row['setting'],
+                  feats['dataset'],
+                  row['strategy'],
+                  row['metric'],
+                  _float(row['mean']),
+                  _float(row['lo']),
+                  _float(row['hi']),
+                  int(row['n_seeds']),
+                  feats['query_size'],
+                  feats['num_classes'],
+                  feats['imbalance_ratio'],
+                  feats['pretrained'],
+              )
+          )
       continue
     out += _evidence_from_metrics(folder, feats, results_dir)
   return out
@@ -163,19 +195,33 @@ def load_evidence(results_dir: str) -> list[Evidence]:
 
 def _evidence_from_metrics(folder, feats, results_dir) -> list[Evidence]:
   from jal import report  # pylint: disable=g-import-not-at-top
-  rel = os.path.relpath(os.path.join(folder, 'metrics.jsonl'),
-                        os.path.dirname(os.path.abspath(results_dir)))
+
+  rel = os.path.relpath(
+      os.path.join(folder, 'metrics.jsonl'), os.path.dirname(os.path.abspath(results_dir))
+  )
   out = []
   try:
     # pylint: disable=protected-access
     for setting in report.load_settings([folder]):
       res = report.analyse(setting, None, 'random', 't', 0.95, {})
       for strategy, imp in res['improvement'].items():
-        out.append(Evidence(
-            f'{rel} (via jal.report)', setting.key, feats['dataset'], strategy, res['metric'],
-            _float(imp.get('mean')), _float(imp.get('lo')), _float(imp.get('hi')),
-            int(imp.get('n', 0)), feats['query_size'], feats['num_classes'],
-            feats['imbalance_ratio'], feats['pretrained']))
+        out.append(
+            Evidence(
+                f'{rel} (via jal.report)',
+                setting.key,
+                feats['dataset'],
+                strategy,
+                res['metric'],
+                _float(imp.get('mean')),
+                _float(imp.get('lo')),
+                _float(imp.get('hi')),
+                int(imp.get('n', 0)),
+                feats['query_size'],
+                feats['num_classes'],
+                feats['imbalance_ratio'],
+                feats['pretrained'],
+            )
+        )
   except (ValueError, KeyError, FileNotFoundError) as e:
     logging.warning('Skipping results folder %s: %s', folder, e)
   return out
@@ -185,6 +231,7 @@ def _evidence_from_metrics(folder, feats, results_dir) -> list[Evidence]:
 class Verdict:
   """One row of the verdict table (jal.report.verdict's verdict.csv): a row
   of the study's tables (or one beyond them), the study's value, jal's and the verdict."""
+
   source: str
   row: dict
 
@@ -192,8 +239,11 @@ class Verdict:
   def regime(self) -> Regime:
     r = self.row
     q, k = _float(r['query_size']), _float(r['num_classes'])
-    return regime_of((0.0 if math.isnan(q) else q) / (2.0 if math.isnan(k) or k < 1 else k),
-                     r['imbalanced'] == 'yes', r['pretrained'] == 'yes')
+    return regime_of(
+        (0.0 if math.isnan(q) else q) / (2.0 if math.isnan(k) or k < 1 else k),
+        r['imbalanced'] == 'yes',
+        r['pretrained'] == 'yes',
+    )
 
   def text(self) -> str:
     r = self.row
@@ -201,18 +251,25 @@ class Verdict:
       where = f'{r["table"]}, {r["study_row"]}'
     else:
       where = f'{r["setting"]} (beyond the study' + (
-          f'; relates to {r["table"]}, {r["study_row"]})' if r['table'] else ')')
+          f'; relates to {r["table"]}, {r["study_row"]})' if r['table'] else ')'
+      )
     where += f' [run {r["run"]}]' if r['run'] else ''
-    study = (f'study {_float(r["study_value"]):+g} {r["unit"]}' if r['study_value']
-             else 'no study value')
+    study = (
+        f'study {_float(r["study_value"]):+g} {r["unit"]}' if r['study_value'] else 'no study value'
+    )
     head = f'{self.source}: {where}: {r["strategy"]} vs random: {study}; jal'
     if r['verdict'] == 'not run here':
       return f'{head}: not run here ({r["reason"]})'
-    ci = (f'95% CI [{_float(r["jal_lo"]):+.3f}, {_float(r["jal_hi"]):+.3f}]' if r['jal_lo']
-          else 'no interval')
+    ci = (
+        f'95% CI [{_float(r["jal_lo"]):+.3f}, {_float(r["jal_hi"]):+.3f}]'
+        if r['jal_lo']
+        else 'no interval'
+    )
     p = f', paired t-test p = {_float(r["p_value"]):.3f}' if r['p_value'] else ''
-    return (f'{head} {_float(r["jal_mean"]):+.3f} {r["unit"]}, {ci}, {r["n_seeds"]} seeds{p} '
-            f'-> {r["verdict"]}')
+    return (
+        f'{head} {_float(r["jal_mean"]):+.3f} {r["unit"]}, {ci}, {r["n_seeds"]} seeds{p} '
+        f'-> {r["verdict"]}'
+    )
 
 
 def load_verdicts(results_dir: str) -> list[Verdict]:
@@ -223,4 +280,3 @@ def load_verdicts(results_dir: str) -> list[Verdict]:
   rel = os.path.relpath(path, os.path.dirname(os.path.abspath(results_dir)))
   with open(path, newline='') as f:
     return [Verdict(f'{rel}:{line}', row) for line, row in enumerate(csv.DictReader(f), start=2)]
-

@@ -40,9 +40,13 @@ DEFAULT_MAX_FILE_MB = 100.0
 # decoded at (`Image.draft`): a 100 MP JPEG read at 28 x 28 decodes 1.6 MP and passes.
 # Raise --max_pixels for larger images.
 DEFAULT_MAX_PIXELS = 50_000_000
-_KINDS = ((stat.S_ISDIR, 'a directory'), (stat.S_ISCHR, 'a character device'),
-          (stat.S_ISBLK, 'a block device'), (stat.S_ISFIFO, 'a FIFO'),
-          (stat.S_ISSOCK, 'a socket'))
+_KINDS = (
+    (stat.S_ISDIR, 'a directory'),
+    (stat.S_ISCHR, 'a character device'),
+    (stat.S_ISBLK, 'a block device'),
+    (stat.S_ISFIFO, 'a FIFO'),
+    (stat.S_ISSOCK, 'a socket'),
+)
 
 
 def list_images(folder: str) -> list[str]:
@@ -65,8 +69,10 @@ def list_images(folder: str) -> list[str]:
       if not f.startswith('.') and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
         names.append(f if rel == '.' else f'{rel}/{f}'.replace(os.sep, '/'))
   if not names:
-    raise ValueError(f'no images in {folder}: expected files ending in '
-                     f'{", ".join(IMAGE_EXTENSIONS)} (case-insensitive)')
+    raise ValueError(
+        f'no images in {folder}: expected files ending in '
+        f'{", ".join(IMAGE_EXTENSIONS)} (case-insensitive)'
+    )
   return sorted(names)
 
 
@@ -123,6 +129,7 @@ def _open_image(f, size: int, mode: str):
   size x size (`Image.draft`), and `size` then says so.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   image = Image.open(f, formats=_FORMATS)
   image.draft(mode, (size, size))
   return image
@@ -131,6 +138,7 @@ def _open_image(f, size: int, mode: str):
 def error_text(e: BaseException) -> str:
   """'ErrorType: message' on one line, without Pillow's file-object repr."""
   from PIL import UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+
   if isinstance(e, UnidentifiedImageError):
     return f'{type(e).__name__}: not a PNG or JPEG image'
   return f'{type(e).__name__}: {" ".join(str(e).split())}'
@@ -144,6 +152,7 @@ def pixels_problem(path: str, size: int, channels: int, max_pixels: int) -> str 
   file Pillow can open. Nothing is decoded.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   over = f'over the --max_pixels cap of {max_pixels:,}'
   try:
     with warnings.catch_warnings():
@@ -164,8 +173,9 @@ def pixels_problem(path: str, size: int, channels: int, max_pixels: int) -> str 
   return f'{pixels:,} pixels, {over}' if pixels > max_pixels else None
 
 
-def screen(folder: str, names: list[str], max_bytes: int, max_pixels: int, size: int,
-           channels: int) -> list[tuple[str, str]]:
+def screen(
+    folder: str, names: list[str], max_bytes: int, max_pixels: int, size: int, channels: int
+) -> list[tuple[str, str]]:
   """The files of `names` that must not be hashed or decoded, with why.
 
   Every file is first checked from `os.stat` (`file_problem`), then the
@@ -205,6 +215,7 @@ def read_image(path: str, size: int, channels: int) -> np.ndarray:
   this decodes whatever the header says.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   mode = {1: 'L', 3: 'RGB'}[channels]
   with open_regular(path) as f, _open_image(f, size, mode) as image:
     image = image.convert(mode)
@@ -215,11 +226,13 @@ def read_image(path: str, size: int, channels: int) -> np.ndarray:
 
 def _unreadable_errors() -> tuple[type[BaseException], ...]:
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   return (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-def decode(paths: list[str], size: int, channels: int,
-           num_workers: int = 4) -> tuple[np.ndarray, list[str | None]]:
+def decode(
+    paths: list[str], size: int, channels: int, num_workers: int = 4
+) -> tuple[np.ndarray, list[str | None]]:
   """Decodes `paths` on a thread pool (Pillow releases the GIL).
 
   Args:
@@ -246,8 +259,11 @@ def decode(paths: list[str], size: int, channels: int,
   # exceed Pillow's warning threshold; the filter is process-wide, so the
   # decoding threads see it.
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  with warnings.catch_warnings(), concurrent.futures.ThreadPoolExecutor(
-      max(1, num_workers)) as pool:
+
+  with (
+      warnings.catch_warnings(),
+      concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool,
+  ):
     warnings.simplefilter('ignore', Image.DecompressionBombWarning)
     for i, (image, error) in enumerate(pool.map(one, paths)):
       if image is not None:
@@ -278,8 +294,9 @@ class ImageCache:
       except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         logging.warning('Ignoring unreadable image cache %s (%s).', path, e)
 
-  def load(self, paths: list[str], hashes: list[str],
-           num_workers: int = 4) -> tuple[np.ndarray, list[str | None]]:
+  def load(
+      self, paths: list[str], hashes: list[str], num_workers: int = 4
+  ) -> tuple[np.ndarray, list[str | None]]:
     """Images of `paths` (whose SHA-256 are `hashes`), decoding cache misses.
 
     Returns:
@@ -289,10 +306,17 @@ class ImageCache:
     errors: list[str | None] = [None] * len(paths)
     missing = [i for i, h in enumerate(hashes) if h not in self.arrays]
     if missing:
-      logging.info('Decoding %d of %d images at %dx%d (%d cached).', len(missing), len(paths),
-                   self.shape[0], self.shape[1], len(paths) - len(missing))
-      new_x, new_errors = decode([paths[i] for i in missing], self.shape[0], self.shape[2],
-                                 num_workers)
+      logging.info(
+          'Decoding %d of %d images at %dx%d (%d cached).',
+          len(missing),
+          len(paths),
+          self.shape[0],
+          self.shape[1],
+          len(paths) - len(missing),
+      )
+      new_x, new_errors = decode(
+          [paths[i] for i in missing], self.shape[0], self.shape[2], num_workers
+      )
       for j, i in enumerate(missing):
         errors[i] = new_errors[j]
         if new_errors[j] is None:

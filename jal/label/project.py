@@ -56,6 +56,7 @@ class Labels:
     labels: filename -> label, one entry per labeled file.
     lines: filename -> the line of its (first) row, for messages.
   """
+
   labels: dict[str, str]
   lines: dict[str, int]
 
@@ -79,8 +80,9 @@ def read_labels(path: str) -> Labels:
       different labels.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'labels file not found: {path} (create it with the header line '
-                            'filename,label)')
+    raise FileNotFoundError(
+        f'labels file not found: {path} (create it with the header line ' 'filename,label)'
+    )
   with open(path, 'rb') as f:
     raw = f.read()
   try:
@@ -90,8 +92,10 @@ def read_labels(path: str) -> Labels:
   reader = csv.reader(io.StringIO(text))
   header = [h.strip().lower() for h in next(reader, [])]
   if 'filename' not in header or 'label' not in header:
-    raise ValueError(f'{path} must start with the header filename,label; got '
-                     f'{",".join(header) or "an empty file"}')
+    raise ValueError(
+        f'{path} must start with the header filename,label; got '
+        f'{",".join(header) or "an empty file"}'
+    )
   fcol, lcol = header.index('filename'), header.index('label')
   labels, lines = {}, {}
   for line, row in enumerate(reader, start=2):
@@ -104,8 +108,10 @@ def read_labels(path: str) -> Labels:
     if not label:
       continue
     if name in labels and labels[name] != label:
-      raise ValueError(f'{path}: {name} has conflicting labels {labels[name]!r} (line '
-                       f'{lines[name]}) and {label!r} (line {line}); keep one row per file')
+      raise ValueError(
+          f'{path}: {name} has conflicting labels {labels[name]!r} (line '
+          f'{lines[name]}) and {label!r} (line {line}); keep one row per file'
+      )
     if name not in labels:
       labels[name], lines[name] = label, line
   return Labels(labels, lines)
@@ -133,21 +139,27 @@ def resolve_classes(stored, requested, labels: Labels, csv_path: str) -> list[st
     if len(set(requested)) != len(requested) or len(requested) < 2:
       raise ValueError(f'--classes must name at least 2 distinct classes, got {requested}')
     if stored is not None and requested != list(stored):
-      raise ValueError(f'--classes {requested} differs from the class list fixed at the first '
-                       f'call ({list(stored)}); start a new --workdir to change it')
+      raise ValueError(
+          f'--classes {requested} differs from the class list fixed at the first '
+          f'call ({list(stored)}); start a new --workdir to change it'
+      )
   classes = list(stored) if stored is not None else requested
   if classes is None:
     if not labels.labels:
       return None
     classes = sorted(set(labels.labels.values()), key=_natural_key)
     if len(classes) < 2:
-      raise ValueError(f'{csv_path} has labels of one class only ({classes[0]!r}); label an '
-                       'image of another class or pass --classes naming every class')
+      raise ValueError(
+          f'{csv_path} has labels of one class only ({classes[0]!r}); label an '
+          'image of another class or pass --classes naming every class'
+      )
   valid = set(classes)
   for name, label in labels.labels.items():
     if label not in valid:
-      raise ValueError(f'{csv_path} line {labels.lines[name]}: unknown label {label!r} for '
-                       f'{name}; valid: {", ".join(classes)} (fixed at the first call)')
+      raise ValueError(
+          f'{csv_path} line {labels.lines[name]}: unknown label {label!r} for '
+          f'{name}; valid: {", ".join(classes)} (fixed at the first call)'
+      )
   return classes
 
 
@@ -157,8 +169,10 @@ def check_files(labels: Labels, names: list[str], csv_path: str, folder: str) ->
   missing = [n for n in labels.labels if n not in present]
   if missing:
     missing.sort(key=lambda n: labels.lines[n])
-    raise ValueError(f'{csv_path} names {len(missing)} file(s) not in {folder}: '
-                     f'{named(f"{n} (line {labels.lines[n]})" for n in missing)}')
+    raise ValueError(
+        f'{csv_path} names {len(missing)} file(s) not in {folder}: '
+        f'{named(f"{n} (line {labels.lines[n]})" for n in missing)}'
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -180,8 +194,9 @@ def fingerprints(folder: str, names: list[str], previous: dict) -> dict[str, dic
   return out
 
 
-def changes_since(state: dict | None, prints: dict[str, dict],
-                  labels: dict[str, str]) -> dict[str, Any]:
+def changes_since(
+    state: dict | None, prints: dict[str, dict], labels: dict[str, str]
+) -> dict[str, Any]:
   """What differs from the last call: the user is told all of it.
 
   Returns:
@@ -193,20 +208,33 @@ def changes_since(state: dict | None, prints: dict[str, dict],
     label) and `batch_size`.
   """
   if state is None:
-    return {'images_vanished': [], 'images_changed': [], 'labels_changed': [],
-            'labels_removed': [], 'new_images': len(prints), 'new_labels': len(labels),
-            'batch_labeled': 0, 'batch_size': 0}
+    return {
+        'images_vanished': [],
+        'images_changed': [],
+        'labels_changed': [],
+        'labels_removed': [],
+        'new_images': len(prints),
+        'new_labels': len(labels),
+        'batch_labeled': 0,
+        'batch_size': 0,
+    }
   old_images, old_labels = state['images'], state['labels']
   batch = state['calls'][-1]['batch'] if state['calls'] else []
   return {
-      'images_vanished': [[n, old_labels.get(n)] for n in sorted(old_images)
-                          if n not in prints],
-      'images_changed': [[n, labels.get(n)] for n in sorted(prints)
-                         if n in old_images and old_images[n]['sha256'] != prints[n]['sha256']],
-      'labels_changed': [[n, old_labels[n], labels[n]] for n in sorted(labels)
-                         if n in old_labels and old_labels[n] != labels[n]],
-      'labels_removed': [[n, old_labels[n]] for n in sorted(old_labels)
-                         if n not in labels and n in prints],
+      'images_vanished': [[n, old_labels.get(n)] for n in sorted(old_images) if n not in prints],
+      'images_changed': [
+          [n, labels.get(n)]
+          for n in sorted(prints)
+          if n in old_images and old_images[n]['sha256'] != prints[n]['sha256']
+      ],
+      'labels_changed': [
+          [n, old_labels[n], labels[n]]
+          for n in sorted(labels)
+          if n in old_labels and old_labels[n] != labels[n]
+      ],
+      'labels_removed': [
+          [n, old_labels[n]] for n in sorted(old_labels) if n not in labels and n in prints
+      ],
       'new_images': sum(n not in old_images for n in prints),
       'new_labels': sum(n not in old_labels for n in labels),
       'batch_labeled': sum(n in labels for n in batch),
@@ -218,19 +246,29 @@ def change_lines(changes: dict[str, Any]) -> list[str]:
   """One human-readable line per kind of change that happened."""
   out = []
   if changes['images_vanished']:
-    out.append(f'{len(changes["images_vanished"])} image(s) vanished from the folder: '
-               + named(n if l is None else f'{n} (was labeled {l})'
-                       for n, l in changes['images_vanished']))
+    out.append(
+        f'{len(changes["images_vanished"])} image(s) vanished from the folder: '
+        + named(n if l is None else f'{n} (was labeled {l})' for n, l in changes['images_vanished'])
+    )
   if changes['images_changed']:
-    out.append(f'{len(changes["images_changed"])} image(s) have new content under the same '
-               'name: ' + named(n if l is None else f'{n} (labeled {l}: check the label)'
-                                for n, l in changes['images_changed']))
+    out.append(
+        f'{len(changes["images_changed"])} image(s) have new content under the same '
+        'name: '
+        + named(
+            n if l is None else f'{n} (labeled {l}: check the label)'
+            for n, l in changes['images_changed']
+        )
+    )
   if changes['labels_changed']:
-    out.append(f'{len(changes["labels_changed"])} label(s) changed: '
-               + named(f'{n} {a} -> {b}' for n, a, b in changes['labels_changed']))
+    out.append(
+        f'{len(changes["labels_changed"])} label(s) changed: '
+        + named(f'{n} {a} -> {b}' for n, a, b in changes['labels_changed'])
+    )
   if changes['labels_removed']:
-    out.append(f'{len(changes["labels_removed"])} label(s) removed from the labels file: '
-               + named(f'{n} (was {l})' for n, l in changes['labels_removed']))
+    out.append(
+        f'{len(changes["labels_removed"])} label(s) removed from the labels file: '
+        + named(f'{n} (was {l})' for n, l in changes['labels_removed'])
+    )
   return out
 
 
@@ -262,16 +300,19 @@ def load_state(workdir: str) -> dict | None:
   with open(path) as f:
     state = json.load(f)
   if state.get('version') != STATE_VERSION:
-    raise ValueError(f'{path} has state version {state.get("version")}, expected '
-                     f'{STATE_VERSION}; use another --workdir')
+    raise ValueError(
+        f'{path} has state version {state.get("version")}, expected '
+        f'{STATE_VERSION}; use another --workdir'
+    )
   return state
 
 
 def write_state(workdir: str, state: dict) -> None:
   """Writes W/state.json atomically, stamped with `STATE_VERSION`."""
-  checkpoints.atomic_write(os.path.join(workdir, STATE_FILE),
-                           json.dumps({'version': STATE_VERSION, **state}, indent=1,
-                                      sort_keys=True) + '\n')
+  checkpoints.atomic_write(
+      os.path.join(workdir, STATE_FILE),
+      json.dumps({'version': STATE_VERSION, **state}, indent=1, sort_keys=True) + '\n',
+  )
 
 
 def write_batch(path: str, rows: list[dict]) -> None:
@@ -295,43 +336,65 @@ def _counts_text(counts: dict[str, int]) -> str:
 def validation_text(v: dict | None) -> str:
   if v is None:
     return 'none (fewer than 2 labels)'
-  how = ('a stratified held-out part' if v['method'] == 'holdout'
-         else f'{v["folds"]}-fold stratified cross-validation')
-  return (f'accuracy {v["accuracy"]:.3f} [{v["lo"]:.3f}, {v["hi"]:.3f}] '
-          f'({100 * v["confidence"]:.0f}% Wilson interval, {v["correct"]}/{v["n"]} held-out '
-          f'labels, {how}); balanced accuracy {v["balanced_accuracy"]:.3f}')
+  how = (
+      'a stratified held-out part'
+      if v['method'] == 'holdout'
+      else f'{v["folds"]}-fold stratified cross-validation'
+  )
+  return (
+      f'accuracy {v["accuracy"]:.3f} [{v["lo"]:.3f}, {v["hi"]:.3f}] '
+      f'({100 * v["confidence"]:.0f}% Wilson interval, {v["correct"]}/{v["n"]} held-out '
+      f'labels, {how}); balanced accuracy {v["balanced_accuracy"]:.3f}'
+  )
 
 
 def summary(entry: dict, calls: list[dict], images_dir: str, batch_path: str) -> str:
   """The text a call prints: counts, changes, validation, batch, time."""
   ch = entry['changes']
-  lines = [f'jal.label call {entry["call"]}: {entry["n_images"]} images in {images_dir}'
-           + (f' ({len(entry["skipped"])} unreadable, skipped)' if entry['skipped'] else '')]
-  since = (f' (+{ch["new_labels"]} new' + (f'; {ch["batch_labeled"]} of the '
-                                           f'{ch["batch_size"]} files of the last batch'
-                                           if ch['batch_size'] else '') + ')'
-           if entry['call'] > 1 else '')
-  lines.append(f'Labeled: {entry["n_labeled"]}{since}; per class: '
-               f'{_counts_text(entry["counts"])}')
+  lines = [
+      f'jal.label call {entry["call"]}: {entry["n_images"]} images in {images_dir}'
+      + (f' ({len(entry["skipped"])} unreadable, skipped)' if entry['skipped'] else '')
+  ]
+  since = (
+      f' (+{ch["new_labels"]} new'
+      + (
+          f'; {ch["batch_labeled"]} of the ' f'{ch["batch_size"]} files of the last batch'
+          if ch['batch_size']
+          else ''
+      )
+      + ')'
+      if entry['call'] > 1
+      else ''
+  )
+  lines.append(
+      f'Labeled: {entry["n_labeled"]}{since}; per class: ' f'{_counts_text(entry["counts"])}'
+  )
   if entry['call'] > 1:
     found = change_lines(ch)
     lines.append('Changes since the last call: ' + ('none' if not found else found[0]))
     lines += ['  ' + l for l in found[1:]]
   lines.append(f'Validation: {validation_text(entry["validation"])}')
   if entry['batch']:
-    lines.append(f'Next batch: {len(entry["batch"])} files chosen by {entry["strategy"]}, '
-                 f'score = {entry["score"]} -> {batch_path}')
+    lines.append(
+        f'Next batch: {len(entry["batch"])} files chosen by {entry["strategy"]}, '
+        f'score = {entry["score"]} -> {batch_path}'
+    )
   else:
     lines.append(f'Next batch: none, every image is labeled ({batch_path} is empty)')
   if entry['predicted_counts']:
-    lines.append(f'Predicted classes of the unlabeled images: '
-                 f'{_counts_text(entry["predicted_counts"])}')
+    lines.append(
+        f'Predicted classes of the unlabeled images: ' f'{_counts_text(entry["predicted_counts"])}'
+    )
   s = entry['seconds']
-  lines.append(f'Time: {s["total"]:.1f} s (decode {s["decode"]:.1f} s, validation '
-               f'{s["validation"]:.1f} s, final fit {s["fit"]:.1f} s, scoring and selection '
-               f'{s["score_select"]:.1f} s)')
+  lines.append(
+      f'Time: {s["total"]:.1f} s (decode {s["decode"]:.1f} s, validation '
+      f'{s["validation"]:.1f} s, final fit {s["fit"]:.1f} s, scoring and selection '
+      f'{s["score_select"]:.1f} s)'
+  )
   if len(calls) > 1:
-    hist = [f'{c["n_labeled"]}:' + (f'{c["validation"]["accuracy"]:.3f}' if c['validation']
-                                     else '-') for c in calls]
+    hist = [
+        f'{c["n_labeled"]}:' + (f'{c["validation"]["accuracy"]:.3f}' if c['validation'] else '-')
+        for c in calls
+    ]
     lines.append('History (labels:accuracy): ' + ' -> '.join(hist))
   return '\n'.join(lines) + '\n'

@@ -44,8 +44,10 @@ _FIT, _VALIDATION, _SELECT = 1, 2, 3
 # f32[m, n, c] -> f32[n]. Other strategies are reported with variation ratio.
 _SCORES = {
     'ensembles': ('variation ratio', kernels.variation_ratio),
-    'least_confidence': ('least confidence of member 0',
-                         lambda l: uncertainty.least_confidence(l[0])),
+    'least_confidence': (
+        'least confidence of member 0',
+        lambda l: uncertainty.least_confidence(l[0]),
+    ),
     'margin': ('negative margin of member 0', lambda l: uncertainty.margin(l[0])),
     'entropy': ('entropy of member 0', lambda l: uncertainty.entropy(l[0])),
     'ensemble_entropy': ('entropy of the mean prediction', uncertainty.ensemble_entropy),
@@ -85,7 +87,7 @@ def validation_splits(y: np.ndarray, vconfig, seed: int) -> tuple[str, list]:
     held = []
     for c, n_c in zip(classes, counts):
       pos = rng.permutation(np.flatnonzero(y == c))
-      held.append(pos[:max(1, int(np.floor(vconfig.holdout_fraction * n_c + 0.5)))])
+      held.append(pos[: max(1, int(np.floor(vconfig.holdout_fraction * n_c + 0.5)))])
     held = np.sort(np.concatenate(held))
     return 'holdout', [(np.setdiff1d(np.arange(n), held), held)]
   k = min(int(vconfig.folds), n)
@@ -98,8 +100,9 @@ def validation_splits(y: np.ndarray, vconfig, seed: int) -> tuple[str, list]:
   return 'cv', [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
 
 
-def validation_estimate(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int,
-                        confidence: float) -> dict[str, Any]:
+def validation_estimate(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, confidence: float
+) -> dict[str, Any]:
   """Accuracy with a Wilson interval, and per-class accuracy.
 
   Args:
@@ -118,11 +121,19 @@ def validation_estimate(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int
   total = np.bincount(y_true, minlength=num_classes)
   correct = np.bincount(y_true, weights=ok, minlength=num_classes).astype(np.int64)
   present = total > 0
-  return {'n': int(ok.size), 'correct': int(ok.sum()), 'accuracy': acc, 'lo': lo, 'hi': hi,
-          'confidence': confidence,
-          'balanced_accuracy': float(np.mean(correct[present] / total[present]))
-                               if present.any() else float('nan'),
-          'per_class_correct': correct.tolist(), 'per_class_total': total.tolist()}
+  return {
+      'n': int(ok.size),
+      'correct': int(ok.sum()),
+      'accuracy': acc,
+      'lo': lo,
+      'hi': hi,
+      'confidence': confidence,
+      'balanced_accuracy': float(np.mean(correct[present] / total[present]))
+      if present.any()
+      else float('nan'),
+      'per_class_correct': correct.tolist(),
+      'per_class_total': total.tolist(),
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -158,16 +169,20 @@ def _validate_config(config, strategy) -> None:
   if config.images.size < 1:
     raise ValueError(f'config.images.size must be positive, got {config.images.size}')
   if config.train.members < strategy.min_members:
-    raise ValueError(f"strategy '{strategy.name}' needs train.members >= "
-                     f'{strategy.min_members}, got {config.train.members}')
+    raise ValueError(
+        f"strategy '{strategy.name}' needs train.members >= "
+        f'{strategy.min_members}, got {config.train.members}'
+    )
   if getattr(strategy, 'needs_dropout', False) and not config.model.get('dropout', 0.0) > 0:
     raise ValueError(f"strategy '{strategy.name}' needs config.model.dropout > 0")
   strategy.check_options(config.strategy_options)
   path = config.model.get('pretrained_path')
   if path:
     if config.model.name != 'resnet18' or config.images.channels != 3:
-      raise ValueError('config.model.pretrained_path needs model resnet18 on RGB images '
-                       '(--config=configs/label.py:pretrained)')
+      raise ValueError(
+          'config.model.pretrained_path needs model resnet18 on RGB images '
+          '(--config=configs/label.py:pretrained)'
+      )
     if not os.path.isfile(path):
       raise FileNotFoundError(f'pretrained weights not found: {path}')
 
@@ -175,9 +190,11 @@ def _validate_config(config, strategy) -> None:
 def _refuse_or_skip(folder: str, bad: list[tuple[str, str]], skip_unreadable: bool) -> None:
   """Raises a one-line ValueError naming the unreadable files, unless skipping."""
   if bad and not skip_unreadable:
-    raise ValueError(f'{len(bad)} unreadable image(s) in {folder}: '
-                     f'{project.named(f"{n} ({e})" for n, e in bad)}; pass '
-                     '--skip_unreadable to leave them out')
+    raise ValueError(
+        f'{len(bad)} unreadable image(s) in {folder}: '
+        f'{project.named(f"{n} ({e})" for n, e in bad)}; pass '
+        '--skip_unreadable to leave them out'
+    )
   for n, e in bad:
     logging.warning('Skipping unreadable image %s (%s).', n, e)
 
@@ -194,8 +211,14 @@ def _screen_images(folder, names, config, max_file_mb, max_pixels, skip_unreadab
     raise ValueError(f'--max_file_mb must be positive, got {max_file_mb}')
   if max_pixels < 1:
     raise ValueError(f'--max_pixels must be positive, got {max_pixels}')
-  bad = images_lib.screen(folder, names, int(max_file_mb * 1e6), int(max_pixels),
-                          config.images.size, config.images.channels)
+  bad = images_lib.screen(
+      folder,
+      names,
+      int(max_file_mb * 1e6),
+      int(max_pixels),
+      config.images.size,
+      config.images.channels,
+  )
   _refuse_or_skip(folder, bad, skip_unreadable)
   left_out = {n for n, _ in bad}
   if len(left_out) == len(names):
@@ -207,9 +230,13 @@ def _read_pool(folder, names, prints, workdir, config, skip_unreadable):
   """Decodes the pool through the cache; drops or refuses unreadable files."""
   ic = config.images
   cache = images_lib.ImageCache(
-      os.path.join(workdir, f'images_{ic.size}px_{ic.channels}ch.npz'), ic.size, ic.channels)
-  x, errors = cache.load([os.path.join(folder, n) for n in names],
-                         [prints[n]['sha256'] for n in names], int(ic.num_workers))
+      os.path.join(workdir, f'images_{ic.size}px_{ic.channels}ch.npz'), ic.size, ic.channels
+  )
+  x, errors = cache.load(
+      [os.path.join(folder, n) for n in names],
+      [prints[n]['sha256'] for n in names],
+      int(ic.num_workers),
+  )
   bad = [(n, e) for n, e in zip(names, errors) if e is not None]
   _refuse_or_skip(folder, bad, skip_unreadable)
   ok = np.array([e is None for e in errors], bool)
@@ -222,8 +249,9 @@ def _ensemble_predict(exp, states, idx) -> np.ndarray:
   return np.asarray(jnp.mean(jax.nn.softmax(logits, -1), 0))
 
 
-def estimate_accuracy(exp, key, y: np.ndarray, labeled_idx: np.ndarray, vconfig,
-                      split_seed: int) -> dict[str, Any] | None:
+def estimate_accuracy(
+    exp, key, y: np.ndarray, labeled_idx: np.ndarray, vconfig, split_seed: int
+) -> dict[str, Any] | None:
   """Held-out accuracy of the configured ensemble (`validation_splits`).
 
   Args:
@@ -243,13 +271,23 @@ def estimate_accuracy(exp, key, y: np.ndarray, labeled_idx: np.ndarray, vconfig,
     return None
   truth, pred = [], []
   for f, (tr, held) in enumerate(splits):
-    logging.info('Validation fit %d of %d (%s): %d train, %d held out.', f + 1, len(splits),
-                 method, tr.size, held.size)
+    logging.info(
+        'Validation fit %d of %d (%s): %d train, %d held out.',
+        f + 1,
+        len(splits),
+        method,
+        tr.size,
+        held.size,
+    )
     states = exp.fit(jax.random.fold_in(key, f), labeled_idx[tr], 0)
     pred.append(_ensemble_predict(exp, states, labeled_idx[held]).argmax(-1))
     truth.append(y[labeled_idx[held]])
-  out = validation_estimate(np.concatenate(truth), np.concatenate(pred),
-                            exp.dataset.num_classes, float(vconfig.confidence))
+  out = validation_estimate(
+      np.concatenate(truth),
+      np.concatenate(pred),
+      exp.dataset.num_classes,
+      float(vconfig.confidence),
+  )
   out.update(method=method, folds=len(splits))
   return out
 
@@ -260,9 +298,18 @@ def score_name(strategy: str) -> str:
   return f'variation ratio (for information; {strategy} picks a set)'
 
 
-def model_batch(config, strat, x: np.ndarray, y: np.ndarray, labeled: np.ndarray,
-                classes: list[str], k: int, key, select_key, split_seed: int
-                ) -> dict[str, Any]:
+def model_batch(
+    config,
+    strat,
+    x: np.ndarray,
+    y: np.ndarray,
+    labeled: np.ndarray,
+    classes: list[str],
+    k: int,
+    key,
+    select_key,
+    split_seed: int,
+) -> dict[str, Any]:
   """Validates, trains on every label, and picks `k` unlabeled pool points.
 
   Args:
@@ -283,23 +330,36 @@ def model_batch(config, strat, x: np.ndarray, y: np.ndarray, labeled: np.ndarray
     probs f32[n, c] (ensemble mean softmax) and seconds.
   """
   mean, std = _pool_stats(x, config)
-  ds = data_lib.Dataset(name='folder', x_train=x, y_train=y, x_test=x[:1], y_test=y[:1],
-                        num_classes=len(classes), class_names=tuple(classes), mean=mean,
-                        std=std)
+  ds = data_lib.Dataset(
+      name='folder',
+      x_train=x,
+      y_train=y,
+      x_test=x[:1],
+      y_test=y[:1],
+      num_classes=len(classes),
+      class_names=tuple(classes),
+      mean=mean,
+      std=std,
+  )
   exp_config = copy.deepcopy(config)
   with exp_config.unlocked():
     exp_config.query_size = max(k, 1)
   # The loop's settings for this call: its one strategy, embeddings as the options say.
-  settings = config_lib.Settings(strategies=(strat.name,), seeds=(config.seed,),
-                                 embedding_source=config_lib.embedding_source(config))
+  settings = config_lib.Settings(
+      strategies=(strat.name,),
+      seeds=(config.seed,),
+      embedding_source=config_lib.embedding_source(config),
+  )
   exp = experiment.Experiment(exp_config, ds, settings)
   labeled_idx = np.flatnonzero(labeled).astype(np.int32)
   t0 = time.perf_counter()
-  validation = estimate_accuracy(exp, jax.random.fold_in(key, _VALIDATION), y, labeled_idx,
-                                 config.validation, split_seed)
+  validation = estimate_accuracy(
+      exp, jax.random.fold_in(key, _VALIDATION), y, labeled_idx, config.validation, split_seed
+  )
   t1 = time.perf_counter()
-  logging.info('Training the %d-member ensemble on all %d labels.', config.train.members,
-               labeled_idx.size)
+  logging.info(
+      'Training the %d-member ensemble on all %d labels.', config.train.members, labeled_idx.size
+  )
   states = jax.block_until_ready(exp.fit(jax.random.fold_in(key, _FIT), labeled_idx, 0))
   t2 = time.perf_counter()
   inputs = exp.score(strat, states, labeled, select_key) if k else None
@@ -309,17 +369,29 @@ def model_batch(config, strat, x: np.ndarray, y: np.ndarray, labeled: np.ndarray
     logits = exp.predict(states, exp.x_train, False).logits
   score_fn = _SCORES.get(strat.name, (None, kernels.variation_ratio))[1]
   picks = exp.select(strat, inputs, select_key) if k else np.zeros((0,), np.int32)
-  out = {'validation': validation, 'picks': picks, 'scores': np.asarray(score_fn(logits)),
-         'probs': np.asarray(jnp.mean(jax.nn.softmax(logits, -1), 0))}
-  out['seconds'] = {'validation': t1 - t0, 'fit': t2 - t1,
-                    'score_select': time.perf_counter() - t2}
+  out = {
+      'validation': validation,
+      'picks': picks,
+      'scores': np.asarray(score_fn(logits)),
+      'probs': np.asarray(jnp.mean(jax.nn.softmax(logits, -1), 0)),
+  }
+  out['seconds'] = {'validation': t1 - t0, 'fit': t2 - t1, 'score_select': time.perf_counter() - t2}
   return out
 
 
-def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, workdir: str, *,
-        query: int | None = None, strategy: str | None = None, classes=None,
-        skip_unreadable: bool = False, max_file_mb: float = images_lib.DEFAULT_MAX_FILE_MB,
-        max_pixels: int = images_lib.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+def run(
+    config: ml_collections.ConfigDict,
+    images_dir: str,
+    labels_path: str,
+    workdir: str,
+    *,
+    query: int | None = None,
+    strategy: str | None = None,
+    classes=None,
+    skip_unreadable: bool = False,
+    max_file_mb: float = images_lib.DEFAULT_MAX_FILE_MB,
+    max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+) -> dict[str, Any]:
   """One call of `jal.label`: validate, train, score, write next_batch.csv.
 
   Args:
@@ -362,45 +434,62 @@ def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, wo
   state = project.load_state(workdir)
   identity = project.config_identity(config)
   if state is not None and state['config'] != identity:
-    raise ValueError(f'{workdir} was made with another config '
-                     f'({config_lib.diff(state["config"], identity)}); pass the same --config '
-                     'and overrides, or use another --workdir')
+    raise ValueError(
+        f'{workdir} was made with another config '
+        f'({config_lib.diff(state["config"], identity)}); pass the same --config '
+        'and overrides, or use another --workdir'
+    )
   project.check_files(labels, names, labels_path, images_dir)
-  klasses = project.resolve_classes(state and state.get('classes'),
-                                    classes or config.get('classes'), labels, labels_path)
-  names, screened_out = _screen_images(images_dir, names, config, max_file_mb, max_pixels,
-                                       skip_unreadable)
+  klasses = project.resolve_classes(
+      state and state.get('classes'), classes or config.get('classes'), labels, labels_path
+  )
+  names, screened_out = _screen_images(
+      images_dir, names, config, max_file_mb, max_pixels, skip_unreadable
+  )
   os.makedirs(workdir, exist_ok=True)
   prints = project.fingerprints(images_dir, names, state['images'] if state else {})
   changes = project.changes_since(state, prints, labels.labels)
   for line in project.change_lines(changes):
     logging.warning('Since the last call: %s', line)
   # The model depends on the data and config; the batch also on the strategy.
-  model_digest = _digest({'labels': labels.labels, 'classes': klasses, 'config': identity,
-                          'images': {n: p['sha256'] for n, p in prints.items()},
-                          'skip_unreadable': skip_unreadable})
-  inputs_digest = _digest({'model': model_digest, 'query': config.query_size,
-                           'strategy': config.strategy,
-                           'options': config.strategy_options.to_dict()})
+  model_digest = _digest(
+      {
+          'labels': labels.labels,
+          'classes': klasses,
+          'config': identity,
+          'images': {n: p['sha256'] for n, p in prints.items()},
+          'skip_unreadable': skip_unreadable,
+      }
+  )
+  inputs_digest = _digest(
+      {
+          'model': model_digest,
+          'query': config.query_size,
+          'strategy': config.strategy,
+          'options': config.strategy_options.to_dict(),
+      }
+  )
   batch_path = os.path.join(workdir, project.BATCH_FILE)
-  if (state and state['calls'] and state['calls'][-1]['inputs_digest'] == inputs_digest
-      and os.path.exists(batch_path)):
-    logging.info('Nothing changed since call %d: %s is current.', len(state['calls']),
-                 batch_path)
+  if (
+      state
+      and state['calls']
+      and state['calls'][-1]['inputs_digest'] == inputs_digest
+      and os.path.exists(batch_path)
+  ):
+    logging.info('Nothing changed since call %d: %s is current.', len(state['calls']), batch_path)
     last = dict(state['calls'][-1])
-    last['summary'] = ('Nothing changed since the last call; next_batch.csv is current.\n\n'
-                       + last['summary'])
+    last['summary'] = (
+        'Nothing changed since the last call; next_batch.csv is current.\n\n' + last['summary']
+    )
     return last
 
   t1 = time.perf_counter()
-  x, pool_names, skipped = _read_pool(images_dir, names, prints, workdir, config,
-                                      skip_unreadable)
+  x, pool_names, skipped = _read_pool(images_dir, names, prints, workdir, config, skip_unreadable)
   skipped = sorted(screened_out + skipped)
   for n in skipped:
     if n in labels.labels:
       logging.warning('Label of unreadable image %s is not used.', n)
-  seconds = {'decode': time.perf_counter() - t1, 'validation': 0.0, 'fit': 0.0,
-             'score_select': 0.0}
+  seconds = {'decode': time.perf_counter() - t1, 'validation': 0.0, 'fit': 0.0, 'score_select': 0.0}
   class_id = {c: i for i, c in enumerate(klasses or [])}
   y = np.array([class_id.get(labels.labels.get(n), 0) for n in pool_names], np.int32)
   labeled = np.array([n in labels.labels for n in pool_names], bool)
@@ -412,39 +501,66 @@ def run(config: ml_collections.ConfigDict, images_dir: str, labels_path: str, wo
   rows, predicted_counts, validation, used = [], {}, None, config.strategy
   if not labeled.any():
     logging.info('No labels yet: the first batch is a random sample.')
-    picks = np.asarray(strategies_lib.get_strategy('random').select(
-        strategies_lib.Inputs(labeled=labeled), k, select_key))
-    rows = [{'filename': pool_names[i], 'score': '', 'rank': r + 1, 'predicted': '',
-             'confidence': ''} for r, i in enumerate(picks)]
+    picks = np.asarray(
+        strategies_lib.get_strategy('random').select(
+            strategies_lib.Inputs(labeled=labeled), k, select_key
+        )
+    )
+    rows = [
+        {'filename': pool_names[i], 'score': '', 'rank': r + 1, 'predicted': '', 'confidence': ''}
+        for r, i in enumerate(picks)
+    ]
     used = 'random (no labels yet)'
   else:
-    out = model_batch(config, strat, x, y, labeled, klasses, k, key, select_key,
-                      _key_int(model_digest + ':split'))
+    out = model_batch(
+        config, strat, x, y, labeled, klasses, k, key, select_key, _key_int(model_digest + ':split')
+    )
     validation, probs = out['validation'], out['probs']
     seconds.update(out['seconds'])
     pred = probs.argmax(-1)
     predicted_counts = {c: int(np.sum(pred[~labeled] == i)) for c, i in class_id.items()}
-    rows = [{'filename': pool_names[i], 'score': f'{out["scores"][i]:.6g}', 'rank': r + 1,
-             'predicted': klasses[pred[i]], 'confidence': f'{probs[i].max():.4f}'}
-            for r, i in enumerate(out['picks'])]
+    rows = [
+        {
+            'filename': pool_names[i],
+            'score': f'{out["scores"][i]:.6g}',
+            'rank': r + 1,
+            'predicted': klasses[pred[i]],
+            'confidence': f'{probs[i].max():.4f}',
+        }
+        for r, i in enumerate(out['picks'])
+    ]
 
   project.write_batch(batch_path, rows)
   seconds['total'] = time.perf_counter() - t0
   entry = {
       'call': (len(state['calls']) if state else 0) + 1,
       'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
-      'n_images': len(pool_names), 'skipped': skipped, 'n_labeled': int(labeled.sum()),
+      'n_images': len(pool_names),
+      'skipped': skipped,
+      'n_labeled': int(labeled.sum()),
       'counts': {c: int(np.sum(y[labeled] == i)) for c, i in class_id.items()},
-      'query': config.query_size, 'strategy': used,
+      'query': config.query_size,
+      'strategy': used,
       'score': 'random order' if not labeled.any() else score_name(config.strategy),
-      'batch': [r['filename'] for r in rows], 'predicted_counts': predicted_counts,
-      'validation': validation, 'changes': changes, 'seconds': seconds,
+      'batch': [r['filename'] for r in rows],
+      'predicted_counts': predicted_counts,
+      'validation': validation,
+      'changes': changes,
+      'seconds': seconds,
       'inputs_digest': inputs_digest,
   }
   calls = (state['calls'] if state else []) + [entry]
   entry['summary'] = project.summary(entry, calls, images_dir, batch_path)
-  project.write_state(workdir, {
-      'images_dir': os.path.abspath(images_dir), 'labels_path': os.path.abspath(labels_path),
-      'config': identity, 'classes': klasses, 'images': prints,
-      'labels': {n: labels.labels[n] for n in sorted(labels.labels)}, 'calls': calls})
+  project.write_state(
+      workdir,
+      {
+          'images_dir': os.path.abspath(images_dir),
+          'labels_path': os.path.abspath(labels_path),
+          'config': identity,
+          'classes': klasses,
+          'images': prints,
+          'labels': {n: labels.labels[n] for n in sorted(labels.labels)},
+          'calls': calls,
+      },
+  )
   return entry

@@ -47,6 +47,16 @@ from jal.report.plots import plot_selection_grid, strategy_colours
 from jal.report.tables import markdown_table, results_table
 from jal.report.write import write_report
 
-__all__ = ['Setting', 'analyse', 'compare_with_study', 'headline_metric', 'load_settings',
-           'markdown_table', 'order_strategies', 'plot_selection_grid', 'results_table',
-           'strategy_colours', 'write_report']
+__all__ = [
+    'Setting',
+    'analyse',
+    'compare_with_study',
+    'headline_metric',
+    'load_settings',
+    'markdown_table',
+    'order_strategies',
+    'plot_selection_grid',
+    'results_table',
+    'strategy_colours',
+    'write_report',
+]

@@ -20,17 +20,28 @@ from jal.report import verdict
 def _define_flags():
   flags.DEFINE_multi_string('workdir', None, 'jal workdir(s) to report on.')
   flags.DEFINE_string('out', None, 'Directory for report.md, CSVs and PNGs.')
-  flags.DEFINE_enum('metric', None, list(analysis.METRICS),
-                    'Headline metric; default average_precision if present.')
+  flags.DEFINE_enum(
+      'metric',
+      None,
+      list(analysis.METRICS),
+      'Headline metric; default average_precision if present.',
+  )
   flags.DEFINE_string('baseline', 'random', 'Strategy improvements are over.')
   flags.DEFINE_enum('ci', 't', ['t', 'bootstrap'], 'Interval over seeds.')
   flags.DEFINE_float('confidence', 0.95, 'Two-sided interval coverage.')
-  flags.DEFINE_bool('verdict', False, 'Write only verdict.md and verdict.csv '
-                    '(jal.report.verdict): the study\'s table rows against these workdirs '
-                    '(LABEL=PATH keeps a workdir apart from others of its setting); '
-                    't intervals.')
-  flags.DEFINE_multi_string('verdict_into', None, 'With --verdict: files whose '
-                            '<!-- verdict:start/end --> section gets verdict.md.')
+  flags.DEFINE_bool(
+      'verdict',
+      False,
+      'Write only verdict.md and verdict.csv '
+      "(jal.report.verdict): the study's table rows against these workdirs "
+      '(LABEL=PATH keeps a workdir apart from others of its setting); '
+      't intervals.',
+  )
+  flags.DEFINE_multi_string(
+      'verdict_into',
+      None,
+      'With --verdict: files whose ' '<!-- verdict:start/end --> section gets verdict.md.',
+  )
   flags.mark_flags_as_required(['workdir', 'out'])
 
 
@@ -50,8 +61,9 @@ def main(argv):
     for workdir in f.workdir:
       if not os.path.isdir(workdir):
         raise FileNotFoundError(f'no such workdir: {workdir}')
-    written = report.write_report(f.workdir, f.out, metric=f.metric, baseline=f.baseline,
-                                  ci=f.ci, confidence=f.confidence)
+    written = report.write_report(
+        f.workdir, f.out, metric=f.metric, baseline=f.baseline, ci=f.ci, confidence=f.confidence
+    )
   print(f'Report: {written["files"][0]}')
 
 

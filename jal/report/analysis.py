@@ -88,8 +88,7 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
   if metric is None:
     metric = headline_metric(rows.values())
   if not _has_field(rows.values(), metric):
-    raise ValueError(f'setting {setting.title}: no {metric!r} in metrics of '
-                     f'{setting.workdirs}')
+    raise ValueError(f'setting {setting.title}: no {metric!r} in metrics of ' f'{setting.workdirs}')
   strategies = order_strategies({k[0] for k in rows}, baseline)
   rounds = sorted({k[2] for k in rows})
   col = {r: j for j, r in enumerate(rounds)}
@@ -103,8 +102,12 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
     if not n_by_round[r]:
       raise ValueError(f'setting {setting.title}: no n_labeled at round {r}')
     if len(n_by_round[r]) > 1:
-      logging.warning('%s: round %d has several n_labeled %s; using the most '
-                      'common', setting.title, r, dict(n_by_round[r]))
+      logging.warning(
+          '%s: round %d has several n_labeled %s; using the most ' 'common',
+          setting.title,
+          r,
+          dict(n_by_round[r]),
+      )
     n_labeled.append(n_by_round[r].most_common(1)[0][0])
 
   seeds, values, minority = {}, {}, {}
@@ -123,8 +126,7 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
 
   def per_round(v):
     mean, lo, hi, n = stats.interval_per_round(v, confidence, ci, **ci_kwargs)
-    return {'mean': mean.tolist(), 'lo': lo.tolist(), 'hi': hi.tolist(),
-            'n_seeds': n.tolist()}
+    return {'mean': mean.tolist(), 'lo': lo.tolist(), 'hi': hi.tolist(), 'n_seeds': n.tolist()}
 
   result = {
       'name': setting.name,
@@ -147,35 +149,35 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
 
   # Paired improvement over the baseline, on the seeds both strategies ran.
   if baseline not in values:
-    result['notes'].append(f'No {baseline!r} runs: no improvement over the '
-                           'baseline can be computed.')
+    result['notes'].append(
+        f'No {baseline!r} runs: no improvement over the ' 'baseline can be computed.'
+    )
   elif len(rounds) < 2 or rounds[0] != 0:
-    result['notes'].append('Need the warmup round 0 and at least one selection '
-                           'for the average improvement.')
+    result['notes'].append(
+        'Need the warmup round 0 and at least one selection ' 'for the average improvement.'
+    )
   else:
     for s in strategies:
       if s == baseline:
         continue
       common = sorted(set(seeds[s]) & set(seeds[baseline]))
       if not common:
-        result['notes'].append(f'{s}: no seed in common with {baseline}; no '
-                               'paired improvement.')
+        result['notes'].append(f'{s}: no seed in common with {baseline}; no ' 'paired improvement.')
         continue
       pick = lambda name: values[name][[seeds[name].index(x) for x in common]]
       diff = stats.paired_improvement(
-          {baseline: pick(baseline), s: pick(s)}, baseline,
-          seeds={baseline: common, s: common})[s]
+          {baseline: pick(baseline), s: pick(s)}, baseline, seeds={baseline: common, s: common}
+      )[s]
       complete = ~np.any(np.isnan(diff), axis=1)
       if not np.all(complete):
         dropped = [x for x, c in zip(common, complete) if not c]
         result['notes'].append(
             f'{s}: seeds {dropped} lack some rounds (for {s} or {baseline}); '
-            'they count in the per-round curves but not in the average.')
-      entry = {'seeds': [x for x, c in zip(common, complete) if c],
-               'per_round': per_round(diff)}
+            'they count in the per-round curves but not in the average.'
+        )
+      entry = {'seeds': [x for x, c in zip(common, complete) if c], 'per_round': per_round(diff)}
       if np.any(complete):
-        entry.update(_summary(stats.average_improvement(diff[complete]), ci,
-                              confidence, ci_kwargs))
+        entry.update(_summary(stats.average_improvement(diff[complete]), ci, confidence, ci_kwargs))
       else:
         entry.update(_summary(np.array([]), ci, confidence, ci_kwargs))
       result['improvement'][s] = entry
@@ -183,15 +185,15 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
   # Normalised area under each seed's complete learning curve.
   for s in strategies:
     complete = ~np.any(np.isnan(values[s]), axis=1)
-    per_seed = (stats.area_under_curve(n_labeled, values[s][complete])
-                if len(rounds) else np.array([]))
+    per_seed = (
+        stats.area_under_curve(n_labeled, values[s][complete]) if len(rounds) else np.array([])
+    )
     entry = _summary(per_seed, ci, confidence, ci_kwargs)
     entry['seeds'] = [x for x, c in zip(seeds[s], complete) if c]
     result['aulc'][s] = entry
 
   if has_minority:
-    result['minority_fraction'] = {s: per_round(minority[s])
-                                   for s in strategies}
+    result['minority_fraction'] = {s: per_round(minority[s]) for s in strategies}
   return result
 
 
@@ -224,42 +226,63 @@ def compare_with_study(res, ci, confidence):
   numbers = study.lookup(res['name'])
   if numbers is None:
     return None
-  out = {'setting': numbers.setting, 'label': numbers.label,
-         'metric': numbers.metric, 'unit': numbers.unit,
-         'study_seeds': numbers.num_seeds,
-         'study_query_size': numbers.query_size,
-         'notes': [], 'improvement': [], 'per_selection': []}
+  out = {
+      'setting': numbers.setting,
+      'label': numbers.label,
+      'metric': numbers.metric,
+      'unit': numbers.unit,
+      'study_seeds': numbers.num_seeds,
+      'study_query_size': numbers.query_size,
+      'notes': [],
+      'improvement': [],
+      'per_selection': [],
+  }
   if res['query_size'] != numbers.query_size:
     out['notes'].append(
-        f'the study\'s query size here is {numbers.query_size}; jal\'s is '
-        f'{res["query_size"]}.')
+        f"the study's query size here is {numbers.query_size}; jal's is " f'{res["query_size"]}.'
+    )
   if res['metric'] != numbers.metric:
     out['notes'].append(
-        f'the study reports {numbers.metric} here and this report\'s metric '
-        f'is {res["metric"]}: nothing to compare.')
+        f"the study reports {numbers.metric} here and this report's metric "
+        f'is {res["metric"]}: nothing to compare.'
+    )
     return out
   scale = metric_scale(res['metric'])
-  common = {'confidence': confidence, 'ci_method': ci,
-            'study_seeds': numbers.num_seeds}
+  common = {'confidence': confidence, 'ci_method': ci, 'study_seeds': numbers.num_seeds}
   if res['baseline'] != 'random':
     out['notes'].append(
-        f'the study\'s improvements are over random; this report\'s are over '
-        f'{res["baseline"]}: average improvements not compared.')
+        f"the study's improvements are over random; this report's are over "
+        f'{res["baseline"]}: average improvements not compared.'
+    )
   else:
     for s in order_strategies(numbers.improvement):
       value = numbers.improvement[s]
       e = res['improvement'].get(s)
-      row = {'table': 'average_improvement', 'strategy': s,
-             'selection': None, 'n_labeled': None, 'unit': numbers.unit,
-             'study_value': value, 'study_label': numbers.improvement_label,
-             'jal_mean': math.nan, 'jal_lo': math.nan, 'jal_hi': math.nan,
-             'jal_n_seeds': 0, 'ci_contains_study': None,
-             'sign_agrees': None, 'jal_ci_excludes_zero': None, **common}
+      row = {
+          'table': 'average_improvement',
+          'strategy': s,
+          'selection': None,
+          'n_labeled': None,
+          'unit': numbers.unit,
+          'study_value': value,
+          'study_label': numbers.improvement_label,
+          'jal_mean': math.nan,
+          'jal_lo': math.nan,
+          'jal_hi': math.nan,
+          'jal_n_seeds': 0,
+          'ci_contains_study': None,
+          'sign_agrees': None,
+          'jal_ci_excludes_zero': None,
+          **common,
+      }
       if e is not None:
-        row.update(jal_mean=e['mean'] * scale, jal_lo=e['lo'] * scale,
-                   jal_hi=e['hi'] * scale, jal_n_seeds=e['n'])
-        row['ci_contains_study'] = _contains(value, row['jal_lo'],
-                                             row['jal_hi'])
+        row.update(
+            jal_mean=e['mean'] * scale,
+            jal_lo=e['lo'] * scale,
+            jal_hi=e['hi'] * scale,
+            jal_n_seeds=e['n'],
+        )
+        row['ci_contains_study'] = _contains(value, row['jal_lo'], row['jal_hi'])
         row['sign_agrees'] = _sign_agrees(row['jal_mean'], value)
         if e['n'] >= 2:
           row['jal_ci_excludes_zero'] = bool(e['excludes_zero'])
@@ -269,21 +292,33 @@ def compare_with_study(res, ci, confidence):
     for s in order_strategies(numbers.per_selection):
       curve = res['curves'].get(s)
       for k, value in enumerate(numbers.per_selection[s], 1):
-        row = {'table': 'per_selection', 'strategy': s, 'selection': k,
-               'n_labeled': None, 'unit': '%', 'study_value': value,
-               'study_label': numbers.per_selection_label,
-               'jal_mean': math.nan, 'jal_lo': math.nan, 'jal_hi': math.nan,
-               'jal_n_seeds': 0, 'ci_contains_study': None,
-               'sign_agrees': None, 'jal_ci_excludes_zero': None, **common}
+        row = {
+            'table': 'per_selection',
+            'strategy': s,
+            'selection': k,
+            'n_labeled': None,
+            'unit': '%',
+            'study_value': value,
+            'study_label': numbers.per_selection_label,
+            'jal_mean': math.nan,
+            'jal_lo': math.nan,
+            'jal_hi': math.nan,
+            'jal_n_seeds': 0,
+            'ci_contains_study': None,
+            'sign_agrees': None,
+            'jal_ci_excludes_zero': None,
+            **common,
+        }
         j = col.get(k)
         if j is not None:
           row['n_labeled'] = res['n_labeled'][j]
         if curve is not None and j is not None:
-          row.update(jal_mean=curve['mean'][j] * scale,
-                     jal_lo=curve['lo'][j] * scale,
-                     jal_hi=curve['hi'][j] * scale,
-                     jal_n_seeds=curve['n_seeds'][j])
-          row['ci_contains_study'] = _contains(value, row['jal_lo'],
-                                               row['jal_hi'])
+          row.update(
+              jal_mean=curve['mean'][j] * scale,
+              jal_lo=curve['lo'][j] * scale,
+              jal_hi=curve['hi'][j] * scale,
+              jal_n_seeds=curve['n_seeds'][j],
+          )
+          row['ci_contains_study'] = _contains(value, row['jal_lo'], row['jal_hi'])
         out['per_selection'].append(row)
   return out

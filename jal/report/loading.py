@@ -36,8 +36,7 @@ def _read_json_lines(path):
 
 def _stable_part(row):
   """`row` without the fields that differ between copies of one result (timings)."""
-  return {k: v for k, v in row.items()
-          if not any(k.endswith(s) for s in _VOLATILE_SUFFIXES)}
+  return {k: v for k, v in row.items() if not any(k.endswith(s) for s in _VOLATILE_SUFFIXES)}
 
 
 def _put(table, key, value, source, what):
@@ -48,7 +47,8 @@ def _put(table, key, value, source, what):
       strategy, seed, rnd = key
       raise ValueError(
           f'conflicting {what} for strategy={strategy!r} seed={seed} '
-          f'round={rnd}: {old_source} and {source} disagree')
+          f'round={rnd}: {old_source} and {source} disagree'
+      )
     return
   table[key] = (value, source)
 
@@ -107,11 +107,9 @@ def load_settings(workdirs) -> list[Setting]:
     with open(config_path) as f:
       config = json.load(f)
     data_name = (config.get('data') or {}).get('name')
-    name = config.get('name') or data_name or os.path.basename(
-        os.path.normpath(workdir))
+    name = config.get('name') or data_name or os.path.basename(os.path.normpath(workdir))
     query_size = config.get('query_size')
-    setting = settings.setdefault((name, query_size),
-                                  Setting(name, query_size, config))
+    setting = settings.setdefault((name, query_size), Setting(name, query_size, config))
     setting.workdirs.append(workdir)
     for row in _read_json_lines(metrics_path):
       key = (str(row['strategy']), int(row['seed']), int(row['round']))
@@ -120,6 +118,7 @@ def load_settings(workdirs) -> list[Setting]:
     if os.path.exists(selections_path):
       for row in _read_json_lines(selections_path):
         key = (str(row['strategy']), int(row['seed']), int(row['round']))
-        _put(setting.selections, key, [int(i) for i in row['indices']],
-             selections_path, 'selections')
+        _put(
+            setting.selections, key, [int(i) for i in row['indices']], selections_path, 'selections'
+        )
   return list(settings.values())

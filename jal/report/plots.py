@@ -26,12 +26,30 @@ _FIXED_COLOURS = {
     'ensembles': '#d62728',
 }
 # Other strategies take these in sorted-name order.
-_PALETTE = ('#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2', '#17becf',
-            '#bcbd22', '#7f7f7f', '#393b79', '#637939')
+_PALETTE = (
+    '#2ca02c',
+    '#9467bd',
+    '#ff7f0e',
+    '#8c564b',
+    '#e377c2',
+    '#17becf',
+    '#bcbd22',
+    '#7f7f7f',
+    '#393b79',
+    '#637939',
+)
 
 # Pale class colours for the point cloud; orange/red are kept for queries.
-_CLASS_COLOURS = ('#9ecae1', '#a1d99b', '#bcbddc', '#d9d9d9', '#c6dbef',
-                  '#c7e9c0', '#dadaeb', '#fdd0a2')
+_CLASS_COLOURS = (
+    '#9ecae1',
+    '#a1d99b',
+    '#bcbddc',
+    '#d9d9d9',
+    '#c6dbef',
+    '#c7e9c0',
+    '#dadaeb',
+    '#fdd0a2',
+)
 _LABELED_COLOUR = '#ff9f1c'
 _QUERY_COLOUR = '#d00000'
 
@@ -59,8 +77,10 @@ def _pyplot():
   """matplotlib.pyplot on the Agg backend, imported at the first figure: the
   loop imports `jal.report` for `results_table` only."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 
@@ -70,12 +90,18 @@ def _band(ax, x, curve, colour, label, scale=1.0, marker='o'):
   mean = np.asarray(curve['mean'], dtype=np.float64) * scale
   lo = np.asarray(curve['lo'], dtype=np.float64) * scale
   hi = np.asarray(curve['hi'], dtype=np.float64) * scale
-  ax.plot(x, mean, color=colour, marker=marker, markersize=4, linewidth=2,
-          label=label)
+  ax.plot(x, mean, color=colour, marker=marker, markersize=4, linewidth=2, label=label)
   ok = ~(np.isnan(lo) | np.isnan(hi))
   if np.any(ok):
-    ax.fill_between(x, np.where(ok, lo, mean), np.where(ok, hi, mean),
-                    where=ok, color=colour, alpha=0.18, linewidth=0)
+    ax.fill_between(
+        x,
+        np.where(ok, lo, mean),
+        np.where(ok, hi, mean),
+        where=ok,
+        color=colour,
+        alpha=0.18,
+        linewidth=0,
+    )
 
 
 _LEGEND = {'fontsize': 10, 'framealpha': 0.85, 'edgecolor': 'none'}
@@ -109,20 +135,21 @@ def plot_curves(res, colours, ci, confidence, path):
   fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
   for s in res['strategies']:
     n = len(res['seeds'][s])
-    _band(left, x, res['curves'][s], colours[s],
-          f'{s} ({n} seed{"s" if n != 1 else ""})', scale)
+    _band(left, x, res['curves'][s], colours[s], f'{s} ({n} seed{"s" if n != 1 else ""})', scale)
   _style(left, 'Number of labeled examples', tables.metric_label(metric))
-  left.set_title(tables.metric_label(metric).split(' (')[0] + ' vs labels',
-                 fontsize=12)
+  left.set_title(tables.metric_label(metric).split(' (')[0] + ' vs labels', fontsize=12)
 
-  right.axhline(0.0, color=colours.get(baseline, 'k'), linestyle='--',
-                linewidth=1.5, label=f'{baseline} = 0 (baseline, right)')
+  right.axhline(
+      0.0,
+      color=colours.get(baseline, 'k'),
+      linestyle='--',
+      linewidth=1.5,
+      label=f'{baseline} = 0 (baseline, right)',
+  )
   for s, e in res['improvement'].items():
     _band(right, x, e['per_round'], colours[s], f'{s} − {baseline}', scale)
-  _style(right, 'Number of labeled examples',
-         _improvement_label(metric, baseline))
-  right.set_title(f'Paired improvement over {baseline} (same seed and round)',
-                  fontsize=12)
+  _style(right, 'Number of labeled examples', _improvement_label(metric, baseline))
+  right.set_title(f'Paired improvement over {baseline} (same seed and round)', fontsize=12)
   for ax in (left, right):
     if len(x) <= 8:
       ax.set_xticks(x)
@@ -136,8 +163,7 @@ def plot_curves(res, colours, ci, confidence, path):
   ncol = min(len(handles), 6)
   rows = -(-len(handles) // ncol)
   fig.legend(handles, labels, loc='lower center', ncol=ncol, **_LEGEND)
-  fig.suptitle(f'{res["title"]}: {_band_caption(res, ci, confidence)}',
-               fontsize=13)
+  fig.suptitle(f'{res["title"]}: {_band_caption(res, ci, confidence)}', fontsize=13)
   fig.tight_layout(rect=(0, 0.045 + 0.05 * rows, 1, 1))
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -153,21 +179,25 @@ def plot_minority(res, colours, ci, confidence, path):
     c = res['minority_fraction'][s]
     curve = {k: [c[k][j] for j in keep] for k in ('mean', 'lo', 'hi')}
     _band(ax, x, curve, colours[s], s)
-  _style(ax, 'Number of labeled examples after the selection',
-         'Minority-class fraction of queried labels')
+  _style(
+      ax,
+      'Number of labeled examples after the selection',
+      'Minority-class fraction of queried labels',
+  )
   ax.set_ylim(bottom=0)
   if len(x) <= 8:
     ax.set_xticks(x)
   ax.legend(**_LEGEND)
-  ax.set_title(f'{res["title"]}: minority class queried\n'
-               f'({_band_caption(res, ci, confidence)})', fontsize=12)
+  ax.set_title(
+      f'{res["title"]}: minority class queried\n' f'({_band_caption(res, ci, confidence)})',
+      fontsize=12,
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def plot_selection_grid(x, y, selections, n_labeled, colours, title, path,
-                        max_columns=6):
+def plot_selection_grid(x, y, selections, n_labeled, colours, title, path, max_columns=6):
   """Queries on a 2-D point cloud, one row per strategy (the study's Fig 3.1).
 
   Args:
@@ -186,14 +216,14 @@ def plot_selection_grid(x, y, selections, n_labeled, colours, title, path,
   strategies = list(selections)
   rounds = sorted({r for s in strategies for r in selections[s] if r > 0})
   if len(rounds) > max_columns:
-    rounds = [rounds[int(round(i))] for i in
-              np.linspace(0, len(rounds) - 1, max_columns)]
+    rounds = [rounds[int(round(i))] for i in np.linspace(0, len(rounds) - 1, max_columns)]
   n_rows, n_cols = len(strategies), len(rounds)
   plt = _pyplot()
   from matplotlib import lines as mlines  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols + 0.6,
-                                                    3.0 * n_rows + 0.9),
-                           squeeze=False)
+
+  fig, axes = plt.subplots(
+      n_rows, n_cols, figsize=(3.2 * n_cols + 0.6, 3.0 * n_rows + 0.9), squeeze=False
+  )
   pad = 0.04 * (x.max(axis=0) - x.min(axis=0))
   lims = np.stack([x.min(axis=0) - pad, x.max(axis=0) + pad])
   classes = np.unique(y)
@@ -204,41 +234,58 @@ def plot_selection_grid(x, y, selections, n_labeled, colours, title, path,
   for i, s in enumerate(strategies):
     for j, r in enumerate(rounds):
       ax = axes[i, j]
-      ax.scatter(x[order, 0], x[order, 1], s=3, c=point_colours[order],
-                 linewidths=0, rasterized=True)
+      ax.scatter(
+          x[order, 0], x[order, 1], s=3, c=point_colours[order], linewidths=0, rasterized=True
+      )
       before = [idx for q, idx in selections[s].items() if q < r]
-      before = np.concatenate(before).astype(int) if before else np.zeros(
-          0, int)
+      before = np.concatenate(before).astype(int) if before else np.zeros(0, int)
       now = np.asarray(selections[s].get(r, []), dtype=int)
-      ax.scatter(x[before, 0], x[before, 1], s=18, color=_LABELED_COLOUR,
-                 edgecolors='none')
-      ax.scatter(x[now, 0], x[now, 1], s=42, color=_QUERY_COLOUR,
-                 edgecolors='black', linewidths=0.6)
+      ax.scatter(x[before, 0], x[before, 1], s=18, color=_LABELED_COLOUR, edgecolors='none')
+      ax.scatter(
+          x[now, 0], x[now, 1], s=42, color=_QUERY_COLOUR, edgecolors='black', linewidths=0.6
+      )
       ax.set_xlim(lims[:, 0])
       ax.set_ylim(lims[:, 1])
       ax.set_xticks([])
       ax.set_yticks([])
       if i == 0:
         n = n_labeled.get(r)
-        ax.set_title(f'Selection {r}' + (f' (n={n})' if n else ''),
-                     fontsize=11)
+        ax.set_title(f'Selection {r}' + (f' (n={n})' if n else ''), fontsize=11)
       if j == 0:
-        ax.set_ylabel(s, fontsize=13, fontweight='bold',
-                      color=colours.get(s, 'k'))
+        ax.set_ylabel(s, fontsize=13, fontweight='bold', color=colours.get(s, 'k'))
   handles = [
-      mlines.Line2D([], [], linestyle='', marker='o', markersize=6,
-                    color=_CLASS_COLOURS[k % len(_CLASS_COLOURS)],
-                    label=f'class {c}')
+      mlines.Line2D(
+          [],
+          [],
+          linestyle='',
+          marker='o',
+          markersize=6,
+          color=_CLASS_COLOURS[k % len(_CLASS_COLOURS)],
+          label=f'class {c}',
+      )
       for k, c in enumerate(classes)
   ] + [
-      mlines.Line2D([], [], linestyle='', marker='o', markersize=6,
-                    color=_LABELED_COLOUR, label='labeled so far'),
-      mlines.Line2D([], [], linestyle='', marker='o', markersize=8,
-                    color=_QUERY_COLOUR, markeredgecolor='black',
-                    label='queried this round'),
+      mlines.Line2D(
+          [],
+          [],
+          linestyle='',
+          marker='o',
+          markersize=6,
+          color=_LABELED_COLOUR,
+          label='labeled so far',
+      ),
+      mlines.Line2D(
+          [],
+          [],
+          linestyle='',
+          marker='o',
+          markersize=8,
+          color=_QUERY_COLOUR,
+          markeredgecolor='black',
+          label='queried this round',
+      ),
   ]
-  fig.legend(handles=handles, loc='lower center', ncol=len(handles),
-             frameon=False, fontsize=10)
+  fig.legend(handles=handles, loc='lower center', ncol=len(handles), frameon=False, fontsize=10)
   fig.suptitle(title, fontsize=13)
   fig.tight_layout(rect=(0, 0.06, 1, 0.97))
   fig.savefig(path, dpi=110)
@@ -252,18 +299,24 @@ def _load_points(config):
     return None
   try:
     import ml_collections  # pylint: disable=g-import-not-at-top
+
     jal_data = importlib.import_module('jal.data')
-    ds = jal_data.load_dataset(ml_collections.ConfigDict(data),
-                               data_dir=config.get('data_dir'),
-                               seed=config.get('seed', 0))
+    ds = jal_data.load_dataset(
+        ml_collections.ConfigDict(data), data_dir=config.get('data_dir'), seed=config.get('seed', 0)
+    )
   except Exception as e:  # pylint: disable=broad-except
-    logging.info('selection figure skipped: could not load %s via jal.data '
-                 '(%s: %s)', data.get('name'), type(e).__name__, e)
+    logging.info(
+        'selection figure skipped: could not load %s via jal.data ' '(%s: %s)',
+        data.get('name'),
+        type(e).__name__,
+        e,
+    )
     return None
   x = np.asarray(ds.x_train)
   if x.ndim != 2 or x.shape[1] != 2:
-    logging.info('selection figure skipped: data %s is not 2-D (x_train %s)',
-                 data.get('name'), x.shape)
+    logging.info(
+        'selection figure skipped: data %s is not 2-D (x_train %s)', data.get('name'), x.shape
+    )
     return None
   return x, np.asarray(ds.y_train)
 
@@ -292,11 +345,16 @@ def selection_figure(setting, res, colours, path) -> bool:
     selections[s] = by_strategy[s][own]
     top = max(int(np.max(v, initial=-1)) for v in selections[s].values())
     if top >= len(x):
-      logging.warning('selection figure skipped: indices exceed the pool of %d '
-                      'points', len(x))
+      logging.warning('selection figure skipped: indices exceed the pool of %d ' 'points', len(x))
       return False
   plot_selection_grid(
-      x, y, selections, dict(zip(res['rounds'], res['n_labeled'])), colours,
+      x,
+      y,
+      selections,
+      dict(zip(res['rounds'], res['n_labeled'])),
+      colours,
       f'{res["title"]}: queries at each selection (seed '
-      f'{seed if seed is not None else "first per strategy"})', path)
+      f'{seed if seed is not None else "first per strategy"})',
+      path,
+  )
   return True

@@ -17,16 +17,16 @@ import numpy as np
 from jal import stats
 from jal.report import analysis
 
-
 # ----------------------------------------------------------------------------
 # Cells and sentences.
 
 
 def metric_label(metric: str) -> str:
   """The axis label and heading of `metric`, e.g. 'Test accuracy (%)'."""
-  return {'accuracy': 'Test accuracy (%)',
-          'average_precision': 'Test average precision (minority class)'
-         }.get(metric, metric)
+  return {
+      'accuracy': 'Test accuracy (%)',
+      'average_precision': 'Test average precision (minority class)',
+  }.get(metric, metric)
 
 
 def _num(v, decimals, sign=False):
@@ -40,17 +40,18 @@ def _ci_sentence(ci, confidence, n_seeds, ci_kwargs):
   """How the intervals of report.md are computed, in one sentence."""
   pct = f'{100 * confidence:g}%'
   if ci == 't':
-    text = (f'{pct} Student-t intervals over seeds: mean ± '
-            f't_(n-1) · sd / √n')
+    text = f'{pct} Student-t intervals over seeds: mean ± ' f't_(n-1) · sd / √n'
     if n_seeds >= 2:
       t = stats.t_quantile(0.5 * (1 + confidence), n_seeds - 1)
       text += f' (with {n_seeds} seeds t = {t:.3f})'
     return text + '; "±" gives the half-width.'
-  return (f'{pct} percentile bootstrap intervals over seeds '
-          f'({ci_kwargs.get("num_resamples", 10000)} resamples, seed '
-          f'{ci_kwargs.get("seed", 0)}); "±" gives half the interval width. '
-          'With few seeds the bootstrap interval is too narrow (3 seeds allow '
-          'only 10 distinct resamples); prefer --ci=t there.')
+  return (
+      f'{pct} percentile bootstrap intervals over seeds '
+      f'({ci_kwargs.get("num_resamples", 10000)} resamples, seed '
+      f'{ci_kwargs.get("seed", 0)}); "±" gives half the interval width. '
+      'With few seeds the bootstrap interval is too narrow (3 seeds allow '
+      'only 10 distinct resamples); prefer --ci=t there.'
+  )
 
 
 def seed_sentence(res) -> tuple[str, int]:
@@ -60,17 +61,19 @@ def seed_sentence(res) -> tuple[str, int]:
     n = next(iter(counts.values()))
     seeds = next(iter(res['seeds'].values()))
     listed = ', '.join(map(str, seeds))
-    return (f'{n} seed{"s" if n != 1 else ""} per strategy '
-            f'(seed{"s" if n != 1 else ""} {listed})', n)
-  parts = ', '.join(f'{s}: {counts[s]} {res["seeds"][s]}'
-                    for s in res['strategies'])
+    return (
+        f'{n} seed{"s" if n != 1 else ""} per strategy ' f'(seed{"s" if n != 1 else ""} {listed})',
+        n,
+    )
+  parts = ', '.join(f'{s}: {counts[s]} {res["seeds"][s]}' for s in res['strategies'])
   return f'seeds per strategy differ ({parts})', max(counts.values())
 
 
 def markdown_table(header, rows) -> list[str]:
   """The lines of a Markdown table: the header, its rule, one line per row of cells."""
-  return (['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-          + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
+  return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + [
+      '| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows
+  ]
 
 
 def _round_column(r, n):
@@ -114,21 +117,27 @@ def results_table(rows: list[dict], config, strategies) -> str:
   rounds = sorted({r['round'] for r in rows})
   seeds = sorted({x['seed'] for x in rows})
   header = ['Strategy'] + [
-      _round_column(r, config.warmup_size + r * config.query_size) for r in rounds]
+      _round_column(r, config.warmup_size + r * config.query_size) for r in rounds
+  ]
   table, partial = [], False
   for s in strategies:
     cells = [s]
     for r in rounds:
       v = np.array([x[metric] for x in rows if x['strategy'] == s and x['round'] == r]) * scale
-      cells.append(_cell(v.mean(), v.std(ddof=1) if len(v) > 1 else math.nan, len(v),
-                         len(seeds), decimals) if len(v) else '')
+      cells.append(
+          _cell(v.mean(), v.std(ddof=1) if len(v) > 1 else math.nan, len(v), len(seeds), decimals)
+          if len(v)
+          else ''
+      )
       partial |= 0 < len(v) < len(seeds)
     table.append(cells)
   unit = 'test accuracy (%)' if metric == 'accuracy' else 'minority-class test average precision'
   fewer = ' (fewer where a cell says so)' if partial else ''
-  title = (f'{config.name}: {unit}, mean ± std over {len(seeds)} seed(s) {seeds}{fewer}; '
-           f'query size {config.query_size}, warmup {config.warmup_size}, '
-           f'{config.train.members}-member ensemble\n\n')
+  title = (
+      f'{config.name}: {unit}, mean ± std over {len(seeds)} seed(s) {seeds}{fewer}; '
+      f'query size {config.query_size}, warmup {config.warmup_size}, '
+      f'{config.train.members}-member ensemble\n\n'
+  )
   return title + '\n'.join(markdown_table(header, table)) + '\n'
 
 
@@ -149,96 +158,110 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
   pct = f'{100 * confidence:g}%'
   seed_text, n_seeds = seed_sentence(res)
   lines = [f'## {res["title"]}', '']
-  lines.append(f'Workdirs: {", ".join(f"`{w}`" for w in res["workdirs"])}. '
-               f'Metric: {metric_label(metric).lower()}. '
-               f'Seeds: {seed_text}.')
+  lines.append(
+      f'Workdirs: {", ".join(f"`{w}`" for w in res["workdirs"])}. '
+      f'Metric: {metric_label(metric).lower()}. '
+      f'Seeds: {seed_text}.'
+  )
   lines.append('')
   if n_seeds <= 1:
-    lines.append('Only one seed per strategy: no confidence interval is '
-                 'possible, so the numbers below are single runs and say '
-                 'nothing about how much they would move with another seed.')
+    lines.append(
+        'Only one seed per strategy: no confidence interval is '
+        'possible, so the numbers below are single runs and say '
+        'nothing about how much they would move with another seed.'
+    )
   else:
-    lines.append('Intervals: ' + _ci_sentence(ci, confidence, n_seeds,
-                                               ci_kwargs))
+    lines.append('Intervals: ' + _ci_sentence(ci, confidence, n_seeds, ci_kwargs))
   lines.append('')
 
   # (1) The metric at each selection (Table 3.1).
-  lines.append(f'### {metric_label(metric)} at each selection '
-               '(cf. Table 3.1)')
+  lines.append(f'### {metric_label(metric)} at each selection ' '(cf. Table 3.1)')
   lines.append('')
-  header = ['Strategy'] + [_round_column(r, n)
-                           for r, n in zip(res['rounds'], res['n_labeled'])]
+  header = ['Strategy'] + [_round_column(r, n) for r, n in zip(res['rounds'], res['n_labeled'])]
   table = []
   for s in res['strategies']:
     c = res['curves'][s]
     n_max = len(res['seeds'][s])
-    table.append([s] + [_cell(m * scale, 0.5 * (hi - lo) * scale, n, n_max, dec)
-                        for m, lo, hi, n in
-                        zip(c['mean'], c['lo'], c['hi'], c['n_seeds'])])
+    table.append(
+        [s]
+        + [
+            _cell(m * scale, 0.5 * (hi - lo) * scale, n, n_max, dec)
+            for m, lo, hi, n in zip(c['mean'], c['lo'], c['hi'], c['n_seeds'])
+        ]
+    )
   lines += markdown_table(header, table)
   lines.append('')
 
   # (2) Average improvement over the baseline (Tables 3.2, 4.1, 4.2).
   if res['improvement']:
-    lines.append(f'### Average improvement over {baseline} over all selections '
-                 '(cf. Tables 3.2, 4.1, 4.2)')
+    lines.append(
+        f'### Average improvement over {baseline} over all selections ' '(cf. Tables 3.2, 4.1, 4.2)'
+    )
     lines.append('')
-    lines.append(f'Per seed: the mean over selections 1..{res["rounds"][-1]} '
-                 f'of (strategy − {baseline}) at the same seed and round, in '
-                 f'{"percentage points" if metric == "accuracy" else "AP"}; '
-                 f'then the mean and {pct} interval over seeds. "Excludes 0?" '
-                 'is yes when the interval lies entirely on one side of zero; '
-                 'no means these seeds cannot tell the sign of the effect.')
+    lines.append(
+        f'Per seed: the mean over selections 1..{res["rounds"][-1]} '
+        f'of (strategy − {baseline}) at the same seed and round, in '
+        f'{"percentage points" if metric == "accuracy" else "AP"}; '
+        f'then the mean and {pct} interval over seeds. "Excludes 0?" '
+        'is yes when the interval lies entirely on one side of zero; '
+        'no means these seeds cannot tell the sign of the effect.'
+    )
     lines.append('')
     table = []
     for s, e in res['improvement'].items():
       if e['n'] >= 2:
-        interval = (f'[{_num(e["lo"] * scale, imp_dec, True)}, '
-                    f'{_num(e["hi"] * scale, imp_dec, True)}]')
+        interval = (
+            f'[{_num(e["lo"] * scale, imp_dec, True)}, ' f'{_num(e["hi"] * scale, imp_dec, True)}]'
+        )
         excludes = 'yes' if e['excludes_zero'] else 'no'
       else:
         interval = f'n/a ({e["n"]} seed{"s" if e["n"] != 1 else ""})'
         excludes = 'n/a'
-      table.append([s, _num(e['mean'] * scale, imp_dec, True), interval, excludes,
-                    e['n']])
-    lines += markdown_table(['Strategy', f'Avg. improvement ({imp_unit})',
-                             f'{pct} CI', 'Excludes 0?', 'Seeds'], table)
+      table.append([s, _num(e['mean'] * scale, imp_dec, True), interval, excludes, e['n']])
+    lines += markdown_table(
+        ['Strategy', f'Avg. improvement ({imp_unit})', f'{pct} CI', 'Excludes 0?', 'Seeds'], table
+    )
     lines.append('')
 
   # (3) Area under the learning curve.
   lines.append('### Area under the learning curve')
   lines.append('')
   n0, n1 = res['n_labeled'][0], res['n_labeled'][-1]
-  lines.append(f'Trapezoid over n_labeled from {n0} to {n1} (warmup '
-               'included), divided by the range: the curve\'s mean level '
-               f'({unit}).')
+  lines.append(
+      f'Trapezoid over n_labeled from {n0} to {n1} (warmup '
+      "included), divided by the range: the curve's mean level "
+      f'({unit}).'
+  )
   lines.append('')
   table = []
   for s in res['strategies']:
     e = res['aulc'][s]
     if e['n'] >= 2:
-      interval = (f'[{_num(e["lo"] * scale, dec)}, '
-                  f'{_num(e["hi"] * scale, dec)}]')
+      interval = f'[{_num(e["lo"] * scale, dec)}, ' f'{_num(e["hi"] * scale, dec)}]'
     else:
       interval = f'n/a ({e["n"]} seed{"s" if e["n"] != 1 else ""})'
     table.append([s, _num(e['mean'] * scale, dec), interval, e['n']])
-  lines += markdown_table(['Strategy', f'AULC ({unit})', f'{pct} CI', 'Seeds'],
-                          table)
+  lines += markdown_table(['Strategy', f'AULC ({unit})', f'{pct} CI', 'Seeds'], table)
   lines.append('')
 
   if res['minority_fraction']:
     lines.append('### Minority-class fraction of each query (cf. Figure 4.5)')
     lines.append('')
-    header = ['Strategy'] + [_round_column(r, n) for r, n in
-                             zip(res['rounds'], res['n_labeled']) if r > 0]
+    header = ['Strategy'] + [
+        _round_column(r, n) for r, n in zip(res['rounds'], res['n_labeled']) if r > 0
+    ]
     table = []
     for s in res['strategies']:
       c = res['minority_fraction'][s]
       n_max = len(res['seeds'][s])
-      table.append([s] + [_cell(m, 0.5 * (hi - lo), n, n_max, 3)
-                          for r, m, lo, hi, n in
-                          zip(res['rounds'], c['mean'], c['lo'], c['hi'],
-                              c['n_seeds']) if r > 0])
+      table.append(
+          [s]
+          + [
+              _cell(m, 0.5 * (hi - lo), n, n_max, 3)
+              for r, m, lo, hi, n in zip(res['rounds'], c['mean'], c['lo'], c['hi'], c['n_seeds'])
+              if r > 0
+          ]
+      )
     lines += markdown_table(header, table)
     lines.append('')
 
@@ -271,38 +294,55 @@ def _markdown_study(res, comparison, ci, confidence):
   lines.append(
       f'The study\'s published numbers ({comparison["label"]}) beside jal\'s. '
       f'The study reports means of {comparison["study_seeds"]} seeds and no '
-      f'intervals; the {pct} intervals are jal\'s, over jal\'s seeds. "CI '
-      'contains" asks whether the study\'s mean lies in jal\'s interval; it '
+      f"intervals; the {pct} intervals are jal's, over jal's seeds. \"CI "
+      "contains\" asks whether the study's mean lies in jal's interval; it "
       'ignores the study\'s own seed noise, which it does not report. "Sign '
       'agrees" compares the sign of jal\'s mean with the study\'s; "(jal CI '
-      'spans 0)" marks signs that jal\'s seeds do not establish.')
+      'spans 0)" marks signs that jal\'s seeds do not establish.'
+  )
   lines.append('')
   if comparison['improvement']:
-    lines.append(f'Average improvement over random over all selections '
-                 f'({"percentage points" if imp_unit == "pp" else "AP"}):')
+    lines.append(
+        f'Average improvement over random over all selections '
+        f'({"percentage points" if imp_unit == "pp" else "AP"}):'
+    )
     lines.append('')
     table = []
     for row in comparison['improvement']:
       n = row['jal_n_seeds']
-      study_cell = (f'{_num(row["study_value"], imp_dec, True)} '
-                    f'({row["study_label"]})')
+      study_cell = f'{_num(row["study_value"], imp_dec, True)} ' f'({row["study_label"]})'
       if n == 0:
-        table.append([row['strategy'], study_cell, 'not run', 'n/a', 'n/a',
-                      'n/a'])
+        table.append([row['strategy'], study_cell, 'not run', 'n/a', 'n/a', 'n/a'])
         continue
-      interval = (f'[{_num(row["jal_lo"], imp_dec, True)}, '
-                  f'{_num(row["jal_hi"], imp_dec, True)}]' if n >= 2 else
-                  f'n/a ({n} seed{"s" if n != 1 else ""})')
+      interval = (
+          f'[{_num(row["jal_lo"], imp_dec, True)}, ' f'{_num(row["jal_hi"], imp_dec, True)}]'
+          if n >= 2
+          else f'n/a ({n} seed{"s" if n != 1 else ""})'
+      )
       sign = _yes_no(row['sign_agrees'], n)
       if row['jal_ci_excludes_zero'] is False:
         sign += ' (jal CI spans 0)'
-      table.append([row['strategy'], study_cell,
-                    _num(row['jal_mean'], imp_dec, True), interval,
-                    _yes_no(row['ci_contains_study'], n), sign])
+      table.append(
+          [
+              row['strategy'],
+              study_cell,
+              _num(row['jal_mean'], imp_dec, True),
+              interval,
+              _yes_no(row['ci_contains_study'], n),
+              sign,
+          ]
+      )
     lines += markdown_table(
-        ['Strategy', f'study ({imp_unit})', f'jal mean ({imp_unit})',
-         f'jal {pct} CI', 'CI contains the study\'s value?',
-         'jal sign agrees with the study?'], table)
+        [
+            'Strategy',
+            f'study ({imp_unit})',
+            f'jal mean ({imp_unit})',
+            f'jal {pct} CI',
+            "CI contains the study's value?",
+            'jal sign agrees with the study?',
+        ],
+        table,
+    )
     lines.append('')
   if comparison['per_selection']:
     label = comparison['per_selection'][0]['study_label']
@@ -311,20 +351,38 @@ def _markdown_study(res, comparison, ci, confidence):
     table = []
     for row in comparison['per_selection']:
       n = row['jal_n_seeds']
-      where = f'{row["selection"]}' + (f' (n={row["n_labeled"]})'
-                                        if row['n_labeled'] is not None else '')
+      where = f'{row["selection"]}' + (
+          f' (n={row["n_labeled"]})' if row['n_labeled'] is not None else ''
+      )
       if n == 0:
-        table.append([row['strategy'], where, _num(row['study_value'], 1),
-                      'not run', 'n/a', 'n/a'])
+        table.append([row['strategy'], where, _num(row['study_value'], 1), 'not run', 'n/a', 'n/a'])
         continue
-      interval = (f'[{_num(row["jal_lo"], 2)}, {_num(row["jal_hi"], 2)}]'
-                  if n >= 2 else f'n/a ({n} seed{"s" if n != 1 else ""})')
-      table.append([row['strategy'], where, _num(row['study_value'], 1),
-                    _num(row['jal_mean'], 2), interval,
-                    _yes_no(row['ci_contains_study'], n)])
+      interval = (
+          f'[{_num(row["jal_lo"], 2)}, {_num(row["jal_hi"], 2)}]'
+          if n >= 2
+          else f'n/a ({n} seed{"s" if n != 1 else ""})'
+      )
+      table.append(
+          [
+              row['strategy'],
+              where,
+              _num(row['study_value'], 1),
+              _num(row['jal_mean'], 2),
+              interval,
+              _yes_no(row['ci_contains_study'], n),
+          ]
+      )
     lines += markdown_table(
-        ['Strategy', 'Selection', 'study (%)', 'jal mean (%)', f'jal {pct} CI',
-         'CI contains the study\'s value?'], table)
+        [
+            'Strategy',
+            'Selection',
+            'study (%)',
+            'jal mean (%)',
+            f'jal {pct} CI',
+            "CI contains the study's value?",
+        ],
+        table,
+    )
     lines.append('')
   for note in comparison['notes']:
     lines.append(f'Note: {note[0].upper() + note[1:]}')
@@ -337,11 +395,29 @@ def _markdown_study(res, comparison, ci, confidence):
 # CSV files.
 
 
-_STUDY_COLUMNS = ('setting', 'name', 'query_size', 'metric', 'table',
-                  'strategy', 'selection', 'n_labeled', 'unit', 'study_value',
-                  'study_label', 'study_seeds', 'jal_mean', 'jal_lo', 'jal_hi',
-                  'jal_n_seeds', 'confidence', 'ci_method',
-                  'ci_contains_study', 'sign_agrees', 'jal_ci_excludes_zero')
+_STUDY_COLUMNS = (
+    'setting',
+    'name',
+    'query_size',
+    'metric',
+    'table',
+    'strategy',
+    'selection',
+    'n_labeled',
+    'unit',
+    'study_value',
+    'study_label',
+    'study_seeds',
+    'jal_mean',
+    'jal_lo',
+    'jal_hi',
+    'jal_n_seeds',
+    'confidence',
+    'ci_method',
+    'ci_contains_study',
+    'sign_agrees',
+    'jal_ci_excludes_zero',
+)
 
 
 def study_rows(results) -> list[dict]:
@@ -356,9 +432,15 @@ def study_rows(results) -> list[dict]:
     if not comparison:
       continue
     for row in comparison['improvement'] + comparison['per_selection']:
-      rows.append({'setting': key, 'name': res['name'],
-                   'query_size': res['query_size'], 'metric': res['metric'],
-                   **row})
+      rows.append(
+          {
+              'setting': key,
+              'name': res['name'],
+              'query_size': res['query_size'],
+              'metric': res['metric'],
+              **row,
+          }
+      )
   return rows
 
 
@@ -396,51 +478,107 @@ def write_csvs(results, out) -> list[str]:
   summary_path = os.path.join(out, 'summary.csv')
   with open(summary_path, 'w', newline='') as f:
     w = csv.writer(f)
-    w.writerow(['setting', 'name', 'query_size', 'metric', 'strategy', 'round',
-                'n_labeled', 'mean', 'lo', 'hi', 'n_seeds',
-                'improvement_mean', 'improvement_lo', 'improvement_hi',
-                'improvement_n_seeds'])
+    w.writerow(
+        [
+            'setting',
+            'name',
+            'query_size',
+            'metric',
+            'strategy',
+            'round',
+            'n_labeled',
+            'mean',
+            'lo',
+            'hi',
+            'n_seeds',
+            'improvement_mean',
+            'improvement_lo',
+            'improvement_hi',
+            'improvement_n_seeds',
+        ]
+    )
     for key, res in results.items():
       for s in res['strategies']:
         c = res['curves'][s]
         imp = res['improvement'].get(s, {}).get('per_round')
         for j, (r, n) in enumerate(zip(res['rounds'], res['n_labeled'])):
-          extra = (['', '', '', ''] if imp is None else
-                   [_csv_num(imp['mean'][j]), _csv_num(imp['lo'][j]),
-                    _csv_num(imp['hi'][j]), imp['n_seeds'][j]])
-          w.writerow([key, res['name'], _csv_num(res['query_size']),
-                      res['metric'], s, r, n, _csv_num(c['mean'][j]),
-                      _csv_num(c['lo'][j]), _csv_num(c['hi'][j]),
-                      c['n_seeds'][j]] + extra)
+          extra = (
+              ['', '', '', '']
+              if imp is None
+              else [
+                  _csv_num(imp['mean'][j]),
+                  _csv_num(imp['lo'][j]),
+                  _csv_num(imp['hi'][j]),
+                  imp['n_seeds'][j],
+              ]
+          )
+          w.writerow(
+              [
+                  key,
+                  res['name'],
+                  _csv_num(res['query_size']),
+                  res['metric'],
+                  s,
+                  r,
+                  n,
+                  _csv_num(c['mean'][j]),
+                  _csv_num(c['lo'][j]),
+                  _csv_num(c['hi'][j]),
+                  c['n_seeds'][j],
+              ]
+              + extra
+          )
   improvement_path = os.path.join(out, 'improvement.csv')
   aulc_path = os.path.join(out, 'aulc.csv')
   head = ['setting', 'name', 'query_size', 'metric', 'strategy']
-  stat_cols = ['mean', 'lo', 'hi', 'half_width', 'n_seeds', 'confidence',
-               'ci_method']
+  stat_cols = ['mean', 'lo', 'hi', 'half_width', 'n_seeds', 'confidence', 'ci_method']
   with open(improvement_path, 'w', newline='') as f:
     w = csv.writer(f)
-    w.writerow(head + ['baseline'] + stat_cols +
-               ['excludes_zero', 'seeds', 'per_seed'])
+    w.writerow(head + ['baseline'] + stat_cols + ['excludes_zero', 'seeds', 'per_seed'])
     for key, res in results.items():
       for s, e in res['improvement'].items():
-        w.writerow([key, res['name'], _csv_num(res['query_size']),
-                    res['metric'], s, res['baseline'],
-                    _csv_num(e['mean']), _csv_num(e['lo']), _csv_num(e['hi']),
-                    _csv_num(e['half_width']), e['n'], e['confidence'],
-                    e['method'], 'yes' if e['excludes_zero'] else 'no',
-                    ' '.join(map(str, e['seeds'])),
-                    ' '.join(repr(v) for v in e['per_seed'])])
+        w.writerow(
+            [
+                key,
+                res['name'],
+                _csv_num(res['query_size']),
+                res['metric'],
+                s,
+                res['baseline'],
+                _csv_num(e['mean']),
+                _csv_num(e['lo']),
+                _csv_num(e['hi']),
+                _csv_num(e['half_width']),
+                e['n'],
+                e['confidence'],
+                e['method'],
+                'yes' if e['excludes_zero'] else 'no',
+                ' '.join(map(str, e['seeds'])),
+                ' '.join(repr(v) for v in e['per_seed']),
+            ]
+        )
   with open(aulc_path, 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(head + stat_cols + ['seeds', 'per_seed'])
     for key, res in results.items():
       for s in res['strategies']:
         e = res['aulc'][s]
-        w.writerow([key, res['name'], _csv_num(res['query_size']),
-                    res['metric'], s, _csv_num(e['mean']), _csv_num(e['lo']),
-                    _csv_num(e['hi']), _csv_num(e['half_width']), e['n'],
-                    e['confidence'], e['method'],
-                    ' '.join(map(str, e['seeds'])),
-                    ' '.join(repr(v) for v in e['per_seed'])])
+        w.writerow(
+            [
+                key,
+                res['name'],
+                _csv_num(res['query_size']),
+                res['metric'],
+                s,
+                _csv_num(e['mean']),
+                _csv_num(e['lo']),
+                _csv_num(e['hi']),
+                _csv_num(e['half_width']),
+                e['n'],
+                e['confidence'],
+                e['method'],
+                ' '.join(map(str, e['seeds'])),
+                ' '.join(repr(v) for v in e['per_seed']),
+            ]
+        )
   return [summary_path, improvement_path, aulc_path]
-

@@ -53,15 +53,18 @@ CONFIGS = os.path.join(_REPO, 'configs')
 class Shape(NamedTuple):
   """What `jal.label.advise` needs to place a study setting in a regime, and why it
   has not run here (None: nothing stops it; it simply was not given)."""
+
   num_classes: int
   imbalanced: bool
   pretrained: bool
   why_not_run: Optional[str]
 
 
-_NO_GPU = ('ResNet-18 on CIFAR-10 takes hours per round on the 2-core CPU '
-           '(results/imbalance_resnet18_cpu_round0) and no accelerator is lent; '
-           '`python -m launch.accelerator` runs it on one')
+_NO_GPU = (
+    'ResNet-18 on CIFAR-10 takes hours per round on the 2-core CPU '
+    '(results/imbalance_resnet18_cpu_round0) and no accelerator is lent; '
+    '`python -m launch.accelerator` runs it on one'
+)
 _NO_C100 = 'CIFAR-100 data not available here'
 _NO_WEIGHTS = 'no ImageNet ResNet-18 weights here'
 
@@ -79,14 +82,37 @@ SETTINGS = {
     'cifar100_high_warmup_high': Shape(100, False, False, _NO_C100),
     'imbalance': Shape(2, True, False, _NO_GPU),
     'imbalance_pretrained': Shape(2, True, True, _NO_WEIGHTS),
-    'retinopathy': Shape(2, True, True,
-                         f'diabetic retinopathy data not available here; {_NO_WEIGHTS}'),
+    'retinopathy': Shape(
+        2, True, True, f'diabetic retinopathy data not available here; {_NO_WEIGHTS}'
+    ),
 }
 
-COLUMNS = ('section', 'table', 'study_row', 'setting', 'run', 'strategy', 'metric', 'unit',
-           'study_value', 'jal_mean', 'jal_lo', 'jal_hi', 'n_seeds', 'seeds', 'p_value',
-           'verdict', 'reason', 'related_setting', 'departs', 'query_size', 'num_classes',
-           'imbalanced', 'pretrained', 'workdirs')
+COLUMNS = (
+    'section',
+    'table',
+    'study_row',
+    'setting',
+    'run',
+    'strategy',
+    'metric',
+    'unit',
+    'study_value',
+    'jal_mean',
+    'jal_lo',
+    'jal_hi',
+    'n_seeds',
+    'seeds',
+    'p_value',
+    'verdict',
+    'reason',
+    'related_setting',
+    'departs',
+    'query_size',
+    'num_classes',
+    'imbalanced',
+    'pretrained',
+    'workdirs',
+)
 TEST = 'paired t-test (two-sided) of strategy vs random, paired by seed'
 
 
@@ -116,8 +142,9 @@ def departs(name: str, config: dict) -> str:
   configs/<stem>.py for the longest stem that begins `name`, else ''."""
   if config.get('departs'):
     return str(config['departs'])
-  stems = [f[:-3] for f in os.listdir(CONFIGS) if f.endswith('.py')] if os.path.isdir(
-      CONFIGS) else []
+  stems = (
+      [f[:-3] for f in os.listdir(CONFIGS) if f.endswith('.py')] if os.path.isdir(CONFIGS) else []
+  )
   stems = [s for s in stems if name == s or name.startswith(s + '_')]
   if not stems:
     return ''
@@ -146,15 +173,21 @@ def _groups(specs):
     if not os.path.isdir(path):
       raise FileNotFoundError(f'no such workdir: {path}')
     by_label.setdefault(label, []).append(path)
-  return [(label, s) for label, paths in by_label.items()
-          for s in loading.load_settings(paths)]
+  return [(label, s) for label, paths in by_label.items() for s in loading.load_settings(paths)]
 
 
 def _empty(section, setting, strategy, run=''):
-  return {c: '' for c in COLUMNS} | {'section': section, 'setting': setting,
-                                     'strategy': strategy, 'run': run, 'n_seeds': 0,
-                                     'jal_mean': math.nan, 'jal_lo': math.nan,
-                                     'jal_hi': math.nan, 'p_value': math.nan}
+  return {c: '' for c in COLUMNS} | {
+      'section': section,
+      'setting': setting,
+      'strategy': strategy,
+      'run': run,
+      'n_seeds': 0,
+      'jal_mean': math.nan,
+      'jal_lo': math.nan,
+      'jal_hi': math.nan,
+      'p_value': math.nan,
+  }
 
 
 def _measure(row, setting, metric, confidence):
@@ -174,9 +207,14 @@ def _measure(row, setting, metric, confidence):
       why.insert(0, f'{row["strategy"]} was not run in {row["workdirs"]}')
     row.update(verdict='not run here', reason=' '.join(why) or 'no paired improvement')
     return res
-  row.update(jal_mean=imp['mean'] * scale, jal_lo=imp['lo'] * scale, jal_hi=imp['hi'] * scale,
-             n_seeds=imp['n'], seeds=' '.join(map(str, imp['seeds'])),
-             p_value=stats.paired_t_pvalue(imp['per_seed']))
+  row.update(
+      jal_mean=imp['mean'] * scale,
+      jal_lo=imp['lo'] * scale,
+      jal_hi=imp['hi'] * scale,
+      n_seeds=imp['n'],
+      seeds=' '.join(map(str, imp['seeds'])),
+      p_value=stats.paired_t_pvalue(imp['per_seed']),
+  )
   return res
 
 
@@ -184,13 +222,21 @@ def _study_row(name, strategy, label, setting, confidence):
   numbers, shape = study.lookup(name), SETTINGS[name]
   table, _, where = numbers.improvement_label.partition(', ')
   row = _empty('study', name, strategy, label)
-  row.update(table=table, study_row=where, metric=numbers.metric, unit=numbers.unit,
-             study_value=numbers.improvement[strategy], query_size=numbers.query_size,
-             num_classes=shape.num_classes, imbalanced=shape.imbalanced,
-             pretrained=shape.pretrained)
+  row.update(
+      table=table,
+      study_row=where,
+      metric=numbers.metric,
+      unit=numbers.unit,
+      study_value=numbers.improvement[strategy],
+      query_size=numbers.query_size,
+      num_classes=shape.num_classes,
+      imbalanced=shape.imbalanced,
+      pretrained=shape.pretrained,
+  )
   if setting is None:
-    row.update(verdict='not run here',
-               reason=shape.why_not_run or 'no given workdir holds this setting')
+    row.update(
+        verdict='not run here', reason=shape.why_not_run or 'no given workdir holds this setting'
+    )
     return row
   res = _measure(row, setting, numbers.metric, confidence)
   if res is None or row['verdict']:
@@ -204,26 +250,30 @@ def _study_row(name, strategy, label, setting, confidence):
 
 def _beyond_rows(label, setting, confidence):
   from jal.label import evidence  # pylint: disable=g-import-not-at-top
+
   related = related_setting(setting.name)
   numbers = study.lookup(related) if related else None
   feats = evidence.setting_features(setting.workdirs[0]) or {}
   rows = []
   try:
-    strategies = list(analysis.analyse(setting, None, 'random', 't', confidence,
-                                       {})['improvement']) or ['']
+    strategies = list(
+        analysis.analyse(setting, None, 'random', 't', confidence, {})['improvement']
+    ) or ['']
   except ValueError:
     strategies = ['']  # _measure says why
   for strategy in strategies:
     row = _empty('beyond', setting.name, strategy, label)
-    row.update(query_size=setting.query_size, related_setting=related or '',
-               departs=departs(setting.name, setting.config),
-               num_classes=feats.get('num_classes', ''),
-               imbalanced=feats.get('imbalance_ratio', 1.0) >= evidence.IMBALANCE_RATIO,
-               pretrained=feats.get('pretrained', ''))
+    row.update(
+        query_size=setting.query_size,
+        related_setting=related or '',
+        departs=departs(setting.name, setting.config),
+        num_classes=feats.get('num_classes', ''),
+        imbalanced=feats.get('imbalance_ratio', 1.0) >= evidence.IMBALANCE_RATIO,
+        pretrained=feats.get('pretrained', ''),
+    )
     if numbers:
       table, _, where = numbers.improvement_label.partition(', ')
-      row.update(table=table, study_row=where,
-                 study_value=numbers.improvement.get(strategy, ''))
+      row.update(table=table, study_row=where, study_value=numbers.improvement.get(strategy, ''))
     _measure(row, setting, None, confidence)
     if numbers and row['metric'] and row['metric'] != numbers.metric:
       row['study_value'] = ''  # another metric: no value to set beside jal's
@@ -274,8 +324,10 @@ def _jal_cell(row):
     return '–'
   if n < 2:
     return f'{_num(row["jal_mean"], unit)} {unit} (no interval)'
-  return (f'{_num(row["jal_mean"], unit)} [{_num(row["jal_lo"], unit)}, '
-          f'{_num(row["jal_hi"], unit)}] {unit}')
+  return (
+      f'{_num(row["jal_mean"], unit)} [{_num(row["jal_lo"], unit)}, '
+      f'{_num(row["jal_hi"], unit)}] {unit}'
+  )
 
 
 def _p(p):
@@ -289,45 +341,57 @@ def _where(row):
 def markdown(rows, confidence=0.95) -> str:
   """verdict.md: a caption, the study's rows, then those beyond the study."""
   pct = f'{100 * confidence:g}%'
-  out = [f'**Verdict: the study\'s claims tested here.** Generated by `python -m jal.report '
-         '--verdict` (command in results/README.md); do not edit. One row per row of the '
-         "study's Tables 3.1 (its improvement derived from the per-selection accuracies), "
-         "3.2, 4.1 and 4.2. *Study*: the study's average improvement of the strategy over "
-         'random over all selections (means of 3 seeds, no interval published), in '
-         'percentage points of accuracy (pp) or in minority-class average precision (AP). '
-         f'*jal*: the mean over seeds of each seed\'s average over all selections of '
-         f'(strategy − random) at the same seed and round, with its {pct} Student-t interval '
-         f'over seeds. *p*: {TEST}, on those per-seed averages (`jal.stats.paired_t_pvalue`). '
-         f'*Verdict*: **inconclusive** when jal\'s interval contains 0 (or there is none: '
-         f'one seed), i.e. p ≥ {1 - confidence:.2g}; else **agrees** when the interval lies '
-         "on the side of 0 of the study's value, **disagrees** when on the other; **not run "
-         "here** when no results folder holds the setting, with the reason.", '',
-         '| Table | Study row | Strategy | Study | jal mean '
-         f'[{pct} CI] | Seeds | p | Verdict | Why / notes |',
-         '|---|---|---|---|---|---|---|---|---|']
+  out = [
+      f"**Verdict: the study's claims tested here.** Generated by `python -m jal.report "
+      '--verdict` (command in results/README.md); do not edit. One row per row of the '
+      "study's Tables 3.1 (its improvement derived from the per-selection accuracies), "
+      "3.2, 4.1 and 4.2. *Study*: the study's average improvement of the strategy over "
+      'random over all selections (means of 3 seeds, no interval published), in '
+      'percentage points of accuracy (pp) or in minority-class average precision (AP). '
+      f"*jal*: the mean over seeds of each seed's average over all selections of "
+      f'(strategy − random) at the same seed and round, with its {pct} Student-t interval '
+      f'over seeds. *p*: {TEST}, on those per-seed averages (`jal.stats.paired_t_pvalue`). '
+      f"*Verdict*: **inconclusive** when jal's interval contains 0 (or there is none: "
+      f'one seed), i.e. p ≥ {1 - confidence:.2g}; else **agrees** when the interval lies '
+      "on the side of 0 of the study's value, **disagrees** when on the other; **not run "
+      'here** when no results folder holds the setting, with the reason.',
+      '',
+      '| Table | Study row | Strategy | Study | jal mean '
+      f'[{pct} CI] | Seeds | p | Verdict | Why / notes |',
+      '|---|---|---|---|---|---|---|---|---|',
+  ]
   for r in rows:
     if r['section'] == 'study':
-      out.append(f'| {r["table"]} | {_where(r)} | {r["strategy"]} | '
-                 f'{_num(r["study_value"], r["unit"])} {r["unit"]} | {_jal_cell(r)} | '
-                 f'{r["n_seeds"]} | {_p(r["p_value"])} | **{r["verdict"]}** | {r["reason"]} |')
+      out.append(
+          f'| {r["table"]} | {_where(r)} | {r["strategy"]} | '
+          f'{_num(r["study_value"], r["unit"])} {r["unit"]} | {_jal_cell(r)} | '
+          f'{r["n_seeds"]} | {_p(r["p_value"])} | **{r["verdict"]}** | {r["reason"]} |'
+      )
   beyond = [r for r in rows if r['section'] == 'beyond']
   if beyond:
-    out += ['', "**Beyond the study.** Settings in the results folders that are not the "
-            "study's, beside the study row they relate to (their name contains it) and "
-            'with how they depart from it (the config\'s docstring or `departs` note). The '
-            'same rule against that row\'s value; a strategy the study did not run '
-            '**beats random** or **loses to random** when its interval excludes 0.', '',
-            '| Setting | Relates to | Strategy | Study (that row) | jal mean '
-            f'[{pct} CI] | Seeds | p | Verdict | Departs |',
-            '|---|---|---|---|---|---|---|---|---|']
+    out += [
+        '',
+        '**Beyond the study.** Settings in the results folders that are not the '
+        "study's, beside the study row they relate to (their name contains it) and "
+        "with how they depart from it (the config's docstring or `departs` note). The "
+        "same rule against that row's value; a strategy the study did not run "
+        '**beats random** or **loses to random** when its interval excludes 0.',
+        '',
+        '| Setting | Relates to | Strategy | Study (that row) | jal mean '
+        f'[{pct} CI] | Seeds | p | Verdict | Departs |',
+        '|---|---|---|---|---|---|---|---|---|',
+    ]
     for r in beyond:
       related = f'{r["table"]}, {r["study_row"]}' if r['table'] else '–'
       name = r['setting'] + (f' (run `{r["run"]}`)' if r['run'] else '')
-      study_cell = (f'{_num(r["study_value"], r["unit"])} {r["unit"]}'
-                    if r['study_value'] != '' else '–')
+      study_cell = (
+          f'{_num(r["study_value"], r["unit"])} {r["unit"]}' if r['study_value'] != '' else '–'
+      )
       verdict_cell = f'**{r["verdict"]}**' + (f': {r["reason"]}' if r['reason'] else '')
-      out.append(f'| {name} | {related} | {r["strategy"]} | {study_cell} | {_jal_cell(r)} | '
-                 f'{r["n_seeds"]} | {_p(r["p_value"])} | {verdict_cell} | {r["departs"]} |')
+      out.append(
+          f'| {name} | {related} | {r["strategy"]} | {study_cell} | {_jal_cell(r)} | '
+          f'{r["n_seeds"]} | {_p(r["p_value"])} | {verdict_cell} | {r["departs"]} |'
+      )
   runs = {}
   for r in rows:
     if r['workdirs']:
@@ -369,4 +433,4 @@ def update_marked(path: str, text: str) -> None:
   if i < 0 or j < i:
     raise ValueError(f'{path}: no {START} ... {END} section to regenerate')
   with open(path, 'w') as f:
-    f.write(old[:i + len(START)] + '\n' + text.rstrip('\n') + '\n' + old[j:])
+    f.write(old[: i + len(START)] + '\n' + text.rstrip('\n') + '\n' + old[j:])

@@ -15,9 +15,17 @@ from jal.report import plots
 from jal.report import tables
 
 
-def write_report(workdirs, out, metric=None, baseline='random', ci='t',
-                 confidence=0.95, num_resamples=10000, bootstrap_seed=0,
-                 figures=True):
+def write_report(
+    workdirs,
+    out,
+    metric=None,
+    baseline='random',
+    ci='t',
+    confidence=0.95,
+    num_resamples=10000,
+    bootstrap_seed=0,
+    figures=True,
+):
   """Reads workdirs, writes report.md, CSVs and PNGs into `out`.
 
   Args:
@@ -52,8 +60,7 @@ def write_report(workdirs, out, metric=None, baseline='random', ci='t',
     raise ValueError(f'unknown metric {metric!r}; choose from {analysis.METRICS}')
   if ci not in ('t', 'bootstrap'):
     raise ValueError(f"unknown ci {ci!r}; choose 't' or 'bootstrap'")
-  ci_kwargs = ({'num_resamples': num_resamples, 'seed': bootstrap_seed}
-               if ci == 'bootstrap' else {})
+  ci_kwargs = {'num_resamples': num_resamples, 'seed': bootstrap_seed} if ci == 'bootstrap' else {}
   os.makedirs(out, exist_ok=True)
   settings = loading.load_settings([os.fspath(w) for w in workdirs])
   results = {}
@@ -72,8 +79,9 @@ def write_report(workdirs, out, metric=None, baseline='random', ci='t',
       f'interval is a {100 * confidence:g}% '
       f'{"Student-t" if ci == "t" else "percentile bootstrap"} interval over '
       'seeds; improvements are paired (same seed, same round) against '
-      f'`{baseline}`. CSV files hold the same numbers in the metric\'s own '
-      'units (accuracy as a fraction).')
+      f"`{baseline}`. CSV files hold the same numbers in the metric's own "
+      'units (accuracy as a fraction).'
+  )
   markdown.append('')
   for setting in settings:
     res = results[setting.key]
@@ -97,9 +105,18 @@ def write_report(workdirs, out, metric=None, baseline='random', ci='t',
   with open(report_path, 'w') as f:
     f.write('\n'.join(markdown).rstrip() + '\n')
   study_rows = tables.study_rows(results)
-  files = ([report_path] + tables.write_csvs(results, out) +
-           tables.write_study_csv(study_rows, out) + files)
+  files = (
+      [report_path]
+      + tables.write_csvs(results, out)
+      + tables.write_study_csv(study_rows, out)
+      + files
+  )
   logging.info('report for %d setting(s) written to %s', len(results), out)
-  return {'settings': results, 'files': files, 'ci': ci,
-          'confidence': confidence, 'colours': colours,
-          'study_comparison': study_rows}
+  return {
+      'settings': results,
+      'files': files,
+      'ci': ci,
+      'confidence': confidence,
+      'colours': colours,
+      'study_comparison': study_rows,
+  }

@@ -61,8 +61,10 @@ def _declared_options(registry: dict[str, Strategy]) -> dict[str, Option]:
   for strategy in registry.values():
     for option in strategy.options:
       if out.setdefault(option.name, option) is not option:
-        raise ValueError(f"strategy_options.{option.name} is declared twice (by "
-                         f"'{strategy.name}' and another strategy); declare it once and share it")
+        raise ValueError(
+            f'strategy_options.{option.name} is declared twice (by '
+            f"'{strategy.name}' and another strategy); declare it once and share it"
+        )
   return out
 
 
@@ -77,5 +79,13 @@ def get_strategy(name: str) -> Strategy:
   return STRATEGIES[name]
 
 
-__all__ = ['Classifier', 'Inputs', 'OPTIONS', 'Option', 'Strategy', 'STRATEGIES', 'get_strategy',
-           'needs_of']
+__all__ = [
+    'Classifier',
+    'Inputs',
+    'OPTIONS',
+    'Option',
+    'Strategy',
+    'STRATEGIES',
+    'get_strategy',
+    'needs_of',
+]

@@ -100,5 +100,4 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   return badge(inputs.logits[0], inputs.embeddings, jnp.asarray(inputs.labeled, bool), key, k=k)
 
 
-STRATEGY = base.Strategy('badge', select, frozenset({base.LOGITS, base.EMBEDDINGS}),
-                         kind='hybrid')
+STRATEGY = base.Strategy('badge', select, frozenset({base.LOGITS, base.EMBEDDINGS}), kind='hybrid')

@@ -147,5 +147,6 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   return _balanced(inputs.logits, jnp.asarray(inputs.labeled, bool), key, k=k)
 
 
-STRATEGY = base.Strategy('balanced_uncertainty', select, frozenset({base.LOGITS}),
-                         kind='hybrid', min_members=2)
+STRATEGY = base.Strategy(
+    'balanced_uncertainty', select, frozenset({base.LOGITS}), kind='hybrid', min_members=2
+)

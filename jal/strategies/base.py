@@ -6,9 +6,9 @@ from typing import Any, Callable, NamedTuple
 from jal.strategies import options as options_lib
 
 # What a strategy may ask the loop to compute over the pool each round.
-LOGITS = 'logits'          # f32[m, n, c], every ensemble member's logits
+LOGITS = 'logits'  # f32[m, n, c], every ensemble member's logits
 EMBEDDINGS = 'embeddings'  # f32[n, d], member 0's penultimate embeddings
-MC_LOGITS = 'mc_logits'    # f32[T, n, c], T stochastic (dropout) passes of member 0
+MC_LOGITS = 'mc_logits'  # f32[T, n, c], T stochastic (dropout) passes of member 0
 CLASSIFIER = 'classifier'  # Classifier: member 0's network and the raw pool
 ALL_NEEDS = frozenset({LOGITS, EMBEDDINGS, MC_LOGITS, CLASSIFIER})
 
@@ -30,6 +30,7 @@ class Classifier(NamedTuple):
     x: the pool as stored on device, [n, ...] (uint8 images or f32 features).
     chunk_size: points per forward pass (`config.eval_batch_size`).
   """
+
   model: Any
   spec: Any
   variables: Any
@@ -49,6 +50,7 @@ class Inputs(NamedTuple):
     mesh: the `jal.sharding` mesh the loop splits pools over, or None (one
       device); kernels that take a mesh (k-Center) use it.
   """
+
   labeled: Any
   logits: Any = None
   embeddings: Any = None
@@ -73,6 +75,7 @@ class Strategy:
       its default and check (`options.Option`); `config_lib.base_config`
       builds `strategy_options` from these declarations.
   """
+
   name: str
   select: Callable[..., Any]
   needs: frozenset = frozenset()

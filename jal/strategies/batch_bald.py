@@ -63,9 +63,11 @@ from jal.strategies import options as options_lib
 from jal.strategies import uncertainty
 
 SAMPLES = options_lib.positive_int(
-    'batch_bald_samples', 10_000, 'joint configurations M sampled (rounded down to T * (M // T))')
+    'batch_bald_samples', 10_000, 'joint configurations M sampled (rounded down to T * (M // T))'
+)
 CANDIDATES = options_lib.positive_int(
-    'batch_bald_candidates', 1_000, 'top unlabeled points by single-point BALD (at least k)')
+    'batch_bald_candidates', 1_000, 'top unlabeled points by single-point BALD (at least k)'
+)
 # Posterior predictives held at once while scoring candidates, in floats.
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -78,6 +80,7 @@ class JointLabels(NamedTuple):
       the picks' labels (c^j of them, in mixed radix c); -inf in unused slots.
     sampled: f32[T, M], the same for M configurations drawn from the joint.
   """
+
   exact: jax.Array
   sampled: jax.Array
 
@@ -98,8 +101,10 @@ def exact_steps(num_classes: int, num_configs: int, k: int) -> int:
 def _init(num_passes: int, num_configs: int) -> JointLabels:
   """No picks yet: one (empty) configuration of probability 1."""
   exact = jnp.where(jnp.arange(num_configs) == 0, 0.0, -jnp.inf)
-  return JointLabels(jnp.broadcast_to(exact, (num_passes, num_configs)),
-                     jnp.zeros((num_passes, num_configs), jnp.float32))
+  return JointLabels(
+      jnp.broadcast_to(exact, (num_passes, num_configs)),
+      jnp.zeros((num_passes, num_configs), jnp.float32),
+  )
 
 
 def _view(joint: JointLabels, exact: bool):
@@ -188,7 +193,7 @@ def joint_entropy(mc_logits, key, num_samples=SAMPLES.default):
   joint, total = _init(t, m), jnp.float32(0.0)
   for i in range(b):
     exact = c ** (i + 1) <= m
-    total += conditional_entropies(*_view(joint, exact), jnp.exp(log_p[i:i + 1]), chunk=1)[0]
+    total += conditional_entropies(*_view(joint, exact), jnp.exp(log_p[i : i + 1]), chunk=1)[0]
     joint = _add(joint, log_p[i], jax.random.fold_in(key, i), exact)
   return total
 
@@ -219,8 +224,9 @@ def batch_bald(mc_logits, labeled, key, k, num_candidates, num_samples=SAMPLES.d
   m = num_configurations(t, num_samples)
   key_ties, key_samples = jax.random.split(key)
   mc_logits = mc_logits.astype(jnp.float32)
-  cand = kernels.top_k_with_random_ties(uncertainty.bald(mc_logits), ~labeled, key_ties,
-                                        k=num_candidates)
+  cand = kernels.top_k_with_random_ties(
+      uncertainty.bald(mc_logits), ~labeled, key_ties, k=num_candidates
+  )
   log_p = jax.nn.log_softmax(mc_logits[:, cand], axis=-1).transpose(1, 0, 2)  # [C, T, c]
   probs = jnp.exp(log_p)
   expected = _expected_entropy(log_p)  # [C]
@@ -233,11 +239,23 @@ def batch_bald(mc_logits, labeled, key, k, num_candidates, num_samples=SAMPLES.d
     j = jnp.argmax(jnp.where(taken, -jnp.inf, cond - expected))
     joint_h, expected_sum = joint_h + cond[j], expected_sum + expected[j]
     joint = _add(joint, log_p[j], jax.random.fold_in(key_samples, i), exact)
-    return (joint, taken.at[j].set(True), picks.at[i].set(j),
-            scores.at[i].set(joint_h - expected_sum), joint_h, expected_sum)
+    return (
+        joint,
+        taken.at[j].set(True),
+        picks.at[i].set(j),
+        scores.at[i].set(joint_h - expected_sum),
+        joint_h,
+        expected_sum,
+    )
 
-  carry = (_init(t, m), labeled[cand], jnp.zeros((k,), jnp.int32),
-           jnp.zeros((k,), jnp.float32), jnp.float32(0.0), jnp.float32(0.0))
+  carry = (
+      _init(t, m),
+      labeled[cand],
+      jnp.zeros((k,), jnp.int32),
+      jnp.zeros((k,), jnp.float32),
+      jnp.float32(0.0),
+      jnp.float32(0.0),
+  )
   n_exact = exact_steps(c, m, k)
   carry = jax.lax.fori_loop(0, n_exact, functools.partial(step, True), carry)
   carry = jax.lax.fori_loop(n_exact, k, functools.partial(step, False), carry)
@@ -269,10 +287,21 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   num_samples, num_candidates = settings_of(options)
   labeled = jnp.asarray(inputs.labeled, bool)
   num_candidates = min(max(num_candidates, k), labeled.shape[0])
-  return batch_bald(jnp.asarray(inputs.mc_logits), labeled, key, k=k,
-                    num_candidates=num_candidates, num_samples=num_samples)[0]
+  return batch_bald(
+      jnp.asarray(inputs.mc_logits),
+      labeled,
+      key,
+      k=k,
+      num_candidates=num_candidates,
+      num_samples=num_samples,
+  )[0]
 
 
 # mc_samples: the passes the loop runs for it.
-STRATEGY = base.Strategy('batch_bald', select, frozenset({base.MC_LOGITS}), kind='uncertainty',
-                         options=(mc_dropout.MC_SAMPLES, SAMPLES, CANDIDATES))
+STRATEGY = base.Strategy(
+    'batch_bald',
+    select,
+    frozenset({base.MC_LOGITS}),
+    kind='uncertainty',
+    options=(mc_dropout.MC_SAMPLES, SAMPLES, CANDIDATES),
+)

@@ -22,8 +22,9 @@ def select(inputs: base.Inputs, k: int, key, options=None):
     i32[k] in pick order.
   """
   del key, options
-  return kernels.k_center_greedy(inputs.embeddings, jnp.asarray(inputs.labeled), k=k,
-                                 mesh=inputs.mesh)
+  return kernels.k_center_greedy(
+      inputs.embeddings, jnp.asarray(inputs.labeled), k=k, mesh=inputs.mesh
+  )
 
 
 STRATEGY = base.Strategy('coreset', select, frozenset({base.EMBEDDINGS}), kind='diversity')

@@ -45,8 +45,7 @@ def _coreset_ensembles(member_logits, embeddings, labeled, key, k, num_candidate
   return kernels.k_center_greedy(embeddings, labeled, k=k, mesh=mesh, candidates=candidates)
 
 
-BETA = options_lib.finite('beta', 10.0, 'ceil(beta * k) candidates by variation ratio',
-                          at_least=1)
+BETA = options_lib.finite('beta', 10.0, 'ceil(beta * k) candidates by variation ratio', at_least=1)
 
 
 def beta_of(options) -> float:
@@ -80,10 +79,22 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   beta = beta_of(options)
   labeled = jnp.asarray(inputs.labeled, bool)
   num_candidates = min(math.ceil(beta * k), labeled.shape[0])
-  return _coreset_ensembles(inputs.logits, inputs.embeddings, labeled, key, k=k,
-                            num_candidates=num_candidates, mesh=inputs.mesh)
+  return _coreset_ensembles(
+      inputs.logits,
+      inputs.embeddings,
+      labeled,
+      key,
+      k=k,
+      num_candidates=num_candidates,
+      mesh=inputs.mesh,
+  )
 
 
-STRATEGY = base.Strategy('coreset_ensembles', select,
-                         frozenset({base.LOGITS, base.EMBEDDINGS}), kind='hybrid', min_members=2,
-                         options=(BETA,))
+STRATEGY = base.Strategy(
+    'coreset_ensembles',
+    select,
+    frozenset({base.LOGITS, base.EMBEDDINGS}),
+    kind='hybrid',
+    min_members=2,
+    options=(BETA,),
+)

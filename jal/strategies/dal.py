@@ -34,6 +34,7 @@ from jal.strategies import options as options_lib
 
 class Discriminator(nn.Module):
   """ReLU MLP -> 2 logits (0: labeled, 1: unlabeled)."""
+
   width: int = 256
   depth: int = 3
 
@@ -83,8 +84,12 @@ def unlabeled_probability(x, labeled, key, width, steps, batch_size, learning_ra
   def step(carry, i):
     params, opt_state = carry
     kl, ku = jax.random.split(jax.random.fold_in(data_key, i))
-    idx = jnp.concatenate([lab_idx[jax.random.randint(kl, (half,), 0, num_lab)],
-                           unl_idx[jax.random.randint(ku, (half,), 0, n - num_lab)]])
+    idx = jnp.concatenate(
+        [
+            lab_idx[jax.random.randint(kl, (half,), 0, num_lab)],
+            unl_idx[jax.random.randint(ku, (half,), 0, n - num_lab)],
+        ]
+    )
     grads = jax.grad(loss_fn)(params, x[idx])
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), None
@@ -109,16 +114,27 @@ def sub_query_sizes(k: int, subqueries: int) -> list[int]:
 SUBQUERIES = options_lib.positive_int('dal_subqueries', 10, 'retrained sub-queries per query')
 STEPS = options_lib.positive_int('dal_steps', 300, 'discriminator Adam steps')
 WIDTH = options_lib.positive_int('dal_width', 256, 'discriminator hidden width')
-BATCH_SIZE = options_lib.Option('dal_batch_size', 64, int, lambda v: v >= 1 and v % 2 == 0,
-                                'a positive even int', 'half labeled, half unlabeled')
+BATCH_SIZE = options_lib.Option(
+    'dal_batch_size',
+    64,
+    int,
+    lambda v: v >= 1 and v % 2 == 0,
+    'a positive even int',
+    'half labeled, half unlabeled',
+)
 LEARNING_RATE = options_lib.finite('dal_learning_rate', 1e-3, 'discriminator Adam rate', above=0)
 
 
 def settings_of(options) -> dict:
   """DAL's options, checked: subqueries, steps, width, batch size, learning rate."""
   read = lambda option: option.read(options, 'dal')
-  return dict(subqueries=read(SUBQUERIES), steps=read(STEPS), width=read(WIDTH),
-              batch_size=read(BATCH_SIZE), learning_rate=read(LEARNING_RATE))
+  return dict(
+      subqueries=read(SUBQUERIES),
+      steps=read(STEPS),
+      width=read(WIDTH),
+      batch_size=read(BATCH_SIZE),
+      learning_rate=read(LEARNING_RATE),
+  )
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -151,13 +167,19 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   picks = []
   for i, size in enumerate(sub_query_sizes(k, cfg['subqueries'])):
     train_key, tie_key = jax.random.split(jax.random.fold_in(key, i))
-    p = unlabeled_probability(x, labeled, train_key, cfg['width'], cfg['steps'],
-                              cfg['batch_size'], cfg['learning_rate'])
+    p = unlabeled_probability(
+        x, labeled, train_key, cfg['width'], cfg['steps'], cfg['batch_size'], cfg['learning_rate']
+    )
     top = kernels.top_k_with_random_ties(p, ~labeled, tie_key, k=size)
     labeled = labeled.at[top].set(True)
     picks.append(top)
   return jnp.concatenate(picks)
 
 
-STRATEGY = base.Strategy('dal', select, frozenset({base.EMBEDDINGS}), kind='diversity',
-                         options=(SUBQUERIES, STEPS, WIDTH, BATCH_SIZE, LEARNING_RATE))
+STRATEGY = base.Strategy(
+    'dal',
+    select,
+    frozenset({base.EMBEDDINGS}),
+    kind='diversity',
+    options=(SUBQUERIES, STEPS, WIDTH, BATCH_SIZE, LEARNING_RATE),
+)

@@ -39,21 +39,27 @@ _STEP_EPS = 1e-4  # DeepFool's step slack, added to |f_l - f_k0|
 
 
 # DeepFool's steps, overshoot and target classes as in Moosavi-Dezfooli et al.
-CANDIDATES = options_lib.positive_int('dfal_candidates', 2000,
-                                      'unlabeled points attacked per round')
+CANDIDATES = options_lib.positive_int(
+    'dfal_candidates', 2000, 'unlabeled points attacked per round'
+)
 MAX_ITER = options_lib.positive_int('dfal_max_iter', 50, 'DeepFool steps at most')
 OVERSHOOT = options_lib.finite('dfal_overshoot', 0.02, 'DeepFool overshoot', at_least=0)
-CLASSES = options_lib.number('dfal_classes', 10, lambda v: v.is_integer() and v >= 2,
-                             'an integer >= 2', 'target classes, the highest-scoring at x0')
-BATCH_SIZE = options_lib.positive_int('dfal_batch_size', None,
-                                      'points attacked at once (unset: eval_batch_size)')
+CLASSES = options_lib.number(
+    'dfal_classes',
+    10,
+    lambda v: v.is_integer() and v >= 2,
+    'an integer >= 2',
+    'target classes, the highest-scoring at x0',
+)
+BATCH_SIZE = options_lib.positive_int(
+    'dfal_batch_size', None, 'points attacked at once (unset: eval_batch_size)'
+)
 
 
 def settings_of(options):
   """DFAL's options, checked: (candidates, max_iter, overshoot, classes, batch size or None)."""
   read = lambda option: option.read(options, 'dfal')
-  return (read(CANDIDATES), read(MAX_ITER), read(OVERSHOOT), int(read(CLASSES)),
-          read(BATCH_SIZE))
+  return (read(CANDIDATES), read(MAX_ITER), read(OVERSHOOT), int(read(CLASSES)), read(BATCH_SIZE))
 
 
 def deepfool_norms(logits_fn, x0, max_iter: int, overshoot: float, num_classes: int):
@@ -103,13 +109,13 @@ def deepfool_norms(logits_fn, x0, max_iter: int, overshoot: float, num_classes: 
     done = done | crossed
     grads = jnp.moveaxis(jax.vmap(lambda ct: vjp(ct)[0])(cotangents), 0, 1)  # [b, C, D]
     f_t = jnp.take_along_axis(logits, targets, axis=-1)
-    f = f_t - f_t[:, :1]                                  # [b, C]; column 0 is k0
-    w = grads - grads[:, :1]                              # [b, C, D]
-    w_norm = jnp.linalg.norm(w, axis=-1)                  # [b, C]
+    f = f_t - f_t[:, :1]  # [b, C]; column 0 is k0
+    w = grads - grads[:, :1]  # [b, C, D]
+    w_norm = jnp.linalg.norm(w, axis=-1)  # [b, C]
     usable = (jnp.arange(targets.shape[1]) > 0)[None, :] & (w_norm > 0)
     dist = jnp.where(usable, jnp.abs(f) / jnp.where(usable, w_norm, 1.0), jnp.inf)
     l = jnp.argmin(dist, axis=-1)
-    done = done | ~jnp.isfinite(dist[rows, l])            # no usable direction: stays +inf
+    done = done | ~jnp.isfinite(dist[rows, l])  # no usable direction: stays +inf
     scale = (jnp.abs(f[rows, l]) + _STEP_EPS) / jnp.maximum(w_norm[rows, l], 1e-30) ** 2
     r_tot = jnp.where(done[:, None], r_tot, r_tot + scale[:, None] * w[rows, l])
     return it + 1, r_tot, done, norm
@@ -137,8 +143,7 @@ def draw_candidates(labeled, key, num):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
-def _dfal(model, spec, num, batch, max_iter, overshoot, num_classes, k, variables, x, labeled,
-          key):
+def _dfal(model, spec, num, batch, max_iter, overshoot, num_classes, k, variables, x, labeled, key):
   n = labeled.shape[0]
   cand, valid = draw_candidates(labeled, jax.random.fold_in(key, 0), num)
   num_batches = -(-num // batch)
@@ -151,8 +156,9 @@ def _dfal(model, spec, num, batch, max_iter, overshoot, num_classes, k, variable
     def logits_fn(flat):
       return model.apply(variables, flat.reshape(shape), train=False)[0].astype(jnp.float32)
 
-    return deepfool_norms(logits_fn, x0.reshape(batch, -1).astype(jnp.float32), max_iter,
-                          overshoot, num_classes)
+    return deepfool_norms(
+        logits_fn, x0.reshape(batch, -1).astype(jnp.float32), max_iter, overshoot, num_classes
+    )
 
   norms = jax.lax.map(batch_norms, slots).reshape(-1)[:num]
   # +inf (never crossed) ranks after every finite norm but stays eligible.
@@ -198,9 +204,26 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   candidates, max_iter, overshoot, classes, batch = settings_of(options)
   num = min(max(candidates, k), n)
   batch = min(batch or int(clf.chunk_size), num)
-  return _dfal(clf.model, clf.spec, num, batch, max_iter, overshoot, classes, k, clf.variables,
-               jnp.asarray(clf.x), labeled, key)
+  return _dfal(
+      clf.model,
+      clf.spec,
+      num,
+      batch,
+      max_iter,
+      overshoot,
+      classes,
+      k,
+      clf.variables,
+      jnp.asarray(clf.x),
+      labeled,
+      key,
+  )
 
 
-STRATEGY = base.Strategy('dfal', select, frozenset({base.CLASSIFIER}), kind='uncertainty',
-                         options=(CANDIDATES, MAX_ITER, OVERSHOOT, CLASSES, BATCH_SIZE))
+STRATEGY = base.Strategy(
+    'dfal',
+    select,
+    frozenset({base.CLASSIFIER}),
+    kind='uncertainty',
+    options=(CANDIDATES, MAX_ITER, OVERSHOOT, CLASSES, BATCH_SIZE),
+)

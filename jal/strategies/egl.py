@@ -66,5 +66,6 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   return kernels.top_k_with_random_ties(scores, ~jnp.asarray(inputs.labeled, bool), key, k=k)
 
 
-STRATEGY = base.Strategy('egl', select, frozenset({base.LOGITS, base.EMBEDDINGS}),
-                         kind='uncertainty')
+STRATEGY = base.Strategy(
+    'egl', select, frozenset({base.LOGITS, base.EMBEDDINGS}), kind='uncertainty'
+)

@@ -11,5 +11,6 @@ from jal.strategies import uncertainty
 
 select = uncertainty.make_select(kernels.variation_ratio, False, 'variation ratio')
 
-STRATEGY = base.Strategy('ensembles', select, frozenset({base.LOGITS}),
-                         kind='uncertainty', min_members=2)
+STRATEGY = base.Strategy(
+    'ensembles', select, frozenset({base.LOGITS}), kind='uncertainty', min_members=2
+)

@@ -95,6 +95,10 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   return kernels.top_k_with_random_ties(scores, ~labeled, key, k=k)
 
 
-STRATEGY = base.Strategy('information_density', select,
-                         frozenset({base.LOGITS, base.EMBEDDINGS}), kind='hybrid',
-                         options=(DENSITY_BETA,))
+STRATEGY = base.Strategy(
+    'information_density',
+    select,
+    frozenset({base.LOGITS, base.EMBEDDINGS}),
+    kind='hybrid',
+    options=(DENSITY_BETA,),
+)

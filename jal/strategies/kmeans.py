@@ -64,9 +64,9 @@ def select(inputs: base.Inputs, k: int, key, options=None):
     i32[k], one pick per cluster, largest cluster first.
   """
   iters = iters_of(options)
-  return _kmeans_select(inputs.embeddings, jnp.asarray(inputs.labeled, bool), key, k=k,
-                        iters=iters)
+  return _kmeans_select(inputs.embeddings, jnp.asarray(inputs.labeled, bool), key, k=k, iters=iters)
 
 
-STRATEGY = base.Strategy('kmeans', select, frozenset({base.EMBEDDINGS}), kind='diversity',
-                         options=(ITERS,))
+STRATEGY = base.Strategy(
+    'kmeans', select, frozenset({base.EMBEDDINGS}), kind='diversity', options=(ITERS,)
+)

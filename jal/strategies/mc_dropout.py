@@ -23,7 +23,8 @@ from jal.strategies import uncertainty
 
 # Also batch_bald's: every strategy on `mc_logits` reads this one declaration.
 MC_SAMPLES = options_lib.positive_int(
-    'mc_samples', 25, 'MC dropout passes T per round (Beluch et al. 2018), run by the loop')
+    'mc_samples', 25, 'MC dropout passes T per round (Beluch et al. 2018), run by the loop'
+)
 
 
 def mc_samples_of(options, strategy: str = 'mc_dropout') -> int:
@@ -44,8 +45,16 @@ def _make_select(score_fn, description: str):
 _NEEDS = frozenset({base.MC_LOGITS})
 
 MC_DROPOUT = base.Strategy(
-    'mc_dropout', _make_select(kernels.variation_ratio, 'variation ratio of the MC passes'),
-    _NEEDS, kind='uncertainty', options=(MC_SAMPLES,))
+    'mc_dropout',
+    _make_select(kernels.variation_ratio, 'variation ratio of the MC passes'),
+    _NEEDS,
+    kind='uncertainty',
+    options=(MC_SAMPLES,),
+)
 MC_DROPOUT_BALD = base.Strategy(
-    'mc_dropout_bald', _make_select(uncertainty.bald, 'BALD mutual information of the MC passes'),
-    _NEEDS, kind='uncertainty', options=(MC_SAMPLES,))
+    'mc_dropout_bald',
+    _make_select(uncertainty.bald, 'BALD mutual information of the MC passes'),
+    _NEEDS,
+    kind='uncertainty',
+    options=(MC_SAMPLES,),
+)

@@ -29,6 +29,7 @@ class Option:
     requirement: what `kind` and `ok` ask, for the error: 'a positive int'.
     doc: what the field does, in a few words.
   """
+
   name: str
   default: Any
   kind: type
@@ -57,8 +58,9 @@ class Option:
       except (TypeError, ValueError):
         out = math.nan
     if isinstance(value, bool) or math.isnan(out) or not self.ok(out):
-      raise ValueError(f'{strategy}: strategy_options.{self.name} must be {self.requirement}, '
-                       f'got {value!r}')
+      raise ValueError(
+          f'{strategy}: strategy_options.{self.name} must be {self.requirement}, ' f'got {value!r}'
+      )
     return out
 
 
@@ -67,17 +69,30 @@ def positive_int(name: str, default: int | None, doc: str) -> Option:
   return Option(name, default, int, lambda v: v >= 1, 'a positive int', doc)
 
 
-def number(name: str, default: float | None, ok: Callable[[float], bool], requirement: str,
-           doc: str) -> Option:
+def number(
+    name: str, default: float | None, ok: Callable[[float], bool], requirement: str, doc: str
+) -> Option:
   """A real-valued option for which `ok` holds, read as a float."""
   return Option(name, default, float, ok, requirement, doc)
 
 
-def finite(name: str, default: float | None, doc: str, *, at_least: float | None = None,
-           above: float | None = None) -> Option:
+def finite(
+    name: str,
+    default: float | None,
+    doc: str,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+) -> Option:
   """A finite number option >= `at_least` or > `above`, read as a float."""
   if above is not None:
-    return number(name, default, lambda v: math.isfinite(v) and v > above,
-                  f'a finite number > {above:g}', doc)
-  return number(name, default, lambda v: math.isfinite(v) and v >= at_least,
-                f'a finite number >= {at_least:g}', doc)
+    return number(
+        name, default, lambda v: math.isfinite(v) and v > above, f'a finite number > {above:g}', doc
+    )
+  return number(
+      name,
+      default,
+      lambda v: math.isfinite(v) and v >= at_least,
+      f'a finite number >= {at_least:g}',
+      doc,
+  )

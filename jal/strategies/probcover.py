@@ -69,6 +69,7 @@ def other_cluster_distance(x, assign):
   Returns:
     f32[n].
   """
+
   def block(rows):
     xb, ab = rows
     return jnp.min(jnp.where(ab[:, None] != assign[None, :], _dists_from(xb, x), jnp.inf), axis=1)
@@ -119,8 +120,9 @@ def _ball_masks(x, delta, i, b):
 def _block_edge_counts(x, delta, b):
   """Edges in each row block: i32[ceil(n / b)]. Time O(n^2 * d)."""
   num = -(-x.shape[0] // b)
-  return jax.lax.map(lambda i: jnp.sum(_ball_masks(x, delta, i, b), dtype=jnp.int32),
-                     jnp.arange(num))
+  return jax.lax.map(
+      lambda i: jnp.sum(_ball_masks(x, delta, i, b), dtype=jnp.int32), jnp.arange(num)
+  )
 
 
 @functools.partial(jax.jit, static_argnames=('b', 'capacity', 'cap'))
@@ -142,13 +144,18 @@ def _fill_edges(x, delta, b, capacity, cap):
     r, c = jnp.nonzero(mask, size=cap, fill_value=0)
     valid = jnp.arange(cap) < count
     start = jnp.minimum(offset, capacity)
-    src = jax.lax.dynamic_update_slice(src, jnp.where(valid, i * b + r, n).astype(jnp.int32),
-                                       (start,))
+    src = jax.lax.dynamic_update_slice(
+        src, jnp.where(valid, i * b + r, n).astype(jnp.int32), (start,)
+    )
     dst = jax.lax.dynamic_update_slice(dst, jnp.where(valid, c, 0).astype(jnp.int32), (start,))
     return src, dst, offset + count, jnp.maximum(largest, count)
 
-  init = (jnp.full((capacity + cap,), n, jnp.int32), jnp.zeros((capacity + cap,), jnp.int32),
-          jnp.int32(0), jnp.int32(0))
+  init = (
+      jnp.full((capacity + cap,), n, jnp.int32),
+      jnp.zeros((capacity + cap,), jnp.int32),
+      jnp.int32(0),
+      jnp.int32(0),
+  )
   src, dst, total, largest = jax.lax.fori_loop(0, num, body, init)
   return src[:capacity], dst[:capacity], total, largest
 
@@ -171,9 +178,11 @@ def ball_graph(x, delta):
   counts = np.asarray(_block_edge_counts(x, delta, b)).astype(np.int64)
   capacity, cap = int(counts.sum()), int(counts.max())
   if capacity + 2 * cap >= 2**31:
-    raise ValueError(f'probcover: the delta-ball graph has {capacity} edges '
-                     f'(delta={float(delta):.4g}), more than i32 indices hold; set a smaller '
-                     'strategy_options.probcover_delta')
+    raise ValueError(
+        f'probcover: the delta-ball graph has {capacity} edges '
+        f'(delta={float(delta):.4g}), more than i32 indices hold; set a smaller '
+        'strategy_options.probcover_delta'
+    )
   while True:
     src, dst, total, largest = _fill_edges(x, delta, b, capacity, cap)
     total, largest = int(total), int(largest)
@@ -213,8 +222,9 @@ def max_coverage(src, dst, labeled, key, k):
 
   def body(i, carry):
     covered, taken, picks = carry
-    gain = jax.ops.segment_sum((~covered[dst]).astype(jnp.int32), src, num_segments=n + 1,
-                               indices_are_sorted=True)[:n]
+    gain = jax.ops.segment_sum(
+        (~covered[dst]).astype(jnp.int32), src, num_segments=n + 1, indices_are_sorted=True
+    )[:n]
     gain = jnp.where(taken, -1, gain)
     best = jnp.argmax(gain)
     j = jnp.where(gain[best] > 0, best, jnp.argmax(jnp.where(taken, -1.0, priority)))
@@ -225,12 +235,19 @@ def max_coverage(src, dst, labeled, key, k):
   return jax.lax.fori_loop(0, k, body, (covered, labeled, jnp.zeros((k,), jnp.int32)))[2]
 
 
-ALPHA = options_lib.number('probcover_alpha', 0.95, lambda v: 0 < v <= 1, 'a number in (0, 1]',
-                           'purity of the chosen delta')
-DELTA = options_lib.finite('probcover_delta', None, 'a fixed delta (unset: the purity heuristic)',
-                           above=0)
-CLUSTERS = options_lib.positive_int('probcover_clusters', None,
-                                    'k-means clusters when there are no logits (unset: classes)')
+ALPHA = options_lib.number(
+    'probcover_alpha',
+    0.95,
+    lambda v: 0 < v <= 1,
+    'a number in (0, 1]',
+    'purity of the chosen delta',
+)
+DELTA = options_lib.finite(
+    'probcover_delta', None, 'a fixed delta (unset: the purity heuristic)', above=0
+)
+CLUSTERS = options_lib.positive_int(
+    'probcover_clusters', None, 'k-means clusters when there are no logits (unset: classes)'
+)
 
 
 def settings_of(options) -> dict:
@@ -239,8 +256,9 @@ def settings_of(options) -> dict:
   Every field is checked, even those a fixed `probcover_delta` leaves unused.
   """
   read = lambda option: option.read(options, 'probcover')
-  return dict(delta=read(DELTA), alpha=read(ALPHA), iters=read(kmeans.ITERS),
-              clusters=read(CLUSTERS))
+  return dict(
+      delta=read(DELTA), alpha=read(ALPHA), iters=read(kmeans.ITERS), clusters=read(CLUSTERS)
+  )
 
 
 def delta_of(inputs: base.Inputs, x, key, options) -> float:
@@ -253,12 +271,17 @@ def delta_of(inputs: base.Inputs, x, key, options) -> float:
   elif settings['clusters'] is not None:
     clusters = settings['clusters']
   else:
-    raise ValueError('probcover: needs logits (for the number of classes) or '
-                     'strategy_options.probcover_clusters')
+    raise ValueError(
+        'probcover: needs logits (for the number of classes) or '
+        'strategy_options.probcover_clusters'
+    )
   n = x.shape[0]
   num_pure = min(max(math.ceil(settings['alpha'] * n - 1e-9), 1), n)
-  return float(purity_delta(x, key, num_clusters=min(clusters, n), iters=settings['iters'],
-                            num_pure=num_pure))
+  return float(
+      purity_delta(
+          x, key, num_clusters=min(clusters, n), iters=settings['iters'], num_pure=num_pure
+      )
+  )
 
 
 def select(inputs: base.Inputs, k: int, key, options=None):
@@ -284,10 +307,19 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   delta_key, pick_key = jax.random.split(key)
   delta = delta_of(inputs, x, delta_key, options)
   src, dst = ball_graph(x, jnp.float32(delta))
-  logging.info('probcover: delta=%.4f, %d edges over %d points', delta,
-               int(jnp.sum(src < x.shape[0])), x.shape[0])
+  logging.info(
+      'probcover: delta=%.4f, %d edges over %d points',
+      delta,
+      int(jnp.sum(src < x.shape[0])),
+      x.shape[0],
+  )
   return max_coverage(src, dst, jnp.asarray(inputs.labeled, bool), pick_key, k=k)
 
 
-STRATEGY = base.Strategy('probcover', select, frozenset({base.LOGITS, base.EMBEDDINGS}),
-                         kind='low_budget', options=(ALPHA, DELTA, CLUSTERS, kmeans.ITERS))
+STRATEGY = base.Strategy(
+    'probcover',
+    select,
+    frozenset({base.LOGITS, base.EMBEDDINGS}),
+    kind='low_budget',
+    options=(ALPHA, DELTA, CLUSTERS, kmeans.ITERS),
+)

@@ -121,8 +121,9 @@ def typiclust(embeddings, labeled, key, k, num_clusters, iters, k_nn=20):
   return jax.lax.fori_loop(0, k, body, init)[2]
 
 
-MAX_CLUSTERS = options_lib.positive_int('typiclust_max_clusters', 500,
-                                        'clusters at most (the paper caps |labeled| + k)')
+MAX_CLUSTERS = options_lib.positive_int(
+    'typiclust_max_clusters', 500, 'clusters at most (the paper caps |labeled| + k)'
+)
 
 
 def settings_of(options) -> tuple[int, int]:
@@ -153,5 +154,10 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   return typiclust(inputs.embeddings, labeled, key, k=k, num_clusters=num_clusters, iters=iters)
 
 
-STRATEGY = base.Strategy('typiclust', select, frozenset({base.EMBEDDINGS}), kind='low_budget',
-                         options=(MAX_CLUSTERS, kmeans.ITERS))
+STRATEGY = base.Strategy(
+    'typiclust',
+    select,
+    frozenset({base.EMBEDDINGS}),
+    kind='low_budget',
+    options=(MAX_CLUSTERS, kmeans.ITERS),
+)

@@ -153,17 +153,34 @@ def make_select(score_fn, single_model: bool, description: str, field: str = bas
 _LOGITS = frozenset({base.LOGITS})
 
 LEAST_CONFIDENCE = base.Strategy(
-    'least_confidence', make_select(least_confidence, True, 'least confidence of member 0'),
-    _LOGITS, kind='uncertainty')
+    'least_confidence',
+    make_select(least_confidence, True, 'least confidence of member 0'),
+    _LOGITS,
+    kind='uncertainty',
+)
 MARGIN = base.Strategy(
-    'margin', make_select(margin, True, "negative top-2 margin of member 0"),
-    _LOGITS, kind='uncertainty')
+    'margin',
+    make_select(margin, True, 'negative top-2 margin of member 0'),
+    _LOGITS,
+    kind='uncertainty',
+)
 ENTROPY = base.Strategy(
-    'entropy', make_select(entropy, True, 'predictive entropy of member 0'),
-    _LOGITS, kind='uncertainty')
+    'entropy',
+    make_select(entropy, True, 'predictive entropy of member 0'),
+    _LOGITS,
+    kind='uncertainty',
+)
 ENSEMBLE_ENTROPY = base.Strategy(
-    'ensemble_entropy', make_select(ensemble_entropy, False, 'entropy of the mean prediction'),
-    _LOGITS, kind='uncertainty', min_members=2)
+    'ensemble_entropy',
+    make_select(ensemble_entropy, False, 'entropy of the mean prediction'),
+    _LOGITS,
+    kind='uncertainty',
+    min_members=2,
+)
 ENSEMBLE_BALD = base.Strategy(
-    'ensemble_bald', make_select(bald, False, 'BALD mutual information'),
-    _LOGITS, kind='uncertainty', min_members=2)
+    'ensemble_bald',
+    make_select(bald, False, 'BALD mutual information'),
+    _LOGITS,
+    kind='uncertainty',
+    min_members=2,
+)

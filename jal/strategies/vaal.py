@@ -68,6 +68,7 @@ class VAE(nn.Module):
     width: w; conv channels w, 2w, 4w, MLP hidden width 2w.
     latent: latent size.
   """
+
   shape: tuple
   width: int
   latent: int
@@ -77,13 +78,15 @@ class VAE(nn.Module):
     if len(self.shape) == 3:
       h, wd, c = self.shape
       self.enc = [nn.Conv(w * 2**i, (4, 4), strides=(2, 2), padding='SAME') for i in range(_LEVELS)]
-      self.low = (-(-h // 2**_LEVELS), -(-wd // 2**_LEVELS), w * 2**(_LEVELS - 1))
+      self.low = (-(-h // 2**_LEVELS), -(-wd // 2**_LEVELS), w * 2 ** (_LEVELS - 1))
       self.dec_in = nn.Dense(math.prod(self.low))
       # Sub-pixel upsampling (Shi et al., CVPR 2016): a 3x3 conv at the low
       # resolution to 4x the channels, then depth-to-space. XLA:CPU computes
       # ConvTranspose's kernel gradient some 50x slower than its forward pass.
-      self.dec = [nn.Conv(4 * ch, (3, 3), padding='SAME')
-                  for ch in [w * 2**i for i in reversed(range(_LEVELS - 1))] + [c]]
+      self.dec = [
+          nn.Conv(4 * ch, (3, 3), padding='SAME')
+          for ch in [w * 2**i for i in reversed(range(_LEVELS - 1))] + [c]
+      ]
     else:
       self.enc = [nn.Dense(2 * w), nn.Dense(2 * w)]
       self.dec_in = nn.Dense(2 * w)
@@ -112,7 +115,7 @@ class VAE(nn.Module):
       if i < len(self.dec) - 1:
         x = nn.relu(x)
     if len(self.shape) == 3:
-      x = x[:, :self.shape[0], :self.shape[1]]  # 2^L-multiple sizes down to the image's
+      x = x[:, : self.shape[0], : self.shape[1]]  # 2^L-multiple sizes down to the image's
     return x.reshape(x.shape[0], *self.shape)
 
   def __call__(self, x, key):
@@ -124,6 +127,7 @@ class VAE(nn.Module):
 
 class Discriminator(nn.Module):
   """MLP on latent means -> logit of "labeled", f32[b]."""
+
   width: int
 
   @nn.compact
@@ -135,6 +139,7 @@ class Discriminator(nn.Module):
 
 class VAALState(NamedTuple):
   """The VAE and discriminator training state (a pytree)."""
+
   vae_params: Any
   disc_params: Any
   vae_opt: Any
@@ -164,15 +169,29 @@ def init_vaal(vae, disc, spec, learning_rate, key, x) -> VAALState:
   """
   tx = optax.adam(learning_rate)
   rbg = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl='rbg')
-  vae_params = vae.init(jax.random.fold_in(rbg, 0), train.prepare_inputs(x[:1], spec),
-                        jax.random.fold_in(rbg, 2))
+  vae_params = vae.init(
+      jax.random.fold_in(rbg, 0), train.prepare_inputs(x[:1], spec), jax.random.fold_in(rbg, 2)
+  )
   disc_params = disc.init(jax.random.fold_in(rbg, 1), jnp.zeros((1, vae.latent)))
   return VAALState(vae_params, disc_params, tx.init(vae_params), tx.init(disc_params))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def vaal_step(vae, disc, spec, batch_size, learning_rate, state: VAALState, key, step, x, order,
-              num_labeled, beta, adversary_weight) -> VAALState:
+def vaal_step(
+    vae,
+    disc,
+    spec,
+    batch_size,
+    learning_rate,
+    state: VAALState,
+    key,
+    step,
+    x,
+    order,
+    num_labeled,
+    beta,
+    adversary_weight,
+) -> VAALState:
   """One VAE update, then one discriminator update. Pure.
 
   Batches and reparameterisation noise are drawn from `fold_in(key, step)`:
@@ -201,18 +220,20 @@ def vaal_step(vae, disc, spec, batch_size, learning_rate, state: VAALState, key,
   n = order.shape[0]
   tx = optax.adam(learning_rate)
   k_l, k_u, z_l, z_u = jax.random.split(jax.random.fold_in(key, step), 4)
-  x_l = train.prepare_inputs(x[order[jax.random.randint(k_l, (batch_size,), 0, num_labeled)]],
-                             spec)
-  x_u = train.prepare_inputs(x[order[jax.random.randint(k_u, (batch_size,), num_labeled, n)]],
-                             spec)
+  x_l = train.prepare_inputs(x[order[jax.random.randint(k_l, (batch_size,), 0, num_labeled)]], spec)
+  x_u = train.prepare_inputs(x[order[jax.random.randint(k_u, (batch_size,), num_labeled, n)]], spec)
 
   def vae_loss(params):
     rec_l, mu_l, logvar_l = vae.apply(params, x_l, z_l)
     rec_u, mu_u, logvar_u = vae.apply(params, x_u, z_u)
-    fool = (_bce_labeled(disc.apply(state.disc_params, mu_l), True)
-            + _bce_labeled(disc.apply(state.disc_params, mu_u), True))
-    return (_neg_elbo(x_l, rec_l, mu_l, logvar_l, beta)
-            + _neg_elbo(x_u, rec_u, mu_u, logvar_u, beta) + adversary_weight * fool)
+    fool = _bce_labeled(disc.apply(state.disc_params, mu_l), True) + _bce_labeled(
+        disc.apply(state.disc_params, mu_u), True
+    )
+    return (
+        _neg_elbo(x_l, rec_l, mu_l, logvar_l, beta)
+        + _neg_elbo(x_u, rec_u, mu_u, logvar_u, beta)
+        + adversary_weight * fool
+    )
 
   grads = jax.grad(vae_loss)(state.vae_params)
   updates, vae_opt = tx.update(grads, state.vae_opt, state.vae_params)
@@ -221,8 +242,9 @@ def vaal_step(vae, disc, spec, batch_size, learning_rate, state: VAALState, key,
   mu_u = vae.apply(vae_params, x_u, method=VAE.encode)[0]
 
   def disc_loss(params):
-    return (_bce_labeled(disc.apply(params, mu_l), True)
-            + _bce_labeled(disc.apply(params, mu_u), False))
+    return _bce_labeled(disc.apply(params, mu_l), True) + _bce_labeled(
+        disc.apply(params, mu_u), False
+    )
 
   grads = jax.grad(disc_loss)(state.disc_params)
   updates, disc_opt = tx.update(grads, state.disc_opt, state.disc_params)
@@ -234,8 +256,19 @@ def _labeled_first(labeled):
   return jnp.argsort(~labeled, stable=True).astype(jnp.int32), jnp.sum(labeled, dtype=jnp.int32)
 
 
-def train_vaal(vae, disc, spec, batch_size: int, learning_rate: float, steps: int, beta: float,
-               adversary_weight: float, key, x, labeled) -> VAALState:
+def train_vaal(
+    vae,
+    disc,
+    spec,
+    batch_size: int,
+    learning_rate: float,
+    steps: int,
+    beta: float,
+    adversary_weight: float,
+    key,
+    x,
+    labeled,
+) -> VAALState:
   """Trains a VAE and a discriminator from scratch on the pool.
 
   `init_vaal` from `fold_in(key, 0)`, then `steps` calls of the jitted
@@ -264,8 +297,21 @@ def train_vaal(vae, disc, spec, batch_size: int, learning_rate: float, steps: in
   stream = jax.random.fold_in(key, 1)
   beta, adversary_weight = jnp.float32(beta), jnp.float32(adversary_weight)
   for i in range(steps):
-    state = vaal_step(vae, disc, spec, batch_size, learning_rate, state, stream, jnp.int32(i), x,
-                      order, num_labeled, beta, adversary_weight)
+    state = vaal_step(
+        vae,
+        disc,
+        spec,
+        batch_size,
+        learning_rate,
+        state,
+        stream,
+        jnp.int32(i),
+        x,
+        order,
+        num_labeled,
+        beta,
+        adversary_weight,
+    )
   return state
 
 
@@ -304,8 +350,9 @@ OPTIONS = {
     'disc_width': options_lib.positive_int('vaal_disc_width', 512, 'discriminator width'),
     'batch_size': options_lib.positive_int('vaal_batch_size', 64, 'labeled and unlabeled each'),
     'beta': options_lib.finite('vaal_beta', 1.0, 'beta-VAE KL weight', at_least=0),
-    'adversary_weight': options_lib.finite('vaal_adversary_weight', 1.0,
-                                           "the VAE's adversarial loss weight", at_least=0),
+    'adversary_weight': options_lib.finite(
+        'vaal_adversary_weight', 1.0, "the VAE's adversarial loss weight", at_least=0
+    ),
     'learning_rate': options_lib.finite('vaal_learning_rate', 5e-4, 'Adam rate', above=0),
 }
 
@@ -349,11 +396,24 @@ def select(inputs: base.Inputs, k: int, key, options=None):
   x = jnp.asarray(clf.x)
   vae = VAE(shape=tuple(x.shape[1:]), width=o['width'], latent=o['latent'])
   disc = Discriminator(width=o['disc_width'])
-  state = train_vaal(vae, disc, clf.spec, o['batch_size'], o['learning_rate'], o['steps'],
-                     o['beta'], o['adversary_weight'], jax.random.fold_in(key, 0), x, labeled)
-  return _rank(vae, disc, clf.spec, int(clf.chunk_size), k, state, x, labeled,
-               jax.random.fold_in(key, 1))
+  state = train_vaal(
+      vae,
+      disc,
+      clf.spec,
+      o['batch_size'],
+      o['learning_rate'],
+      o['steps'],
+      o['beta'],
+      o['adversary_weight'],
+      jax.random.fold_in(key, 0),
+      x,
+      labeled,
+  )
+  return _rank(
+      vae, disc, clf.spec, int(clf.chunk_size), k, state, x, labeled, jax.random.fold_in(key, 1)
+  )
 
 
-STRATEGY = base.Strategy('vaal', select, frozenset({base.CLASSIFIER}), kind='diversity',
-                         options=tuple(OPTIONS.values()))
+STRATEGY = base.Strategy(
+    'vaal', select, frozenset({base.CLASSIFIER}), kind='diversity', options=tuple(OPTIONS.values())
+)

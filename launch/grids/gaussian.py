@@ -13,6 +13,11 @@ from launch import grid
 
 def get_grid(arg=None):
   smoke = grid.smoke_only(arg, 'gaussian')
-  return [grid.spec('configs/gaussian.py', 'smoke' if smoke else None,
-                    strategies=('random', 'coreset', 'ensembles'),
-                    seeds=None if smoke else (0, 1, 2))]
+  return [
+      grid.spec(
+          'configs/gaussian.py',
+          'smoke' if smoke else None,
+          strategies=('random', 'coreset', 'ensembles'),
+          seeds=None if smoke else (0, 1, 2),
+      )
+  ]

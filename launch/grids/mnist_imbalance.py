@@ -18,6 +18,12 @@ SEEDS = tuple(range(10))
 
 def get_grid(arg=None):
   smoke = grid.smoke_only(arg, 'mnist_imbalance')
-  return [grid.spec('configs/mnist_imbalance.py', f'digit{d}' + (',smoke' if smoke else ''),
-                    strategies=STRATEGIES, seeds=None if smoke else SEEDS)
-          for d in DIGITS]
+  return [
+      grid.spec(
+          'configs/mnist_imbalance.py',
+          f'digit{d}' + (',smoke' if smoke else ''),
+          strategies=STRATEGIES,
+          seeds=None if smoke else SEEDS,
+      )
+      for d in DIGITS
+  ]

@@ -49,6 +49,9 @@ def get_grid(arg=None):
     if not _exists(config):
       continue
     parts = [a for a in (setting_arg, 'smoke' if smoke else None) if a]
-    specs.append(grid.spec(config, ','.join(parts) or None, strategies=STRATEGIES,
-                           seeds=None if smoke else SEEDS))
+    specs.append(
+        grid.spec(
+            config, ','.join(parts) or None, strategies=STRATEGIES, seeds=None if smoke else SEEDS
+        )
+    )
   return specs
