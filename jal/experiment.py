@@ -37,7 +37,6 @@ run killed mid-fit loses at most that much work.
 import functools
 import json
 import os
-import time
 import zlib
 
 from absl import logging
@@ -51,8 +50,10 @@ from jal import checkpoints
 from jal import config_lib
 from jal import data as data_lib
 from jal import infer
+from jal import logs
 from jal import metrics as metrics_lib
 from jal import models
+from jal import pretrained
 from jal import report
 from jal import runtime
 from jal import sharding
@@ -158,7 +159,7 @@ class Experiment:
     )
     self.eval_spec = train.InputSpec(dataset.mean, dataset.std, 'none')
     self.init_overrides = jax.device_put(
-        pretrained_overrides(self.model, config.model, self.x_train[:1], self.eval_spec)
+        pretrained.overrides(self.model, config.model, self.x_train[:1], self.eval_spec)
     )
     # Resolved once: fits and predictions run the members as it says.
     self.plan = train.resolve_plan(
@@ -178,7 +179,7 @@ class Experiment:
     """
     source = self.settings.embedding_source
     if source == 'pretrained':
-      shapes = variable_shapes(self.model, self.x_train[:1], self.eval_spec)
+      shapes = pretrained.variable_shapes(self.model, self.x_train[:1], self.eval_spec)
       flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes))
       unloaded = [p for p in flat if p not in self.init_overrides and p[:2] != ('params', 'fc')]
       if unloaded:
@@ -344,40 +345,6 @@ class Experiment:
     return picks
 
 
-def variable_shapes(model, sample_x, spec):
-  """The model's variables as ShapeDtypeStructs, without running an initialiser."""
-  return jax.eval_shape(
-      functools.partial(model.init, train=False),
-      jax.random.PRNGKey(0),
-      train.prepare_inputs(sample_x, spec),
-  )
-
-
-def pretrained_overrides(model, model_config, sample_x, spec):
-  """The leaves loaded from `model_config.pretrained_path`, or None.
-
-  Returns `{(collection, *path): array}` for every tensor the converter took
-  from the state dict; tensors it kept as initialised (the head when the
-  class count differs, the CIFAR-stem conv1) are left out, so each ensemble
-  member initialises them from its own key.
-  """
-  path = model_config.get('pretrained_path')
-  if not path:
-    return None
-  from jal import pretrained  # pylint: disable=g-import-not-at-top
-  # Only shapes matter (kept leaves are left out), so no initialiser is run or compiled.
-  shapes = variable_shapes(model, sample_x, spec)
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-  loaded = pretrained.load_pretrained(path, template, stem=model_config.get('stem', 'cifar'))
-  out = {}
-  for col, tree in loaded.items():
-    fresh = flax.traverse_util.flatten_dict(flax.core.unfreeze(template[col]))
-    for p, leaf in flax.traverse_util.flatten_dict(tree).items():
-      if leaf is not fresh[p]:
-        out[(col, *p)] = np.asarray(leaf)
-  return out
-
-
 def initial_state(exp: Experiment, strategy_name: str, seed: int) -> checkpoints.LoopState:
   """The state of a run before its round 0: the warmup set labeled (`warmup_indices`,
   the same for every strategy at a seed) and recorded as the selection of round 0."""
@@ -523,33 +490,6 @@ def run_one(
   return state
 
 
-class Progress:
-  """Logs a progress line with an ETA after every finished round."""
-
-  def __init__(self, total: int, done: int):
-    self.total, self.done, self.start_done = total, done, done
-    self.t0 = time.perf_counter()
-
-  def update(self, message: str) -> None:
-    self.done += 1
-    elapsed = time.perf_counter() - self.t0
-    rate = elapsed / max(self.done - self.start_done, 1)
-    eta = rate * (self.total - self.done)
-    logging.info(
-        '[%d/%d rounds | %s elapsed | ETA %s] %s',
-        self.done,
-        self.total,
-        _fmt_seconds(elapsed),
-        _fmt_seconds(eta),
-        message,
-    )
-
-
-def _fmt_seconds(s: float) -> str:
-  s = int(round(s))
-  return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
-
-
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Creates the workdir, or checks that it holds this same experiment.
 
@@ -637,7 +577,7 @@ def _train_and_evaluate(
   }
   states = {r: st for r, st in ((r, c.latest()) for r, c in ckpts.items()) if st is not None}
   done = sum(st.round + 1 for st in states.values())
-  progress = Progress(len(runs) * (config.num_rounds + 1), done)
+  progress = logs.Progress(len(runs) * (config.num_rounds + 1), done)
   if done:
     logging.info('Resuming: %d of %d rounds already done in %s', done, progress.total, workdir)
   for run in runs:

@@ -5,7 +5,7 @@ gets one line, `error: ...`, and a non-zero exit for anything they can fix:
 a bad flag, config file or override (`parse_flags`), and jal's own errors, a
 missing package or the operating system's (a full disk, a read-only folder)
 while it runs (`one_line_errors`). Ctrl-C prints one line and exits 130.
-Tracebacks are left to bugs.
+Tracebacks are left to bugs. `Progress` logs a run's rounds with an ETA.
 """
 
 import contextlib
@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import sys
+import time
 import traceback
 from typing import Iterator, NoReturn
 
@@ -214,3 +215,30 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f'error: {_exception_line(e, argv)}')
   _check_configs_loaded()
   return rest
+
+
+class Progress:
+  """Logs a progress line with an ETA after every finished round."""
+
+  def __init__(self, total: int, done: int):
+    self.total, self.done, self.start_done = total, done, done
+    self.t0 = time.perf_counter()
+
+  def update(self, message: str) -> None:
+    self.done += 1
+    elapsed = time.perf_counter() - self.t0
+    rate = elapsed / max(self.done - self.start_done, 1)
+    eta = rate * (self.total - self.done)
+    logging.info(
+        '[%d/%d rounds | %s elapsed | ETA %s] %s',
+        self.done,
+        self.total,
+        _fmt_seconds(elapsed),
+        _fmt_seconds(eta),
+        message,
+    )
+
+
+def _fmt_seconds(s: float) -> str:
+  s = int(round(s))
+  return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'

@@ -22,17 +22,22 @@ Both cases are logged.
 
 The conversion works on one model's variables; for a vmapped ensemble,
 convert each member (`jax.tree.map(lambda a: a[m], variables)`) and re-stack.
+The loop takes the loaded tensors as `overrides` of every member's own
+initialisation.
 """
 
+import functools
 import os
 from typing import Any
 
 from absl import logging
 import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jal import resnet
+from jal import train
 
 StateDict = dict[str, np.ndarray]
 Variables = dict[str, Any]
@@ -260,3 +265,36 @@ def load_pretrained(path: str, variables: Variables, *, stem: str) -> Variables:
   """`load_state_dict(path)` then `convert_torchvision_resnet18` onto it."""
   logging.info('pretrained weights: reading %s', path)
   return convert_torchvision_resnet18(load_state_dict(path), variables, stem=stem)
+
+
+def variable_shapes(model, sample_x, spec):
+  """The model's variables as ShapeDtypeStructs, without running an initialiser."""
+  return jax.eval_shape(
+      functools.partial(model.init, train=False),
+      jax.random.PRNGKey(0),
+      train.prepare_inputs(sample_x, spec),
+  )
+
+
+def overrides(model, model_config, sample_x, spec):
+  """The leaves loaded from `model_config.pretrained_path`, or None.
+
+  Returns `{(collection, *path): array}` for every tensor the converter took
+  from the state dict; tensors it kept as initialised (the head when the
+  class count differs, the CIFAR-stem conv1) are left out, so each ensemble
+  member initialises them from its own key.
+  """
+  path = model_config.get('pretrained_path')
+  if not path:
+    return None
+  # Only shapes matter (kept leaves are left out), so no initialiser is run or compiled.
+  shapes = variable_shapes(model, sample_x, spec)
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  loaded = load_pretrained(path, template, stem=model_config.get('stem', 'cifar'))
+  out = {}
+  for col, tree in loaded.items():
+    fresh = flax.traverse_util.flatten_dict(flax.core.unfreeze(template[col]))
+    for p, leaf in flax.traverse_util.flatten_dict(tree).items():
+      if leaf is not fresh[p]:
+        out[(col, *p)] = np.asarray(leaf)
+  return out
