@@ -71,10 +71,10 @@ def _define_flags():
   flags.DEFINE_integer(
       'threads',
       None,
-      'With --vs=torch: PyTorch threads (default: the CPUs ' 'this process may use, at most 32).',
+      'With --vs=torch: PyTorch threads (default: the CPUs this process may use, at most 32).',
   )
   flags.DEFINE_string(
-      'data_dir', None, 'With --vs=torch: MNIST for mnist_round ' '(else $JAL_DATA_DIR).'
+      'data_dir', None, 'With --vs=torch: MNIST for mnist_round (else $JAL_DATA_DIR).'
   )
   return flags.FLAGS
 

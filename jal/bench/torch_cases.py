@@ -9,9 +9,9 @@ Needs PyTorch (`pip install -e ".[bench]"`); `python -m jal.bench` imports
 this module only with --vs=torch. What is the same on both sides, and what
 differs: `jal.bench.torch_models`. A training call includes the members'
 init on both sides (jal's fit drivers init and train in one call). The
-round's PyTorch process (`round_main`) imports jax too (the `jal` package
-does, for jal.data): its record's `startup_seconds` says how long that took,
-`rounds_seconds` the rounds alone.
+round's PyTorch process (`torch_round.round_main`) imports jax too (the `jal`
+package does, for jal.data): its record's `startup_seconds` says how long
+that took, `rounds_seconds` the rounds alone.
 
 Cases (`CASES`); one call of a case is one timed unit of work:
   lenet_ensemble_train  M fresh LeNets (MNIST recipe), each trained for S
@@ -40,11 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -53,6 +49,7 @@ import numpy as np
 import torch
 
 from jal.bench import torch_models
+from jal.bench import torch_round
 
 CASES = (
     'lenet_ensemble_train',
@@ -61,139 +58,6 @@ CASES = (
     'lenet_score_pool',
     'mnist_round',
 )
-
-
-def round_main(
-    data_dir: str | None,
-    config_arg: str,
-    seed: int,
-    memory_format: str,
-    threads: int | None,
-    out: str | None,
-    launched_at: float | None,
-) -> dict:
-  """`python -m jal.bench.torch_cases round`: loads MNIST (jal.data), runs
-  `torch_models.run_round` once with 'ensembles' and num_rounds=1, writes the summary
-  to `out` (if set), returns it."""
-  t_start = time.time()
-  from jal import data as data_lib  # pylint: disable=g-import-not-at-top
-
-  threads = torch_models.set_threads(threads)
-  config = torch_models.load_mnist_config(config_arg)
-  config.num_rounds = 1
-  data_dir = data_lib.resolve_data_dir(data_dir or config.get('data_dir'))
-  t0 = time.perf_counter()
-  dataset = data_lib.load_dataset(config.data, data_dir=data_dir, seed=config.seed)
-  load_s = time.perf_counter() - t0
-  summary = torch_models.run_round(config, dataset, memory_format, seed)
-  summary.update(
-      config=f'mnist:{config_arg}',
-      strategy='ensembles',
-      seed=seed,
-      num_rounds=1,
-      memory_format=memory_format,
-      threads=threads,
-      torch_version=torch.__version__,
-      load_seconds=load_s,
-      pool=int(dataset.x_train.shape[0]),
-      test=int(dataset.x_test.shape[0]),
-      members=int(config.train.members),
-  )
-  if launched_at is not None:
-    # From the parent's launch to here: interpreter start, imports (torch, and jax through
-    # the jal package), config.
-    summary['startup_seconds'] = t_start - launched_at
-    summary['process_seconds'] = time.time() - launched_at
-  if out:
-    pathlib.Path(out).write_text(json.dumps(summary, sort_keys=True, indent=1) + '\n')
-  return summary
-
-
-def _resolve_data_dir(data_dir: str | None) -> str | None:
-  return data_dir or os.environ.get('JAL_DATA_DIR') or None
-
-
-def _run(cmd: list[str], what: str) -> float:
-  """Runs `cmd` in the repository; returns its wall seconds, raises with its stderr's tail."""
-  t0 = time.perf_counter()
-  proc = subprocess.run(cmd, cwd=torch_models.REPO, capture_output=True, text=True, check=False)
-  if proc.returncode:
-    tail = '\n'.join(proc.stderr.strip().splitlines()[-5:])
-    raise RuntimeError(f'{what} exited {proc.returncode}: {" ".join(cmd)}\n{tail}')
-  return time.perf_counter() - t0
-
-
-def _torch_round_fn(s: Shapes, memory_format: str) -> Callable[[], dict]:
-  """One call: `python -m jal.bench.torch_cases round` as a process; its summary's figures."""
-
-  def call():
-    with tempfile.TemporaryDirectory(prefix='jal_torch_round_') as tmp:
-      out = os.path.join(tmp, 'summary.json')
-      data_dir = _resolve_data_dir(s.data_dir)
-      _run(
-          [
-              sys.executable,
-              '-m',
-              'jal.bench.torch_cases',
-              'round',
-              f'--config={s.round_config}',
-              *([f'--data_dir={data_dir}'] if data_dir else []),
-              f'--seed={s.seed}',
-              f'--memory_format={memory_format}',
-              f'--threads={torch.get_num_threads()}',
-              f'--out={out}',
-              f'--launched_at={time.time()!r}',
-          ],
-          'the PyTorch round',
-      )
-      summary = json.loads(pathlib.Path(out).read_text())
-    return {
-        k: summary[k]
-        for k in (
-            *torch_models.PHASES,
-            'rounds_seconds',
-            'accuracy',
-            'load_seconds',
-            'startup_seconds',
-        )
-    }
-
-  return call
-
-
-def _jal_round_fn(s: Shapes) -> Callable[[], dict]:
-  """One call: `python -m jal.main` (configs/mnist.py:<round_config>, one seed, ensembles,
-  num_rounds=1) in a fresh workdir, as a process; its timings.jsonl summed."""
-
-  def call():
-    with tempfile.TemporaryDirectory(prefix='jal_round_') as tmp:
-      workdir = os.path.join(tmp, 'work')
-      data_dir = _resolve_data_dir(s.data_dir)
-      _run(
-          [
-              sys.executable,
-              '-m',
-              'jal.main',
-              f'--config={torch_models.MNIST_CONFIG}:{s.round_config}',
-              f'--config.seeds={s.seed}',
-              '--config.strategies=ensembles',
-              '--config.num_rounds=1',
-              *([f'--config.data_dir={data_dir}'] if data_dir else []),
-              f'--workdir={workdir}',
-          ],
-          'the jal round',
-      )
-      rounds = [
-          json.loads(line)
-          for line in pathlib.Path(workdir, 'timings.jsonl').read_text().splitlines()
-      ]
-      metrics = [
-          json.loads(line)
-          for line in pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()
-      ]
-    return {**torch_models.phase_sums(rounds), 'accuracy': metrics[-1]['accuracy']}
-
-  return call
 
 
 # --------------------------------------------------------------------------
@@ -329,7 +193,7 @@ def torch_cases(
       elif case == 'lenet_score_pool':
         fns[fmt] = _torch_predict_fn(r['lenet'], s.members, s.pool, s.score_chunk, fmt, s.seed)
       else:
-        fns[fmt] = _torch_round_fn(s, fmt)
+        fns[fmt] = torch_round.torch_round_fn(s, fmt)
     out[case] = fns
   return out
 
@@ -441,7 +305,7 @@ def jal_cases(s: Shapes, cases=CASES) -> dict[str, Callable]:
       'resnet18_train': lambda: fit_fn(r['resnet18'], 1, s.resnet_steps),
       'resnet18_inference': lambda: predict_fn(r['resnet18'], 1, s.resnet_batch, s.resnet_batch),
       'lenet_score_pool': lambda: predict_fn(r['lenet'], s.members, s.pool, s.score_chunk),
-      'mnist_round': lambda: _jal_round_fn(s),
+      'mnist_round': lambda: torch_round.jal_round_fn(s),
   }
   return {case: builders[case]() for case in cases}
 
@@ -591,13 +455,13 @@ def run_versus(
     )
   threads = torch_models.set_threads(threads)
   out = []
-  if 'mnist_round' in cases and not _resolve_data_dir(s.data_dir):
+  if 'mnist_round' in cases and not torch_round.resolve_data_dir(s.data_dir):
     cases = tuple(c for c in cases if c != 'mnist_round')
     out.append(
         {
             'case': 'mnist_round',
             'vs': 'torch',
-            'skipped': 'no MNIST: pass --data_dir ' 'or set JAL_DATA_DIR',
+            'skipped': 'no MNIST: pass --data_dir or set JAL_DATA_DIR',
         }
     )
   if cases:
@@ -622,7 +486,7 @@ def _define_flags():
   flags.DEFINE_integer(
       'threads',
       None,
-      'PyTorch intra-op threads (default: the CPUs this ' 'process may use, at most 32).',
+      'PyTorch intra-op threads (default: the CPUs this process may use, at most 32).',
   )
   flags.DEFINE_integer('seed', 0, 'Seed.')
   # round
@@ -632,7 +496,7 @@ def _define_flags():
   flags.DEFINE_float(
       'launched_at',
       None,
-      'round: time.time() when the parent started this ' 'process, to time its startup.',
+      'round: time.time() when the parent started this process, to time its startup.',
   )
   # versus
   flags.DEFINE_enum('size', 'small', ('small', 'full'), 'versus: Shapes (small) or Shapes().')
@@ -644,7 +508,7 @@ def _define_flags():
 
 def _main(argv, flags_):
   if argv[1:] == ['round']:
-    summary = round_main(
+    summary = torch_round.round_main(
         flags_.data_dir,
         flags_.config,
         flags_.seed,

@@ -490,7 +490,7 @@ def round_recipe(config, dataset) -> Recipe:
   tc = config.train
   if config.model.name != 'lenet':
     raise ValueError(
-        f"round: the PyTorch side has LeNet's recipe, config has " f"'{config.model.name}'"
+        f"round: the PyTorch side has LeNet's recipe, config has '{config.model.name}'"
     )
   return Recipe(
       'lenet',
