@@ -422,7 +422,7 @@ class FitProgress:
       if not _is_damage(e):
         raise
       logging.warning(
-          'dropped the damaged fit progress in %s (%s); training the fit (%s) from ' 'scratch',
+          'dropped the damaged fit progress in %s (%s); training the fit (%s) from scratch',
           self.directory,
           _one_line(e),
           self.tag,

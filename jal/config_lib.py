@@ -67,7 +67,7 @@ def _seed_list(config) -> list[int]:
     return [int(s) for s in config.seeds]
   except (TypeError, ValueError):
     raise ValueError(
-        f'config.seeds must be a non-empty list of distinct ints, ' f'got {list(config.seeds)}'
+        f'config.seeds must be a non-empty list of distinct ints, got {list(config.seeds)}'
     ) from None
 
 
@@ -75,7 +75,7 @@ def _positive(name, value, allow_zero=False):
   ok = value >= 0 if allow_zero else value > 0
   if not ok:
     raise ValueError(
-        f'config.{name} must be {"non-negative" if allow_zero else "positive"}, ' f'got {value}'
+        f'config.{name} must be {"non-negative" if allow_zero else "positive"}, got {value}'
     )
 
 
@@ -160,11 +160,11 @@ def validate(config) -> Settings:
     raise ValueError(f'config.seeds must be a non-empty list of distinct ints, got {seeds}')
   if config.data.name not in data_lib.DATASETS:
     raise ValueError(
-        f"unknown dataset '{config.data.name}'; valid: " f"{', '.join(sorted(data_lib.DATASETS))}"
+        f"unknown dataset '{config.data.name}'; valid: {', '.join(sorted(data_lib.DATASETS))}"
     )
   if config.model.name not in models.MODELS:
     raise ValueError(
-        f"unknown model '{config.model.name}'; valid: " f"{', '.join(sorted(models.MODELS))}"
+        f"unknown model '{config.model.name}'; valid: {', '.join(sorted(models.MODELS))}"
     )
   for field in ('query_size', 'warmup_size', 'num_rounds', 'eval_batch_size'):
     _positive(field, config[field])
@@ -175,9 +175,7 @@ def validate(config) -> Settings:
   _positive('fit_checkpoint_seconds', config.get('fit_checkpoint_seconds', 0.0), allow_zero=True)
   _positive('train.weight_decay', tc.weight_decay, allow_zero=True)
   if config.get('sharding', 'auto') not in sharding.SETTINGS:
-    raise ValueError(
-        f"unknown sharding '{config.sharding}'; valid: " f"{', '.join(sharding.SETTINGS)}"
-    )
+    raise ValueError(f"unknown sharding '{config.sharding}'; valid: {', '.join(sharding.SETTINGS)}")
   for field, valid in (
       ('optimizer', train.OPTIMIZERS),
       ('schedule', train.SCHEDULES),
@@ -198,7 +196,7 @@ def validate(config) -> Settings:
   if path:
     if config.model.name != 'resnet18':
       raise ValueError(
-          f"config.model.pretrained_path needs model 'resnet18', " f"got '{config.model.name}'"
+          f"config.model.pretrained_path needs model 'resnet18', got '{config.model.name}'"
       )
     if not os.path.isfile(path):
       raise FileNotFoundError(

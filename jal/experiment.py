@@ -243,7 +243,7 @@ class Experiment:
 
   def _diverged(self, detail: str, where: str | None = None) -> Diverged:
     return Diverged(
-        f'{detail}; lower config.train.learning_rate ' f'({self.config.train.learning_rate})', where
+        f'{detail}; lower config.train.learning_rate ({self.config.train.learning_rate})', where
     )
 
   def check_trained(self, states, labeled_idx: np.ndarray, where: str) -> None:
@@ -506,7 +506,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     if stored != current:
       diff = config_lib.diff(stored, current)
       raise ValueError(
-          f'workdir {workdir} holds a different experiment ({diff}); ' 'use another --workdir'
+          f'workdir {workdir} holds a different experiment ({diff}); use another --workdir'
       )
   elif jax.process_index() == 0:
     checkpoints.atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')

@@ -186,7 +186,7 @@ def _keep_template(
     want = _torch_shape(template.shape)
     if key == 'fc.weight' and value.shape[1:] != want[1:]:
       raise ValueError(
-          f'pretrained weights: {key} has shape ' f'{tuple(value.shape)}, expected (*, {want[1]})'
+          f'pretrained weights: {key} has shape {tuple(value.shape)}, expected (*, {want[1]})'
       )
     return True
   return False
@@ -209,7 +209,7 @@ def convert_torchvision_resnet18(
     New variables with the same structure and dtypes as `variables`.
   """
   if stem not in STEMS:
-    raise ValueError(f'pretrained weights: unknown stem {stem!r}, ' f'expected one of {STEMS}')
+    raise ValueError(f'pretrained weights: unknown stem {stem!r}, expected one of {STEMS}')
   variables = flax.core.unfreeze(variables)
   extra = sorted(set(variables) - set(_COLLECTIONS))
   if extra or 'params' not in variables:
@@ -243,9 +243,7 @@ def convert_torchvision_resnet18(
       continue
     want = _torch_shape(template.shape)
     if tuple(value.shape) != want:
-      raise ValueError(
-          f'pretrained weights: {key} has shape ' f'{tuple(value.shape)}, expected {want}'
-      )
+      raise ValueError(f'pretrained weights: {key} has shape {tuple(value.shape)}, expected {want}')
     new[col][path] = jnp.asarray(_to_flax_layout(value), dtype=template.dtype)
 
   if kept:

@@ -145,7 +145,7 @@ class ResNet18(nn.Module):
       embedding: f32[b, 8 * width], the globally pooled penultimate features.
     """
     if self.stem not in STEMS:
-      raise ValueError(f'ResNet18: unknown stem {self.stem!r}, ' f'expected one of {STEMS}')
+      raise ValueError(f'ResNet18: unknown stem {self.stem!r}, expected one of {STEMS}')
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'cifar':
       k, s = 3, 1

@@ -62,7 +62,7 @@ def t_quantile(p, df):
 def _finite_1d(x, name):
   x = np.asarray(x, dtype=np.float64)
   if x.ndim != 1:
-    raise ValueError(f'{name}: expected a 1-D array over seeds, got shape ' f'{x.shape}')
+    raise ValueError(f'{name}: expected a 1-D array over seeds, got shape {x.shape}')
   return x[~np.isnan(x)]
 
 
@@ -107,9 +107,7 @@ def wilson_interval(successes, trials, confidence=0.95):
     (k / n, lo, hi) as floats; all nan when n is 0.
   """
   if trials < 0 or not 0 <= successes <= trials:
-    raise ValueError(
-        f'wilson_interval: need 0 <= successes <= trials, got ' f'{successes} of {trials}'
-    )
+    raise ValueError(f'wilson_interval: need 0 <= successes <= trials, got {successes} of {trials}')
   if trials == 0:
     return math.nan, math.nan, math.nan
   ci = (
@@ -178,7 +176,7 @@ def interval_per_round(values, confidence=0.95, method='t', **kwargs):
   """
   values = np.asarray(values, dtype=np.float64)
   if values.ndim != 2:
-    raise ValueError(f'interval_per_round: expected f[s, r], got shape ' f'{values.shape}')
+    raise ValueError(f'interval_per_round: expected f[s, r], got shape {values.shape}')
   out = np.array(
       [interval(values[:, j], confidence, method, **kwargs) for j in range(values.shape[1])]
   ).reshape(-1, 3)
@@ -260,21 +258,19 @@ def paired_improvement(curves, baseline='random', seeds=None):
   """
   if baseline not in curves:
     raise ValueError(
-        f'paired_improvement: baseline {baseline!r} not among ' f'strategies {sorted(curves)}'
+        f'paired_improvement: baseline {baseline!r} not among strategies {sorted(curves)}'
     )
 
   def aligned(name):
     values = np.asarray(curves[name], dtype=np.float64)
     if values.ndim != 2:
-      raise ValueError(
-          f'paired_improvement: {name!r} must be f[s, r], got ' f'shape {values.shape}'
-      )
+      raise ValueError(f'paired_improvement: {name!r} must be f[s, r], got shape {values.shape}')
     if seeds is None:
       return values, None
     s = np.asarray(seeds[name])
     if s.shape != (values.shape[0],):
       raise ValueError(
-          f'paired_improvement: {name!r} has {values.shape[0]} ' f'rows but {s.size} seeds'
+          f'paired_improvement: {name!r} has {values.shape[0]} rows but {s.size} seeds'
       )
     order = np.argsort(s, kind='stable')
     return values[order], s[order]
@@ -350,7 +346,7 @@ def area_under_curve(n_labeled, values, normalize=True):
         f'values {v.shape} on the last axis'
     )
   if n.size > 1 and np.any(np.diff(n) <= 0):
-    raise ValueError(f'area_under_curve: n_labeled must increase strictly, got ' f'{n.tolist()}')
+    raise ValueError(f'area_under_curve: n_labeled must increase strictly, got {n.tolist()}')
   if n.size == 1:
     return v[..., 0] if normalize else np.zeros(v.shape[:-1])
   area = np.trapezoid(v, n, axis=-1)

@@ -49,7 +49,7 @@ import dataclasses
 import types
 from typing import Mapping, Optional, Tuple
 
-SOURCE = 'the study (/work/shared/seed/000_1e591b277944731f.txt), ' 'chapters 3-4'
+SOURCE = 'the study (/work/shared/seed/000_1e591b277944731f.txt), chapters 3-4'
 NUM_SEEDS = 3  # Section 3.2: "We run each active strategy with 3 random seeds".
 
 
@@ -122,7 +122,7 @@ _STUDY = {
         unit='pp',
         improvement=types.MappingProxyType(_derived_from_table_3_1()),
         improvement_label=(
-            'Table 3.1, 2D Gaussian, derived: mean over ' 'selections 1-3 of strategy − random'
+            'Table 3.1, 2D Gaussian, derived: mean over selections 1-3 of strategy − random'
         ),
         query_size=5,
         per_selection=types.MappingProxyType(_TABLE_3_1),

@@ -105,7 +105,7 @@ def _lock_fd(path: str, what: str) -> int | None:
       os.close(fd)
       if e.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
         logging.warning(
-            '%s %s: no file lock on this file system (%s); make sure no other ' 'process uses it',
+            '%s %s: no file lock on this file system (%s); make sure no other process uses it',
             what,
             path,
             e.strerror,

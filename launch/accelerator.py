@@ -320,7 +320,7 @@ def _define_flags():
   flags.DEFINE_integer('chunks', 1, 'Chunks in this call; 0: until every setting is done.')
   flags.DEFINE_bool('smoke', False, 'Pass `smoke` to the configs (a CPU test).')
   flags.DEFINE_list(
-      'only', [], f'Settings to run (default all: ' f'{",".join(s.name for s in SETTINGS)}).'
+      'only', [], f'Settings to run (default all: {",".join(s.name for s in SETTINGS)}).'
   )
   flags.DEFINE_string('data_dir', None, 'CIFAR-10 folder parent; default $JAL_DATA_DIR.')
   flags.DEFINE_multi_string('jal_flag', [], 'More jal.main flags, e.g. --jal_flag=--config.seeds=0')

@@ -180,7 +180,7 @@ def probe_lock(tmp: pathlib.Path) -> Outcome:
       return Outcome(False, f'the second run on the busy workdir: {result.detail}')
     if not still_running:
       return Outcome(
-          False, 'the first run ended before the second was refused; rerun with more ' 'seeds'
+          False, 'the first run ended before the second was refused; rerun with more seeds'
       )
   finally:
     first.send_signal(signal.SIGKILL)

@@ -174,9 +174,7 @@ def apply_overrides(
       try:
         node[last] = value
       except (TypeError, ValueError) as e:
-        raise GridError(
-            f'{where}: cannot set {key}={value!r} ' f'({str(e).splitlines()[0]})'
-        ) from None
+        raise GridError(f'{where}: cannot set {key}={value!r} ({str(e).splitlines()[0]})') from None
   return config
 
 

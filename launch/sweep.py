@@ -89,7 +89,7 @@ def import_submitit(executor: str):
     import submitit  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise SweepError(
-        f'executor {executor} needs submitit, which is not installed ' '(pip install submitit)'
+        f'executor {executor} needs submitit, which is not installed (pip install submitit)'
     ) from None
   return submitit
 
@@ -422,7 +422,7 @@ def _define_flags():
   flags.DEFINE_integer(
       'max_parallel',
       0,
-      'Runs at a time; 0: the executor default ' '(local 1, submitit_local CPU count, slurm all).',
+      'Runs at a time; 0: the executor default (local 1, submitit_local CPU count, slurm all).',
   )
   flags.DEFINE_string('report_out', None, 'Merged report directory; default <root>/report.')
   flags.DEFINE_string('submitit_folder', None, 'submitit logs; default <root>/submitit/%j.')

@@ -31,7 +31,7 @@ VARIANTS = {
     'nhwc': '--xla_gpu_force_conv_nhwc=true',
     'nchw': '--xla_gpu_force_conv_nchw=true',
     'command_buffers': (
-        '--xla_gpu_enable_command_buffer=' 'FUSION,CUBLAS,CUDNN,CUSTOM_CALL,WHILE,CONDITIONAL'
+        '--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUDNN,CUSTOM_CALL,WHILE,CONDITIONAL'
     ),
     'no_autotune': '--xla_gpu_autotune_level=0',
 }

@@ -165,7 +165,7 @@ def test_atomic_write_names_the_path_and_leaves_no_temporary(tmp_path, monkeypat
     checkpoints.atomic_write(str(path), 'x')
   except OSError as e:
     assert logs.error_line(e) == (
-        f'no space left on device writing {path}; ' 'free some space and rerun the same command'
+        f'no space left on device writing {path}; free some space and rerun the same command'
     )
   else:
     raise AssertionError('no error')

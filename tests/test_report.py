@@ -147,7 +147,7 @@ def test_markdown_tables(toy):
       'Selection 2 (n=30) | Selection 3 (n=40) |'
   ) in text
   # Random: means 52, 62, 72, 82 % with half-width 4.97 pp at every round.
-  assert ('| random | 52.00 ± 4.97 | 62.00 ± 4.97 | 72.00 ± 4.97 | ' '82.00 ± 4.97 |') in text
+  assert ('| random | 52.00 ± 4.97 | 62.00 ± 4.97 | 72.00 ± 4.97 | 82.00 ± 4.97 |') in text
   assert '| ensembles | +3.000 | [+0.516, +5.484] | yes | 3 |' in text
   assert '| coreset | +0.000 | [-4.968, +4.968] | no | 3 |' in text
   assert '| random | 67.00 | [62.03, 71.97] | 3 |' in text
@@ -442,11 +442,11 @@ def test_study_comparison_markdown(gaussian_report):
       '| Strategy | study (pp) | jal mean (pp) | jal 95% CI | CI contains '
       "the study's value? | jal sign agrees with the study? |"
   ) in text
-  derived = 'Table 3.1, 2D Gaussian, derived: mean over selections 1-3 of ' 'strategy − random'
+  derived = 'Table 3.1, 2D Gaussian, derived: mean over selections 1-3 of strategy − random'
   assert (
-      f'| coreset | +0.633 ({derived}) | -1.000 | [-3.484, +1.484] | ' 'yes | no (jal CI spans 0) |'
+      f'| coreset | +0.633 ({derived}) | -1.000 | [-3.484, +1.484] | yes | no (jal CI spans 0) |'
   ) in text
-  assert (f'| ensembles | +2.333 ({derived}) | +5.000 | [+2.516, +7.484] | ' 'no | yes |') in text
+  assert (f'| ensembles | +2.333 ({derived}) | +5.000 | [+2.516, +7.484] | no | yes |') in text
   assert '| random | 1 (n=10) | 77.8 | 78.00 | [75.52, 80.48] | yes |' in text
   assert '| ensembles | 3 (n=20) | 85.6 | 95.00 | [90.03, 99.97] | no |' in text
   assert 'nan' not in text.lower()

@@ -367,7 +367,7 @@ def test_not_found_without_data_dir(tmp_path, monkeypatch, no_network):
   monkeypatch.delenv('JAL_DATA_DIR', raising=False)
   cfg = _cfg(name='retinopathy', tfds_data_dir=str(tmp_path))
   with pytest.raises(
-      FileNotFoundError, match='in <data_dir>/diabetic_retinopathy/.*searched: no ' 'data dir given'
+      FileNotFoundError, match='in <data_dir>/diabetic_retinopathy/.*searched: no data dir given'
   ):
     data.load_dataset(cfg, data_dir=None)
 

@@ -133,7 +133,7 @@ BAD_OPTIONS = [
         'kmeans',
         'kmeans_iters',
         0,
-        'kmeans: strategy_options.kmeans_iters must be a positive int, ' 'got 0',
+        'kmeans: strategy_options.kmeans_iters must be a positive int, got 0',
     ),
     (
         'typiclust',
@@ -175,7 +175,7 @@ BAD_OPTIONS = [
         'dal',
         'dal_subqueries',
         0,
-        'dal: strategy_options.dal_subqueries must be a positive int, ' 'got 0',
+        'dal: strategy_options.dal_subqueries must be a positive int, got 0',
     ),
     (
         'dal',
@@ -193,13 +193,13 @@ BAD_OPTIONS = [
         'dfal',
         'dfal_candidates',
         0,
-        'dfal: strategy_options.dfal_candidates must be a positive ' 'int, got 0',
+        'dfal: strategy_options.dfal_candidates must be a positive int, got 0',
     ),
     (
         'dfal',
         'dfal_classes',
         1,
-        'dfal: strategy_options.dfal_classes must be an integer >= 2, ' 'got 1',
+        'dfal: strategy_options.dfal_classes must be an integer >= 2, got 1',
     ),
     (
         'dfal',
@@ -211,14 +211,14 @@ BAD_OPTIONS = [
         'dfal',
         'dfal_batch_size',
         0,
-        'dfal: strategy_options.dfal_batch_size must be a positive ' 'int, got 0',
+        'dfal: strategy_options.dfal_batch_size must be a positive int, got 0',
     ),
     ('vaal', 'vaal_steps', 0, 'vaal: strategy_options.vaal_steps must be a positive int, got 0'),
     (
         'vaal',
         'vaal_beta',
         -1.0,
-        'vaal: strategy_options.vaal_beta must be a finite number >= 0, ' 'got -1.0',
+        'vaal: strategy_options.vaal_beta must be a finite number >= 0, got -1.0',
     ),
     (
         'vaal',
@@ -230,7 +230,7 @@ BAD_OPTIONS = [
         'mc_dropout',
         'mc_samples',
         0,
-        'mc_dropout: strategy_options.mc_samples must be a positive ' 'int, got 0',
+        'mc_dropout: strategy_options.mc_samples must be a positive int, got 0',
     ),
     (
         'mc_dropout_bald',
@@ -242,7 +242,7 @@ BAD_OPTIONS = [
         'batch_bald',
         'mc_samples',
         -1,
-        'batch_bald: strategy_options.mc_samples must be a positive ' 'int, got -1',
+        'batch_bald: strategy_options.mc_samples must be a positive int, got -1',
     ),
     (
         'batch_bald',

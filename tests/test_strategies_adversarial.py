@@ -371,7 +371,7 @@ def test_vaal_steps_vmap_over_keys_equal_single_runs():
         (
             'vaal_learning_rate',
             0.0,
-            'vaal: strategy_options.vaal_learning_rate must be a finite ' 'number > 0',
+            'vaal: strategy_options.vaal_learning_rate must be a finite number > 0',
         ),
     ],
 )

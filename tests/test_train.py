@@ -225,7 +225,7 @@ def test_resolve_plan_with_several_devices():
   lenet = _trainer(models.LeNet(2))
   assert train.resolve_plan(trainer=lenet, mesh=four) == train.Plan('vmap', 'program', 4)
   with pytest.raises(
-      ValueError, match="dispatch 'step' runs on one device; with 4 devices use " "'program'"
+      ValueError, match="dispatch 'step' runs on one device; with 4 devices use 'program'"
   ):
     train.resolve_plan(dispatch='step', mesh=four)
   # A one-device mesh changes nothing.
@@ -277,7 +277,7 @@ def test_fit_refuses_a_checkpoint_or_mesh_its_plan_cannot_use(blobs):
       jnp.int32(1),
   )
   with pytest.raises(
-      ValueError, match="a checkpoint needs dispatch 'step', the plan has " "'program'"
+      ValueError, match="a checkpoint needs dispatch 'step', the plan has 'program'"
   ):
     train.fit(*args, plan=train.Plan('vmap', 'program'), checkpoint=object())
   with pytest.raises(ValueError, match=r'the plan is for 1 device\(s\) but the mesh has 4'):

@@ -184,7 +184,7 @@ def test_a_second_sweep_on_one_root_is_refused(tmp_path):
   root = str(tmp_path / 'root')
   with workdir.locked(root, 'sweep root'):
     with pytest.raises(
-        workdir.WorkdirBusy, match=f'^sweep root {root} is in use by pid ' f'{os.getpid()} '
+        workdir.WorkdirBusy, match=f'^sweep root {root} is in use by pid {os.getpid()} '
     ):
       sweep.run_sweep('launch/grids/gaussian.py:smoke', root)
     # A dry run only reads: it is not refused.

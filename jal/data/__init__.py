@@ -141,7 +141,7 @@ def load_dataset(
   """
   name = data_config.get('name', None)
   if name not in DATASETS:
-    raise ValueError(f'unknown dataset {name!r}; valid: ' f'{", ".join(sorted(DATASETS))}')
+    raise ValueError(f'unknown dataset {name!r}; valid: {", ".join(sorted(DATASETS))}')
   tasks.check_config(data_config)
   ds = DATASETS[name](data_config, data_dir=resolve_data_dir(data_dir), seed=seed)
   ds = apply_derived(ds, data_config, seed=seed)

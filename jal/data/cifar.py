@@ -118,7 +118,7 @@ def _latin1_encode(text: Any, encoding: Any) -> bytes:
   """`codecs.encode` as Python 3 pickles bytes at protocol <= 2 (latin-1)."""
   if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
     raise pickle.UnpicklingError(
-        f'_codecs.encode of {type(text).__name__} ' f'with encoding {encoding!r}, not latin1'
+        f'_codecs.encode of {type(text).__name__} with encoding {encoding!r}, not latin1'
     )
   return text.encode('latin1')
 
@@ -176,7 +176,7 @@ def _unpickle(f, source: str) -> dict[Any, Any]:
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'corrupt CIFAR pickle {source}: {type(e).__name__}: {e}') from e
   if not isinstance(d, dict):
-    raise ValueError(f'corrupt CIFAR pickle {source}: expected a dict, got ' f'{type(d).__name__}')
+    raise ValueError(f'corrupt CIFAR pickle {source}: expected a dict, got {type(d).__name__}')
   return d
 
 
@@ -190,12 +190,10 @@ def _cifar_batch(
   """
   data = np.asarray(_pickle_get(d, 'data', source))
   if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-    raise ValueError(
-        f'{source}: data must be uint8[n, 3072], got ' f'{data.dtype}{list(data.shape)}'
-    )
+    raise ValueError(f'{source}: data must be uint8[n, 3072], got {data.dtype}{list(data.shape)}')
   y = core.labels(_pickle_get(d, layout.label_key, source))
   if y.shape[0] != data.shape[0]:
-    raise ValueError(f'{source}: {data.shape[0]} images but {y.shape[0]} ' 'labels')
+    raise ValueError(f'{source}: {data.shape[0]} images but {y.shape[0]} labels')
   x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return x, y
 
@@ -223,7 +221,7 @@ def _read_cifar(
   )
   if len(class_names) != layout.num_classes:
     raise ValueError(
-        f'{meta_source}: {len(class_names)} class names, ' f'expected {layout.num_classes}'
+        f'{meta_source}: {len(class_names)} class names, expected {layout.num_classes}'
     )
   ds = core.Dataset(
       name=layout.name,

@@ -66,19 +66,17 @@ class Dataset:
       x, y = getattr(self, f'x_{split}'), getattr(self, f'y_{split}')
       if x.shape[0] != y.shape[0]:
         raise ValueError(
-            f'{self.name}: x_{split} has {x.shape[0]} rows but ' f'y_{split} has {y.shape[0]}'
+            f'{self.name}: x_{split} has {x.shape[0]} rows but y_{split} has {y.shape[0]}'
         )
       if y.ndim != 1 or y.dtype != np.int32:
-        raise ValueError(
-            f'{self.name}: y_{split} must be int32[n], got ' f'{y.dtype}{list(y.shape)}'
-        )
+        raise ValueError(f'{self.name}: y_{split} must be int32[n], got {y.dtype}{list(y.shape)}')
     if len(self.class_names) != self.num_classes:
       raise ValueError(
-          f'{self.name}: {len(self.class_names)} class names for ' f'{self.num_classes} classes'
+          f'{self.name}: {len(self.class_names)} class names for {self.num_classes} classes'
       )
     if self.positive_class is not None and not 0 <= self.positive_class < self.num_classes:
       raise ValueError(
-          f'{self.name}: positive_class {self.positive_class} not ' f'in [0, {self.num_classes})'
+          f'{self.name}: positive_class {self.positive_class} not in [0, {self.num_classes})'
       )
 
 
@@ -105,7 +103,7 @@ def labels(y: Any) -> np.ndarray:
   """Any integer label sequence -> i32[n]."""
   y = np.asarray(y)
   if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
-    raise ValueError(f'labels must be a 1D integer sequence, got ' f'{y.dtype}{list(y.shape)}')
+    raise ValueError(f'labels must be a 1D integer sequence, got {y.dtype}{list(y.shape)}')
   return y.astype(np.int32)
 
 
@@ -113,7 +111,7 @@ def check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
   """Raises ValueError unless every label of `name` is in [0, num_classes)."""
   if y.size and (y.min() < 0 or y.max() >= num_classes):
     raise ValueError(
-        f'{name}: labels out of range [0, {num_classes}): ' f'min {y.min()}, max {y.max()}'
+        f'{name}: labels out of range [0, {num_classes}): min {y.min()}, max {y.max()}'
     )
 
 

@@ -42,7 +42,7 @@ def gaussian_blobs(
   """
   for arg, value in (('num_train', num_train), ('num_test', num_test)):
     if int(value) != value or value < 2:
-      raise ValueError(f'gaussian_blobs: {arg} must be an int >= 2, got ' f'{value!r}')
+      raise ValueError(f'gaussian_blobs: {arg} must be an int >= 2, got {value!r}')
   if not std > 0:
     raise ValueError(f'gaussian_blobs: std must be > 0, got {std!r}')
   rng = np.random.default_rng(seed)

@@ -57,13 +57,11 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
   expected = 0x0800 | ndim  # 0x00 0x00, dtype 0x08 (ubyte), ndim.
   if magic != expected:
     got = 'too short' if magic is None else f'{magic:#010x}'
-    raise ValueError(f'corrupt idx file {path}: magic number {got}, expected ' f'{expected:#010x}')
+    raise ValueError(f'corrupt idx file {path}: magic number {got}, expected {expected:#010x}')
   header = 4 + 4 * ndim
   shape = tuple(int(d) for d in np.frombuffer(raw, '>u4', ndim, offset=4))
   if len(raw) != header + int(np.prod(shape)):
-    raise ValueError(
-        f'corrupt idx file {path}: {len(raw) - header} data ' f'bytes for shape {shape}'
-    )
+    raise ValueError(f'corrupt idx file {path}: {len(raw) - header} data bytes for shape {shape}')
   return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
@@ -88,7 +86,7 @@ def _mnist_dataset(x_train, y_train, x_test, y_test, source) -> core.Dataset:
       x = x[..., None]
     if x.shape[1:] != (28, 28, 1) or x.dtype != np.uint8:
       raise ValueError(
-          f'MNIST {key} from {source} must be uint8[n, 28, 28], ' f'got {x.dtype}{list(x.shape)}'
+          f'MNIST {key} from {source} must be uint8[n, 28, 28], got {x.dtype}{list(x.shape)}'
       )
     arrays[key] = x
   ds = core.Dataset(
@@ -119,9 +117,7 @@ def load_mnist(
       with np.load(npz) as f:
         missing = [k for k, _, _ in _MNIST_IDX if k not in f]
         if missing:
-          raise ValueError(
-              f'{npz} lacks keys {missing}; expected x_train, ' 'y_train, x_test, y_test'
-          )
+          raise ValueError(f'{npz} lacks keys {missing}; expected x_train, y_train, x_test, y_test')
         arrays = {k: f[k] for k, _, _ in _MNIST_IDX}
       logging.info('Loading MNIST from %s.', npz)
       return _mnist_dataset(**arrays, source=npz)

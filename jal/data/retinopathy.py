@@ -159,9 +159,7 @@ def _read_label_csv(path: str) -> tuple[list[str], np.ndarray, str]:
   reader = csv.DictReader(io.StringIO(text))
   fields = [f.strip() for f in reader.fieldnames or []]
   if 'image' not in fields or 'level' not in fields:
-    raise ValueError(
-        f'{path} must have columns image,level; got ' f'{",".join(fields) or "no header"}'
-    )
+    raise ValueError(f'{path} must have columns image,level; got {",".join(fields) or "no header"}')
   reader.fieldnames = fields
   names, levels = [], []
   for line, row in enumerate(reader, start=2):
@@ -229,7 +227,7 @@ def _read_dr_cache(path: str, size: int, splits: Sequence[str]) -> dict[str, np.
         or not x.shape[0] == y.shape[0] == names.shape[0]
     ):
       logging.warning(
-          'Ignoring retinopathy cache %s: %s arrays have shapes ' '%s %s %s.',
+          'Ignoring retinopathy cache %s: %s arrays have shapes %s %s %s.',
           path,
           s,
           x.shape,
@@ -255,7 +253,7 @@ def _write_dr_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
     logging.info('Cached decoded retinopathy images in %s.', path)
   except OSError as e:
     logging.warning(
-        'Could not write retinopathy cache %s (%s); the next load ' 'decodes the images again.',
+        'Could not write retinopathy cache %s (%s); the next load decodes the images again.',
         path,
         e,
     )

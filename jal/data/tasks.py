@@ -150,7 +150,7 @@ def downsample_class(
   fraction = core.check_fraction(f'{ds.name}: minority fraction', fraction)
   _check_class_list(f'{ds.name}: class', [cls], ds.num_classes)
   if split not in _IMBALANCED_SPLITS:
-    raise ValueError(f'{ds.name}: split must be one of {_IMBALANCED_SPLITS}, ' f'got {split!r}')
+    raise ValueError(f'{ds.name}: split must be one of {_IMBALANCED_SPLITS}, got {split!r}')
   splits = ('train', 'test') if split == 'both' else (split,)
   plans = {}
   for s in splits:  # Validate every split before drawing anything.
@@ -213,9 +213,7 @@ def check_config(data_config: ml_collections.ConfigDict) -> None:
     core.check_fraction('data.minority_fraction', fraction)
     split = data_config.get('imbalanced_split', 'train')
     if split not in _IMBALANCED_SPLITS:
-      raise ValueError(
-          f'data.imbalanced_split must be one of ' f'{_IMBALANCED_SPLITS}, got {split!r}'
-      )
+      raise ValueError(f'data.imbalanced_split must be one of {_IMBALANCED_SPLITS}, got {split!r}')
   for key in ('max_train', 'max_test'):
     limit = data_config.get(key, None)
     if limit is not None and (

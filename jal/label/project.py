@@ -81,7 +81,7 @@ def read_labels(path: str) -> Labels:
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(
-        f'labels file not found: {path} (create it with the header line ' 'filename,label)'
+        f'labels file not found: {path} (create it with the header line filename,label)'
     )
   with open(path, 'rb') as f:
     raw = f.read()
@@ -358,7 +358,7 @@ def summary(entry: dict, calls: list[dict], images_dir: str, batch_path: str) ->
   since = (
       f' (+{ch["new_labels"]} new'
       + (
-          f'; {ch["batch_labeled"]} of the ' f'{ch["batch_size"]} files of the last batch'
+          f'; {ch["batch_labeled"]} of the {ch["batch_size"]} files of the last batch'
           if ch['batch_size']
           else ''
       )
@@ -366,9 +366,7 @@ def summary(entry: dict, calls: list[dict], images_dir: str, batch_path: str) ->
       if entry['call'] > 1
       else ''
   )
-  lines.append(
-      f'Labeled: {entry["n_labeled"]}{since}; per class: ' f'{_counts_text(entry["counts"])}'
-  )
+  lines.append(f'Labeled: {entry["n_labeled"]}{since}; per class: {_counts_text(entry["counts"])}')
   if entry['call'] > 1:
     found = change_lines(ch)
     lines.append('Changes since the last call: ' + ('none' if not found else found[0]))
@@ -383,7 +381,7 @@ def summary(entry: dict, calls: list[dict], images_dir: str, batch_path: str) ->
     lines.append(f'Next batch: none, every image is labeled ({batch_path} is empty)')
   if entry['predicted_counts']:
     lines.append(
-        f'Predicted classes of the unlabeled images: ' f'{_counts_text(entry["predicted_counts"])}'
+        f'Predicted classes of the unlabeled images: {_counts_text(entry["predicted_counts"])}'
     )
   s = entry['seconds']
   lines.append(

@@ -40,7 +40,7 @@ def _define_flags():
   flags.DEFINE_multi_string(
       'verdict_into',
       None,
-      'With --verdict: files whose ' '<!-- verdict:start/end --> section gets verdict.md.',
+      'With --verdict: files whose <!-- verdict:start/end --> section gets verdict.md.',
   )
   flags.mark_flags_as_required(['workdir', 'out'])
 

@@ -88,7 +88,7 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
   if metric is None:
     metric = headline_metric(rows.values())
   if not _has_field(rows.values(), metric):
-    raise ValueError(f'setting {setting.title}: no {metric!r} in metrics of ' f'{setting.workdirs}')
+    raise ValueError(f'setting {setting.title}: no {metric!r} in metrics of {setting.workdirs}')
   strategies = order_strategies({k[0] for k in rows}, baseline)
   rounds = sorted({k[2] for k in rows})
   col = {r: j for j, r in enumerate(rounds)}
@@ -103,7 +103,7 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
       raise ValueError(f'setting {setting.title}: no n_labeled at round {r}')
     if len(n_by_round[r]) > 1:
       logging.warning(
-          '%s: round %d has several n_labeled %s; using the most ' 'common',
+          '%s: round %d has several n_labeled %s; using the most common',
           setting.title,
           r,
           dict(n_by_round[r]),
@@ -150,11 +150,11 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
   # Paired improvement over the baseline, on the seeds both strategies ran.
   if baseline not in values:
     result['notes'].append(
-        f'No {baseline!r} runs: no improvement over the ' 'baseline can be computed.'
+        f'No {baseline!r} runs: no improvement over the baseline can be computed.'
     )
   elif len(rounds) < 2 or rounds[0] != 0:
     result['notes'].append(
-        'Need the warmup round 0 and at least one selection ' 'for the average improvement.'
+        'Need the warmup round 0 and at least one selection for the average improvement.'
     )
   else:
     for s in strategies:
@@ -162,7 +162,7 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
         continue
       common = sorted(set(seeds[s]) & set(seeds[baseline]))
       if not common:
-        result['notes'].append(f'{s}: no seed in common with {baseline}; no ' 'paired improvement.')
+        result['notes'].append(f'{s}: no seed in common with {baseline}; no paired improvement.')
         continue
       pick = lambda name: values[name][[seeds[name].index(x) for x in common]]
       diff = stats.paired_improvement(

@@ -189,7 +189,7 @@ def plot_minority(res, colours, ci, confidence, path):
     ax.set_xticks(x)
   ax.legend(**_LEGEND)
   ax.set_title(
-      f'{res["title"]}: minority class queried\n' f'({_band_caption(res, ci, confidence)})',
+      f'{res["title"]}: minority class queried\n({_band_caption(res, ci, confidence)})',
       fontsize=12,
   )
   fig.tight_layout()
@@ -306,7 +306,7 @@ def _load_points(config):
     )
   except Exception as e:  # pylint: disable=broad-except
     logging.info(
-        'selection figure skipped: could not load %s via jal.data ' '(%s: %s)',
+        'selection figure skipped: could not load %s via jal.data (%s: %s)',
         data.get('name'),
         type(e).__name__,
         e,
@@ -345,7 +345,7 @@ def selection_figure(setting, res, colours, path) -> bool:
     selections[s] = by_strategy[s][own]
     top = max(int(np.max(v, initial=-1)) for v in selections[s].values())
     if top >= len(x):
-      logging.warning('selection figure skipped: indices exceed the pool of %d ' 'points', len(x))
+      logging.warning('selection figure skipped: indices exceed the pool of %d points', len(x))
       return False
   plot_selection_grid(
       x,

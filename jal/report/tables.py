@@ -40,7 +40,7 @@ def _ci_sentence(ci, confidence, n_seeds, ci_kwargs):
   """How the intervals of report.md are computed, in one sentence."""
   pct = f'{100 * confidence:g}%'
   if ci == 't':
-    text = f'{pct} Student-t intervals over seeds: mean ± ' f't_(n-1) · sd / √n'
+    text = f'{pct} Student-t intervals over seeds: mean ± t_(n-1) · sd / √n'
     if n_seeds >= 2:
       t = stats.t_quantile(0.5 * (1 + confidence), n_seeds - 1)
       text += f' (with {n_seeds} seeds t = {t:.3f})'
@@ -62,7 +62,7 @@ def seed_sentence(res) -> tuple[str, int]:
     seeds = next(iter(res['seeds'].values()))
     listed = ', '.join(map(str, seeds))
     return (
-        f'{n} seed{"s" if n != 1 else ""} per strategy ' f'(seed{"s" if n != 1 else ""} {listed})',
+        f'{n} seed{"s" if n != 1 else ""} per strategy (seed{"s" if n != 1 else ""} {listed})',
         n,
     )
   parts = ', '.join(f'{s}: {counts[s]} {res["seeds"][s]}' for s in res['strategies'])
@@ -175,7 +175,7 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
   lines.append('')
 
   # (1) The metric at each selection (Table 3.1).
-  lines.append(f'### {metric_label(metric)} at each selection ' '(cf. Table 3.1)')
+  lines.append(f'### {metric_label(metric)} at each selection (cf. Table 3.1)')
   lines.append('')
   header = ['Strategy'] + [_round_column(r, n) for r, n in zip(res['rounds'], res['n_labeled'])]
   table = []
@@ -195,7 +195,7 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
   # (2) Average improvement over the baseline (Tables 3.2, 4.1, 4.2).
   if res['improvement']:
     lines.append(
-        f'### Average improvement over {baseline} over all selections ' '(cf. Tables 3.2, 4.1, 4.2)'
+        f'### Average improvement over {baseline} over all selections (cf. Tables 3.2, 4.1, 4.2)'
     )
     lines.append('')
     lines.append(
@@ -211,7 +211,7 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
     for s, e in res['improvement'].items():
       if e['n'] >= 2:
         interval = (
-            f'[{_num(e["lo"] * scale, imp_dec, True)}, ' f'{_num(e["hi"] * scale, imp_dec, True)}]'
+            f'[{_num(e["lo"] * scale, imp_dec, True)}, {_num(e["hi"] * scale, imp_dec, True)}]'
         )
         excludes = 'yes' if e['excludes_zero'] else 'no'
       else:
@@ -237,7 +237,7 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
   for s in res['strategies']:
     e = res['aulc'][s]
     if e['n'] >= 2:
-      interval = f'[{_num(e["lo"] * scale, dec)}, ' f'{_num(e["hi"] * scale, dec)}]'
+      interval = f'[{_num(e["lo"] * scale, dec)}, {_num(e["hi"] * scale, dec)}]'
     else:
       interval = f'n/a ({e["n"]} seed{"s" if e["n"] != 1 else ""})'
     table.append([s, _num(e['mean'] * scale, dec), interval, e['n']])
@@ -310,12 +310,12 @@ def _markdown_study(res, comparison, ci, confidence):
     table = []
     for row in comparison['improvement']:
       n = row['jal_n_seeds']
-      study_cell = f'{_num(row["study_value"], imp_dec, True)} ' f'({row["study_label"]})'
+      study_cell = f'{_num(row["study_value"], imp_dec, True)} ({row["study_label"]})'
       if n == 0:
         table.append([row['strategy'], study_cell, 'not run', 'n/a', 'n/a', 'n/a'])
         continue
       interval = (
-          f'[{_num(row["jal_lo"], imp_dec, True)}, ' f'{_num(row["jal_hi"], imp_dec, True)}]'
+          f'[{_num(row["jal_lo"], imp_dec, True)}, {_num(row["jal_hi"], imp_dec, True)}]'
           if n >= 2
           else f'n/a ({n} seed{"s" if n != 1 else ""})'
       )

@@ -59,7 +59,7 @@ class Option:
         out = math.nan
     if isinstance(value, bool) or math.isnan(out) or not self.ok(out):
       raise ValueError(
-          f'{strategy}: strategy_options.{self.name} must be {self.requirement}, ' f'got {value!r}'
+          f'{strategy}: strategy_options.{self.name} must be {self.requirement}, got {value!r}'
       )
     return out
 
