@@ -174,10 +174,15 @@ def _problem(model):
   )
 
 
+_MLP, _LENET = models.MLP(2, hidden=(8,)), models.LeNet(2)
+
+
 @multi
-@pytest.mark.parametrize('model', [models.MLP(2, hidden=(8,)), models.LeNet(2)])
 @pytest.mark.parametrize(
-    'members,devices,in_turn', [(5, 4, False), (5, 2, False), (4, 4, False), (5, 2, True)]
+    'model,members,devices,in_turn',
+    # Every split on the MLP; on LeNet (convolutions), a padded split and members in turn.
+    [(_MLP, 5, 4, False), (_MLP, 5, 2, False), (_MLP, 4, 4, False), (_MLP, 5, 2, True)]
+    + [(_LENET, 5, 4, False), (_LENET, 5, 2, True)],
 )
 def test_fit_sharded_equals_one_device(model, members, devices, in_turn):
   trainer, arrays = _problem(model)
