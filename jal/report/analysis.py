@@ -215,6 +215,27 @@ def _sign_agrees(mean, value):
   return bool(np.sign(mean) == np.sign(value))
 
 
+def _study_row(table, strategy, selection, unit, value, label, common) -> dict:
+  """One row beside the study's published `value`, jal's side still empty (NaN, 0 seeds)."""
+  return {
+      'table': table,
+      'strategy': strategy,
+      'selection': selection,
+      'n_labeled': None,
+      'unit': unit,
+      'study_value': value,
+      'study_label': label,
+      'jal_mean': math.nan,
+      'jal_lo': math.nan,
+      'jal_hi': math.nan,
+      'jal_n_seeds': 0,
+      'ci_contains_study': None,
+      'sign_agrees': None,
+      'jal_ci_excludes_zero': None,
+      **common,
+  }
+
+
 def compare_with_study(res, ci, confidence):
   """jal's statistics beside `study.lookup(res['name'])`; None if unknown.
 
@@ -239,7 +260,7 @@ def compare_with_study(res, ci, confidence):
   }
   if res['query_size'] != numbers.query_size:
     out['notes'].append(
-        f"the study's query size here is {numbers.query_size}; jal's is " f'{res["query_size"]}.'
+        f"the study's query size here is {numbers.query_size}; jal's is {res['query_size']}."
     )
   if res['metric'] != numbers.metric:
     out['notes'].append(
@@ -258,23 +279,9 @@ def compare_with_study(res, ci, confidence):
     for s in order_strategies(numbers.improvement):
       value = numbers.improvement[s]
       e = res['improvement'].get(s)
-      row = {
-          'table': 'average_improvement',
-          'strategy': s,
-          'selection': None,
-          'n_labeled': None,
-          'unit': numbers.unit,
-          'study_value': value,
-          'study_label': numbers.improvement_label,
-          'jal_mean': math.nan,
-          'jal_lo': math.nan,
-          'jal_hi': math.nan,
-          'jal_n_seeds': 0,
-          'ci_contains_study': None,
-          'sign_agrees': None,
-          'jal_ci_excludes_zero': None,
-          **common,
-      }
+      row = _study_row(
+          'average_improvement', s, None, numbers.unit, value, numbers.improvement_label, common
+      )
       if e is not None:
         row.update(
             jal_mean=e['mean'] * scale,
@@ -292,23 +299,7 @@ def compare_with_study(res, ci, confidence):
     for s in order_strategies(numbers.per_selection):
       curve = res['curves'].get(s)
       for k, value in enumerate(numbers.per_selection[s], 1):
-        row = {
-            'table': 'per_selection',
-            'strategy': s,
-            'selection': k,
-            'n_labeled': None,
-            'unit': '%',
-            'study_value': value,
-            'study_label': numbers.per_selection_label,
-            'jal_mean': math.nan,
-            'jal_lo': math.nan,
-            'jal_hi': math.nan,
-            'jal_n_seeds': 0,
-            'ci_contains_study': None,
-            'sign_agrees': None,
-            'jal_ci_excludes_zero': None,
-            **common,
-        }
+        row = _study_row('per_selection', s, k, '%', value, numbers.per_selection_label, common)
         j = col.get(k)
         if j is not None:
           row['n_labeled'] = res['n_labeled'][j]
