@@ -38,9 +38,10 @@ print(json.dumps({'where': where, 'hits': len(hits), 'y': float(y[0, 0]),
 """
 
 
-def _run(env):
+def _run(env, program=_PROGRAM):
+  """Runs `program` in a fresh interpreter with `env`; its last stdout line, parsed as JSON."""
   out = subprocess.run(
-      [sys.executable, '-c', _PROGRAM],
+      [sys.executable, '-c', program],
       cwd=REPO,
       env=env,
       check=True,
@@ -96,15 +97,7 @@ def test_commands_run_without_ynn_fusions_on_this_jaxlib(tmp_path):
 
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env[runtime.ENV] = 'off'
-  out = subprocess.run(
-      [sys.executable, '-c', _FUSIONS],
-      cwd=REPO,
-      env=env,
-      check=True,
-      capture_output=True,
-      text=True,
-  ).stdout
-  got = json.loads(out.strip().splitlines()[-1])
+  got = _run(env, _FUSIONS)
   first, last = runtime.CPU_XLA_FLAGS_JAXLIB
   if first <= tuple(int(v) for v in jaxlib.__version__.split('.')[:2]) < last:
     assert got == {'flags': runtime.CPU_XLA_FLAGS[0], 'ynn': 0}
