@@ -468,6 +468,29 @@ def _csv_num(v):
   return '' if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
+def _setting_cells(key, res, strategy) -> list:
+  """The CSV cells that name a row's setting and strategy (the `head` columns)."""
+  return [key, res['name'], _csv_num(res['query_size']), res['metric'], strategy]
+
+
+def _stat_cells(e) -> list:
+  """The cells of one interval over seeds (the `stat_cols` columns)."""
+  return [
+      _csv_num(e['mean']),
+      _csv_num(e['lo']),
+      _csv_num(e['hi']),
+      _csv_num(e['half_width']),
+      e['n'],
+      e['confidence'],
+      e['method'],
+  ]
+
+
+def _seed_cells(e) -> list:
+  """The seeds and their per-seed values, space-separated."""
+  return [' '.join(map(str, e['seeds'])), ' '.join(repr(v) for v in e['per_seed'])]
+
+
 def write_csvs(results, out) -> list[str]:
   """Writes summary.csv, improvement.csv and aulc.csv into `out`; their paths.
 
@@ -513,12 +536,8 @@ def write_csvs(results, out) -> list[str]:
               ]
           )
           w.writerow(
-              [
-                  key,
-                  res['name'],
-                  _csv_num(res['query_size']),
-                  res['metric'],
-                  s,
+              _setting_cells(key, res, s)
+              + [
                   r,
                   n,
                   _csv_num(c['mean'][j]),
@@ -538,24 +557,11 @@ def write_csvs(results, out) -> list[str]:
     for key, res in results.items():
       for s, e in res['improvement'].items():
         w.writerow(
-            [
-                key,
-                res['name'],
-                _csv_num(res['query_size']),
-                res['metric'],
-                s,
-                res['baseline'],
-                _csv_num(e['mean']),
-                _csv_num(e['lo']),
-                _csv_num(e['hi']),
-                _csv_num(e['half_width']),
-                e['n'],
-                e['confidence'],
-                e['method'],
-                'yes' if e['excludes_zero'] else 'no',
-                ' '.join(map(str, e['seeds'])),
-                ' '.join(repr(v) for v in e['per_seed']),
-            ]
+            _setting_cells(key, res, s)
+            + [res['baseline']]
+            + _stat_cells(e)
+            + ['yes' if e['excludes_zero'] else 'no']
+            + _seed_cells(e)
         )
   with open(aulc_path, 'w', newline='') as f:
     w = csv.writer(f)
@@ -563,22 +569,5 @@ def write_csvs(results, out) -> list[str]:
     for key, res in results.items():
       for s in res['strategies']:
         e = res['aulc'][s]
-        w.writerow(
-            [
-                key,
-                res['name'],
-                _csv_num(res['query_size']),
-                res['metric'],
-                s,
-                _csv_num(e['mean']),
-                _csv_num(e['lo']),
-                _csv_num(e['hi']),
-                _csv_num(e['half_width']),
-                e['n'],
-                e['confidence'],
-                e['method'],
-                ' '.join(map(str, e['seeds'])),
-                ' '.join(repr(v) for v in e['per_seed']),
-            ]
-        )
+        w.writerow(_setting_cells(key, res, s) + _stat_cells(e) + _seed_cells(e))
   return [summary_path, improvement_path, aulc_path]
