@@ -195,7 +195,10 @@ def _manager(
       options=ocp.CheckpointManagerOptions(
           preservation_policy=ocp.checkpoint_managers.LatestN(keep),
           enable_async_checkpointing=False,
-          cleanup_tmp_directories=True,
+          # Orbax would delete unfinished saves on a background thread that `close()` does not
+          # wait for: it listed a folder `FitProgress.clear` had just moved aside (an ERROR in
+          # the log). `jal.workdir.remove_leftovers` deletes them under the workdir's lock.
+          cleanup_tmp_directories=False,
       ),
       handler_registry=registry,
   )

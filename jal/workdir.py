@@ -9,8 +9,9 @@ killed run never leaves a stale lock. On a file system without flock (some
 Lustre mounts) the lock is skipped with a warning.
 
 Under the lock no other process writes the folder, so what killed writers
-left there can be deleted: `checkpoints.atomic_write`'s `*.tmp-<pid>` files and the
-`*.deleting` folders of an interrupted checkpoint clear (`remove_leftovers`).
+left there can be deleted: `checkpoints.atomic_write`'s `*.tmp-<pid>` files, the
+`*.deleting` folders of an interrupted checkpoint clear, and the
+`*.orbax-checkpoint-tmp*` folders of an interrupted orbax save (`remove_leftovers`).
 """
 
 import contextlib
@@ -32,6 +33,10 @@ LOCK_FILE = '.lock'
 # atomic_write's temporary files, and folders renamed aside to be deleted.
 _TMP_FILE = re.compile(r'\.tmp-\d+$')
 _DELETING = '.deleting'
+# Orbax's unfinished saves (`<step>.orbax-checkpoint-tmp[-<timestamp>]`). Orbax's own cleanup of
+# them runs on a thread its `close()` does not wait for, so jal turns it off
+# (`checkpoints._manager`) and removes them here, under the lock, before any manager opens.
+_ORBAX_TMP = '.orbax-checkpoint-tmp'
 # How long a refused process waits for a new holder to write who it is.
 _HOLDER_WAIT_SECONDS = 1.0
 
@@ -177,14 +182,15 @@ def locked(path: str, what: str = 'workdir', enabled: bool = True) -> Iterator[N
 
 
 def remove_leftovers(path: str) -> list[str]:
-  """Deletes the `*.tmp-<pid>` files and `*.deleting` folders under `path`.
+  """Deletes the `*.tmp-<pid>` files, `*.deleting` and `*.orbax-checkpoint-tmp*` folders under
+  `path`.
 
   Only call it holding `path`'s lock: then no live process is writing them.
   Returns the removed paths.
   """
   removed = []
   for parent, dirs, files in os.walk(path):
-    for d in [d for d in dirs if d.endswith(_DELETING)]:
+    for d in [d for d in dirs if d.endswith(_DELETING) or _ORBAX_TMP in d]:
       shutil.rmtree(os.path.join(parent, d), ignore_errors=True)
       dirs.remove(d)
       removed.append(os.path.join(parent, d))

@@ -164,17 +164,28 @@ def test_remove_leftovers_takes_only_temporaries_and_folders_set_aside(tmp_path)
   keep = [
       'metrics.jsonl',
       'checkpoints/fit/random_seed0/progress/1/x',
-      'checkpoints/coreset_seed0/1.orbax-checkpoint-tmp-123/y',
       'notes.tmp',
   ]
-  drop = ['metrics.jsonl.tmp-123', 'state.json.tmp-4', 'checkpoints/fit/a.deleting/progress/z']
+  drop = [
+      'metrics.jsonl.tmp-123',
+      'state.json.tmp-4',
+      'checkpoints/fit/a.deleting/progress/z',
+      'checkpoints/coreset_seed0/1.orbax-checkpoint-tmp-123/y',
+      'checkpoints/fit/random_seed0/group_0.orbax-checkpoint-tmp/y',
+  ]
   for name in keep + drop:
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / name).write_text('')
   removed = workdir.remove_leftovers(str(tmp_path))
   assert sorted(removed) == sorted(
       str(tmp_path / p)
-      for p in ['metrics.jsonl.tmp-123', 'state.json.tmp-4', 'checkpoints/fit/a.deleting']
+      for p in [
+          'metrics.jsonl.tmp-123',
+          'state.json.tmp-4',
+          'checkpoints/fit/a.deleting',
+          'checkpoints/coreset_seed0/1.orbax-checkpoint-tmp-123',
+          'checkpoints/fit/random_seed0/group_0.orbax-checkpoint-tmp',
+      ]
   )
   assert all((tmp_path / p).exists() for p in keep)
   assert not (tmp_path / 'checkpoints/fit/a.deleting').exists()
