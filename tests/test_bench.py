@@ -181,3 +181,45 @@ def test_cli_prints_only_json_lines():
   for line in lines:
     rec = json.loads(line)
     assert rec['case'] == 'k_center' and rec['seconds'] > 0
+
+
+def _vs(case, ratio, jal, torch, fmt, pairs, load):
+  return {
+      'case': case,
+      'vs': 'torch',
+      'ratio': ratio,
+      'jal_seconds': jal,
+      'torch_seconds': torch,
+      'torch_best_format': fmt,
+      'pair_ratio_min': pairs[0],
+      'pair_ratio_max': pairs[1],
+      'loadavg_1min_before': load,
+      'cpus': 2,
+  }
+
+
+def test_versus_table_gives_each_case_its_spread_over_runs(tmp_path):
+  runs = [
+      _vs('resnet18_inference', 1.19, 1.08, 0.913, 'channels_last', (1.0, 1.31), 0.4),
+      _vs('mnist_round', 0.66, 30.0, 45.0, 'contiguous', (0.61, 0.7), 0.5),
+      {'case': 'mnist_round', 'vs': 'torch', 'skipped': 'no MNIST'},
+      {'case': 'resnet18_inference', 'vs': 'torch', 'mode': 'profile'},
+      _vs('resnet18_inference', 0.83, 1.08, 1.3, 'channels_last', (0.78, 0.99), 0.79),
+      _vs('resnet18_inference', 0.86, 1.1, 1.28, 'contiguous', (0.63, 1.29), 1.48),
+  ]
+  assert core.versus_table(runs).splitlines()[2:] == [
+      '| resnet18_inference | 3 | 0.86 [0.83-1.19] | 1.08 [1.08-1.1] | 1.28 [0.913-1.3] | '
+      'channels_last 2, contiguous 1 | 0.63-1.31 | 1.48 of 2 CPUs |',
+      '| mnist_round | 1 | 0.66 | 30 | 45 | contiguous 1 | 0.61-0.70 | 0.50 of 2 CPUs |',
+  ]
+  path = tmp_path / 'vs.jsonl'
+  path.write_text(''.join(json.dumps(r) + '\n' for r in runs))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jal.bench', f'--vs_summary={path}'],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=True,
+  )
+  assert proc.stdout == core.versus_table(runs)

@@ -349,3 +349,16 @@ def test_shapes_follow_jal_bench_params():
   # Pool scoring runs in the chunks the MNIST loop scores in.
   assert full.score_chunk == load_config('mnist', 'low').eval_batch_size
   assert s.score_chunk == 128
+
+
+@pytest.mark.parametrize('side', ['jal', 'channels_last'])
+def test_repeat_calls_one_side_the_given_times(side):
+  seconds = tc.repeat(TINY, 'resnet18_inference', side, 3)
+  assert len(seconds) == 3 and all(math.isfinite(t) and t > 0 for t in seconds)
+
+
+def test_repeat_refuses_the_round_and_unknown_cases():
+  with pytest.raises(ValueError, match='mnist_round is whole processes'):
+    tc.repeat(TINY, 'mnist_round', 'jal', 1)
+  with pytest.raises(ValueError, match=r"unknown case\(s\) \['resnet50'\]; valid: lenet_ensemble"):
+    tc.repeat(TINY, 'resnet50', 'jal', 1)

@@ -3,6 +3,7 @@ object per record (the cases and the flags: `jal.bench`)."""
 
 import importlib.util
 import json
+import os
 
 from jal import member_conv
 from jal import runtime
@@ -61,6 +62,12 @@ def _define_flags():
       'Time jal against a plain PyTorch implementation '
       'of the same cases, alternating (jal.bench.torch_cases; needs .[bench]).',
   )
+  flags.DEFINE_string(
+      'vs_summary',
+      None,
+      'Instead of timing: print one Markdown table of the --vs=torch records in this JSON-lines '
+      "file (several runs appended: each case's ratio as median [min-max] over runs).",
+  )
   flags.DEFINE_list(
       'vs_cases',
       None,
@@ -81,6 +88,12 @@ def _define_flags():
 
 def _main(argv, flags_):
   del argv
+  if flags_.vs_summary:
+    if not os.path.isfile(flags_.vs_summary):
+      raise ValueError(f'--vs_summary: no file {flags_.vs_summary}')
+    with open(flags_.vs_summary) as f:
+      print(core.versus_table([json.loads(l) for l in f if l.strip()]), end='')
+    return
   # The XLA:CPU flags jal's commands run with; no persistent cache, since the
   # cases time compilation (jal.main's processes in mnist_round use theirs).
   runtime.set_cpu_xla_flags()

@@ -207,3 +207,59 @@ def random_labels(seed: int, n: int, num_classes: int) -> np.ndarray:
 def member_keys(seed: int, members: int):
   """u32[members, 2]: one PRNG key per member, split from `seed`."""
   return jax.random.split(jax.random.PRNGKey(seed), members)
+
+
+# --------------------------------------------------------------------------
+# Several `--vs=torch` runs, one table.
+# --------------------------------------------------------------------------
+
+
+def _median_range(values: list[float], fmt: str) -> str:
+  """'median [min-max]' of `values`, or the one value."""
+  if len(values) == 1:
+    return format(values[0], fmt)
+  return (
+      f'{format(statistics.median(values), fmt)} '
+      f'[{format(min(values), fmt)}-{format(max(values), fmt)}]'
+  )
+
+
+def versus_table(records: list[dict]) -> str:
+  """A Markdown table of `--vs=torch` records from one or more runs, a row per case.
+
+  Per case, over the runs (one record each): the ratio (jal median / best
+  PyTorch format's median, < 1: jal faster) as median [min-max] over runs; jal's
+  and PyTorch's median seconds likewise; the PyTorch format that won in each
+  run; the range of the alternated pairs' ratios over all runs; and the
+  highest 1-minute load average seen before a case (the machine has `cpus`).
+  Records without a `ratio` (a skipped case, `profile` records) are left out.
+
+  Args:
+    records: the JSON objects `python -m jal.bench --vs=torch` printed, in order.
+
+  Returns:
+    The table, cases in order of first appearance.
+  """
+  by_case: dict[str, list[dict]] = {}
+  for rec in records:
+    if rec.get('vs') == 'torch' and 'ratio' in rec:
+      by_case.setdefault(rec['case'], []).append(rec)
+  lines = [
+      '| case | runs | jal / PyTorch | jal s | PyTorch s (best format) | formats won | '
+      'pair ratios | max load before |',
+      '|---|---|---|---|---|---|---|---|',
+  ]
+  for case, recs in by_case.items():
+    won = {}
+    for r in recs:
+      won[r['torch_best_format']] = won.get(r['torch_best_format'], 0) + 1
+    lines.append(
+        f'| {case} | {len(recs)} | {_median_range([r["ratio"] for r in recs], ".2f")} | '
+        f'{_median_range([r["jal_seconds"] for r in recs], ".3g")} | '
+        f'{_median_range([r["torch_seconds"] for r in recs], ".3g")} | '
+        + ', '.join(f'{fmt} {n}' for fmt, n in sorted(won.items()))
+        + f' | {min(r["pair_ratio_min"] for r in recs):.2f}-'
+        f'{max(r["pair_ratio_max"] for r in recs):.2f} | '
+        f'{max(r["loadavg_1min_before"] for r in recs):.2f} of {recs[0]["cpus"]} CPUs |'
+    )
+  return '\n'.join(lines) + '\n'

@@ -4,6 +4,7 @@ batches and optimisers, the two sides timed alternately in one process.
     python -m jal.bench --vs=torch                          # through jal.bench (issue 16)
     python -m jal.bench.torch_cases versus --size=small     # the same, without jal.bench
     python -m jal.bench.torch_cases round --data_dir=DIR --out=/tmp/torch_round.json
+    python -m jal.bench.torch_cases repeat --cases=resnet18_inference --side=jal --calls=40
 
 Needs PyTorch (`pip install -e ".[bench]"`); `python -m jal.bench` imports
 this module only with --vs=torch. What is the same on both sides, and what
@@ -499,14 +500,47 @@ def _define_flags():
       'round: time.time() when the parent started this process, to time its startup.',
   )
   # versus
-  flags.DEFINE_enum('size', 'small', ('small', 'full'), 'versus: Shapes (small) or Shapes().')
-  flags.DEFINE_list('cases', list(CASES), f'versus: cases ({", ".join(CASES)}).')
+  flags.DEFINE_enum(
+      'size', 'small', ('small', 'full'), 'versus, repeat: Shapes (small) or Shapes().'
+  )
+  flags.DEFINE_list('cases', list(CASES), f'versus (repeat: one): cases ({", ".join(CASES)}).')
   flags.DEFINE_list('formats', list(torch_models.FORMATS), 'versus: torch memory formats.')
   flags.DEFINE_integer('repeats', 3, 'versus: timed calls per side.')
+  # repeat
+  flags.DEFINE_enum(
+      'side', 'jal', ('jal',) + torch_models.FORMATS, 'repeat: jal, or PyTorch in this format.'
+  )
+  flags.DEFINE_integer('calls', 40, 'repeat: calls after one warm-up call.')
   return flags.FLAGS
 
 
+def repeat(s: Shapes, case: str, side: str, calls: int) -> list[float]:
+  """One side of one case, called `calls` times after a warm-up call; the seconds of each.
+
+  For an outside profiler (`perf record -p`, py-spy) to sample the steady state of
+  exactly what `versus` times, without the other side in the same process.
+  """
+  (case,) = _check_cases([case])
+  if case == 'mnist_round':
+    raise ValueError('repeat times calls within one process; mnist_round is whole processes')
+  if side == 'jal':
+    fn = jal_cases(s, [case])[case]
+  else:
+    fn = torch_cases(s, [case], (side,))[case][side]
+  fn()
+  seconds = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    fn()
+    seconds.append(time.perf_counter() - t0)
+  return seconds
+
+
 def _main(argv, flags_):
+  from jal import runtime  # pylint: disable=g-import-not-at-top
+
+  # jal's side runs with the XLA:CPU flags every jal command sets, as under `jal.bench --vs=torch`.
+  runtime.set_cpu_xla_flags()
   if argv[1:] == ['round']:
     summary = torch_round.round_main(
         flags_.data_dir,
@@ -526,8 +560,33 @@ def _main(argv, flags_):
         s, flags_.cases, flags_.repeats, 1, flags_.threads, tuple(flags_.formats)
     ):
       print(json.dumps(rec, sort_keys=True), flush=True)
+  elif argv[1:] == ['repeat']:
+    torch_models.set_threads(flags_.threads)
+    s = dataclasses.replace(
+        SMALL if flags_.size == 'small' else Shapes(), seed=flags_.seed, data_dir=flags_.data_dir
+    )
+    (case,) = flags_.cases if len(flags_.cases) == 1 else (None,)
+    if case is None:
+      raise ValueError(f'repeat: give one case with --cases, got {flags_.cases}')
+    seconds = repeat(s, case, flags_.side, flags_.calls)
+    print(
+        json.dumps(
+            {
+                'case': case,
+                'side': flags_.side,
+                'calls': len(seconds),
+                'seconds_median': statistics.median(seconds),
+                'seconds_min': min(seconds),
+                'seconds_max': max(seconds),
+            },
+            sort_keys=True,
+        ),
+        flush=True,
+    )
   else:
-    raise ValueError(f'usage: python -m jal.bench.torch_cases round|versus [flags], got {argv[1:]}')
+    raise ValueError(
+        f'usage: python -m jal.bench.torch_cases round|versus|repeat [flags], got {argv[1:]}'
+    )
 
 
 if __name__ == '__main__':
