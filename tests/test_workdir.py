@@ -32,6 +32,14 @@ def main_command(w, *overrides):
   ]
 
 
+def _state(pid: int) -> str:
+  """The process's state letter from /proc ('T': stopped), or why there is none."""
+  try:
+    return pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+  except OSError as e:
+    return f'no /proc entry ({e.strerror})'
+
+
 def errors(stderr: str) -> list[str]:
   """stderr without absl's INFO lines: what the person is told."""
   return [l for l in stderr.splitlines() if l.strip() and not l.startswith('I')]
@@ -66,7 +74,10 @@ def test_a_second_run_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_pat
       assert second.returncode == 1, second.stderr[-2000:]
       assert time.time() - t0 < 60
       holder = json.loads((w / '.lock').read_text())
-      assert holder['pid'] == first.pid and holder['host'] == socket.gethostname()
+      # Should this fail: whether the first run was still stopped ('T') or had been
+      # resumed from outside the test (e.g. `pkill -CONT -f jal.main`) and ended.
+      assert holder['pid'] == first.pid, (holder, first.poll(), _state(first.pid))
+      assert holder['host'] == socket.gethostname()
       assert errors(second.stderr) == [
           f'error: workdir {w} is in use by pid {first.pid} on host {holder["host"]} '
           f'(started {holder["started"]}: {holder["command"]}); '
