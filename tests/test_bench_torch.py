@@ -8,6 +8,7 @@ BatchNorm, input normalisation, masked loss and optimisers are the same.
 
 import functools
 import math
+import time
 
 import flax
 import jax
@@ -352,9 +353,25 @@ def test_shapes_follow_jal_bench_params():
 
 
 @pytest.mark.parametrize('side', ['jal', 'channels_last'])
-def test_repeat_calls_one_side_the_given_times(side):
+def test_repeat_calls_only_the_given_side_once_more_than_it_times(side, monkeypatch):
+  calls = []
+
+  def builder(name):
+    def fn():
+      calls.append(name)
+      time.sleep(0.01)
+
+    return fn
+
+  monkeypatch.setattr(tc, 'jal_cases', lambda s, cases: {c: builder('jal') for c in cases})
+  monkeypatch.setattr(
+      tc,
+      'torch_cases',
+      lambda s, cases, formats: {c: {f: builder(f) for f in formats} for c in cases},
+  )
   seconds = tc.repeat(TINY, 'resnet18_inference', side, 3)
-  assert len(seconds) == 3 and all(math.isfinite(t) and t > 0 for t in seconds)
+  assert calls == [side] * 4  # one warm-up call, then the 3 timed
+  assert len(seconds) == 3 and all(0.01 <= t < 1 for t in seconds)
 
 
 def test_repeat_refuses_the_round_and_unknown_cases():
