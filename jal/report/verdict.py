@@ -138,8 +138,13 @@ def related_setting(name: str) -> Optional[str]:
 
 
 def departs(name: str, config: dict) -> str:
-  """The config's `departs` note, else the first paragraph of the docstring of
-  configs/<stem>.py for the longest stem that begins `name`, else ''."""
+  """How setting `name` departs from the study, in one line.
+
+  The config's `departs` note; else, from the docstring of configs/<stem>.py for
+  the longest stem that begins `name`, the paragraph on the variant the rest of
+  the name gives ('imbalance_cpu': the one that begins "`:cpu`"), or the first
+  paragraph when there is no such variant or paragraph; else ''.
+  """
   if config.get('departs'):
     return str(config['departs'])
   stems = (
@@ -148,9 +153,13 @@ def departs(name: str, config: dict) -> str:
   stems = [s for s in stems if name == s or name.startswith(s + '_')]
   if not stems:
     return ''
-  with open(os.path.join(CONFIGS, max(stems, key=len) + '.py')) as f:
+  stem = max(stems, key=len)
+  with open(os.path.join(CONFIGS, stem + '.py')) as f:
     doc = ast.get_docstring(ast.parse(f.read())) or ''
-  return ' '.join(doc.split('\n\n')[0].split())
+  paragraphs = doc.split('\n\n')
+  variant = name[len(stem) + 1 :]
+  ours = [p for p in paragraphs if variant and p.lstrip().startswith(f'`:{variant}`')]
+  return ' '.join((ours or paragraphs)[0].split())
 
 
 # ----------------------------------------------------------------------------
