@@ -522,3 +522,19 @@ def test_settings_outside_the_study_get_no_comparison(toy, tmp_path):
   assert smoke['settings']['gaussian_smoke_q5']['study'] is None
   with open(tmp_path / 'out' / 'report.md') as f:
     assert 'Beside the study' not in f.read()
+
+
+def test_a_setting_not_the_studys_says_how_it_departs_and_a_study_setting_does_not(tmp_path):
+  cpu = _write_workdir(tmp_path / 'cpu', *_toy_rows(ap=True), name='imbalance_cpu', query_size=50)
+  study_run = _write_workdir(tmp_path / 'st', *_toy_rows(ap=True), name='imbalance', query_size=50)
+  texts = {}
+  for name, workdir in (('cpu', cpu), ('study', study_run)):
+    report.write_report(workdir, str(tmp_path / f'out_{name}'), figures=False)
+    with open(tmp_path / f'out_{name}' / 'report.md') as f:
+      texts[name] = f.read()
+  line = next(l for l in texts['cpu'].splitlines() if l.startswith("Not the study's setting"))
+  assert line.startswith(
+      "Not the study's setting; how it departs: `:cpu` is the same task at a 2-core CPU's scale"
+  )
+  assert '- model: LeNet' in line
+  assert "Not the study's setting" not in texts['study']

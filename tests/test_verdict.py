@@ -32,6 +32,7 @@ import pytest
 
 from jal import stats, study
 from jal.label import advise
+from jal.report import loading
 from jal.report import verdict
 from tests.conftest import REPO
 
@@ -210,13 +211,13 @@ def test_beyond_the_study(runs):
   assert verdict.related_setting('mnist_low_smoke') == 'mnist_low'
   assert verdict.related_setting('cifar100_high_warmup_low_x') == 'cifar100_high_warmup_low'
   assert verdict.related_setting('svhn') is None
-  assert verdict.departs('x', {'departs': 'fewer epochs'}) == 'fewer epochs'
+  assert loading.departs('x', {'departs': 'fewer epochs'}) == 'fewer epochs'
   # A variant's own paragraph of its config's docstring, else the first one.
-  cpu = verdict.departs('imbalance_cpu', {})
+  cpu = loading.departs('imbalance_cpu', {})
   assert cpu.startswith("`:cpu` is the same task at a 2-core CPU's scale (setting `imbalance_cpu`)")
   assert '- model: LeNet' in cpu and 'It cannot be combined with `:pretrained`.' in cpu
-  assert verdict.departs('imbalance', {}).startswith('Imbalanced CIFAR-10, car vs rest at 1:19')
-  assert verdict.departs('mnist_imbalance_digit3', {}).startswith('Imbalanced MNIST: one digit')
+  assert loading.departs('imbalance', {}).startswith('Imbalanced CIFAR-10, car vs rest at 1:19')
+  assert loading.departs('mnist_imbalance_digit3', {}).startswith('Imbalanced MNIST: one digit')
 
 
 def test_independent_runs_of_a_setting_need_a_label(runs, tmp_path):

@@ -6,11 +6,17 @@ workdirs by it and reads their `config.json`, `metrics.jsonl` and
 error unless the rows agree (timing fields aside).
 """
 
+import ast
 import json
 import os
 import re
 
 from absl import logging
+
+# configs/, whose docstrings say how each setting departs from the study (`departs`).
+_CONFIGS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'configs'
+)
 
 # Fields that may legitimately differ between two copies of the same result.
 _VOLATILE_SUFFIXES = ('_seconds', '_time', 'timestamp')
@@ -122,3 +128,28 @@ def load_settings(workdirs) -> list[Setting]:
             setting.selections, key, [int(i) for i in row['indices']], selections_path, 'selections'
         )
   return list(settings.values())
+
+
+def departs(name: str, config: dict) -> str:
+  """How setting `name` departs from the study, in one line.
+
+  The config's `departs` note; else, from the docstring of configs/<stem>.py for
+  the longest stem that begins `name`, the paragraph on the variant the rest of
+  the name gives ('imbalance_cpu': the one that begins "`:cpu`"), or the first
+  paragraph when there is no such variant or paragraph; else ''.
+  """
+  if config.get('departs'):
+    return str(config['departs'])
+  stems = (
+      [f[:-3] for f in os.listdir(_CONFIGS) if f.endswith('.py')] if os.path.isdir(_CONFIGS) else []
+  )
+  stems = [s for s in stems if name == s or name.startswith(s + '_')]
+  if not stems:
+    return ''
+  stem = max(stems, key=len)
+  with open(os.path.join(_CONFIGS, stem + '.py')) as f:
+    doc = ast.get_docstring(ast.parse(f.read())) or ''
+  paragraphs = doc.split('\n\n')
+  variant = name[len(stem) + 1 :]
+  ours = [p for p in paragraphs if variant and p.lstrip().startswith(f'`:{variant}`')]
+  return ' '.join((ours or paragraphs)[0].split())

@@ -164,6 +164,8 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
       f'Seeds: {seed_text}.'
   )
   lines.append('')
+  if res.get('departs'):
+    lines += [f'Not the study\'s setting; how it departs: {res["departs"]}', '']
   if n_seeds <= 1:
     lines.append(
         'Only one seed per strategy: no confidence interval is '

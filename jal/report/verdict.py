@@ -33,7 +33,6 @@ verdict.md between `<!-- verdict:start -->` and `<!-- verdict:end -->` in a
 README, so the tables there are only ever generated.
 """
 
-import ast
 import csv
 import math
 import os
@@ -46,8 +45,6 @@ from jal.report import analysis
 from jal.report import loading
 
 START, END = '<!-- verdict:start -->', '<!-- verdict:end -->'
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(_REPO, 'configs')
 
 
 class Shape(NamedTuple):
@@ -135,31 +132,6 @@ def related_setting(name: str) -> Optional[str]:
   ('mnist_imbalance_digit3' -> 'imbalance', 'mnist_low_smoke' -> 'mnist_low')."""
   hits = [s for s in study.SETTINGS if re.search(rf'(^|_){re.escape(s)}(_|$)', name)]
   return max(hits, key=len) if hits else None
-
-
-def departs(name: str, config: dict) -> str:
-  """How setting `name` departs from the study, in one line.
-
-  The config's `departs` note; else, from the docstring of configs/<stem>.py for
-  the longest stem that begins `name`, the paragraph on the variant the rest of
-  the name gives ('imbalance_cpu': the one that begins "`:cpu`"), or the first
-  paragraph when there is no such variant or paragraph; else ''.
-  """
-  if config.get('departs'):
-    return str(config['departs'])
-  stems = (
-      [f[:-3] for f in os.listdir(CONFIGS) if f.endswith('.py')] if os.path.isdir(CONFIGS) else []
-  )
-  stems = [s for s in stems if name == s or name.startswith(s + '_')]
-  if not stems:
-    return ''
-  stem = max(stems, key=len)
-  with open(os.path.join(CONFIGS, stem + '.py')) as f:
-    doc = ast.get_docstring(ast.parse(f.read())) or ''
-  paragraphs = doc.split('\n\n')
-  variant = name[len(stem) + 1 :]
-  ours = [p for p in paragraphs if variant and p.lstrip().startswith(f'`:{variant}`')]
-  return ' '.join((ours or paragraphs)[0].split())
 
 
 # ----------------------------------------------------------------------------
@@ -275,7 +247,7 @@ def _beyond_rows(label, setting, confidence):
     row.update(
         query_size=setting.query_size,
         related_setting=related or '',
-        departs=departs(setting.name, setting.config),
+        departs=loading.departs(setting.name, setting.config),
         num_classes=feats.get('num_classes', ''),
         imbalanced=feats.get('imbalance_ratio', 1.0) >= evidence.IMBALANCE_RATIO,
         pretrained=feats.get('pretrained', ''),
