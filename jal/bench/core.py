@@ -2,6 +2,7 @@
 the one place that times calls, profile records, the fields every record
 carries, and the random inputs the cases time on."""
 
+import collections
 import dataclasses
 import pathlib
 import statistics
@@ -250,9 +251,7 @@ def versus_table(records: list[dict]) -> str:
       '|---|---|---|---|---|---|---|---|',
   ]
   for case, recs in by_case.items():
-    won = {}
-    for r in recs:
-      won[r['torch_best_format']] = won.get(r['torch_best_format'], 0) + 1
+    won = collections.Counter(r['torch_best_format'] for r in recs)
     lines.append(
         f'| {case} | {len(recs)} | {_median_range([r["ratio"] for r in recs], ".2f")} | '
         f'{_median_range([r["jal_seconds"] for r in recs], ".3g")} | '

@@ -536,6 +536,13 @@ def repeat(s: Shapes, case: str, side: str, calls: int) -> list[float]:
   return seconds
 
 
+def _shapes(flags_) -> Shapes:
+  """versus and repeat: the Shapes --size names, with --seed and --data_dir."""
+  return dataclasses.replace(
+      SMALL if flags_.size == 'small' else Shapes(), seed=flags_.seed, data_dir=flags_.data_dir
+  )
+
+
 def _main(argv, flags_):
   from jal import runtime  # pylint: disable=g-import-not-at-top
 
@@ -553,22 +560,16 @@ def _main(argv, flags_):
     )
     logging.info('round: %s', {k: v for k, v in summary.items() if k != 'rounds'})
   elif argv[1:] == ['versus']:
-    s = dataclasses.replace(
-        SMALL if flags_.size == 'small' else Shapes(), seed=flags_.seed, data_dir=flags_.data_dir
-    )
     for rec in run_versus(
-        s, flags_.cases, flags_.repeats, 1, flags_.threads, tuple(flags_.formats)
+        _shapes(flags_), flags_.cases, flags_.repeats, 1, flags_.threads, tuple(flags_.formats)
     ):
       print(json.dumps(rec, sort_keys=True), flush=True)
   elif argv[1:] == ['repeat']:
-    torch_models.set_threads(flags_.threads)
-    s = dataclasses.replace(
-        SMALL if flags_.size == 'small' else Shapes(), seed=flags_.seed, data_dir=flags_.data_dir
-    )
-    (case,) = flags_.cases if len(flags_.cases) == 1 else (None,)
-    if case is None:
+    if len(flags_.cases) != 1:
       raise ValueError(f'repeat: give one case with --cases, got {flags_.cases}')
-    seconds = repeat(s, case, flags_.side, flags_.calls)
+    (case,) = flags_.cases
+    torch_models.set_threads(flags_.threads)
+    seconds = repeat(_shapes(flags_), case, flags_.side, flags_.calls)
     print(
         json.dumps(
             {
