@@ -242,12 +242,13 @@ def _beyond_rows(label, setting, confidence):
     ) or ['']
   except ValueError:
     strategies = ['']  # _measure says why
+  departs = loading.departs(setting.name, setting.config)  # one config docstring per setting
   for strategy in strategies:
     row = _empty('beyond', setting.name, strategy, label)
     row.update(
         query_size=setting.query_size,
         related_setting=related or '',
-        departs=loading.departs(setting.name, setting.config),
+        departs=departs,
         num_classes=feats.get('num_classes', ''),
         imbalanced=feats.get('imbalance_ratio', 1.0) >= evidence.IMBALANCE_RATIO,
         pretrained=feats.get('pretrained', ''),
