@@ -135,8 +135,8 @@ def departs(name: str, config: dict) -> str:
 
   The config's `departs` note; else, from the docstring of configs/<stem>.py for
   the longest stem that begins `name`, the paragraph on the variant the rest of
-  the name gives ('imbalance_cpu': the one that begins "`:cpu`"), or the first
-  paragraph when there is no such variant or paragraph; else ''.
+  the name gives ('imbalance_cpu': the one that begins "`:cpu`"), else the
+  first paragraph that begins "It departs", else the first paragraph; else ''.
   """
   if config.get('departs'):
     return str(config['departs'])
@@ -152,4 +152,5 @@ def departs(name: str, config: dict) -> str:
   paragraphs = doc.split('\n\n')
   variant = name[len(stem) + 1 :]
   ours = [p for p in paragraphs if variant and p.lstrip().startswith(f'`:{variant}`')]
-  return ' '.join((ours or paragraphs)[0].split())
+  said = [p for p in paragraphs if p.lstrip().startswith('It departs')]
+  return ' '.join((ours or said or paragraphs)[0].split())
