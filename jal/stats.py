@@ -230,6 +230,11 @@ def paired_t_pvalue(diff):
   return float(_scipy_stats().ttest_1samp(x, 0.0).pvalue)
 
 
+def format_p(p: float) -> str:
+  """A p-value as tables print it: '<0.001' below 0.001, '–' for nan, else 3 decimals."""
+  return '–' if math.isnan(p) else '<0.001' if p < 0.001 else f'{p:.3f}'
+
+
 # ----------------------------------------------------------------------------
 # Paired comparisons and curve summaries.
 

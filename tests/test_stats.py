@@ -178,3 +178,13 @@ def test_interval_per_round():
   np.testing.assert_array_equal(n, [3, 2])
   assert hi[0] - 2.0 == pytest.approx(2.484138, abs=1e-6)
   assert hi[1] - 6.0 == pytest.approx(12.706205, abs=1e-5)  # sd sqrt(2)/sqrt2
+
+
+def test_format_p():
+  assert [stats.format_p(p) for p in (0.0004, 0.001, 0.0625, 0.9996, math.nan)] == [
+      '<0.001',
+      '0.001',
+      '0.062',
+      '1.000',
+      '–',
+  ]

@@ -32,6 +32,7 @@ import pytest
 
 from jal import stats, study
 from jal.label import advise
+from jal.label import evidence
 from jal.report import loading
 from jal.report import verdict
 from tests.conftest import REPO
@@ -335,6 +336,21 @@ def test_advise_cites_the_verdict_rows_of_its_regime(runs, tmp_path):
       'Table 4.1, CIFAR-100 vanilla, low query size: coreset vs random: study -0.309 pp; '
       'jal: not run here (CIFAR-100 data not available here)'
   ) in text
+  # AP rows to 4 decimals, as the verdict table prints them. With 3 seeds of mean
+  # 0.11 and sd 0.01, t = 0.11 / (0.01 / sqrt(3)) and p = 1 - |t| / sqrt(2 + t^2).
+  t = 0.11 / (0.01 / math.sqrt(3))
+  assert f'{1 - t / math.sqrt(2 + t * t):.3f}' == '0.003'
+  (bu,) = [
+      v for v in evidence.load_verdicts(str(results)) if v.row['strategy'] == 'balanced_uncertainty'
+  ]
+  assert bu.text().endswith(
+      'mnist_imbalance_digit3 (beyond the study; relates to Table 4.2, vanilla CIFAR-10 '
+      '(1:19 imbalance)): balanced_uncertainty vs random: no study value; jal +0.1100 AP, '
+      f'95% CI [{0.11 - 0.01 * HALF:+.4f}, {0.11 + 0.01 * HALF:+.4f}], 3 seeds, '
+      'paired t-test p = 0.003 -> beats random'
+  )
+  small = evidence.Verdict('v.csv:2', dict(bu.row, p_value='0.0004'))
+  assert small.text().endswith('3 seeds, paired t-test p < 0.001 -> beats random')
   # Without verdict.csv nothing is cited from it.
   (results / 'verdict' / 'verdict.csv').unlink()
   assert advise.advise(str(labels), query=10, results_dir=str(results))[1].verdicts == []

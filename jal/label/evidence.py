@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 
 from absl import logging
 
+from jal import stats
+
 # Largest / smallest class count from which a project counts as imbalanced.
 IMBALANCE_RATIO = 3.0
 # Queried labels per class per round below which the budget counts as low.
@@ -100,10 +102,11 @@ class Evidence:
         if self.metric == 'average_precision'
         else (1.0, f' {self.metric}')
     )
+    d = 2 if scale == 100.0 else 4  # pp to 2 decimals; AP's gains are in its third
     if math.isnan(self.lo):
       ci = f'no interval ({self.n_seeds} seed)'
     else:
-      ci = f'95% CI [{scale * self.lo:+.2f}, {scale * self.hi:+.2f}], {self.n_seeds} seeds'
+      ci = f'95% CI [{scale * self.lo:+.{d}f}, {scale * self.hi:+.{d}f}], {self.n_seeds} seeds'
     meaning = {
         'better': 'better than random',
         'worse': 'worse than random',
@@ -112,7 +115,7 @@ class Evidence:
     return (
         f'{self.source}: {self.setting} ({self.dataset}, query {self.query_size}, '
         f'{self.regime.describe()}): {self.strategy} vs random '
-        f'{scale * self.mean:+.2f}{unit}, {ci} -> {meaning}'
+        f'{scale * self.mean:+.{d}f}{unit}, {ci} -> {meaning}'
     )
 
 
@@ -260,16 +263,23 @@ class Verdict:
     head = f'{self.source}: {where}: {r["strategy"]} vs random: {study}; jal'
     if r['verdict'] == 'not run here':
       return f'{head}: not run here ({r["reason"]})'
+    d = 3 if r['unit'] == 'pp' else 4  # as the verdict table prints them
     ci = (
-        f'95% CI [{_float(r["jal_lo"]):+.3f}, {_float(r["jal_hi"]):+.3f}]'
+        f'95% CI [{_float(r["jal_lo"]):+.{d}f}, {_float(r["jal_hi"]):+.{d}f}]'
         if r['jal_lo']
         else 'no interval'
     )
-    p = f', paired t-test p = {_float(r["p_value"]):.3f}' if r['p_value'] else ''
+    p = f', paired t-test p {_p_text(_float(r["p_value"]))}' if r['p_value'] else ''
     return (
-        f'{head} {_float(r["jal_mean"]):+.3f} {r["unit"]}, {ci}, {r["n_seeds"]} seeds{p} '
+        f'{head} {_float(r["jal_mean"]):+.{d}f} {r["unit"]}, {ci}, {r["n_seeds"]} seeds{p} '
         f'-> {r["verdict"]}'
     )
+
+
+def _p_text(p: float) -> str:
+  """'< 0.001' or '= 0.062'."""
+  text = stats.format_p(p)
+  return f'< {text[1:]}' if text.startswith('<') else f'= {text}'
 
 
 def load_verdicts(results_dir: str) -> list[Verdict]:

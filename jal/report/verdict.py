@@ -312,10 +312,6 @@ def _jal_cell(row):
   )
 
 
-def _p(p):
-  return '–' if math.isnan(p) else '<0.001' if p < 0.001 else f'{p:.3f}'
-
-
 def _where(row):
   return row['study_row'] + (f' (run `{row["run"]}`)' if row['run'] else '')
 
@@ -347,7 +343,7 @@ def markdown(rows, confidence=0.95) -> str:
       out.append(
           f'| {r["table"]} | {_where(r)} | {r["strategy"]} | '
           f'{_num(r["study_value"], r["unit"])} {r["unit"]} | {_jal_cell(r)} | '
-          f'{r["n_seeds"]} | {_p(r["p_value"])} | **{r["verdict"]}** | {r["reason"]} |'
+          f'{r["n_seeds"]} | {stats.format_p(r["p_value"])} | **{r["verdict"]}** | {r["reason"]} |'
       )
   beyond = [r for r in rows if r['section'] == 'beyond']
   if beyond:
@@ -372,7 +368,7 @@ def markdown(rows, confidence=0.95) -> str:
       verdict_cell = f'**{r["verdict"]}**' + (f': {r["reason"]}' if r['reason'] else '')
       out.append(
           f'| {name} | {related} | {r["strategy"]} | {study_cell} | {_jal_cell(r)} | '
-          f'{r["n_seeds"]} | {_p(r["p_value"])} | {verdict_cell} | {r["departs"]} |'
+          f'{r["n_seeds"]} | {stats.format_p(r["p_value"])} | {verdict_cell} | {r["departs"]} |'
       )
   runs = {}
   for r in rows:
