@@ -102,7 +102,7 @@ class Evidence:
         if self.metric == 'average_precision'
         else (1.0, f' {self.metric}')
     )
-    d = 2 if scale == 100.0 else 4  # pp to 2 decimals; AP's gains are in its third
+    d = 2 if scale == 100.0 else 4  # pp to 2 decimals; minority-AP gains can be ~0.01
     if math.isnan(self.lo):
       ci = f'no interval ({self.n_seeds} seed)'
     else:
