@@ -16,7 +16,6 @@ import numpy as np
 
 from jal import stats
 from jal import study
-from jal.report import loading
 
 METRICS = ('accuracy', 'average_precision')
 
@@ -131,10 +130,6 @@ def analyse(setting, metric, baseline, ci, confidence, ci_kwargs):
 
   result = {
       'name': setting.name,
-      # A setting that is not one of the study's says how it departs from the one it stands for.
-      'departs': (
-          '' if setting.name in study.SETTINGS else loading.departs(setting.name, setting.config)
-      ),
       'query_size': setting.query_size,
       'title': setting.title,
       'workdirs': list(setting.workdirs),

@@ -145,7 +145,8 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
   """The lines of report.md for one setting.
 
   Args:
-    res: `analysis.analyse`'s dict, with 'study' (`compare_with_study`).
+    res: `analysis.analyse`'s dict, with 'study' (`compare_with_study`) and 'departs'
+      (`loading.departs`; '' for a study setting).
     ci, confidence, ci_kwargs: how its intervals were computed.
     figures: paths of the PNGs of the setting, linked at the end.
   """

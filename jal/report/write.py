@@ -9,6 +9,7 @@ import os
 
 from absl import logging
 
+from jal import study
 from jal.report import analysis
 from jal.report import loading
 from jal.report import plots
@@ -69,6 +70,10 @@ def write_report(
       raise ValueError(f'two settings map to the same name {setting.key}')
     res = analysis.analyse(setting, metric, baseline, ci, confidence, ci_kwargs)
     res['study'] = analysis.compare_with_study(res, ci, confidence)
+    # A setting that is not one of the study's says how it departs from the one it stands for.
+    res['departs'] = (
+        '' if setting.name in study.SETTINGS else loading.departs(setting.name, setting.config)
+    )
     results[setting.key] = res
   colours = plots.strategy_colours({s for r in results.values() for s in r['strategies']})
 
