@@ -263,15 +263,15 @@ class Verdict:
     head = f'{self.source}: {where}: {r["strategy"]} vs random: {study}; jal'
     if r['verdict'] == 'not run here':
       return f'{head}: not run here ({r["reason"]})'
-    d = 3 if r['unit'] == 'pp' else 4  # as the verdict table prints them
-    ci = (
-        f'95% CI [{_float(r["jal_lo"]):+.{d}f}, {_float(r["jal_hi"]):+.{d}f}]'
-        if r['jal_lo']
-        else 'no interval'
-    )
+    from jal.report import verdict  # pylint: disable=g-import-not-at-top
+
+    def value(key):  # as the verdict table prints it
+      return verdict.format_value(_float(r[key]), r['unit'])
+
+    ci = f'95% CI [{value("jal_lo")}, {value("jal_hi")}]' if r['jal_lo'] else 'no interval'
     p = f', paired t-test p {_p_text(_float(r["p_value"]))}' if r['p_value'] else ''
     return (
-        f'{head} {_float(r["jal_mean"]):+.{d}f} {r["unit"]}, {ci}, {r["n_seeds"]} seeds{p} '
+        f'{head} {value("jal_mean")} {r["unit"]}, {ci}, {r["n_seeds"]} seeds{p} '
         f'-> {r["verdict"]}'
     )
 

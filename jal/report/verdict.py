@@ -294,7 +294,8 @@ def verdict_rows(workdirs, confidence=0.95) -> list[dict]:
 # Text.
 
 
-def _num(v, unit):
+def format_value(v, unit: str) -> str:
+  """A signed value as the verdict table prints it: 3 decimals in pp, else 4; '–' if none."""
   if v == '' or v is None or math.isnan(v):
     return '–'
   return f'{v:+.{3 if unit == "pp" else 4}f}'
@@ -305,10 +306,10 @@ def _jal_cell(row):
   if not n:
     return '–'
   if n < 2:
-    return f'{_num(row["jal_mean"], unit)} {unit} (no interval)'
+    return f'{format_value(row["jal_mean"], unit)} {unit} (no interval)'
   return (
-      f'{_num(row["jal_mean"], unit)} [{_num(row["jal_lo"], unit)}, '
-      f'{_num(row["jal_hi"], unit)}] {unit}'
+      f'{format_value(row["jal_mean"], unit)} [{format_value(row["jal_lo"], unit)}, '
+      f'{format_value(row["jal_hi"], unit)}] {unit}'
   )
 
 
@@ -342,7 +343,7 @@ def markdown(rows, confidence=0.95) -> str:
     if r['section'] == 'study':
       out.append(
           f'| {r["table"]} | {_where(r)} | {r["strategy"]} | '
-          f'{_num(r["study_value"], r["unit"])} {r["unit"]} | {_jal_cell(r)} | '
+          f'{format_value(r["study_value"], r["unit"])} {r["unit"]} | {_jal_cell(r)} | '
           f'{r["n_seeds"]} | {stats.format_p(r["p_value"])} | **{r["verdict"]}** | {r["reason"]} |'
       )
   beyond = [r for r in rows if r['section'] == 'beyond']
@@ -363,7 +364,9 @@ def markdown(rows, confidence=0.95) -> str:
       related = f'{r["table"]}, {r["study_row"]}' if r['table'] else '–'
       name = r['setting'] + (f' (run `{r["run"]}`)' if r['run'] else '')
       study_cell = (
-          f'{_num(r["study_value"], r["unit"])} {r["unit"]}' if r['study_value'] != '' else '–'
+          f'{format_value(r["study_value"], r["unit"])} {r["unit"]}'
+          if r['study_value'] != ''
+          else '–'
       )
       verdict_cell = f'**{r["verdict"]}**' + (f': {r["reason"]}' if r['reason'] else '')
       out.append(
