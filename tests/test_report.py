@@ -538,3 +538,27 @@ def test_a_setting_not_the_studys_says_how_it_departs_and_a_study_setting_does_n
   )
   assert '- model: LeNet' in line
   assert "Not the study's setting" not in texts['study']
+
+
+def test_overview_of_several_settings(toy, tmp_path):
+  rows, selections = _toy_rows(ap=True)
+  keep = lambda rs: [r for r in rs if r['strategy'] != 'coreset']
+  ap = _write_workdir(tmp_path / 'ap', keep(rows), keep(selections), name='toy_ap', query_size=50)
+  acc = _write_workdir(tmp_path / 'acc', *_toy_rows())
+  report.write_report([acc, ap], str(tmp_path / 'out'), figures=False)
+  with open(tmp_path / 'out' / 'report.md') as f:
+    lines = f.read().splitlines()
+  start = lines.index('## Overview: average improvement over random, by setting')
+  # The toy's hand-computed improvements (test_markdown_tables), in pp and in AP;
+  # coreset's interval spans 0 (not bold), and toy_ap has no coreset run.
+  assert lines[start + 4 : start + 8] == [
+      '| Setting | Unit | coreset | ensembles |',
+      '|---|---|---|---|',
+      '| toy, query size 10 | pp | +0.000 [-4.968, +4.968] (3) | **+3.000 [+0.516, +5.484]** (3) |',
+      '| toy_ap, query size 50 | AP | – | **+0.0300 [+0.0052, +0.0548]** (3) |',
+  ]
+  assert lines[start + 8] == '' and lines[start + 9] == '## toy, query size 10'
+  # A report of one setting has no overview.
+  out, _ = toy
+  with open(os.path.join(out, 'report.md')) as f:
+    assert '## Overview' not in f.read()

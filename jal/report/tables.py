@@ -141,6 +141,58 @@ def results_table(rows: list[dict], config, strategies) -> str:
   return title + '\n'.join(markdown_table(header, table)) + '\n'
 
 
+def _improvement_cells(e, scale, decimals) -> tuple[str, str, str]:
+  """(Mean, '[lo, hi]', 'yes' | 'no') of an `analysis` improvement entry `e`, in the
+  report's units (`scale`); the interval is 'n/a (1 seed)' and the last 'n/a' below 2 seeds."""
+  mean = _num(e['mean'] * scale, decimals, True)
+  if e['n'] < 2:
+    return mean, f'n/a ({e["n"]} seed{"s" if e["n"] != 1 else ""})', 'n/a'
+  interval = f'[{_num(e["lo"] * scale, decimals, True)}, {_num(e["hi"] * scale, decimals, True)}]'
+  return mean, interval, 'yes' if e['excludes_zero'] else 'no'
+
+
+def markdown_overview(results, baseline, confidence) -> list[str]:
+  """The lines of report.md's overview of several settings: one row per setting, one
+  column per strategy other than `baseline`, each cell its average improvement over
+  `baseline` ('mean [lo, hi] (seeds)', bold when the interval excludes 0; '–' where
+  the setting did not run the strategy).
+
+  Args:
+    results: {setting key -> `analysis.analyse`'s dict}, in report order.
+    baseline: the strategy the improvements are paired against.
+    confidence: the intervals' two-sided coverage.
+  """
+  strategies = []
+  for res in results.values():
+    strategies += [s for s in res['improvement'] if s not in strategies]
+  if not strategies:
+    return []
+  table = []
+  for res in results.values():
+    scale = analysis.metric_scale(res['metric'])
+    decimals = 3 if res['metric'] == 'accuracy' else 4
+    row = [res['title'], 'pp' if res['metric'] == 'accuracy' else 'AP']
+    for s in strategies:
+      e = res['improvement'].get(s)
+      if e is None:
+        row.append('–')
+        continue
+      mean, interval, excludes = _improvement_cells(e, scale, decimals)
+      text = f'{mean} {interval}' if e['n'] >= 2 else f'{mean} ({e["n"]} seed, no interval)'
+      row.append((f'**{text}**' if excludes == 'yes' else text) + (f' ({e["n"]})' * (e['n'] >= 2)))
+    table.append(row)
+  lines = [f'## Overview: average improvement over {baseline}, by setting', '']
+  lines.append(
+      'One row per setting below. Each cell: the mean over seeds of the per-seed average '
+      f'over all selections of (strategy − {baseline}), its {100 * confidence:g}% interval '
+      'and the number of seeds; **bold** where the interval excludes 0. Units: percentage '
+      'points of accuracy (pp) or minority-class average precision (AP). Each setting is '
+      'tested on its own: no interval here pools settings.'
+  )
+  lines.append('')
+  return lines + markdown_table(['Setting', 'Unit'] + strategies, table) + ['']
+
+
 def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
   """The lines of report.md for one setting.
 
@@ -210,17 +262,9 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
         'no means these seeds cannot tell the sign of the effect.'
     )
     lines.append('')
-    table = []
-    for s, e in res['improvement'].items():
-      if e['n'] >= 2:
-        interval = (
-            f'[{_num(e["lo"] * scale, imp_dec, True)}, {_num(e["hi"] * scale, imp_dec, True)}]'
-        )
-        excludes = 'yes' if e['excludes_zero'] else 'no'
-      else:
-        interval = f'n/a ({e["n"]} seed{"s" if e["n"] != 1 else ""})'
-        excludes = 'n/a'
-      table.append([s, _num(e['mean'] * scale, imp_dec, True), interval, excludes, e['n']])
+    table = [
+        [s, *_improvement_cells(e, scale, imp_dec), e['n']] for s, e in res['improvement'].items()
+    ]
     lines += markdown_table(
         ['Strategy', f'Avg. improvement ({imp_unit})', f'{pct} CI', 'Excludes 0?', 'Seeds'], table
     )

@@ -88,6 +88,8 @@ def write_report(
       'units (accuracy as a fraction).'
   )
   markdown.append('')
+  if len(results) > 1:
+    markdown += tables.markdown_overview(results, baseline, confidence)
   for setting in settings:
     res = results[setting.key]
     written = []
