@@ -151,6 +151,16 @@ def test_markdown_tables(toy):
   assert '| ensembles | +3.000 | [+0.516, +5.484] | yes | 3 |' in text
   assert '| coreset | +0.000 | [-4.968, +4.968] | no | 3 |' in text
   assert '| random | 67.00 | [62.03, 71.97] | 3 |' in text
+  # Paired at each selection: ensembles' differences are E's columns (sd 1 pp, half-width
+  # 4.303 / sqrt 3 = 2.484), coreset's C's (sd 2 pp); bold where the interval excludes 0.
+  assert (
+      '| ensembles | +2.000 [-0.484, +4.484] | **+3.000 [+0.516, +5.484]** '
+      '| **+4.000 [+1.516, +6.484]** |'
+  ) in text
+  assert (
+      '| coreset | -2.000 [-6.968, +2.968] | +0.000 [-4.968, +4.968] | +2.000 [-2.968, +6.968] |'
+      in text
+  )
   assert '95% Student-t' in text and 'with 3 seeds t = 4.303' in text
   assert '3 seeds per strategy' in text
   assert 'nan' not in text.lower()
@@ -228,6 +238,7 @@ def test_one_seed_says_no_interval(tmp_path):
   assert 'no confidence interval is possible' in text
   assert '| ensembles | +3.000 | n/a (1 seed) | n/a | 1 |' in text
   assert '| random | 52.00 | 62.00 | 72.00 | 82.00 |' in text
+  assert '| ensembles | +2.000 | +3.000 | +4.000 |' in text  # per selection, no interval
   assert 'nan' not in text.lower()
 
 
@@ -335,6 +346,11 @@ def test_incomplete_seed_and_missing_baseline(tmp_path):
   # half-width t_{.975,1} * sd / sqrt2 = 12.706205 * .015 = 19.06 pp.
   assert '| 84.50 ± 19.06 (2 seeds) |' in text
   assert 'Note: ensembles: seeds [2] lack some rounds' in text
+  # Paired at round 3: E[0, 3], E[1, 3] = 3, 4 pp -> +3.5, half-width 12.706 * .5 = 6.353.
+  assert (
+      '| ensembles | +2.000 [-0.484, +4.484] | **+3.000 [+0.516, +5.484]** '
+      '| +3.500 [-2.853, +9.853] (2 seeds) |'
+  ) in text
 
   no_random = [r for r in rows if r['strategy'] != 'random']
   workdir = _write_workdir(tmp_path / 'norandom', no_random, selections)

@@ -193,6 +193,40 @@ def markdown_overview(results, baseline, confidence) -> list[str]:
   return lines + markdown_table(['Setting', 'Unit'] + strategies, table) + ['']
 
 
+def _per_selection_improvement(res, scale, decimals, unit, pct) -> list[str]:
+  """The lines of the table of paired improvements over the baseline at each selection:
+  'mean [lo, hi]' per strategy and selection, bold where the interval excludes 0."""
+  baseline = res['baseline']
+  selections = [(i, r, n) for i, (r, n) in enumerate(zip(res['rounds'], res['n_labeled'])) if r > 0]
+  table = []
+  for s, e in res['improvement'].items():
+    row = [s]
+    n_max = max(e['per_round']['n_seeds'], default=0)
+    for i, _, _ in selections:
+      mean, lo, hi = (e['per_round'][k][i] for k in ('mean', 'lo', 'hi'))
+      if math.isnan(lo) or math.isnan(hi):
+        row.append(_num(mean * scale, decimals, True))
+        continue
+      text = (
+          f'{_num(mean * scale, decimals, True)} [{_num(lo * scale, decimals, True)}, '
+          f'{_num(hi * scale, decimals, True)}]'
+      )
+      excludes = lo > 0 or hi < 0
+      n = e['per_round']['n_seeds'][i]
+      row.append((f'**{text}**' if excludes else text) + (f' ({n} seeds)' if 0 < n < n_max else ''))
+    table.append(row)
+  lines = [f'### Improvement over {baseline} at each selection ({unit})', '']
+  lines.append(
+      f'Per selection: the mean over seeds of (strategy − {baseline}) at the same seed, with '
+      f'its {pct} interval; **bold** where the interval excludes 0. Each column is a test of '
+      'its own: over many columns some intervals exclude 0 by chance alone (about 1 in 20 at '
+      "95% where there is no effect), so the average above is the setting's one test."
+  )
+  lines.append('')
+  header = ['Strategy'] + [_round_column(r, n) for _, r, n in selections]
+  return lines + markdown_table(header, table) + ['']
+
+
 def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
   """The lines of report.md for one setting.
 
@@ -269,6 +303,7 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
         ['Strategy', f'Avg. improvement ({imp_unit})', f'{pct} CI', 'Excludes 0?', 'Seeds'], table
     )
     lines.append('')
+    lines += _per_selection_improvement(res, scale, imp_dec, imp_unit, pct)
 
   # (3) Area under the learning curve.
   lines.append('### Area under the learning curve')
