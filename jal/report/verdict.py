@@ -1,7 +1,7 @@
 r"""The study's claims, row by row, against jal's runs: the verdict table.
 
     python -m jal.report --verdict --workdir=results/gaussian \
-        --workdir=results/mnist_low --workdir=cpu-float32=results/mnist_low_cpu \
+        --workdir=results/mnist_low_10 --workdir=h200-bfloat16=results/mnist_low \
         --out=results/verdict --verdict_into=results/README.md
 
 One row per (setting, strategy) of the study's Tables 3.1 (the improvement
