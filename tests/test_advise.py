@@ -359,3 +359,24 @@ def test_cli(tmp_path):
   assert proc.stderr.strip().splitlines()[-1] == (
       'error: give --labels=labels.csv or --workdir=W (of jal.label)'
   )
+
+
+def test_mixed_rows_say_which_show_a_gain(tmp_path):
+  results = tmp_path / 'results'
+  rows = lambda m, lo, hi: [('ensembles', 'average_precision', m, lo, hi, 10)]
+  _fake_result(
+      results, 'imb_a', query=50, classes=2, minority_fraction=0.05, rows=rows(0.01, 0.006, 0.014)
+  )
+  _fake_result(
+      results, 'imb_b', query=50, classes=2, minority_fraction=0.05, rows=rows(0.03, -0.002, 0.06)
+  )
+  labels = _labels_file(tmp_path / 'l.csv', {'rest': 95, 'minority': 5})
+  text, adv, _ = advise.advise(labels, query=50, results_dir=str(results))
+  # One row better, one inconclusive: not measured, so the study's finding decides.
+  assert (adv.strategy, adv.basis) == ('ensembles', 'study')
+  assert (
+      "jal's rows for ensembles in this regime are mixed: 1 of 2 show it better than random "
+      '(imb_a_q50) and 1 cannot tell (the interval spans zero or there is only one seed: '
+      'imb_b_q50); only a gain on every row counts as measured.'
+  ) in text
+  assert 'are inconclusive' not in text

@@ -289,6 +289,23 @@ def _nearest(rows: list[Evidence], regime: Regime) -> list[Evidence]:
   return [e for e in rows if distance(e) == best]
 
 
+def _unsettled(strategy: str, rows: list[Evidence]) -> str:
+  """Why `rows` (none worse than random, not all better) do not establish `strategy`."""
+  better = [e for e in rows if e.verdict == 'better']
+  if not better:
+    return (
+        f"jal's rows for {strategy} in this regime are inconclusive (the interval spans "
+        'zero or there is only one seed): they cannot tell whether it beats random.'
+    )
+  others = [e for e in rows if e.verdict != 'better']
+  return (
+      f"jal's rows for {strategy} in this regime are mixed: {len(better)} of {len(rows)} "
+      f'show it better than random ({", ".join(e.setting for e in better)}) and '
+      f'{len(others)} cannot tell (the interval spans zero or there is only one seed: '
+      f'{", ".join(e.setting for e in others)}); only a gain on every row counts as measured.'
+  )
+
+
 def recommend(regime: Regime, evidence: list[Evidence]) -> Advice:
   """Picks ensembles, coreset or random for `regime`.
 
@@ -349,11 +366,7 @@ def recommend(regime: Regime, evidence: list[Evidence]) -> Advice:
     return Advice(best, 'measured', reasons, rows, [])
   for s, es in by.items():
     if es and s not in excluded:
-      reasons.append(
-          f"jal's rows for {s} in this regime are inconclusive (the interval spans "
-          'zero or there is only one seed): they cannot tell whether it beats '
-          'random.'
-      )
+      reasons.append(_unsettled(s, es))
   nearest = (
       []
       if rows
