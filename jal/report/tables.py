@@ -141,6 +141,11 @@ def results_table(rows: list[dict], config, strategies) -> str:
   return title + '\n'.join(markdown_table(header, table)) + '\n'
 
 
+def improvement_format(metric: str) -> tuple[int, str]:
+  """(Decimals, unit) of an improvement in `metric`: (3, 'pp') for accuracy, else (4, 'AP')."""
+  return (3, 'pp') if metric == 'accuracy' else (4, 'AP')
+
+
 def _improvement_cells(e, scale, decimals) -> tuple[str, str, str]:
   """(Mean, '[lo, hi]', 'yes' | 'no') of an `analysis` improvement entry `e`, in the
   report's units (`scale`); the interval is 'n/a (1 seed)' and the last 'n/a' below 2 seeds."""
@@ -170,15 +175,18 @@ def markdown_overview(results, baseline, confidence) -> list[str]:
   table = []
   for res in results.values():
     scale = analysis.metric_scale(res['metric'])
-    decimals = 3 if res['metric'] == 'accuracy' else 4
-    row = [res['title'], 'pp' if res['metric'] == 'accuracy' else 'AP']
+    decimals, unit = improvement_format(res['metric'])
+    row = [res['title'], unit]
     for s in strategies:
       e = res['improvement'].get(s)
       if e is None:
         row.append('–')
         continue
       mean, interval, excludes = _improvement_cells(e, scale, decimals)
-      text = f'{mean} {interval}' if e['n'] >= 2 else f'{mean} ({e["n"]} seed, no interval)'
+      if e['n'] >= 2:
+        text = f'{mean} {interval}'
+      else:
+        text = f'{mean} ({e["n"]} seed{"s" if e["n"] != 1 else ""}, no interval)'
       row.append((f'**{text}**' if excludes == 'yes' else text) + (f' ({e["n"]})' * (e['n'] >= 2)))
     table.append(row)
   lines = [f'## Overview: average improvement over {baseline}, by setting', '']
@@ -239,9 +247,8 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
   metric, baseline = res['metric'], res['baseline']
   scale = analysis.metric_scale(metric)
   dec = 2 if metric == 'accuracy' else 4
-  imp_dec = 3 if metric == 'accuracy' else 4
   unit = '%' if metric == 'accuracy' else 'AP'
-  imp_unit = 'pp' if metric == 'accuracy' else 'AP'
+  imp_dec, imp_unit = improvement_format(metric)
   pct = f'{100 * confidence:g}%'
   seed_text, n_seeds = seed_sentence(res)
   lines = [f'## {res["title"]}', '']
@@ -370,8 +377,7 @@ def _yes_no(flag, n):
 def _markdown_study(res, comparison, ci, confidence):
   """The lines of the section "Beside the study" for one setting."""
   pct = f'{100 * confidence:g}%'
-  imp_dec = 3 if comparison['metric'] == 'accuracy' else 4
-  imp_unit = comparison['unit']
+  imp_dec, imp_unit = improvement_format(comparison['metric'])
   lines = ['### Beside the study', '']
   lines.append(
       f'The study\'s published numbers ({comparison["label"]}) beside jal\'s. '
