@@ -141,9 +141,19 @@ def results_table(rows: list[dict], config, strategies) -> str:
   return title + '\n'.join(markdown_table(header, table)) + '\n'
 
 
-def improvement_format(metric: str) -> tuple[int, str]:
+def _improvement_format(metric: str) -> tuple[int, str]:
   """(Decimals, unit) of an improvement in `metric`: (3, 'pp') for accuracy, else (4, 'AP')."""
   return (3, 'pp') if metric == 'accuracy' else (4, 'AP')
+
+
+def _gain_cell(mean, lo, hi, scale, decimals) -> str:
+  """'mean [lo, hi]' of a gain in the report's units (`scale`), bold when the interval
+  excludes 0 (`stats.summarize`'s rule); the mean alone when there is no interval (NaN)."""
+  text = _num(mean * scale, decimals, True)
+  if math.isnan(lo) or math.isnan(hi):
+    return text
+  text += f' [{_num(lo * scale, decimals, True)}, {_num(hi * scale, decimals, True)}]'
+  return f'**{text}**' if lo > 0 or hi < 0 else text
 
 
 def _improvement_cells(e, scale, decimals) -> tuple[str, str, str]:
@@ -175,19 +185,16 @@ def markdown_overview(results, baseline, confidence) -> list[str]:
   table = []
   for res in results.values():
     scale = analysis.metric_scale(res['metric'])
-    decimals, unit = improvement_format(res['metric'])
+    decimals, unit = _improvement_format(res['metric'])
     row = [res['title'], unit]
     for s in strategies:
       e = res['improvement'].get(s)
       if e is None:
         row.append('–')
         continue
-      mean, interval, excludes = _improvement_cells(e, scale, decimals)
-      if e['n'] >= 2:
-        text = f'{mean} {interval}'
-      else:
-        text = f'{mean} ({e["n"]} seed{"s" if e["n"] != 1 else ""}, no interval)'
-      row.append((f'**{text}**' if excludes == 'yes' else text) + (f' ({e["n"]})' * (e['n'] >= 2)))
+      n = e['n']
+      count = f' ({n})' if n >= 2 else f' ({n} seed{"s" if n != 1 else ""}, no interval)'
+      row.append(_gain_cell(e['mean'], e['lo'], e['hi'], scale, decimals) + count)
     table.append(row)
   lines = [f'## Overview: average improvement over {baseline}, by setting', '']
   lines.append(
@@ -212,16 +219,9 @@ def _per_selection_improvement(res, scale, decimals, unit, pct) -> list[str]:
     n_max = max(e['per_round']['n_seeds'], default=0)
     for i, _, _ in selections:
       mean, lo, hi = (e['per_round'][k][i] for k in ('mean', 'lo', 'hi'))
-      if math.isnan(lo) or math.isnan(hi):
-        row.append(_num(mean * scale, decimals, True))
-        continue
-      text = (
-          f'{_num(mean * scale, decimals, True)} [{_num(lo * scale, decimals, True)}, '
-          f'{_num(hi * scale, decimals, True)}]'
-      )
-      excludes = lo > 0 or hi < 0
       n = e['per_round']['n_seeds'][i]
-      row.append((f'**{text}**' if excludes else text) + (f' ({n} seeds)' if 0 < n < n_max else ''))
+      partial = 0 < n < n_max and not (math.isnan(lo) or math.isnan(hi))
+      row.append(_gain_cell(mean, lo, hi, scale, decimals) + (f' ({n} seeds)' if partial else ''))
     table.append(row)
   lines = [f'### Improvement over {baseline} at each selection ({unit})', '']
   lines.append(
@@ -248,7 +248,7 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
   scale = analysis.metric_scale(metric)
   dec = 2 if metric == 'accuracy' else 4
   unit = '%' if metric == 'accuracy' else 'AP'
-  imp_dec, imp_unit = improvement_format(metric)
+  imp_dec, imp_unit = _improvement_format(metric)
   pct = f'{100 * confidence:g}%'
   seed_text, n_seeds = seed_sentence(res)
   lines = [f'## {res["title"]}', '']
@@ -377,7 +377,7 @@ def _yes_no(flag, n):
 def _markdown_study(res, comparison, ci, confidence):
   """The lines of the section "Beside the study" for one setting."""
   pct = f'{100 * confidence:g}%'
-  imp_dec, imp_unit = improvement_format(comparison['metric'])
+  imp_dec, imp_unit = _improvement_format(comparison['metric'])
   lines = ['### Beside the study', '']
   lines.append(
       f'The study\'s published numbers ({comparison["label"]}) beside jal\'s. '
