@@ -468,6 +468,27 @@ def test_study_comparison_markdown(gaussian_report):
   assert 'nan' not in text.lower()
 
 
+def test_another_baseline_pairs_with_it_and_drops_the_study_comparison(tmp_path):
+  """--baseline=coreset: differences to Coreset by seed and round; no 'cf.' to the study's tables."""
+  workdir = _write_workdir(
+      tmp_path / 'run', _gaussian_rows(), [], name='gaussian', data_name='toy_table', query_size=5
+  )
+  out = str(tmp_path / 'out')
+  res = report.write_report(workdir, out, baseline='coreset', figures=False)
+  imp = res['settings']['gaussian_q5']['improvement']
+  assert list(imp) == ['random', 'ensembles']
+  assert imp['ensembles']['mean'] == pytest.approx(0.06)
+  with open(os.path.join(out, 'report.md')) as f:
+    text = f.read()
+  assert '### Average improvement over coreset over all selections\n' in text
+  assert 'cf. Tables 3.2' not in text
+  # random − coreset per seed: 2, 1, 0 pp (sd 1, half-width 4.303 / sqrt 3); ensembles −
+  # coreset: 6 pp at every seed (sd 0).
+  assert '| random | +1.000 | [-1.484, +3.484] | no | 3 |' in text
+  assert '| ensembles | +6.000 | [+6.000, +6.000] | yes | 3 |' in text
+  assert "this report's are over coreset: average improvements not compared" in text
+
+
 def test_study_comparison_csv(gaussian_report):
   out, result = gaussian_report
   path = os.path.join(out, 'study_comparison.csv')
