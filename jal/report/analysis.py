@@ -270,7 +270,7 @@ def compare_with_study(res, ci, confidence):
     return out
   scale = metric_scale(res['metric'])
   common = {'confidence': confidence, 'ci_method': ci, 'study_seeds': numbers.num_seeds}
-  if res['baseline'] != 'random':
+  if res['baseline'] != study.BASELINE:
     out['notes'].append(
         f"the study's improvements are over random; this report's are over "
         f'{res["baseline"]}: average improvements not compared.'

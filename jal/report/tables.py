@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from jal import stats
+from jal import study
 from jal.report import analysis
 
 # ----------------------------------------------------------------------------
@@ -290,8 +291,7 @@ def markdown_setting(res, ci, confidence, ci_kwargs, figures) -> list[str]:
 
   # (2) Average improvement over the baseline (Tables 3.2, 4.1, 4.2).
   if res['improvement']:
-    # The study's tables are over random; pointing at them for another baseline misleads.
-    cf = ' (cf. Tables 3.2, 4.1, 4.2)' if baseline == 'random' else ''
+    cf = ' (cf. Tables 3.2, 4.1, 4.2)' if baseline == study.BASELINE else ''
     lines.append(f'### Average improvement over {baseline} over all selections{cf}')
     lines.append('')
     lines.append(

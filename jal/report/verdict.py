@@ -175,7 +175,7 @@ def _measure(row, setting, metric, confidence):
   """Fills row's jal columns from `analysis.analyse`; returns the analysis or None."""
   row['workdirs'] = ' '.join(setting.workdirs)
   try:
-    res = analysis.analyse(setting, metric, 'random', 't', confidence, {})
+    res = analysis.analyse(setting, metric, study.BASELINE, 't', confidence, {})
   except ValueError as e:
     row.update(verdict='not run here', reason=str(e))
     return None
@@ -238,7 +238,7 @@ def _beyond_rows(label, setting, confidence):
   rows = []
   try:
     strategies = list(
-        analysis.analyse(setting, None, 'random', 't', confidence, {})['improvement']
+        analysis.analyse(setting, None, study.BASELINE, 't', confidence, {})['improvement']
     ) or ['']
   except ValueError:
     strategies = ['']  # _measure says why
