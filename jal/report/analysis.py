@@ -272,7 +272,7 @@ def compare_with_study(res, ci, confidence):
   common = {'confidence': confidence, 'ci_method': ci, 'study_seeds': numbers.num_seeds}
   if res['baseline'] != study.BASELINE:
     out['notes'].append(
-        f"the study's improvements are over random; this report's are over "
+        f"the study's improvements are over {study.BASELINE}; this report's are over "
         f'{res["baseline"]}: average improvements not compared.'
     )
   else:
