@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from jal import stats
-from jal.label import advise, project
+from jal.label import advise, evidence, project
 from tests.conftest import REPO
 
 HEADER = (
@@ -380,3 +380,59 @@ def test_mixed_rows_say_which_show_a_gain(tmp_path):
       'imb_b_q50); only a gain on every row counts as measured.'
   ) in text
   assert 'are inconclusive' not in text
+
+
+def _split_run(folder: pathlib.Path, part: str, strategy: str, offsets, query=500):
+  """One workdir of a run split by strategy: seeds 0..n-1, rounds 0-2, 10 classes;
+  accuracy 0.5 + 0.1 r, plus offsets[seed] from round 1 on."""
+  d = folder / part
+  d.mkdir(parents=True)
+  (d / 'config.json').write_text(
+      json.dumps({'name': 'high', 'query_size': query, 'data': {'name': 'mnist'}, 'model': {}})
+  )
+  rows = [
+      {
+          'strategy': strategy,
+          'seed': k,
+          'round': r,
+          'n_labeled': query * (r + 1),
+          'accuracy': 0.5 + 0.1 * r + (off if r else 0.0),
+          'per_class_accuracy': [0.5] * 10,
+      }
+      for k, off in enumerate(offsets)
+      for r in range(3)
+  ]
+  (d / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+
+
+def test_a_run_split_over_workdirs_is_one_setting(tmp_path):
+  """A results folder whose workdirs lie below it (one per strategy group, one
+  report over all) is one setting: its report's rows, else jal.report over all of them."""
+  results = tmp_path / 'results'
+  _split_run(results / 'high', 'seeds0_1/random', 'random', (0.0, 0.0))
+  _split_run(results / 'high', 'seeds0_1/ensembles', 'ensembles', (0.02, 0.04))
+  assert [p.rsplit('/', 2)[-2:] for p in evidence.run_dirs(str(results / 'high'))] == [
+      ['seeds0_1', 'ensembles'],
+      ['seeds0_1', 'random'],
+  ]
+  # No report: jal.report merges the two. Ensembles − random per seed: 0.02 and
+  # 0.04 (mean 0.03, sd 0.02 / sqrt 2, t(1) half-width 12.706 * 0.01).
+  (ens,) = evidence.load_evidence(str(results))
+  assert (ens.setting, ens.strategy, ens.n_seeds) == ('high_q500', 'ensembles', 2)
+  assert ens.mean == pytest.approx(0.03)
+  assert ens.hi - ens.mean == pytest.approx(12.7062047 * 0.01, rel=1e-6)
+  assert ens.source == (
+      'results/high/seeds0_1/ensembles/metrics.jsonl + '
+      'results/high/seeds0_1/random/metrics.jsonl (via jal.report)'
+  )
+  assert ens.regime == advise.Regime(False, False, False)
+  # With report/: its rows, cited by line.
+  (results / 'high' / 'report').mkdir()
+  (results / 'high' / 'report' / 'improvement.csv').write_text(
+      f'{HEADER}\nhigh_q500,high,500,accuracy,ensembles,random,0.03,0.01,0.05,,2,0.95,t,,0 1,\n'
+  )
+  (ens,) = evidence.load_evidence(str(results))
+  assert (ens.source, ens.lo, ens.hi) == ('results/high/report/improvement.csv:2', 0.01, 0.05)
+  # Workdirs of different settings under one folder are not one setting: skipped.
+  _split_run(results / 'high', 'seeds2/random', 'random', (0.0,), query=10)
+  assert evidence.load_evidence(str(results)) == []

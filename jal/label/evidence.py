@@ -8,10 +8,12 @@ balanced (`IMBALANCE_RATIO`), pretrained or trained from scratch.
     verdicts = evidence.load_verdicts('results')  # [Verdict], rows of verdict/verdict.csv
     [e.text() for e in rows if e.regime == regime]
 
-Each subfolder of results/ with config.json and metrics.jsonl is one measured
-setting; its rows are those of report/improvement.csv (cited by file and
-line), else `jal.report`'s analysis of metrics.jsonl. `setting_features`
-places a results folder in a regime (`jal.report.verdict` uses it too).
+Each subfolder of results/ is one measured setting: a workdir's files
+(config.json and metrics.jsonl), or a run split over several workdirs in
+folders below it (`run_dirs`) with one report over them all. Its rows are
+those of report/improvement.csv (cited by file and line), else
+`jal.report`'s analysis of its metrics.jsonl files. `setting_features`
+places a workdir in a regime (`jal.report.verdict` uses it too).
 """
 
 import csv
@@ -153,12 +155,44 @@ def setting_features(folder: str) -> dict[str, Any] | None:
   }
 
 
+def run_dirs(folder: str) -> list[str]:
+  """The workdirs a results folder holds: itself when it has a workdir's
+  config.json and metrics.jsonl, else every folder below it that has them
+  (sorted; report/ and checkpoints/ are not searched), e.g. one per
+  strategy group of a run split to share the cores."""
+
+  def is_run(d):
+    return all(os.path.isfile(os.path.join(d, f)) for f in ('config.json', 'metrics.jsonl'))
+
+  if is_run(folder):
+    return [folder]
+  found = []
+  for root, dirs, _ in os.walk(folder):
+    dirs[:] = sorted(d for d in dirs if d not in ('report', 'checkpoints'))
+    if root != folder and is_run(root):
+      found.append(root)
+      dirs[:] = []
+  return sorted(found)
+
+
+def folder_features(folder: str) -> dict[str, Any] | None:
+  """`setting_features` of a results folder's workdirs (`run_dirs`); None
+  when it holds none, or when they differ (not one setting: a warning)."""
+  feats = [setting_features(d) for d in run_dirs(folder)]
+  if not feats:
+    return None
+  if any(f != feats[0] for f in feats[1:]):
+    logging.warning('Skipping results folder %s: its workdirs are not one setting.', folder)
+    return None
+  return feats[0]
+
+
 def load_evidence(results_dir: str) -> list[Evidence]:
   """Every (setting, strategy) row of jal's measured tables under `results_dir`.
 
-  Each subfolder with config.json and metrics.jsonl is one measured setting.
-  Its rows come from report/improvement.csv when present (cited by line),
-  else from `jal.report`'s analysis of metrics.jsonl.
+  Each subfolder holding a workdir, or several below it (`run_dirs`), is one
+  measured setting. Its rows come from report/improvement.csv when present
+  (cited by line), else from `jal.report`'s analysis of its metrics.jsonl.
   """
   out = []
   if not os.path.isdir(results_dir):
@@ -166,7 +200,7 @@ def load_evidence(results_dir: str) -> list[Evidence]:
     return out
   for entry in sorted(os.listdir(results_dir)):
     folder = os.path.join(results_dir, entry)
-    feats = setting_features(folder)
+    feats = folder_features(folder)
     if feats is None:
       continue
     csv_path = os.path.join(folder, 'report', 'improvement.csv')
@@ -199,13 +233,12 @@ def load_evidence(results_dir: str) -> list[Evidence]:
 def _evidence_from_metrics(folder, feats, results_dir) -> list[Evidence]:
   from jal import report  # pylint: disable=g-import-not-at-top
 
-  rel = os.path.relpath(
-      os.path.join(folder, 'metrics.jsonl'), os.path.dirname(os.path.abspath(results_dir))
-  )
+  dirs = run_dirs(folder)
+  top = os.path.dirname(os.path.abspath(results_dir))
+  rel = ' + '.join(os.path.relpath(os.path.join(d, 'metrics.jsonl'), top) for d in dirs)
   out = []
   try:
-    # pylint: disable=protected-access
-    for setting in report.load_settings([folder]):
+    for setting in report.load_settings(dirs):
       res = report.analyse(setting, None, 'random', 't', 0.95, {})
       for strategy, imp in res['improvement'].items():
         out.append(
