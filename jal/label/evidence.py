@@ -164,21 +164,19 @@ def run_dirs(folder: str) -> list[str]:
   def is_run(d):
     return all(os.path.isfile(os.path.join(d, f)) for f in ('config.json', 'metrics.jsonl'))
 
-  if is_run(folder):
-    return [folder]
   found = []
   for root, dirs, _ in os.walk(folder):
     dirs[:] = sorted(d for d in dirs if d not in ('report', 'checkpoints'))
-    if root != folder and is_run(root):
+    if is_run(root):
       found.append(root)
       dirs[:] = []
   return sorted(found)
 
 
-def folder_features(folder: str) -> dict[str, Any] | None:
-  """`setting_features` of a results folder's workdirs (`run_dirs`); None
-  when it holds none, or when they differ (not one setting: a warning)."""
-  feats = [setting_features(d) for d in run_dirs(folder)]
+def folder_features(folder: str, dirs: list[str]) -> dict[str, Any] | None:
+  """`setting_features` of a results folder's workdirs `dirs` (`run_dirs`);
+  None when there are none, or when they differ (not one setting: a warning)."""
+  feats = [setting_features(d) for d in dirs]
   if not feats:
     return None
   if any(f != feats[0] for f in feats[1:]):
@@ -200,7 +198,8 @@ def load_evidence(results_dir: str) -> list[Evidence]:
     return out
   for entry in sorted(os.listdir(results_dir)):
     folder = os.path.join(results_dir, entry)
-    feats = folder_features(folder)
+    dirs = run_dirs(folder)
+    feats = folder_features(folder, dirs)
     if feats is None:
       continue
     csv_path = os.path.join(folder, 'report', 'improvement.csv')
@@ -226,14 +225,13 @@ def load_evidence(results_dir: str) -> list[Evidence]:
               )
           )
       continue
-    out += _evidence_from_metrics(folder, feats, results_dir)
+    out += _evidence_from_metrics(folder, dirs, feats, results_dir)
   return out
 
 
-def _evidence_from_metrics(folder, feats, results_dir) -> list[Evidence]:
+def _evidence_from_metrics(folder, dirs, feats, results_dir) -> list[Evidence]:
   from jal import report  # pylint: disable=g-import-not-at-top
 
-  dirs = run_dirs(folder)
   top = os.path.dirname(os.path.abspath(results_dir))
   rel = ' + '.join(os.path.relpath(os.path.join(d, 'metrics.jsonl'), top) for d in dirs)
   out = []
